@@ -1,0 +1,202 @@
+//! The one error type a client can see. Every variant knows its HTTP status and
+//! serialises to OpenAI's error JSON, so no code path invents its own error shape.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("unknown route {method} {path}")]
+    RouteNotFound { method: String, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("the model `{0}` does not exist or is not served by this gateway")]
+    ModelNotFound(String),
+    #[error("gateway `{0}` is disabled")]
+    GatewayInactive(String),
+    #[error("gateway `{0}` expired")]
+    GatewayExpired(String),
+    /// Nothing could be tried: every candidate is cooling down.
+    #[error("no channel is available for model `{model}`: {detail}")]
+    NoChannelAvailable {
+        model: String,
+        detail: String,
+        retry_after_secs: u64,
+    },
+    /// Every candidate was tried and each one failed.
+    #[error("all upstream attempts failed for model `{model}`: {detail}")]
+    UpstreamFailed { model: String, detail: String },
+    /// Every attempt ended in a 429 from the upstream.
+    #[error("upstream rate limit for model `{model}`: {detail}")]
+    UpstreamRateLimited {
+        model: String,
+        detail: String,
+        retry_after_secs: u64,
+    },
+    #[error("upstream timed out for model `{model}`: {detail}")]
+    UpstreamTimeout { model: String, detail: String },
+    #[error("admin authentication failed: {0}")]
+    AdminUnauthorized(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorInner<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorInner<'a> {
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: &'a str,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        use GatewayError::*;
+        match self {
+            BadRequest(_) | InvalidJson(_) => 400,
+            AdminUnauthorized(_) => 401,
+            GatewayInactive(_) | GatewayExpired(_) => 403,
+            RouteNotFound { .. } | ModelNotFound(_) => 404,
+            MethodNotAllowed { .. } => 405,
+            BodyTooLarge { .. } => 413,
+            UpstreamRateLimited { .. } => 429,
+            Internal(_) => 500,
+            UpstreamFailed { .. } => 502,
+            NoChannelAvailable { .. } => 503,
+            UpstreamTimeout { .. } => 504,
+        }
+    }
+
+    /// OpenAI's `error.type`.
+    pub fn kind(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            BadRequest(_) | InvalidJson(_) | BodyTooLarge { .. } | RouteNotFound { .. }
+            | MethodNotAllowed { .. } | ModelNotFound(_) => "invalid_request_error",
+            AdminUnauthorized(_) => "authentication_error",
+            GatewayInactive(_) | GatewayExpired(_) => "permission_error",
+            UpstreamRateLimited { .. } => "rate_limit_error",
+            NoChannelAvailable { .. } | UpstreamFailed { .. } | UpstreamTimeout { .. } => {
+                "upstream_error"
+            }
+            Internal(_) => "server_error",
+        }
+    }
+
+    /// OpenAI's `error.code`: a stable machine-readable name.
+    pub fn code(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            BadRequest(_) => "bad_request",
+            InvalidJson(_) => "invalid_json",
+            BodyTooLarge { .. } => "request_too_large",
+            RouteNotFound { .. } => "unknown_url",
+            MethodNotAllowed { .. } => "method_not_allowed",
+            ModelNotFound(_) => "model_not_found",
+            GatewayInactive(_) => "gateway_inactive",
+            GatewayExpired(_) => "gateway_expired",
+            NoChannelAvailable { .. } => "no_channel_available",
+            UpstreamFailed { .. } => "upstream_failed",
+            UpstreamRateLimited { .. } => "upstream_rate_limited",
+            UpstreamTimeout { .. } => "upstream_timeout",
+            AdminUnauthorized(_) => "invalid_admin_key",
+            Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn param(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// Seconds a client should wait, for the errors where waiting helps.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::NoChannelAvailable {
+                retry_after_secs, ..
+            }
+            | GatewayError::UpstreamRateLimited {
+                retry_after_secs, ..
+            } => Some((*retry_after_secs).max(1)),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI-shaped JSON body: `{"error":{"message","type","param","code"}}`.
+    pub fn to_json(&self) -> Vec<u8> {
+        let body = ErrorBody {
+            error: ErrorInner {
+                message: self.to_string(),
+                kind: self.kind(),
+                param: self.param(),
+                code: self.code(),
+            },
+        };
+        // Serialising a struct of strings cannot fail; fall back to a fixed body anyway.
+        serde_json::to_vec(&body).unwrap_or_else(|_| {
+            br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":"internal_error"}}"#.to_vec()
+        })
+    }
+
+    /// The same error as one SSE event, for a stream that breaks after its headers went out.
+    pub fn to_sse_event(&self) -> Vec<u8> {
+        let mut out = b"data: ".to_vec();
+        out.extend_from_slice(&self.to_json());
+        out.extend_from_slice(b"\n\n");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialises_openai_shape() {
+        let e = GatewayError::ModelNotFound("gpt-9".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["param"], "model");
+        assert!(v["error"]["message"].as_str().unwrap().contains("gpt-9"));
+        assert_eq!(e.status(), 404);
+    }
+
+    #[test]
+    fn statuses_match_the_spec() {
+        assert_eq!(GatewayError::BodyTooLarge { limit: 1 }.status(), 413);
+        let failed = GatewayError::UpstreamFailed {
+            model: "m".into(),
+            detail: "x".into(),
+        };
+        assert_eq!(failed.status(), 502);
+        let none = GatewayError::NoChannelAvailable {
+            model: "m".into(),
+            detail: "x".into(),
+            retry_after_secs: 0,
+        };
+        assert_eq!(none.status(), 503);
+        assert_eq!(none.retry_after(), Some(1));
+    }
+
+    #[test]
+    fn sse_event_is_one_data_line() {
+        let e = GatewayError::Internal("boom".into());
+        let ev = e.to_sse_event();
+        assert!(ev.starts_with(b"data: {\"error\""));
+        assert!(ev.ends_with(b"\n\n"));
+    }
+}

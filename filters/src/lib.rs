@@ -1,0 +1,24 @@
+//! weir's request and response logic, phase by phase, as plain functions over plain
+//! data. Nothing here touches a socket; the Pingora glue in the `weir` crate calls it.
+//!
+//! | module | phase |
+//! |---|---|
+//! | `route` | `request_filter`: gateway and endpoint |
+//! | `request_body` | `request_body_filter`: parse, map, rewrite |
+//! | `upstream_peer` | `upstream_peer`: channel order, retries, failover |
+//! | `health` | passive health of channels and keys |
+//! | `response_body` | `response_body_filter`: SSE tap, usage |
+//! | `usage` | token counts and estimates |
+//! | `mock` | the built-in `mock` channel |
+
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod mock;
+pub mod request_body;
+pub mod response_body;
+pub mod route;
+pub mod upstream_peer;
+pub mod usage;
+
+pub use error::GatewayError;

@@ -1,0 +1,329 @@
+//! `response_body_filter` logic (P7, P9): watch an answer go by without delaying it,
+//! and learn its usage.
+//!
+//! `SseTap` splits an SSE stream into events as chunks arrive, reads `usage` from the
+//! chunk that carries it, collects the text for an estimate, and — when the gateway
+//! asked for usage on the client's behalf — removes that usage from what the client
+//! sees. Chunks that need no change are passed on as they are.
+
+use crate::usage::{Usage, WireUsage};
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+
+#[derive(Debug, Default)]
+pub struct SseTap {
+    /// Bytes of an event not yet complete.
+    pending: BytesMut,
+    /// Remove usage from the stream (the client did not ask for it).
+    strip_usage: bool,
+    pub usage: Option<Usage>,
+    /// Text of the answer so far, for an estimate when no usage comes.
+    pub completion_text: String,
+    pub saw_done: bool,
+    pub saw_finish: bool,
+    /// The upstream sent an `error` event inside the stream.
+    pub saw_error: bool,
+    pub events: u64,
+}
+
+#[derive(Deserialize)]
+struct StreamChunk {
+    #[serde(default)]
+    choices: Option<Vec<StreamChoice>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct StreamChoice {
+    #[serde(default)]
+    delta: Option<Delta>,
+    /// Legacy completions stream `text` instead of a delta.
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Delta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+}
+
+/// What to do with one event.
+enum EventAction {
+    Keep,
+    Drop,
+    Replace(Vec<u8>),
+}
+
+impl SseTap {
+    pub fn new(strip_usage: bool) -> Self {
+        SseTap {
+            strip_usage,
+            ..Default::default()
+        }
+    }
+
+    /// Takes the next chunk from upstream and returns what the client gets now.
+    pub fn feed(&mut self, chunk: Bytes) -> Bytes {
+        if !self.strip_usage {
+            // Observe only: the client gets the chunk untouched and at once.
+            self.pending.extend_from_slice(&chunk);
+            while let Some(end) = event_end(&self.pending) {
+                let event = self.pending.split_to(end);
+                self.inspect(&event);
+            }
+            return chunk;
+        }
+        self.pending.extend_from_slice(&chunk);
+        let mut out = BytesMut::new();
+        while let Some(end) = event_end(&self.pending) {
+            let event = self.pending.split_to(end).freeze();
+            match self.inspect(&event) {
+                EventAction::Keep => out.extend_from_slice(&event),
+                EventAction::Drop => {}
+                EventAction::Replace(bytes) => out.extend_from_slice(&bytes),
+            }
+        }
+        out.freeze()
+    }
+
+    /// Whatever is left when the upstream ends (an event without its blank line).
+    pub fn finish(&mut self) -> Bytes {
+        if self.pending.is_empty() {
+            return Bytes::new();
+        }
+        let mut event = std::mem::take(&mut self.pending);
+        event.extend_from_slice(b"\n\n");
+        let event = event.freeze();
+        match self.inspect(&event) {
+            EventAction::Keep => event,
+            EventAction::Drop => Bytes::new(),
+            EventAction::Replace(b) => Bytes::from(b),
+        }
+    }
+
+    /// The stream ended the way a complete answer ends.
+    pub fn completed(&self) -> bool {
+        self.saw_done || (self.saw_finish && self.usage.is_some())
+    }
+
+    fn inspect(&mut self, event: &[u8]) -> EventAction {
+        let Some(data) = event_data(event) else {
+            return EventAction::Keep;
+        };
+        self.events += 1;
+        if data.trim_ascii() == b"[DONE]" {
+            self.saw_done = true;
+            return EventAction::Keep;
+        }
+        let Ok(chunk) = serde_json::from_slice::<StreamChunk>(&data) else {
+            return EventAction::Keep;
+        };
+        if chunk.error.is_some() {
+            self.saw_error = true;
+        }
+        let mut has_choices = false;
+        for choice in chunk.choices.iter().flatten() {
+            has_choices = true;
+            if let Some(d) = &choice.delta {
+                for t in [&d.content, &d.reasoning_content].into_iter().flatten() {
+                    self.completion_text.push_str(t);
+                }
+            }
+            if let Some(t) = &choice.text {
+                self.completion_text.push_str(t);
+            }
+            if choice.finish_reason.is_some() {
+                self.saw_finish = true;
+            }
+        }
+        let Some(usage) = chunk.usage else {
+            return EventAction::Keep;
+        };
+        self.usage = Some(usage.into());
+        if !self.strip_usage {
+            return EventAction::Keep;
+        }
+        if !has_choices {
+            // The dedicated usage chunk (`choices: []`) exists only because we asked.
+            return EventAction::Drop;
+        }
+        // Usage riding on a content chunk: keep the content, drop the usage.
+        match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&data) {
+            Ok(mut obj) => {
+                obj.remove("usage");
+                let mut out = b"data: ".to_vec();
+                if serde_json::to_writer(&mut out, &obj).is_err() {
+                    return EventAction::Keep;
+                }
+                out.extend_from_slice(b"\n\n");
+                EventAction::Replace(out)
+            }
+            Err(_) => EventAction::Keep,
+        }
+    }
+}
+
+/// End (exclusive, blank line included) of the first complete event in `buf`.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            match buf.get(i + 1) {
+                Some(b'\n') => return Some(i + 2),
+                Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The `data:` payload of an event (several `data:` lines joined by `\n`), or `None`
+/// for an event without data (comments, `event:`-only keep-alives).
+fn event_data(event: &[u8]) -> Option<Vec<u8>> {
+    let mut data: Option<Vec<u8>> = None;
+    for line in event.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+            match &mut data {
+                Some(d) => {
+                    d.push(b'\n');
+                    d.extend_from_slice(rest);
+                }
+                None => data = Some(rest.to_vec()),
+            }
+        }
+    }
+    data
+}
+
+/// Usage and answer text from a complete JSON (non-stream) answer.
+pub fn json_usage(body: &[u8]) -> (Option<Usage>, String) {
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        usage: Option<WireUsage>,
+        #[serde(default)]
+        choices: Vec<AnswerChoice>,
+    }
+    #[derive(Deserialize)]
+    struct AnswerChoice {
+        #[serde(default)]
+        message: Option<AnswerMessage>,
+        #[serde(default)]
+        text: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct AnswerMessage {
+        #[serde(default)]
+        content: Option<String>,
+    }
+    match serde_json::from_slice::<Answer>(body) {
+        Ok(a) => {
+            let mut text = String::new();
+            for c in &a.choices {
+                if let Some(t) = c.message.as_ref().and_then(|m| m.content.as_deref()) {
+                    text.push_str(t);
+                }
+                if let Some(t) = &c.text {
+                    text.push_str(t);
+                }
+            }
+            (a.usage.map(Usage::from), text)
+        }
+        Err(_) => (None, String::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(content: &str) -> String {
+        format!("data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}},\"finish_reason\":null}}]}}\n\n")
+    }
+
+    const FINISH: &str = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+    const USAGE: &str = "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":3,\"total_tokens\":14}}\n\n";
+    const DONE: &str = "data: [DONE]\n\n";
+
+    fn stream() -> String {
+        [chunk("Hel"), chunk("lo"), FINISH.to_string(), USAGE.to_string(), DONE.to_string()].concat()
+    }
+
+    #[test]
+    fn observes_usage_without_touching_the_stream() {
+        let mut tap = SseTap::new(false);
+        let s = stream();
+        let out = tap.feed(Bytes::from(s.clone()));
+        assert_eq!(out, s.as_bytes());
+        assert_eq!(tap.usage.unwrap().total_tokens, 14);
+        assert_eq!(tap.completion_text, "Hello");
+        assert!(tap.completed());
+    }
+
+    #[test]
+    fn strips_the_usage_chunk_at_any_split() {
+        let s = stream();
+        let expected = [chunk("Hel"), chunk("lo"), FINISH.to_string(), DONE.to_string()].concat();
+        // Every split point, including inside the usage event and inside `\n\n`.
+        for cut in 0..s.len() {
+            let mut tap = SseTap::new(true);
+            let mut out = Vec::new();
+            out.extend_from_slice(&tap.feed(Bytes::copy_from_slice(&s.as_bytes()[..cut])));
+            out.extend_from_slice(&tap.feed(Bytes::copy_from_slice(&s.as_bytes()[cut..])));
+            out.extend_from_slice(&tap.finish());
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "cut at {cut}");
+            assert_eq!(tap.usage.unwrap().prompt_tokens, 11);
+        }
+    }
+
+    #[test]
+    fn strips_usage_riding_on_a_content_chunk() {
+        let ev = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\n\n";
+        let mut tap = SseTap::new(true);
+        let out = tap.feed(Bytes::from(ev));
+        let s = std::str::from_utf8(&out).unwrap();
+        assert!(s.starts_with("data: ") && !s.contains("usage") && s.contains("\"content\":\"x\""), "{s}");
+        assert_eq!(tap.usage.unwrap().total_tokens, 2);
+    }
+
+    #[test]
+    fn handles_crlf_and_comments() {
+        let s = ": keep-alive\r\n\r\ndata: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r\ndata: [DONE]\r\n\r\n";
+        let mut tap = SseTap::new(true);
+        let out = tap.feed(Bytes::from(s));
+        assert_eq!(out, s.as_bytes());
+        assert!(tap.saw_done);
+        assert_eq!(tap.completion_text, "a");
+    }
+
+    #[test]
+    fn a_cut_stream_is_not_complete() {
+        let mut tap = SseTap::new(false);
+        tap.feed(Bytes::from([chunk("a"), chunk("b")].concat()));
+        assert!(!tap.completed());
+        assert!(tap.usage.is_none());
+    }
+
+    #[test]
+    fn reads_json_usage_and_text() {
+        let body = br#"{"choices":[{"message":{"role":"assistant","content":"hi there"}}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#;
+        let (u, text) = json_usage(body);
+        assert_eq!(u.unwrap().completion_tokens, 2);
+        assert_eq!(text, "hi there");
+        let (u, _) = json_usage(br#"{"data":[],"usage":{"prompt_tokens":4,"total_tokens":4}}"#);
+        assert_eq!(u.unwrap().total_tokens, 4);
+        assert_eq!(json_usage(b"not json").0, None);
+    }
+}

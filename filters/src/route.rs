@@ -1,0 +1,87 @@
+//! `request_filter` routing (G1, P1): which endpoint of a gateway a request is for.
+
+use crate::error::GatewayError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    /// `GET /models`: answered by the gateway.
+    ListModels,
+    /// `GET /models/{id}`: answered by the gateway.
+    GetModel,
+    /// Any other `POST` under the gateway: routed by the body's `model`, passed through.
+    Other,
+}
+
+impl Endpoint {
+    /// Whether a streamed answer is SSE in OpenAI's chunk format.
+    pub fn streams_chunks(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::ListModels => "list_models",
+            Endpoint::GetModel => "get_model",
+            Endpoint::Other => "other",
+        }
+    }
+}
+
+/// `rest` is the path after the gateway prefix, e.g. `/chat/completions`.
+pub fn classify(method: &str, rest: &str, full_path: &str) -> Result<Endpoint, GatewayError> {
+    let not_found = || GatewayError::RouteNotFound {
+        method: method.to_string(),
+        path: full_path.to_string(),
+    };
+    let wrong_method = || GatewayError::MethodNotAllowed {
+        method: method.to_string(),
+        path: full_path.to_string(),
+    };
+    let rest = rest.trim_end_matches('/');
+    let post_only = |e: Endpoint| if method == "POST" { Ok(e) } else { Err(wrong_method()) };
+    match rest {
+        "/chat/completions" => post_only(Endpoint::ChatCompletions),
+        "/completions" => post_only(Endpoint::Completions),
+        "/embeddings" => post_only(Endpoint::Embeddings),
+        "/models" => match method {
+            "GET" => Ok(Endpoint::ListModels),
+            _ => Err(wrong_method()),
+        },
+        r if r.starts_with("/models/") && r.len() > "/models/".len() => match method {
+            "GET" => Ok(Endpoint::GetModel),
+            _ => Err(wrong_method()),
+        },
+        "" => Err(not_found()),
+        _ if method == "POST" => Ok(Endpoint::Other),
+        _ => Err(not_found()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_openai_paths() {
+        assert_eq!(classify("POST", "/chat/completions", "/v1/chat/completions").unwrap(), Endpoint::ChatCompletions);
+        assert_eq!(classify("POST", "/completions/", "/v1/completions/").unwrap(), Endpoint::Completions);
+        assert_eq!(classify("POST", "/embeddings", "").unwrap(), Endpoint::Embeddings);
+        assert_eq!(classify("GET", "/models", "").unwrap(), Endpoint::ListModels);
+        assert_eq!(classify("GET", "/models/gpt-4o", "").unwrap(), Endpoint::GetModel);
+        assert_eq!(classify("POST", "/audio/speech", "").unwrap(), Endpoint::Other);
+    }
+
+    #[test]
+    fn rejects_wrong_methods_and_unknown_paths() {
+        assert_eq!(classify("GET", "/chat/completions", "/v1/chat/completions").unwrap_err().status(), 405);
+        assert_eq!(classify("POST", "/models", "/v1/models").unwrap_err().status(), 405);
+        assert_eq!(classify("GET", "/files", "/v1/files").unwrap_err().status(), 404);
+        assert_eq!(classify("POST", "", "/v1").unwrap_err().status(), 404);
+    }
+}

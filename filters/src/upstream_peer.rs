@@ -1,0 +1,550 @@
+//! `upstream_peer` logic (P3, P4): the order in which channels and keys are tried,
+//! what each upstream answer means for the next step, and the backoff between tries.
+//!
+//! Order: priority tiers from high to low; inside a tier a weighted random order
+//! (weights 4 and 1 put the first at the front 4 times in 5). A retryable failure is
+//! retried on the same channel up to its `retries`, after an exponential backoff with
+//! jitter; a rejected key moves to the channel's next key at once; then the next
+//! channel. Health decides, at the moment of each attempt, whether a channel or key
+//! may be used at all.
+
+use crate::config::{Channel, Route};
+use rand::Rng;
+use std::time::Duration;
+
+/// What one upstream answer (or failure to get one) means for the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx: stream it to the client.
+    Success,
+    /// A client error (400, 404, 422…): the client gets it as it is.
+    Final,
+    /// Connect error, timeout, 5xx, 408 or 429: try again, maybe elsewhere.
+    Retryable {
+        /// 429 is about the key's quota: the next try uses another key when there is one.
+        rotate_key: bool,
+        retry_after: Option<Duration>,
+    },
+    /// 401/403: this key is refused; the next key or channel, at once.
+    KeyRejected,
+}
+
+/// Classifies an upstream status.
+pub fn verdict_for_status(status: u16, retry_after: Option<Duration>) -> Verdict {
+    match status {
+        200..=399 => Verdict::Success,
+        401 | 403 => Verdict::KeyRejected,
+        429 => Verdict::Retryable {
+            rotate_key: true,
+            retry_after,
+        },
+        408 | 500..=599 => Verdict::Retryable {
+            rotate_key: false,
+            retry_after,
+        },
+        _ => Verdict::Final,
+    }
+}
+
+/// Parses `Retry-After` as seconds (the HTTP-date form is rare from LLM APIs and ignored).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    v.parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+        .or_else(|| v.parse::<f64>().ok().and_then(|f| Duration::try_from_secs_f64(f).ok()))
+}
+
+/// Exponential backoff before retry number `retry` (0 for the first retry):
+/// `base * 2^retry` capped at `max`, jittered uniformly over its upper half so that
+/// clients failing together do not retry together. A `Retry-After` within `max` is
+/// honoured as a lower bound.
+pub fn backoff(
+    retry: u32,
+    base: Duration,
+    max: Duration,
+    retry_after: Option<Duration>,
+    rng: &mut impl Rng,
+) -> Duration {
+    let exp = base
+        .saturating_mul(1u32.checked_shl(retry.min(20)).unwrap_or(u32::MAX))
+        .min(max);
+    let jittered = exp.mul_f64(rng.gen_range(0.5..=1.0));
+    match retry_after {
+        Some(ra) if ra <= max => jittered.max(ra),
+        _ => jittered,
+    }
+}
+
+/// Routes in failover order: priority high to low, weighted random inside a tier.
+pub fn failover_order(routes: &[Route], channels: &[Channel], rng: &mut impl Rng) -> Vec<usize> {
+    // Efraimidis–Spirakis: sorting by u^(1/w) gives a weighted random permutation, so
+    // the chance of being first is w / sum(w) and later positions follow the same rule.
+    let mut keyed: Vec<(i32, f64, usize)> = routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let c = &channels[r.channel];
+            let u: f64 = rng.gen_range(f64::EPSILON..1.0);
+            (c.priority, u.powf(1.0 / f64::from(c.weight.max(1))), i)
+        })
+        .collect();
+    keyed.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)));
+    keyed.into_iter().map(|(_, _, i)| i).collect()
+}
+
+/// What a health check is asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Channel(usize),
+    Key { channel: usize, key: usize },
+}
+
+/// One attempt to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// Index into the request's routes.
+    pub route: usize,
+    pub channel: usize,
+    /// Index into the channel's keys; `None` for a channel without keys.
+    pub key: Option<usize>,
+    /// Wait this long before sending.
+    pub delay: Duration,
+    /// This attempt repeats the previous channel.
+    pub is_retry: bool,
+    /// This attempt moves to another channel after a failure.
+    pub is_failover: bool,
+}
+
+pub struct BackoffPolicy {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+/// The failover state of one request.
+pub struct Failover {
+    order: Vec<usize>,
+    /// Position in `order` of the current channel.
+    pos: usize,
+    started: bool,
+    keys: Vec<usize>,
+    key_pos: usize,
+    channel_attempts: u32,
+    total_attempts: u32,
+    max_total: Option<u32>,
+    /// Channels passed over because health closed them, with how long until they reopen.
+    pub skipped: Vec<(usize, Duration)>,
+}
+
+impl Failover {
+    /// `max_total`: a cap on attempts across all channels (a gateway's `retries` + 1).
+    pub fn new(routes: &[Route], channels: &[Channel], max_total: Option<u32>, rng: &mut impl Rng) -> Self {
+        Failover {
+            order: failover_order(routes, channels, rng),
+            pos: 0,
+            started: false,
+            keys: Vec::new(),
+            key_pos: 0,
+            channel_attempts: 0,
+            total_attempts: 0,
+            max_total,
+            skipped: Vec::new(),
+        }
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.total_attempts
+    }
+
+    /// The next attempt after `last` (the verdict of the previous attempt, `None` at
+    /// the start), or `None` when the request is finished or nothing is left to try.
+    /// `admit` asks health whether a channel or key may be used now and returns how
+    /// long until it reopens when not.
+    pub fn next(
+        &mut self,
+        last: Option<Verdict>,
+        routes: &[Route],
+        channels: &[Channel],
+        backoff_policy: &BackoffPolicy,
+        admit: &mut dyn FnMut(Target) -> Result<(), Duration>,
+        rng: &mut impl Rng,
+    ) -> Option<Attempt> {
+        if self.max_total.is_some_and(|m| self.total_attempts >= m) {
+            return None;
+        }
+        let attempt = match last {
+            None if !self.started => {
+                self.started = true;
+                self.enter_channel(0, routes, channels, admit, rng, false)
+            }
+            None | Some(Verdict::Success) | Some(Verdict::Final) => None,
+            Some(Verdict::Retryable {
+                rotate_key,
+                retry_after,
+            }) => {
+                let route = self.order.get(self.pos).copied()?;
+                let channel = routes[route].channel;
+                let retries_left = self.channel_attempts <= channels[channel].retries;
+                let wait_ok = retry_after.is_none_or(|ra| ra <= backoff_policy.max);
+                let key = if rotate_key {
+                    self.next_key(channel, admit, true)
+                } else {
+                    self.current_key(channel, admit)
+                };
+                match key {
+                    Some(key) if retries_left && wait_ok => {
+                        let delay = backoff(
+                            self.channel_attempts - 1,
+                            backoff_policy.base,
+                            backoff_policy.max,
+                            retry_after,
+                            rng,
+                        );
+                        Some(Attempt {
+                            route,
+                            channel,
+                            key,
+                            delay,
+                            is_retry: true,
+                            is_failover: false,
+                        })
+                    }
+                    _ => self.enter_channel(self.pos + 1, routes, channels, admit, rng, true),
+                }
+            }
+            Some(Verdict::KeyRejected) => {
+                let route = self.order.get(self.pos).copied()?;
+                let channel = routes[route].channel;
+                match self.next_key(channel, admit, false) {
+                    Some(key) => Some(Attempt {
+                        route,
+                        channel,
+                        key,
+                        delay: Duration::ZERO,
+                        is_retry: false,
+                        is_failover: false,
+                    }),
+                    None => self.enter_channel(self.pos + 1, routes, channels, admit, rng, true),
+                }
+            }
+        };
+        if let Some(a) = &attempt {
+            self.total_attempts += 1;
+            self.channel_attempts += 1;
+            let _ = a;
+        }
+        attempt
+    }
+
+    /// Moves to the first admitted channel at or after `from` and picks its first key.
+    fn enter_channel(
+        &mut self,
+        from: usize,
+        routes: &[Route],
+        channels: &[Channel],
+        admit: &mut dyn FnMut(Target) -> Result<(), Duration>,
+        rng: &mut impl Rng,
+        is_failover: bool,
+    ) -> Option<Attempt> {
+        for pos in from..self.order.len() {
+            let route = self.order[pos];
+            let channel = routes[route].channel;
+            let n = channels[channel].keys.len();
+            // Start at a random key so that load spreads over all keys of a channel.
+            self.keys = if n == 0 {
+                Vec::new()
+            } else {
+                let start = rng.gen_range(0..n);
+                (0..n).map(|i| (start + i) % n).collect()
+            };
+            self.key_pos = 0;
+            let key = if n == 0 {
+                Some(None)
+            } else {
+                self.first_admitted_key(channel, 0, admit).map(Some)
+            };
+            let Some(key) = key else {
+                continue;
+            };
+            if let Err(wait) = admit(Target::Channel(channel)) {
+                self.skipped.push((channel, wait));
+                continue;
+            }
+            self.pos = pos;
+            self.channel_attempts = 0;
+            return Some(Attempt {
+                route,
+                channel,
+                key,
+                delay: Duration::ZERO,
+                is_retry: false,
+                is_failover,
+            });
+        }
+        self.pos = self.order.len();
+        None
+    }
+
+    fn first_admitted_key(
+        &mut self,
+        channel: usize,
+        from: usize,
+        admit: &mut dyn FnMut(Target) -> Result<(), Duration>,
+    ) -> Option<usize> {
+        let mut shortest: Option<Duration> = None;
+        for p in from..self.keys.len() {
+            match admit(Target::Key {
+                channel,
+                key: self.keys[p],
+            }) {
+                Ok(()) => {
+                    self.key_pos = p;
+                    return Some(self.keys[p]);
+                }
+                Err(wait) => shortest = Some(shortest.map_or(wait, |s| s.min(wait))),
+            }
+        }
+        if let (Some(wait), 0) = (shortest, from) {
+            self.skipped.push((channel, wait));
+        }
+        None
+    }
+
+    /// The key in use on the current channel (`Some(None)` when it has none).
+    fn current_key(
+        &mut self,
+        channel: usize,
+        admit: &mut dyn FnMut(Target) -> Result<(), Duration>,
+    ) -> Option<Option<usize>> {
+        if self.keys.is_empty() {
+            return Some(None);
+        }
+        let key = self.keys[self.key_pos];
+        admit(Target::Key { channel, key }).ok().map(|_| Some(key))
+    }
+
+    /// The next admitted key of the current channel. `wrap`: after a 429 the keys are
+    /// tried round and round (the same key again if it is the only one); after a
+    /// rejection, each key once.
+    fn next_key(
+        &mut self,
+        channel: usize,
+        admit: &mut dyn FnMut(Target) -> Result<(), Duration>,
+        wrap: bool,
+    ) -> Option<Option<usize>> {
+        let n = self.keys.len();
+        if n == 0 {
+            return wrap.then_some(None);
+        }
+        if wrap {
+            for step in 1..=n {
+                let p = (self.key_pos + step) % n;
+                if admit(Target::Key {
+                    channel,
+                    key: self.keys[p],
+                })
+                .is_ok()
+                {
+                    self.key_pos = p;
+                    return Some(Some(self.keys[p]));
+                }
+            }
+            None
+        } else {
+            self.first_admitted_key(channel, self.key_pos + 1, admit).map(Some)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ChannelType;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn channel(name: &str, priority: i32, weight: u32, keys: usize, retries: u32) -> Channel {
+        Channel {
+            name: name.into(),
+            kind: ChannelType::Mock,
+            upstream: None,
+            keys: (0..keys).map(|k| format!("sk-{name}-{k}")).collect(),
+            priority,
+            weight,
+            groups: vec!["default".into()],
+            retries,
+            connect_timeout: Duration::from_secs(1),
+            first_byte_timeout: Duration::from_secs(1),
+            total_timeout: Duration::from_secs(1),
+            exposed: vec!["m".into()],
+        }
+    }
+
+    fn routes(n: usize) -> Vec<Route> {
+        (0..n)
+            .map(|channel| Route {
+                channel,
+                upstream_model: "m".into(),
+            })
+            .collect()
+    }
+
+    const POLICY: BackoffPolicy = BackoffPolicy {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(2),
+    };
+
+    fn open(_: Target) -> Result<(), Duration> {
+        Ok(())
+    }
+
+    #[test]
+    fn priority_tiers_come_first() {
+        let channels = vec![channel("low", 1, 100, 0, 0), channel("high", 10, 1, 0, 0), channel("mid", 5, 1, 0, 0)];
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..50 {
+            let order = failover_order(&routes(3), &channels, &mut rng);
+            assert_eq!(order, vec![1, 2, 0]);
+        }
+    }
+
+    #[test]
+    fn weights_split_four_to_one() {
+        let channels = vec![channel("a", 0, 4, 0, 0), channel("b", 0, 1, 0, 0)];
+        let mut rng = StdRng::seed_from_u64(42);
+        let n = 20_000;
+        let firsts = (0..n)
+            .filter(|_| failover_order(&routes(2), &channels, &mut rng)[0] == 0)
+            .count();
+        let share = firsts as f64 / n as f64;
+        assert!((share - 0.8).abs() < 0.02, "share {share}");
+    }
+
+    #[test]
+    fn classifies_statuses() {
+        assert_eq!(verdict_for_status(200, None), Verdict::Success);
+        assert_eq!(verdict_for_status(400, None), Verdict::Final);
+        assert_eq!(verdict_for_status(404, None), Verdict::Final);
+        assert_eq!(verdict_for_status(401, None), Verdict::KeyRejected);
+        assert_eq!(verdict_for_status(403, None), Verdict::KeyRejected);
+        assert!(matches!(verdict_for_status(429, None), Verdict::Retryable { rotate_key: true, .. }));
+        assert!(matches!(verdict_for_status(503, None), Verdict::Retryable { rotate_key: false, .. }));
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_honours_retry_after() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        for retry in 0..6 {
+            let d = backoff(retry, base, max, None, &mut rng);
+            let full = (base * 2u32.pow(retry)).min(max);
+            assert!(d >= full / 2 && d <= full, "retry {retry}: {d:?}");
+        }
+        let d = backoff(0, base, max, Some(Duration::from_millis(700)), &mut rng);
+        assert!(d >= Duration::from_millis(700));
+        assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    fn run(
+        channels: &[Channel],
+        verdicts: &[Verdict],
+        max_total: Option<u32>,
+        admit: &mut dyn FnMut(Target) -> Result<(), Duration>,
+    ) -> Vec<Attempt> {
+        let routes = routes(channels.len());
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut f = Failover::new(&routes, channels, max_total, &mut rng);
+        let mut out = Vec::new();
+        let mut last = None;
+        let mut i = 0;
+        while let Some(a) = f.next(last, &routes, channels, &POLICY, admit, &mut rng) {
+            out.push(a);
+            last = Some(*verdicts.get(i).unwrap_or(&Verdict::Success));
+            i += 1;
+            assert!(i < 100);
+        }
+        out
+    }
+
+    const RETRY: Verdict = Verdict::Retryable {
+        rotate_key: false,
+        retry_after: None,
+    };
+
+    #[test]
+    fn retries_then_fails_over_in_priority_order() {
+        let channels = vec![channel("a", 10, 1, 0, 2), channel("b", 5, 1, 0, 1), channel("c", 1, 1, 0, 0)];
+        let attempts = run(&channels, &[RETRY, RETRY, RETRY, RETRY, RETRY, RETRY], None, &mut open);
+        let seq: Vec<usize> = attempts.iter().map(|a| a.channel).collect();
+        assert_eq!(seq, vec![0, 0, 0, 1, 1, 2]);
+        assert!(attempts[1].is_retry && attempts[1].delay >= Duration::from_millis(50));
+        assert!(attempts[3].is_failover && attempts[3].delay.is_zero());
+    }
+
+    #[test]
+    fn success_and_final_answers_stop() {
+        let channels = vec![channel("a", 10, 1, 0, 2), channel("b", 5, 1, 0, 1)];
+        assert_eq!(run(&channels, &[Verdict::Success], None, &mut open).len(), 1);
+        assert_eq!(run(&channels, &[Verdict::Final], None, &mut open).len(), 1);
+    }
+
+    #[test]
+    fn rejected_key_moves_to_the_next_key_then_channel_at_once() {
+        let channels = vec![channel("a", 10, 1, 2, 3), channel("b", 5, 1, 1, 0)];
+        let attempts = run(&channels, &[Verdict::KeyRejected, Verdict::KeyRejected], None, &mut open);
+        assert_eq!(attempts.len(), 3);
+        assert_eq!(attempts[0].channel, 0);
+        assert_eq!(attempts[1].channel, 0);
+        assert_ne!(attempts[0].key, attempts[1].key);
+        assert!(attempts[1].delay.is_zero());
+        assert_eq!(attempts[2].channel, 1);
+    }
+
+    #[test]
+    fn rate_limit_rotates_keys() {
+        let channels = vec![channel("a", 10, 1, 2, 1)];
+        let rl = Verdict::Retryable {
+            rotate_key: true,
+            retry_after: None,
+        };
+        let attempts = run(&channels, &[rl, rl], None, &mut open);
+        assert_eq!(attempts.len(), 2);
+        assert_ne!(attempts[0].key, attempts[1].key);
+    }
+
+    #[test]
+    fn long_retry_after_skips_to_the_next_channel() {
+        let channels = vec![channel("a", 10, 1, 0, 3), channel("b", 5, 1, 0, 0)];
+        let rl = Verdict::Retryable {
+            rotate_key: true,
+            retry_after: Some(Duration::from_secs(60)),
+        };
+        let attempts = run(&channels, &[rl], None, &mut open);
+        assert_eq!(attempts.iter().map(|a| a.channel).collect::<Vec<_>>(), vec![0, 1]);
+    }
+
+    #[test]
+    fn gateway_budget_caps_total_attempts() {
+        let channels = vec![channel("a", 10, 1, 0, 5), channel("b", 5, 1, 0, 5)];
+        assert_eq!(run(&channels, &[RETRY; 20], Some(3), &mut open).len(), 3);
+    }
+
+    #[test]
+    fn suspended_channels_and_keys_are_skipped() {
+        let channels = vec![channel("a", 10, 1, 1, 0), channel("b", 5, 1, 2, 0)];
+        let mut admit = |t: Target| match t {
+            Target::Channel(0) => Err(Duration::from_secs(9)),
+            Target::Key { channel: 1, key: 0 } => Err(Duration::from_secs(4)),
+            _ => Ok(()),
+        };
+        let routes = routes(2);
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut f = Failover::new(&routes, &channels, None, &mut rng);
+        let a = f.next(None, &routes, &channels, &POLICY, &mut admit, &mut rng).unwrap();
+        assert_eq!((a.channel, a.key), (1, Some(1)));
+        assert!(f.skipped.contains(&(0, Duration::from_secs(9))));
+        assert!(f.next(Some(RETRY), &routes, &channels, &POLICY, &mut admit, &mut rng).is_none());
+    }
+}
