@@ -1,0 +1,13 @@
+//! weir: an OpenAI-compatible LLM gateway on Pingora.
+//!
+//! `server` wires the Pingora services; `proxy` is the `ProxyHttp` glue, one file per
+//! phase; the per-phase logic itself lives in the `weir_filters` crate.
+
+pub mod admin_backend;
+pub mod dns;
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod server;
+pub mod state;

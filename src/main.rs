@@ -1,1 +1,49 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "weir", version, about = "OpenAI-compatible LLM gateway on Pingora")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (for `serve` when no command is given).
+    #[arg(short, long, default_value = "conf/weir.yaml", global = true)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Validate a config file and print every problem found.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => match weir::server::serve(cli.config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Check => match weir::server::load(&cli.config) {
+            Ok((_, rt)) => {
+                println!(
+                    "{}: ok ({} channels, {} gateways)",
+                    cli.config.display(),
+                    rt.channels.len(),
+                    rt.gateways.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}

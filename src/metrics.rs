@@ -1,0 +1,145 @@
+//! Prometheus metrics (A3). Labels are bounded: gateway, channel and configured model
+//! names come from the config, never from client input; no per-key labels.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub ttft: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub failovers: IntCounterVec,
+    pub upstream_attempts: IntCounterVec,
+    pub stream_errors: IntCounterVec,
+    pub channel_up: IntGaugeVec,
+    pub channel_state: IntGaugeVec,
+    pub key_up: IntGaugeVec,
+    pub reloads: IntCounterVec,
+    pub config_version: IntGauge,
+    pub in_flight: IntGauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let histogram = |name: &str, help: &str| -> Result<HistogramVec, prometheus::Error> {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                &["gateway", "model", "channel"],
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let requests = counter(
+            "weir_requests_total",
+            "Client requests answered, by status class (2xx, 4xx, 5xx).",
+            &["gateway", "model", "channel", "status"],
+        )?;
+        let duration = histogram("weir_request_duration_seconds", "Time from request to the last byte of the answer.")?;
+        let ttft = histogram(
+            "weir_time_to_first_token_seconds",
+            "Time from request to the first answer byte sent to the client.",
+        )?;
+        let tokens = counter(
+            "weir_tokens_total",
+            "Tokens by direction (in = prompt, out = completion); estimated ones included.",
+            &["gateway", "model", "channel", "direction"],
+        )?;
+        let retries = counter(
+            "weir_retries_total",
+            "Extra attempts on the same channel after a retryable failure.",
+            &["gateway", "channel"],
+        )?;
+        let failovers = counter(
+            "weir_failovers_total",
+            "Moves to another channel after a failure.",
+            &["gateway", "model"],
+        )?;
+        let upstream_attempts = counter(
+            "weir_upstream_attempts_total",
+            "Upstream attempts by outcome (ok, client_error, rate_limited, key_rejected, server_error, connect_error, timeout).",
+            &["channel", "outcome"],
+        )?;
+        let stream_errors = counter(
+            "weir_stream_errors_total",
+            "Answers that broke after their first byte reached the client.",
+            &["gateway", "channel"],
+        )?;
+        let channel_up = gauge(
+            "weir_channel_up",
+            "1 when a channel accepts requests (healthy or probing), 0 when suspended.",
+            &["channel"],
+        )?;
+        let channel_state = gauge(
+            "weir_channel_state",
+            "Health state of a channel, one series per state set to 1.",
+            &["channel", "state"],
+        )?;
+        let key_up = gauge(
+            "weir_channel_key_up",
+            "1 when a channel's key (by position) is not suspended.",
+            &["channel", "key"],
+        )?;
+        let reloads = counter("weir_config_reloads_total", "Config reloads by result.", &["result"])?;
+        let config_version = IntGauge::new("weir_config_version", "Number of the config snapshot in use.")?;
+        registry.register(Box::new(config_version.clone()))?;
+        let in_flight = IntGauge::new("weir_requests_in_flight", "Requests being answered now.")?;
+        registry.register(Box::new(in_flight.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            duration,
+            ttft,
+            tokens,
+            retries,
+            failovers,
+            upstream_attempts,
+            stream_errors,
+            channel_up,
+            channel_state,
+            key_up,
+            reloads,
+            config_version,
+            in_flight,
+        })
+    }
+
+    /// The Prometheus text exposition of everything registered.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        buf
+    }
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}

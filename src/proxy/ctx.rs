@@ -1,0 +1,65 @@
+//! Per-request context shared by the phases of one request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir_filters::config::Runtime;
+use weir_filters::route::Endpoint;
+use weir_filters::usage::Usage;
+
+pub struct Ctx {
+    pub started: Instant,
+    /// The config snapshot this request runs on from start to end.
+    pub snapshot: Option<Arc<Runtime>>,
+    pub gateway: Option<String>,
+    pub endpoint: Option<Endpoint>,
+    /// The configured model name the request routed to (`default` for the catch-all),
+    /// `-` before routing: never raw client input, so metric labels stay bounded.
+    pub model_label: String,
+    /// The last channel tried, `-` when none.
+    pub channel: String,
+    pub stream: bool,
+    /// Status of the response sent to the client (0 until sent).
+    pub status: u16,
+    pub first_byte: Option<Duration>,
+    pub usage: Option<Usage>,
+    pub attempts: u32,
+    pub retries: u32,
+    pub failovers: u32,
+    /// Why the request failed, for the log line.
+    pub error: Option<String>,
+    /// The answer broke after it started reaching the client.
+    pub broken: bool,
+    pub client_gone: bool,
+    /// Counted in `weir_requests_in_flight` (undone in `logging`).
+    pub in_flight: bool,
+}
+
+impl Ctx {
+    pub fn new() -> Self {
+        Ctx {
+            started: Instant::now(),
+            snapshot: None,
+            gateway: None,
+            endpoint: None,
+            model_label: "-".into(),
+            channel: "-".into(),
+            stream: false,
+            status: 0,
+            first_byte: None,
+            usage: None,
+            attempts: 0,
+            retries: 0,
+            failovers: 0,
+            error: None,
+            broken: false,
+            client_gone: false,
+            in_flight: false,
+        }
+    }
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Ctx::new()
+    }
+}

@@ -1,0 +1,56 @@
+//! The `logging` phase: one structured line and the metrics for every request.
+//! Usage is logged here per request; the accounting store arrives with access control.
+
+use super::ctx::Ctx;
+use crate::metrics::status_class;
+use crate::state::AppState;
+
+pub fn record(state: &AppState, ctx: &Ctx, pingora_error: Option<&pingora_error::Error>) {
+    let m = &state.metrics;
+    let gateway = ctx.gateway.as_deref().unwrap_or("-");
+    let elapsed = ctx.started.elapsed();
+    let status = if ctx.status == 0 && pingora_error.is_some() { 0 } else { ctx.status };
+    let labels = [gateway, ctx.model_label.as_str(), ctx.channel.as_str()];
+    m.requests
+        .with_label_values(&[gateway, ctx.model_label.as_str(), ctx.channel.as_str(), status_class(status)])
+        .inc();
+    m.duration.with_label_values(&labels).observe(elapsed.as_secs_f64());
+    if let Some(fb) = ctx.first_byte {
+        m.ttft.with_label_values(&labels).observe(fb.as_secs_f64());
+    }
+    if let Some(u) = &ctx.usage {
+        m.tokens
+            .with_label_values(&[gateway, ctx.model_label.as_str(), ctx.channel.as_str(), "in"])
+            .inc_by(u.prompt_tokens);
+        m.tokens
+            .with_label_values(&[gateway, ctx.model_label.as_str(), ctx.channel.as_str(), "out"])
+            .inc_by(u.completion_tokens);
+    }
+    let (prompt, completion, estimated) = ctx
+        .usage
+        .map(|u| (u.prompt_tokens, u.completion_tokens, u.estimated))
+        .unwrap_or((0, 0, false));
+    let endpoint = ctx.endpoint.map(|e| e.as_str()).unwrap_or("-");
+    let latency_ms = elapsed.as_secs_f64() * 1e3;
+    let ttft_ms = ctx.first_byte.map(|d| d.as_secs_f64() * 1e3);
+    let error = ctx
+        .error
+        .as_deref()
+        .or(pingora_error.map(|_| "proxy error"))
+        .unwrap_or("");
+    if status >= 500 || ctx.broken {
+        tracing::warn!(
+            target: "weir::access", gateway, endpoint, model = %ctx.model_label, channel = %ctx.channel,
+            status, stream = ctx.stream, latency_ms, ttft_ms, attempts = ctx.attempts, retries = ctx.retries,
+            failovers = ctx.failovers, prompt_tokens = prompt, completion_tokens = completion, estimated,
+            client_gone = ctx.client_gone, error, "request"
+        );
+    } else {
+        tracing::info!(
+            target: "weir::access", gateway, endpoint, model = %ctx.model_label, channel = %ctx.channel,
+            status, stream = ctx.stream, latency_ms, ttft_ms, attempts = ctx.attempts, retries = ctx.retries,
+            failovers = ctx.failovers, prompt_tokens = prompt, completion_tokens = completion, estimated,
+            client_gone = ctx.client_gone, error, "request"
+        );
+    }
+}

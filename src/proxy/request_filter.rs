@@ -1,0 +1,331 @@
+//! The `request_filter` phase: route to a gateway and endpoint, read and check the
+//! body, then run the failover loop (upstream_peer) and relay the answer
+//! (response_body). Weir answers every request here and returns `Ok(true)`.
+
+use super::ctx::Ctx;
+use super::response_body::{relay, RelayPlan};
+use super::upstream_peer::{discard, exchange, judge, judge_error, note_attempt, AttemptError, Outbound};
+use super::{respond, Failure};
+use crate::health::HealthId;
+use crate::state::AppState;
+use bytes::{Bytes, BytesMut};
+use rand::SeedableRng;
+use pingora_proxy::Session;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use weir_filters::config::{Gateway, Runtime};
+use weir_filters::request_body::JsonBody;
+use weir_filters::route::{classify, Endpoint};
+use weir_filters::upstream_peer::{BackoffPolicy, Failover, Target, Verdict};
+use weir_filters::GatewayError;
+
+/// The group of a caller until access control assigns groups.
+const CALLER_GROUP: &str = "default";
+
+pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> Result<(), Failure> {
+    let snap = state.snapshot();
+    ctx.snapshot = Some(snap.clone());
+    let method = session.req_header().method.as_str().to_string();
+    let path = session.req_header().uri.path().to_string();
+    let query = session.req_header().uri.query().map(str::to_string);
+
+    let (gateway, rest) = snap.gateway_for(&path).ok_or_else(|| GatewayError::RouteNotFound {
+        method: method.clone(),
+        path: path.clone(),
+    })?;
+    ctx.gateway = Some(gateway.name.clone());
+    if !gateway.active {
+        return Err(GatewayError::GatewayInactive(gateway.name.clone()).into());
+    }
+    if gateway.expires_at.is_some_and(|t| t <= SystemTime::now()) {
+        return Err(GatewayError::GatewayExpired(gateway.name.clone()).into());
+    }
+    let endpoint = classify(&method, rest, &path)?;
+    ctx.endpoint = Some(endpoint);
+    match endpoint {
+        Endpoint::ListModels => list_models(session, ctx, &snap, gateway).await,
+        Endpoint::GetModel => {
+            let id = rest.trim_end_matches('/').trim_start_matches("/models/");
+            get_model(session, ctx, &snap, gateway, id).await
+        }
+        _ => {
+            let mut rest_q = rest.to_string();
+            if let Some(q) = &query {
+                rest_q.push('?');
+                rest_q.push_str(q);
+            }
+            let raw = read_body(session, snap.server().max_body.0).await?;
+            proxy(state, session, ctx, &snap, gateway, endpoint, &rest_q, raw).await
+        }
+    }
+}
+
+fn model_object(id: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "weir"})
+}
+
+async fn list_models(session: &mut Session, ctx: &mut Ctx, snap: &Runtime, gateway: &Gateway) -> Result<(), Failure> {
+    let data: Vec<serde_json::Value> = snap
+        .list_models(gateway, CALLER_GROUP)
+        .iter()
+        .map(|m| model_object(m))
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default();
+    respond::json(session, ctx, 200, body, &[]).await.map_err(Failure::Abort)
+}
+
+async fn get_model(session: &mut Session, ctx: &mut Ctx, snap: &Runtime, gateway: &Gateway, id: &str) -> Result<(), Failure> {
+    if !snap.list_models(gateway, CALLER_GROUP).iter().any(|m| m == id) {
+        return Err(GatewayError::ModelNotFound(id.to_string()).into());
+    }
+    let body = serde_json::to_vec(&model_object(id)).unwrap_or_default();
+    respond::json(session, ctx, 200, body, &[]).await.map_err(Failure::Abort)
+}
+
+/// Reads the whole body, refusing more than `max` bytes (413) before reading it
+/// when `Content-Length` already says so.
+async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, Failure> {
+    let too_large = |session: &mut Session| {
+        // The rest of the body is never read: the connection cannot be reused.
+        session.set_keepalive(None);
+        Failure::from(GatewayError::BodyTooLarge { limit: max })
+    };
+    let declared = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large(session));
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(max) as usize);
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if (buf.len() + chunk.len()) as u64 > max {
+                    return Err(too_large(session));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                session.set_keepalive(None);
+                return Err(GatewayError::BadRequest(format!("cannot read the request body: {}", e.etype().as_str())).into());
+            }
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The upstream body for one upstream model name: the client's bytes untouched when
+/// nothing changes, otherwise the rewritten body, made once per distinct model.
+struct Bodies {
+    raw: Bytes,
+    parsed: JsonBody,
+    client_model: String,
+    rewritten: bool,
+    made: Vec<(String, Bytes)>,
+}
+
+impl Bodies {
+    fn for_model(&mut self, model: &str) -> Result<Bytes, GatewayError> {
+        if !self.rewritten && model == self.client_model {
+            return Ok(self.raw.clone());
+        }
+        if let Some((_, b)) = self.made.iter().find(|(m, _)| m == model) {
+            return Ok(b.clone());
+        }
+        self.parsed.set("model", &model)?;
+        let b = self.parsed.to_bytes();
+        self.made.push((model.to_string(), b.clone()));
+        Ok(b)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn proxy(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    snap: &Arc<Runtime>,
+    gateway: &Gateway,
+    endpoint: Endpoint,
+    rest: &str,
+    raw: Bytes,
+) -> Result<(), Failure> {
+    let mut parsed = JsonBody::parse(&raw)?;
+    let facts = parsed.facts()?;
+    ctx.stream = facts.stream;
+    let (routes, label) = snap
+        .routes(gateway, &facts.model, CALLER_GROUP)
+        .ok_or_else(|| GatewayError::ModelNotFound(facts.model.clone()))?;
+    ctx.model_label = label;
+
+    // P9: a stream always asks for usage; the client sees it only if it asked too.
+    let ask_usage = facts.stream && endpoint.streams_chunks();
+    let rewritten = ask_usage && !facts.client_wants_usage;
+    if rewritten {
+        parsed.ensure_stream_usage()?;
+    }
+    let mut bodies = Bodies {
+        raw,
+        parsed,
+        client_model: facts.model.clone(),
+        rewritten,
+        made: Vec::new(),
+    };
+    let accept = session
+        .req_header()
+        .headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+
+    let server = snap.server();
+    let policy = AppState::health_policy(snap);
+    let backoff = BackoffPolicy {
+        base: server.backoff.base.0,
+        max: server.backoff.max.0,
+    };
+    // A Send rng: the loop awaits. Seeding from the thread rng costs no syscall.
+    let mut rng = rand::rngs::StdRng::from_rng(rand::thread_rng()).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let mut failover = Failover::new(&routes, &snap.channels, gateway.retries.map(|r| r + 1), &mut rng);
+    let mut last: Option<Verdict> = None;
+    let mut tried = String::new();
+    let (mut all_rate_limited, mut all_timeouts, mut any_attempt) = (true, true, false);
+    let mut shortest_wait: Option<Duration> = None;
+
+    loop {
+        let attempt = {
+            let mut admit = |t: Target| {
+                let (id, probe) = match t {
+                    Target::Channel(c) => {
+                        let ch = &snap.channels[c];
+                        (HealthId::channel(&ch.name), ch.connect_timeout + ch.first_byte_timeout)
+                    }
+                    Target::Key { channel, key } => {
+                        let ch = &snap.channels[channel];
+                        (HealthId::key(&ch.name, &ch.keys[key]), ch.connect_timeout + ch.first_byte_timeout)
+                    }
+                };
+                state.health.admit(&id, probe).map(|_| ())
+            };
+            failover.next(last, &routes, &snap.channels, &backoff, &mut admit, &mut rng)
+        };
+        let Some(attempt) = attempt else { break };
+        let channel = &snap.channels[attempt.channel];
+        let key = attempt.key.map(|k| channel.keys[k].as_str());
+        if attempt.is_retry {
+            ctx.retries += 1;
+            state
+                .metrics
+                .retries
+                .with_label_values(&[gateway.name.as_str(), channel.name.as_str()])
+                .inc();
+        }
+        if attempt.is_failover {
+            ctx.failovers += 1;
+            state
+                .metrics
+                .failovers
+                .with_label_values(&[gateway.name.as_str(), ctx.model_label.as_str()])
+                .inc();
+        }
+        if !attempt.delay.is_zero() {
+            tokio::time::sleep(attempt.delay).await;
+        }
+        note_attempt(ctx, channel);
+        any_attempt = true;
+        let out = Outbound {
+            endpoint,
+            rest,
+            body: bodies.for_model(&routes[attempt.route].upstream_model)?,
+            accept: accept.as_deref(),
+        };
+        let started = Instant::now();
+        let key_label = key.map(|k| format!(" key {}", weir_filters::config::key_hint(k))).unwrap_or_default();
+        match exchange(state, session, channel, key, &out, server.dns_ttl.0).await {
+            Ok(answer) => {
+                let verdict = judge(state, &policy, backoff.max, channel, key, &answer);
+                if matches!(verdict, Verdict::Success | Verdict::Final) {
+                    let plan = RelayPlan {
+                        strip_usage: rewritten,
+                        deadline: started + channel.total_timeout,
+                        request: &bodies.parsed,
+                        gateway: &gateway.name,
+                    };
+                    return relay(state, session, ctx, answer, plan).await;
+                }
+                let status = answer.status();
+                all_timeouts = false;
+                if status != 429 {
+                    all_rate_limited = false;
+                }
+                let code = discard(state, answer).await;
+                let _ = write!(tried, "{}{}: HTTP {status}", sep(&tried), channel.name);
+                if let Some(code) = code {
+                    let _ = write!(tried, " ({code})");
+                }
+                tried.push_str(&key_label);
+                if let Verdict::Retryable { retry_after: Some(ra), .. } = verdict {
+                    shortest_wait = Some(shortest_wait.map_or(ra, |s| s.min(ra)));
+                }
+                last = Some(verdict);
+            }
+            Err(AttemptError::ClientGone) => {
+                ctx.client_gone = true;
+                return Err(Failure::Abort(pingora_error::Error::explain(
+                    pingora_error::ErrorType::ConnectionClosed,
+                    "client went away while waiting for the upstream",
+                )));
+            }
+            Err(e) => {
+                all_rate_limited = false;
+                if !matches!(e, AttemptError::Timeout(_)) {
+                    all_timeouts = false;
+                }
+                let _ = write!(tried, "{}{}: {}", sep(&tried), channel.name, short(&e));
+                last = Some(judge_error(state, &policy, channel, &e));
+            }
+        }
+    }
+
+    // Nothing answered well.
+    for (c, wait) in &failover.skipped {
+        shortest_wait = Some(shortest_wait.map_or(*wait, |s| s.min(*wait)));
+        let _ = write!(tried, "{}{}: suspended for {}s", sep(&tried), snap.channels[*c].name, wait.as_secs().max(1));
+    }
+    let model = facts.model;
+    let detail = if tried.is_empty() { "no channel could be tried".to_string() } else { format!("tried {tried}") };
+    let retry_after_secs = shortest_wait.map(|d| d.as_secs_f64().ceil() as u64).unwrap_or(1);
+    let e = if !any_attempt {
+        GatewayError::NoChannelAvailable { model, detail, retry_after_secs }
+    } else if all_rate_limited {
+        GatewayError::UpstreamRateLimited { model, detail, retry_after_secs }
+    } else if all_timeouts {
+        GatewayError::UpstreamTimeout { model, detail }
+    } else {
+        GatewayError::UpstreamFailed { model, detail }
+    };
+    Err(e.into())
+}
+
+fn sep(s: &str) -> &'static str {
+    if s.is_empty() {
+        ""
+    } else {
+        "; "
+    }
+}
+
+/// A short reason without addresses or internals.
+fn short(e: &AttemptError) -> &'static str {
+    match e {
+        AttemptError::Connect(_) => "connect failed",
+        AttemptError::Timeout(_) => "timed out",
+        AttemptError::Io(_) => "connection broke before the answer",
+        AttemptError::ClientGone => "client went away",
+    }
+}

@@ -1,0 +1,35 @@
+//! Writing gateway-made answers (errors, model lists) to the client.
+
+use super::ctx::Ctx;
+use bytes::Bytes;
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use weir_filters::GatewayError;
+
+pub async fn json(session: &mut Session, ctx: &mut Ctx, status: u16, body: Vec<u8>, extra: &[(&str, String)]) -> Result<()> {
+    let mut h = ResponseHeader::build(status, Some(4))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    for (k, v) in extra {
+        h.insert_header(k.to_string(), v.as_str())?;
+    }
+    ctx.status = status;
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(Bytes::from(body)), true).await?;
+    Ok(())
+}
+
+/// Sends an OpenAI-shaped error, unless an answer already started (then nothing can
+/// be said any more and the caller must end the connection).
+pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &GatewayError) -> Result<()> {
+    ctx.error.get_or_insert_with(|| e.to_string());
+    if session.response_written().is_some() {
+        return Ok(());
+    }
+    let mut extra = Vec::new();
+    if let Some(secs) = e.retry_after() {
+        extra.push(("retry-after", secs.to_string()));
+    }
+    json(session, ctx, e.status(), e.to_json(), &extra).await
+}

@@ -1,0 +1,236 @@
+//! The `response_body_filter` phase for answers weir relays itself: headers and body
+//! chunks go to the client as they arrive; the SSE tap reads usage on the way and
+//! strips the usage chunk the client did not ask for; a stream that breaks ends with
+//! an SSE error event, never a clean `[DONE]`.
+
+use super::ctx::Ctx;
+use super::upstream_peer::Answer;
+use super::Failure;
+use crate::state::AppState;
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use std::time::Instant;
+use weir_filters::request_body::{prompt_text, JsonBody};
+use weir_filters::response_body::{json_usage, SseTap};
+use weir_filters::usage::{estimate, Usage};
+use weir_filters::GatewayError;
+
+/// A JSON answer is kept up to this size to read its `usage`.
+const MAX_JSON_KEPT: usize = 16 * 1024 * 1024;
+
+/// Hop-by-hop and framing headers that are not passed on.
+const DROPPED_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "content-length",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+pub struct RelayPlan<'a> {
+    /// Remove usage from the stream: weir asked for it, the client did not.
+    pub strip_usage: bool,
+    /// Ends the whole exchange, stream included.
+    pub deadline: Instant,
+    /// The request, for a tokenizer estimate when no usage comes back.
+    pub request: &'a JsonBody,
+    pub gateway: &'a str,
+}
+
+fn downstream_header(status: u16, upstream: Option<&ResponseHeader>, content_type: &str, known_len: Option<usize>) -> pingora_error::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(status, Some(8))?;
+    if let Some(up) = upstream {
+        for (name, value) in up.headers.iter() {
+            if !DROPPED_HEADERS.contains(&name.as_str()) {
+                h.append_header(name.clone(), value.clone())?;
+            }
+        }
+    } else {
+        h.insert_header("content-type", content_type)?;
+    }
+    match known_len {
+        Some(n) => h.insert_header("content-length", n.to_string())?,
+        None => h.insert_header("transfer-encoding", "chunked")?,
+    };
+    Ok(h)
+}
+
+enum Source {
+    Upstream {
+        up: Box<pingora_core::protocols::http::client::HttpSession>,
+        peer: Box<pingora_core::upstreams::peer::HttpPeer>,
+    },
+    Mock(std::vec::IntoIter<Bytes>),
+}
+
+/// Sends the answer to the client. From here on nothing is retried.
+pub async fn relay(state: &AppState, session: &mut Session, ctx: &mut Ctx, answer: Answer, plan: RelayPlan<'_>) -> Result<(), Failure> {
+    let status = answer.status();
+    let (header, mut source, is_sse) = match answer {
+        Answer::Upstream { up, peer, header } => {
+            let ct = header
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let is_sse = ct.starts_with("text/event-stream");
+            // A JSON answer passes unchanged: its length still holds.
+            let len = header
+                .headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|_| !is_sse);
+            let h = downstream_header(status, Some(&header), "", len).map_err(Failure::Abort)?;
+            (h, Source::Upstream { up, peer }, is_sse)
+        }
+        Answer::Mock(m) => {
+            let is_sse = m.content_type == "text/event-stream";
+            let len = (!is_sse).then(|| m.chunks.iter().map(|c| c.len()).sum());
+            let h = downstream_header(m.status, None, m.content_type, len).map_err(Failure::Abort)?;
+            (h, Source::Mock(m.chunks.into_iter()), is_sse)
+        }
+    };
+    ctx.status = status;
+    if let Err(e) = session.write_response_header(Box::new(header), false).await {
+        ctx.client_gone = true;
+        shutdown(source).await;
+        return Err(Failure::Abort(e));
+    }
+
+    let mut tap = SseTap::new(plan.strip_usage && is_sse);
+    let mut kept: Vec<u8> = Vec::new();
+    let mut keep_json = status < 300 && !is_sse;
+    let mut broken: Option<String> = None;
+    loop {
+        let next = match &mut source {
+            Source::Mock(chunks) => Ok(chunks.next()),
+            Source::Upstream { up, .. } => match tokio::time::timeout_at(plan.deadline.into(), up.read_response_body()).await {
+                Ok(Ok(chunk)) => Ok(chunk),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the channel's total timeout ran out".to_string()),
+            },
+        };
+        let chunk = match next {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => {
+                broken = Some(e);
+                break;
+            }
+        };
+        let out = if is_sse {
+            tap.feed(chunk)
+        } else {
+            if keep_json {
+                if kept.len() + chunk.len() <= MAX_JSON_KEPT {
+                    kept.extend_from_slice(&chunk);
+                } else {
+                    keep_json = false;
+                    kept = Vec::new();
+                }
+            }
+            chunk
+        };
+        if out.is_empty() {
+            continue;
+        }
+        if ctx.first_byte.is_none() {
+            ctx.first_byte = Some(ctx.started.elapsed());
+        }
+        if let Err(e) = session.write_response_body(Some(out), false).await {
+            ctx.client_gone = true;
+            shutdown(source).await;
+            return Err(Failure::Abort(e));
+        }
+    }
+
+    // The stream is over, one way or another.
+    if is_sse {
+        let rest = tap.finish();
+        let complete = tap.completed() || tap.saw_error || status >= 300;
+        let mut tail = rest.to_vec();
+        if broken.is_some() || !complete {
+            let why = broken.clone().unwrap_or_else(|| "the upstream ended the stream before it was complete".into());
+            ctx.broken = true;
+            ctx.error = Some(format!("stream broken: {why}"));
+            let e = GatewayError::UpstreamFailed {
+                model: ctx.model_label.clone(),
+                detail: format!("the stream from channel `{}` broke: {why}", ctx.channel),
+            };
+            tail.extend_from_slice(&e.to_sse_event());
+            state
+                .metrics
+                .stream_errors
+                .with_label_values(&[plan.gateway, ctx.channel.as_str()])
+                .inc();
+        }
+        let tail = (!tail.is_empty()).then(|| Bytes::from(tail));
+        if let Err(e) = session.write_response_body(tail, true).await {
+            ctx.client_gone = true;
+            shutdown(source).await;
+            return Err(Failure::Abort(e));
+        }
+    } else if let Some(why) = broken {
+        // A JSON answer cut short: its length can no longer be kept; close.
+        ctx.broken = true;
+        ctx.error = Some(format!("answer broken: {why}"));
+        state
+            .metrics
+            .stream_errors
+            .with_label_values(&[plan.gateway, ctx.channel.as_str()])
+            .inc();
+        shutdown(source).await;
+        return Err(Failure::Abort(pingora_error::Error::explain(
+            pingora_error::ErrorType::ReadError,
+            "upstream answer broke mid-body",
+        )));
+    } else if let Err(e) = session.write_response_body(None, true).await {
+        ctx.client_gone = true;
+        shutdown(source).await;
+        return Err(Failure::Abort(e));
+    }
+
+    if status < 300 {
+        ctx.usage = Some(usage_of(is_sse, &tap, &kept, plan.request));
+    }
+    finish(state, source).await;
+    Ok(())
+}
+
+fn usage_of(is_sse: bool, tap: &SseTap, kept: &[u8], request: &JsonBody) -> Usage {
+    let (reported, text) = if is_sse {
+        (tap.usage, tap.completion_text.clone())
+    } else {
+        json_usage(kept)
+    };
+    reported.unwrap_or_else(|| {
+        let (prompt, messages) = prompt_text(request);
+        estimate(&prompt, messages, &text)
+    })
+}
+
+/// Returns a finished upstream connection to the pool.
+async fn finish(state: &AppState, source: Source) {
+    if let Source::Upstream { mut up, peer } = source {
+        if up.response_done() {
+            state
+                .connector
+                .release_http_session(*up, peer.as_ref(), peer.options.idle_timeout)
+                .await;
+        } else {
+            up.shutdown().await;
+        }
+    }
+}
+
+async fn shutdown(source: Source) {
+    if let Source::Upstream { mut up, .. } = source {
+        up.shutdown().await;
+    }
+}
+

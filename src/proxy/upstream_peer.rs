@@ -1,0 +1,342 @@
+//! The `upstream_peer` phase, done our way: weir runs the upstream exchange itself
+//! from `request_filter` with Pingora's pooled `Connector` (NOTES/pingora.md §2.11,
+//! "Mode H"), because stock pingora-proxy picks the peer before the body is read and
+//! can replay a body only up to 64 KiB. The order of channels and keys, retries and
+//! backoff come from `weir_filters::upstream_peer`; this file sends the bytes.
+
+use super::ctx::Ctx;
+use crate::health::HealthId;
+use crate::state::AppState;
+use bytes::Bytes;
+use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::ErrorType;
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use std::time::{Duration, Instant};
+use weir_filters::config::{Channel, ChannelType};
+use weir_filters::health::HealthPolicy;
+use weir_filters::mock::{self, MockAnswer};
+use weir_filters::request_body::JsonBody;
+use weir_filters::route::Endpoint;
+use weir_filters::upstream_peer::{parse_retry_after, verdict_for_status, Verdict};
+
+/// An upstream that answered with a status line and headers.
+pub enum Answer {
+    Upstream {
+        up: Box<HttpSession>,
+        peer: Box<HttpPeer>,
+        header: Box<ResponseHeader>,
+    },
+    Mock(MockAnswer),
+}
+
+impl Answer {
+    pub fn status(&self) -> u16 {
+        match self {
+            Answer::Upstream { header, .. } => header.status.as_u16(),
+            Answer::Mock(m) => m.status,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Answer::Upstream { header, .. } => header
+                .headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after),
+            Answer::Mock(_) => None,
+        }
+    }
+}
+
+/// Why an attempt produced no answer.
+#[derive(Debug)]
+pub enum AttemptError {
+    Connect(String),
+    Timeout(String),
+    /// The connection broke before a response header arrived.
+    Io(String),
+    ClientGone,
+}
+
+impl AttemptError {
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            AttemptError::Connect(_) => "connect_error",
+            AttemptError::Timeout(_) => "timeout",
+            AttemptError::Io(_) => "server_error",
+            AttemptError::ClientGone => "client_gone",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            AttemptError::Connect(e) => format!("connect failed ({e})"),
+            AttemptError::Timeout(e) => format!("timed out ({e})"),
+            AttemptError::Io(e) => format!("connection broke ({e})"),
+            AttemptError::ClientGone => "client went away".into(),
+        }
+    }
+}
+
+/// What one exchange needs to know about the request.
+pub struct Outbound<'a> {
+    pub endpoint: Endpoint,
+    /// Path and query after `/v1`, e.g. `/chat/completions?x=1`.
+    pub rest: &'a str,
+    pub body: Bytes,
+    pub accept: Option<&'a str>,
+}
+
+fn classify_error(e: &pingora_error::Error) -> AttemptError {
+    let text = e.to_string();
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => AttemptError::Timeout(text),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => AttemptError::Timeout(text),
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::ConnectProxyFailure
+        | ErrorType::SocketError
+        | ErrorType::BindError => AttemptError::Connect(text),
+        _ => AttemptError::Io(text),
+    }
+}
+
+/// How many pooled connections found closed by the upstream are replaced before
+/// the failure counts.
+const STALE_REUSE_RETRIES: usize = 3;
+
+/// Sends one request to one channel with one key and waits for the response header.
+pub async fn exchange(
+    state: &AppState,
+    session: &mut Session,
+    channel: &Channel,
+    key: Option<&str>,
+    out: &Outbound<'_>,
+    dns_ttl: Duration,
+) -> Result<Answer, AttemptError> {
+    let Some(upstream) = &channel.upstream else {
+        // `mock`: answered here, the same way a server would.
+        let body = JsonBody::parse(&out.body).map_err(|e| AttemptError::Io(e.to_string()))?;
+        let facts = body.facts().map_err(|e| AttemptError::Io(e.to_string()))?;
+        debug_assert_eq!(channel.kind, ChannelType::Mock);
+        return Ok(Answer::Mock(mock::answer(
+            out.endpoint,
+            &body,
+            &facts.model,
+            facts.stream,
+            facts.client_wants_usage,
+        )));
+    };
+    let addr = state
+        .dns
+        .resolve(&upstream.host, upstream.port, dns_ttl)
+        .await
+        .map_err(AttemptError::Connect)?;
+    let mut peer = HttpPeer::new(addr, upstream.tls, upstream.host.clone());
+    peer.options.connection_timeout = Some(channel.connect_timeout);
+    peer.options.total_connection_timeout = Some(channel.connect_timeout.saturating_mul(2));
+    peer.options.read_timeout = Some(channel.first_byte_timeout);
+    peer.options.write_timeout = Some(channel.first_byte_timeout);
+    peer.options.idle_timeout = Some(Duration::from_secs(60));
+
+    let path = format!("{}/v1{}", upstream.base_path, out.rest);
+    let deadline = Instant::now() + channel.first_byte_timeout.min(channel.total_timeout);
+    let mut stale = 0;
+    loop {
+        let (mut up, reused) = state
+            .connector
+            .get_http_session(&peer)
+            .await
+            .map_err(|e| classify_error(&e))?;
+        let mut req = RequestHeader::build("POST", path.as_bytes(), Some(8)).map_err(|e| AttemptError::Io(e.to_string()))?;
+        let headers = [
+            ("host", Some(upstream.authority.as_str())),
+            ("content-type", Some("application/json")),
+            ("accept", Some(out.accept.unwrap_or("application/json, text/event-stream"))),
+            // Usage and SSE are read as they pass: no compressed answers.
+            ("accept-encoding", Some("identity")),
+            ("user-agent", Some(concat!("weir/", env!("CARGO_PKG_VERSION")))),
+        ];
+        for (name, value) in headers {
+            if let Some(v) = value {
+                req.insert_header(name, v).map_err(|e| AttemptError::Io(e.to_string()))?;
+            }
+        }
+        req.insert_header("content-length", out.body.len().to_string())
+            .map_err(|e| AttemptError::Io(e.to_string()))?;
+        if let Some(k) = key {
+            req.insert_header("authorization", format!("Bearer {k}"))
+                .map_err(|_| AttemptError::Io("the channel key is not a valid header value".into()))?;
+        }
+        up.set_read_timeout(Some(channel.first_byte_timeout));
+
+        let sent = async {
+            up.write_request_header(Box::new(req)).await?;
+            up.write_request_body(out.body.clone(), true).await?;
+            up.finish_request_body().await?;
+            up.read_response_header().await
+        };
+        // Watch the client while the upstream thinks: if it leaves, stop at once.
+        let downstream = session.as_downstream_mut();
+        let result = tokio::select! {
+            r = tokio::time::timeout_at(deadline.into(), sent) => match r {
+                Ok(r) => r.map_err(|e| classify_error(&e)),
+                Err(_) => Err(AttemptError::Timeout(format!("no response header within {:?}", channel.first_byte_timeout))),
+            },
+            _ = downstream.read_body_or_idle(true) => Err(AttemptError::ClientGone),
+        };
+        match result {
+            Ok(()) => {
+                let Some(header) = up.response_header().cloned() else {
+                    return Err(AttemptError::Io("no response header".into()));
+                };
+                return Ok(Answer::Upstream {
+                    up: Box::new(up),
+                    peer: Box::new(peer),
+                    header: Box::new(header),
+                });
+            }
+            Err(AttemptError::Io(_)) | Err(AttemptError::Connect(_)) if reused && stale < STALE_REUSE_RETRIES => {
+                // A pooled connection the upstream had already closed: not its fault.
+                stale += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads and drops a failed answer so its connection can be reused; gives the error
+/// code (never the message, which may quote the key) for the summary.
+pub async fn discard(state: &AppState, answer: Answer) -> Option<String> {
+    let Answer::Upstream { mut up, peer, .. } = answer else {
+        return None;
+    };
+    const LIMIT: usize = 64 * 1024;
+    let mut body = Vec::new();
+    let drained = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(Some(chunk)) = up.read_response_body().await {
+            if body.len() + chunk.len() > LIMIT {
+                return false;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    if drained && up.response_done() {
+        state
+            .connector
+            .release_http_session(*up, peer.as_ref(), peer.options.idle_timeout)
+            .await;
+    } else {
+        up.shutdown().await;
+    }
+    #[derive(serde::Deserialize)]
+    struct E {
+        error: Inner,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        code: Option<serde_json::Value>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    let e: E = serde_json::from_slice(&body).ok()?;
+    match e.error.code {
+        Some(serde_json::Value::String(s)) if s.len() <= 64 => Some(s),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => e.error.kind.filter(|k| k.len() <= 64),
+    }
+}
+
+/// The verdict on an answer, and what it teaches health.
+pub fn judge(
+    state: &AppState,
+    policy: &HealthPolicy,
+    backoff_max: Duration,
+    channel: &Channel,
+    key: Option<&str>,
+    answer: &Answer,
+) -> Verdict {
+    let status = answer.status();
+    let verdict = verdict_for_status(status, answer.retry_after());
+    let channel_id = HealthId::channel(&channel.name);
+    let key_id = key.map(|k| HealthId::key(&channel.name, k));
+    let reason = format!("HTTP {status}");
+    let outcome = match verdict {
+        Verdict::Success | Verdict::Final => {
+            state.health.success(&channel_id);
+            if let Some(id) = &key_id {
+                state.health.success(id);
+            }
+            if verdict == Verdict::Success { "ok" } else { "client_error" }
+        }
+        Verdict::KeyRejected => {
+            // The server answers; the key is what is wrong.
+            state.health.success(&channel_id);
+            match &key_id {
+                Some(id) => {
+                    state.health.failure(id, policy, &reason);
+                }
+                None => {
+                    state.health.failure(&channel_id, policy, &reason);
+                }
+            }
+            "key_rejected"
+        }
+        Verdict::Retryable {
+            rotate_key: true,
+            retry_after,
+        } => {
+            let id = key_id.as_ref().unwrap_or(&channel_id);
+            match retry_after {
+                // The upstream says how long: believe it rather than hammering.
+                Some(ra) if ra > backoff_max => state.health.suspend(id, policy, ra, &reason),
+                _ => {
+                    state.health.failure(id, policy, &reason);
+                }
+            }
+            "rate_limited"
+        }
+        Verdict::Retryable { .. } => {
+            state.health.failure(&channel_id, policy, &reason);
+            "server_error"
+        }
+    };
+    state
+        .metrics
+        .upstream_attempts
+        .with_label_values(&[channel.name.as_str(), outcome])
+        .inc();
+    verdict
+}
+
+/// Health bookkeeping for an attempt that got no answer at all.
+pub fn judge_error(state: &AppState, policy: &HealthPolicy, channel: &Channel, e: &AttemptError) -> Verdict {
+    if !matches!(e, AttemptError::ClientGone) {
+        state
+            .health
+            .failure(&HealthId::channel(&channel.name), policy, &e.describe());
+        state
+            .metrics
+            .upstream_attempts
+            .with_label_values(&[channel.name.as_str(), e.outcome()])
+            .inc();
+    }
+    Verdict::Retryable {
+        rotate_key: false,
+        retry_after: None,
+    }
+}
+
+pub fn note_attempt(ctx: &mut Ctx, channel: &Channel) {
+    ctx.attempts += 1;
+    ctx.channel.clone_from(&channel.name);
+}

@@ -1,0 +1,87 @@
+//! Builds the Pingora server: the proxy service, the admin service and the reload
+//! watcher, all sharing one `AppState`.
+
+use crate::proxy::Weir;
+use crate::reload::Reloader;
+use crate::state::AppState;
+use pingora_core::connectors::http::Connector;
+use pingora_core::connectors::ConnectorOptions;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use weir_admin::AdminApp;
+use weir_filters::config::{self, LogFormat, Runtime};
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<(String, Runtime), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let rt = config::parse(&text).map_err(|e| {
+        let mut msg = format!("{} is not valid:", path.display());
+        for p in &e.problems {
+            msg.push_str("\n  ");
+            msg.push_str(p);
+        }
+        msg
+    })?;
+    Ok((text, rt))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Runs weir on `path` until a signal stops it.
+pub fn serve(path: PathBuf) -> Result<(), String> {
+    let (text, rt) = load(&path)?;
+    init_logging(rt.server().log_format);
+    let server_cfg = rt.server().clone();
+    let threads = if server_cfg.threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    } else {
+        server_cfg.threads
+    };
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(server_cfg.grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), conf);
+    server.bootstrap();
+
+    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration)));
+    let state = Arc::new(AppState::new(path, text, rt, connector)?);
+    std::thread::spawn(weir_filters::usage::warm_up);
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Weir { state: state.clone() },
+        "weir proxy",
+    );
+    proxy.add_tcp(&server_cfg.listen);
+
+    let mut admin = Service::new("weir admin".to_string(), AdminApp::new(state.clone()));
+    admin.add_tcp(&server_cfg.admin_listen);
+    admin.threads = Some(1);
+
+    let reloader = background_service("config reload", Reloader { state });
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(reloader);
+    tracing::info!(listen = %server_cfg.listen, admin = %server_cfg.admin_listen, threads, "weir starting");
+    server.run_forever();
+}

@@ -1,0 +1,173 @@
+//! Process-wide state: the config snapshot (swapped whole by reloads) and the
+//! long-lived parts that must survive a reload (health, DNS, connection pool, metrics).
+
+use crate::dns::DnsCache;
+use crate::health::{HealthId, HealthRegistry};
+use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use pingora_core::connectors::http::Connector;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use weir_filters::config::{self, Runtime};
+use weir_filters::health::{HealthPolicy, HealthState};
+
+pub struct AppState {
+    pub config_path: PathBuf,
+    config: ArcSwap<Runtime>,
+    version: AtomicU64,
+    /// The text of the file behind the current snapshot: a watcher event that changed
+    /// nothing does not count as a reload.
+    loaded_text: Mutex<String>,
+    pub health: HealthRegistry,
+    pub dns: DnsCache,
+    /// One pooled upstream connector for every request: keep-alive across requests.
+    pub connector: Connector,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    Reloaded { version: u64 },
+    Unchanged { version: u64 },
+}
+
+impl AppState {
+    pub fn new(config_path: PathBuf, text: String, runtime: Runtime, connector: Connector) -> Result<Self, String> {
+        let metrics = Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?;
+        metrics.config_version.set(1);
+        Ok(AppState {
+            config_path,
+            config: ArcSwap::from_pointee(runtime),
+            version: AtomicU64::new(1),
+            loaded_text: Mutex::new(text),
+            health: HealthRegistry::default(),
+            dns: DnsCache::default(),
+            connector,
+            metrics,
+        })
+    }
+
+    /// The config every phase of one request uses, start to end.
+    pub fn snapshot(&self) -> Arc<Runtime> {
+        self.config.load_full()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads, validates and swaps in the config file. On any problem the current
+    /// config stays in place and the problems are returned.
+    pub fn reload(&self, trigger: &str) -> Result<ReloadOutcome, String> {
+        // One reload at a time; the lock also guards `loaded_text`.
+        let mut loaded = self.loaded_text.lock().unwrap_or_else(|p| p.into_inner());
+        let text = std::fs::read_to_string(&self.config_path)
+            .map_err(|e| format!("cannot read {}: {e}", self.config_path.display()));
+        let result = text.and_then(|text| {
+            if *loaded == text && trigger == "watch" {
+                return Ok(None);
+            }
+            config::parse(&text).map(|rt| Some((rt, text))).map_err(|e| e.to_string())
+        });
+        match result {
+            Ok(None) => Ok(ReloadOutcome::Unchanged {
+                version: self.version(),
+            }),
+            Ok(Some((runtime, text))) => {
+                let old = self.snapshot();
+                if old.server().listen != runtime.server().listen
+                    || old.server().admin_listen != runtime.server().admin_listen
+                {
+                    tracing::warn!("server.listen / server.admin_listen changed: listeners move only on restart");
+                }
+                let names: Vec<&str> = runtime.channels.iter().map(|c| c.name.as_str()).collect();
+                self.health.retain_channels(&names);
+                self.config.store(Arc::new(runtime));
+                *loaded = text;
+                let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
+                self.metrics.config_version.set(version as i64);
+                self.metrics.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(trigger, version, "config reloaded");
+                Ok(ReloadOutcome::Reloaded { version })
+            }
+            Err(problems) => {
+                self.metrics.reloads.with_label_values(&["error"]).inc();
+                tracing::error!(trigger, %problems, "config rejected; the previous config keeps serving");
+                Err(problems)
+            }
+        }
+    }
+
+    pub fn health_policy(rt: &Runtime) -> HealthPolicy {
+        let h = &rt.server().health;
+        HealthPolicy {
+            failures: h.failures,
+            cooldown: h.cooldown.0,
+            max_cooldown: h.max_cooldown.0,
+        }
+    }
+
+    /// Channels and keys with their health, for the admin API.
+    pub fn channels_report(&self) -> serde_json::Value {
+        let rt = self.snapshot();
+        let channels: Vec<serde_json::Value> = rt
+            .channels
+            .iter()
+            .map(|c| {
+                let keys: Vec<serde_json::Value> = c
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| {
+                        let r = self.health.report(&HealthId::key(&c.name, k));
+                        serde_json::json!({"index": i, "hint": config::key_hint(k), "health": r})
+                    })
+                    .collect();
+                let upstream = c.upstream.as_ref().map(|u| {
+                    format!("{}://{}{}", if u.tls { "https" } else { "http" }, u.authority, u.base_path)
+                });
+                let enabled = rt.file.channels.iter().find(|f| f.name == c.name).map(|f| f.enabled);
+                serde_json::json!({
+                    "name": c.name,
+                    "type": c.kind.as_str(),
+                    "upstream": upstream,
+                    "enabled": enabled,
+                    "priority": c.priority,
+                    "weight": c.weight,
+                    "retries": c.retries,
+                    "models": c.exposed,
+                    "health": self.health.report(&HealthId::channel(&c.name)),
+                    "keys": keys,
+                })
+            })
+            .collect();
+        serde_json::json!({"version": self.version(), "channels": channels})
+    }
+
+    /// Sets the health gauges from the registry, dropping series of removed channels.
+    pub fn refresh_health_gauges(&self) {
+        let rt = self.snapshot();
+        let m = &self.metrics;
+        m.channel_up.reset();
+        m.channel_state.reset();
+        m.key_up.reset();
+        for c in &rt.channels {
+            let state = self.health.report(&HealthId::channel(&c.name)).state;
+            m.channel_up
+                .with_label_values(&[c.name.as_str()])
+                .set(i64::from(state != HealthState::Suspended));
+            for s in [HealthState::Healthy, HealthState::Suspended, HealthState::Probing] {
+                m.channel_state
+                    .with_label_values(&[c.name.as_str(), s.as_str()])
+                    .set(i64::from(s == state));
+            }
+            for (i, k) in c.keys.iter().enumerate() {
+                let st = self.health.report(&HealthId::key(&c.name, k)).state;
+                m.key_up
+                    .with_label_values(&[c.name.as_str(), i.to_string().as_str()])
+                    .set(i64::from(st != HealthState::Suspended));
+            }
+        }
+    }
+}
