@@ -1,0 +1,410 @@
+//! Test harness: a mock OpenAI-compatible upstream with scripted failures and call
+//! counts, and a real `weir` process started on free loopback ports.
+#![allow(dead_code)]
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the mock upstream does with one request.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// A normal answer: JSON or SSE as the request asks, usage as OpenAI reports it.
+    Ok,
+    /// An OpenAI-style error with this status.
+    Status(u16),
+    /// 429 with `Retry-After: secs`.
+    RateLimited { retry_after: u64 },
+    /// Stream `after` content chunks, then drop the connection.
+    Cut { after: usize },
+    /// Stream without ever sending a usage chunk.
+    NoUsage,
+    /// Wait this long before answering normally.
+    Delay(Duration),
+}
+
+/// One request as the upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub path: String,
+    pub authorization: Option<String>,
+    pub content_length: usize,
+    pub body: Value,
+}
+
+pub struct UpstreamState {
+    pub name: String,
+    script: Mutex<VecDeque<Reply>>,
+    fallback: Mutex<Reply>,
+    pub calls: AtomicUsize,
+    pub seen: Mutex<Vec<Seen>>,
+    /// Totals of the usage this upstream reported.
+    pub prompt_sent: AtomicU64,
+    pub completion_sent: AtomicU64,
+    /// Delay between stream chunks.
+    pub chunk_delay: Mutex<Duration>,
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    pub state: Arc<UpstreamState>,
+    pub port: u16,
+}
+
+impl Upstream {
+    /// Starts a mock upstream on a free loopback port, in the calling test's runtime.
+    pub async fn start(name: &str) -> Upstream {
+        let state = Arc::new(UpstreamState {
+            name: name.to_string(),
+            script: Mutex::new(VecDeque::new()),
+            fallback: Mutex::new(Reply::Ok),
+            calls: AtomicUsize::new(0),
+            seen: Mutex::new(Vec::new()),
+            prompt_sent: AtomicU64::new(0),
+            completion_sent: AtomicU64::new(0),
+            chunk_delay: Mutex::new(Duration::ZERO),
+        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Upstream { state, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The next replies, in order; after them the fallback applies.
+    pub fn script(&self, replies: &[Reply]) {
+        self.state.script.lock().unwrap().extend(replies.iter().cloned());
+    }
+
+    /// What every unscripted request gets.
+    pub fn always(&self, reply: Reply) {
+        *self.state.fallback.lock().unwrap() = reply;
+    }
+
+    pub fn calls(&self) -> usize {
+        self.state.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    pub fn set_chunk_delay(&self, d: Duration) {
+        *self.state.chunk_delay.lock().unwrap() = d;
+    }
+}
+
+fn error_body(status: u16) -> Value {
+    let (kind, code) = match status {
+        401 => ("invalid_request_error", "invalid_api_key"),
+        429 => ("rate_limit_error", "rate_limit_exceeded"),
+        400 => ("invalid_request_error", "bad_param"),
+        _ => ("server_error", "upstream_boom"),
+    };
+    json!({"error": {"message": format!("mock says {status}"), "type": kind, "param": null, "code": code}})
+}
+
+async fn handle(State(st): State<Arc<UpstreamState>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    st.calls.fetch_add(1, Ordering::SeqCst);
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    st.seen.lock().unwrap().push(Seen {
+        path: uri.path().to_string(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        content_length: body.len(),
+        body: parsed.clone(),
+    });
+    let reply = st
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or_else(|| st.fallback.lock().unwrap().clone());
+    let reply = match reply {
+        Reply::Delay(d) => {
+            tokio::time::sleep(d).await;
+            Reply::Ok
+        }
+        other => other,
+    };
+    match reply {
+        Reply::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap();
+            (status, axum::Json(error_body(code))).into_response()
+        }
+        Reply::RateLimited { retry_after } => {
+            let mut r = (StatusCode::TOO_MANY_REQUESTS, axum::Json(error_body(429))).into_response();
+            r.headers_mut().insert("retry-after", retry_after.to_string().parse().unwrap());
+            r
+        }
+        Reply::Ok | Reply::NoUsage | Reply::Cut { .. } | Reply::Delay(_) => answer(&st, &parsed, body.len(), &reply, uri.path()),
+    }
+}
+
+/// The deterministic usage of an answer: prompt from the body size, four words out.
+fn usage_for(body_len: usize) -> (u64, u64) {
+    (5 + body_len as u64 / 100, 4)
+}
+
+fn answer(st: &Arc<UpstreamState>, req: &Value, body_len: usize, reply: &Reply, path: &str) -> Response {
+    let model = req["model"].as_str().unwrap_or("?").to_string();
+    let (prompt, completion) = usage_for(body_len);
+    if path.ends_with("/embeddings") {
+        st.prompt_sent.fetch_add(prompt, Ordering::SeqCst);
+        return axum::Json(json!({"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}], "usage": {"prompt_tokens": prompt, "total_tokens": prompt}})).into_response();
+    }
+    let words = ["Hello", " from", " upstream", &format!(" {}", st.name)].map(|s| s.to_string());
+    let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+    if !req["stream"].as_bool().unwrap_or(false) {
+        st.prompt_sent.fetch_add(prompt, Ordering::SeqCst);
+        st.completion_sent.fetch_add(completion, Ordering::SeqCst);
+        return axum::Json(json!({
+            "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": "stop"}],
+            "usage": usage,
+        }))
+        .into_response();
+    }
+    let include_usage = req["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let mut events: Vec<String> = words
+        .iter()
+        .map(|w| format!("data: {}\n\n", json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": null}]})))
+        .collect();
+    let cut = match reply {
+        Reply::Cut { after } => Some(*after),
+        _ => None,
+    };
+    events.push(format!("data: {}\n\n", json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})));
+    if include_usage && !matches!(reply, Reply::NoUsage) && cut.is_none() {
+        st.prompt_sent.fetch_add(prompt, Ordering::SeqCst);
+        st.completion_sent.fetch_add(completion, Ordering::SeqCst);
+        events.push(format!("data: {}\n\n", json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [], "usage": usage})));
+    }
+    events.push("data: [DONE]\n\n".to_string());
+    if let Some(after) = cut {
+        events.truncate(after);
+    }
+    let delay = *st.chunk_delay.lock().unwrap();
+    let stream = futures_util::stream::unfold((events.into_iter(), cut, false), move |(mut it, cut, done)| async move {
+        if done {
+            return None;
+        }
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match it.next() {
+            Some(ev) => Some((Ok::<Bytes, std::io::Error>(Bytes::from(ev)), (it, cut, false))),
+            // A cut: fail the body so the connection drops without the final chunk.
+            None if cut.is_some() => Some((Err(std::io::Error::other("cut")), (it, cut, true))),
+            None => None,
+        }
+    });
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+    r
+}
+
+/// A free loopback port (bound and released; the tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+
+/// The `server:` section on the given ports, then `body`.
+pub fn render_config(port: u16, admin_port: u16, body: &str, server_extra: &str) -> String {
+    format!(
+        "server:\n  listen: 127.0.0.1:{port}\n  admin_listen: 127.0.0.1:{admin_port}\n  admin_key: {ADMIN_KEY}\n  threads: 2\n  backoff: {{base: 10ms, max: 100ms}}\n{server_extra}\n{body}"
+    )
+}
+
+/// Replaces a file by rename, as config managers do.
+pub fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f.sync_all().unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A running weir process; killed when dropped.
+pub struct Weir {
+    child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+}
+
+impl Weir {
+    /// Starts weir on `body` (the config after its `server:` section, which this fills).
+    pub async fn start(body: &str) -> Weir {
+        Self::start_with_server(body, "").await
+    }
+
+    pub async fn start_with_server(body: &str, server_extra: &str) -> Weir {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, admin_port) = (free_port(), free_port());
+        let config_path = dir.path().join("weir.yaml");
+        let log_path = dir.path().join("weir.log");
+        write_atomically(&config_path, &render_config(port, admin_port, body, server_extra));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "-c"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn weir");
+        let mut w = Weir {
+            child,
+            port,
+            admin_port,
+            dir,
+            config_path,
+            log_path,
+        };
+        w.wait_ready().await;
+        w
+    }
+
+    /// Rewrites the config file in place (same ports and admin key), atomically.
+    pub fn write_config(&self, body: &str, server_extra: &str) {
+        write_atomically(&self.config_path, &render_config(self.port, self.admin_port, body, server_extra));
+    }
+
+    /// Writes raw text (e.g. a broken file) as the config.
+    pub fn write_raw(&self, text: &str) {
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("weir exited with {status}:\n{}", self.log());
+            }
+            let admin = client.get(self.admin_url("/health")).send().await;
+            let proxy = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await;
+            if admin.is_ok() && proxy.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "weir did not start:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Value {
+        reqwest::Client::new()
+            .get(self.admin_url(path))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics")).await.unwrap().text().await.unwrap()
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- weir log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Sum of a metric's samples whose labels include every `key="value"` given.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn chat(model: &str, stream: bool) -> Value {
+    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "Say hello"}]})
+}
+
+/// Posts a chat request; returns status and body text.
+pub async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, String) {
+    let r = client.post(url).json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+/// The `data:` payloads of an SSE body.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_string))
+        .collect()
+}
+
+pub fn channel(name: &str, up: &Upstream, extra: &str) -> String {
+    format!("  - {{name: {name}, type: openai, base_url: '{}', models: [m], {extra}}}\n", up.url())
+}
+
+impl Weir {
+    /// Polls `/metrics` until the sum for `name` with `labels` equals `want`: the
+    /// logging phase that counts a request runs just after its last byte went out.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], want: f64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = self.metrics().await;
+            let got = metric_sum(&m, name, labels);
+            if got == want {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "{name}{labels:?} is {got}, want {want}\n{m}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

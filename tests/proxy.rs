@@ -1,0 +1,272 @@
+//! The request path end to end: a real weir process in front of a mock upstream that
+//! speaks OpenAI JSON and SSE.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn one_channel(up: &Upstream, extra: &str) -> String {
+    format!("channels:\n{}", channel("up", up, extra))
+}
+
+#[tokio::test]
+async fn json_and_stream_answers_pass_through_with_usage() {
+    let up = Upstream::start("a").await;
+    let weir = Weir::start(&one_channel(&up, "keys: [sk-test-key-000000001]")).await;
+    let client = reqwest::Client::new();
+
+    let (status, body) = post(&client, &weir.url("/v1/chat/completions"), &chat("m", false)).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from upstream a");
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+    let seen = up.seen();
+    assert_eq!(seen[0].path, "/v1/chat/completions");
+    assert_eq!(seen[0].authorization.as_deref(), Some("Bearer sk-test-key-000000001"));
+
+    let (status, body) = post(&client, &weir.url("/v1/chat/completions"), &chat("m", true)).await;
+    assert_eq!(status, 200);
+    let data = sse_data(&body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let text: String = data
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, "Hello from upstream a");
+
+    // Embeddings and legacy completions reach the same upstream paths.
+    let (status, _) = post(&client, &weir.url("/v1/embeddings"), &json!({"model": "m", "input": "x"})).await;
+    assert_eq!(status, 200);
+    let (status, _) = post(&client, &weir.url("/v1/completions"), &json!({"model": "m", "prompt": "x"})).await;
+    assert_eq!(status, 200);
+    let paths: Vec<String> = up.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(&paths[2..], &["/v1/embeddings", "/v1/completions"]);
+}
+
+#[tokio::test]
+async fn sse_chunks_arrive_as_they_are_sent() {
+    let up = Upstream::start("slow").await;
+    up.set_chunk_delay(std::time::Duration::from_millis(200));
+    let weir = Weir::start(&one_channel(&up, "")).await;
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let mut r = client.post(weir.url("/v1/chat/completions")).json(&chat("m", true)).send().await.unwrap();
+    let first = r.chunk().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    assert!(String::from_utf8_lossy(&first).contains("Hello"));
+    while r.chunk().await.unwrap().is_some() {}
+    let total = started.elapsed();
+    // Seven events 200 ms apart: the first must not wait for the rest.
+    assert!(total.as_millis() >= 1200, "total {total:?}");
+    assert!(first_at.as_millis() < 800, "first chunk after {first_at:?} of {total:?}");
+}
+
+#[tokio::test]
+async fn streaming_usage_is_exact_and_hidden_when_not_asked_for() {
+    let up = Upstream::start("u").await;
+    let weir = Weir::start(&one_channel(&up, "")).await;
+    let client = reqwest::Client::new();
+    let url = weir.url("/v1/chat/completions");
+    let bodies: Vec<Value> = (0..8)
+        .map(|i| {
+            let mut body = chat("m", true);
+            body["messages"][0]["content"] = json!("x".repeat(150 * i));
+            body
+        })
+        .collect();
+    let requests = bodies.iter().map(|b| post(&client, &url, b));
+    for (status, body) in futures_util::future::join_all(requests).await {
+        assert_eq!(status, 200);
+        assert!(!body.contains("usage"), "a usage chunk reached the client: {body}");
+        assert!(body.ends_with("data: [DONE]\n\n"));
+    }
+    // Weir asked the upstream for usage on the client's behalf.
+    for s in up.seen() {
+        assert_eq!(s.body["stream_options"]["include_usage"], true);
+    }
+    let m = weir.wait_metric("weir_requests_total", &[("status", "2xx")], 8.0).await;
+    let tin = metric_sum(&m, "weir_tokens_total", &[("direction", "in")]);
+    let tout = metric_sum(&m, "weir_tokens_total", &[("direction", "out")]);
+    assert_eq!(tin as u64, up.state.prompt_sent.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(tout as u64, up.state.completion_sent.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(tout, 32.0);
+
+    // A client that asks for usage gets the usage chunk.
+    let mut body = chat("m", true);
+    body["stream_options"] = json!({"include_usage": true});
+    let (_, text) = post(&client, &weir.url("/v1/chat/completions"), &body).await;
+    assert!(text.contains("\"usage\""), "{text}");
+    assert!(!weir.log().contains("estimated=true"));
+}
+
+#[tokio::test]
+async fn missing_usage_is_estimated_with_a_tokenizer() {
+    let up = Upstream::start("n").await;
+    up.always(Reply::NoUsage);
+    let weir = Weir::start(&one_channel(&up, "")).await;
+    let (status, _) = post(&reqwest::Client::new(), &weir.url("/v1/chat/completions"), &chat("m", true)).await;
+    assert_eq!(status, 200);
+    // "Hello from upstream n" is 4 tokens in o200k; the prompt "Say hello" 2 + framing.
+    let m = weir.wait_metric("weir_tokens_total", &[("direction", "out")], 4.0).await;
+    assert!(metric_sum(&m, "weir_tokens_total", &[("direction", "in")]) >= 2.0);
+    assert!(weir.log().contains("estimated=true"));
+}
+
+#[tokio::test]
+async fn a_stream_cut_midway_ends_with_an_error_event() {
+    let up = Upstream::start("cut").await;
+    up.always(Reply::Cut { after: 2 });
+    // Let the first events reach the client before the cut.
+    up.set_chunk_delay(std::time::Duration::from_millis(50));
+    let other = Upstream::start("spare").await;
+    // Even with another channel, nothing is retried once bytes reached the client.
+    let cfg = format!("channels:\n{}{}", channel("first", &up, "priority: 10"), channel("second", &other, ""));
+    let weir = Weir::start(&cfg).await;
+    let (status, body) = post(&reqwest::Client::new(), &weir.url("/v1/chat/completions"), &chat("m", true)).await;
+    assert_eq!(status, 200);
+    let data = sse_data(&body);
+    assert!(data.iter().any(|d| d.contains("Hello")));
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["type"], "upstream_error", "{body}");
+    assert!(!body.contains("[DONE]"));
+    assert_eq!(other.calls(), 0);
+    weir.wait_metric("weir_stream_errors_total", &[("channel", "first")], 1.0).await;
+}
+
+#[tokio::test]
+async fn a_one_mib_body_is_routed_and_mapped() {
+    let up = Upstream::start("big").await;
+    let cfg = format!(
+        "channels:\n  - {{name: big, type: openai, base_url: '{}/v1', models: [qwen2-7b], model_mapping: ['gpt-4o>qwen2-7b']}}\n",
+        up.url()
+    );
+    let weir = Weir::start(&cfg).await;
+    let content = "y".repeat(1024 * 1024);
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": content}]});
+    let (status, text) = post(&reqwest::Client::new(), &weir.url("/v1/chat/completions"), &body).await;
+    assert_eq!(status, 200, "{text}");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body["model"], "qwen2-7b");
+    assert_eq!(seen[0].body["messages"][0]["content"].as_str().unwrap().len(), 1024 * 1024);
+    // base_url written with /v1 reaches the same /v1 path.
+    assert_eq!(seen[0].path, "/v1/chat/completions");
+}
+
+#[tokio::test]
+async fn bad_input_gets_openai_shaped_errors() {
+    let up = Upstream::start("e").await;
+    let weir = Weir::start_with_server(&one_channel(&up, "keys: [sk-secret-never-shown-1]"), "  max_body: 64KiB").await;
+    let client = reqwest::Client::new();
+    let url = weir.url("/v1/chat/completions");
+    let check = |status: u16, body: &str, want_status: u16, want_code: &str| {
+        assert_eq!(status, want_status, "{body}");
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+        assert_eq!(v["error"]["code"], want_code, "{body}");
+        assert!(v["error"]["message"].as_str().is_some() && v["error"]["type"].as_str().is_some());
+        assert!(!body.contains("sk-secret"));
+    };
+    let r = client.post(&url).body("{not json").send().await.unwrap();
+    let (s, b) = (r.status().as_u16(), r.text().await.unwrap());
+    check(s, &b, 400, "invalid_json");
+    let (s, b) = post(&client, &url, &json!({"messages": []})).await;
+    check(s, &b, 400, "bad_request");
+    let (s, b) = post(&client, &url, &chat("no-such-model", false)).await;
+    check(s, &b, 404, "model_not_found");
+    let huge = json!({"model": "m", "messages": [{"role": "user", "content": "z".repeat(70 * 1024)}]});
+    let (s, b) = post(&client, &url, &huge).await;
+    check(s, &b, 413, "request_too_large");
+    let r = client.get(weir.url("/v1/nowhere")).send().await.unwrap();
+    let (s, b) = (r.status().as_u16(), r.text().await.unwrap());
+    check(s, &b, 404, "unknown_url");
+    let r = client.get(&url).send().await.unwrap();
+    let (s, b) = (r.status().as_u16(), r.text().await.unwrap());
+    check(s, &b, 405, "method_not_allowed");
+    let r = client.get(weir.url("/elsewhere")).send().await.unwrap();
+    let (s, b) = (r.status().as_u16(), r.text().await.unwrap());
+    check(s, &b, 404, "unknown_url");
+    assert_eq!(up.calls(), 0);
+
+    // A 400 from the upstream is the client's problem: returned as it is, not retried.
+    up.script(&[Reply::Status(400)]);
+    let (s, b) = post(&client, &url, &chat("m", false)).await;
+    assert_eq!(s, 400);
+    assert!(b.contains("mock says 400"));
+    assert_eq!(up.calls(), 1);
+    assert!(!weir.log().contains("sk-secret-never-shown"), "a key reached the log");
+}
+
+#[tokio::test]
+async fn gateways_route_by_path_prefix_and_list_their_models() {
+    let up = Upstream::start("g").await;
+    let cfg = format!(
+        "channels:\n  - {{name: g, type: openai, base_url: '{}', models: [m, n]}}\ngateways:\n  - {{name: default, path: /v1}}\n  - {{name: team-a, path: /llm/api/team-a/v1, models: [n]}}\n  - {{name: old, path: /old/v1, expires_at: '2020-01-01T00:00:00Z'}}\n  - {{name: off, path: /off/v1, active: false}}\n",
+        up.url()
+    );
+    let weir = Weir::start(&cfg).await;
+    let client = reqwest::Client::new();
+    let (s, _) = post(&client, &weir.url("/llm/api/team-a/v1/chat/completions"), &chat("n", false)).await;
+    assert_eq!(s, 200);
+    assert_eq!(up.seen()[0].path, "/v1/chat/completions");
+    let (s, b) = post(&client, &weir.url("/llm/api/team-a/v1/chat/completions"), &chat("m", false)).await;
+    assert_eq!(s, 404, "{b}");
+    let models: Value = client.get(weir.url("/llm/api/team-a/v1/models")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(models["data"].as_array().unwrap().len(), 1);
+    assert_eq!(models["data"][0]["id"], "n");
+    let models: Value = client.get(weir.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(models["data"].as_array().unwrap().len(), 2);
+    let one = client.get(weir.url("/v1/models/m")).send().await.unwrap();
+    assert_eq!(one.status(), 200);
+    let (s, b) = post(&client, &weir.url("/old/v1/chat/completions"), &chat("m", false)).await;
+    assert_eq!(s, 403);
+    assert!(b.contains("gateway_expired"));
+    let (s, b) = post(&client, &weir.url("/off/v1/chat/completions"), &chat("m", false)).await;
+    assert_eq!(s, 403);
+    assert!(b.contains("gateway_inactive"));
+}
+
+#[tokio::test]
+async fn metrics_count_what_was_sent() {
+    let up = Upstream::start("m").await;
+    let weir = Weir::start(&one_channel(&up, "")).await;
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        assert_eq!(post(&client, &weir.url("/v1/chat/completions"), &chat("m", false)).await.0, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(post(&client, &weir.url("/v1/chat/completions"), &chat("m", true)).await.0, 200);
+    }
+    assert_eq!(post(&client, &weir.url("/v1/chat/completions"), &chat("zzz", false)).await.0, 404);
+    let m = weir.wait_metric("weir_requests_total", &[], 9.0).await;
+    let ok = [("gateway", "default"), ("model", "m"), ("channel", "up"), ("status", "2xx")];
+    assert_eq!(metric_sum(&m, "weir_requests_total", &ok), 8.0);
+    assert_eq!(metric_sum(&m, "weir_requests_total", &[("status", "4xx")]), 1.0);
+    assert_eq!(metric_sum(&m, "weir_request_duration_seconds_count", &[("channel", "up")]), 8.0);
+    assert_eq!(metric_sum(&m, "weir_time_to_first_token_seconds_count", &[("channel", "up")]), 8.0);
+    assert_eq!(metric_sum(&m, "weir_tokens_total", &[("direction", "out")]), 32.0);
+    assert_eq!(metric_sum(&m, "weir_upstream_attempts_total", &[("channel", "up"), ("outcome", "ok")]), 8.0);
+    assert_eq!(metric_sum(&m, "weir_channel_up", &[("channel", "up")]), 1.0);
+    // No label carries what the client typed as a model.
+    assert!(!m.contains("zzz"));
+}
+
+#[tokio::test]
+async fn the_shipped_config_answers_from_the_mock_channel() {
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/weir.yaml")).unwrap();
+    let body = shipped.split("\nchannels:").nth(1).expect("shipped config has channels");
+    let weir = Weir::start(&format!("channels:{body}")).await;
+    let client = reqwest::Client::new();
+    let (s, b) = post(&client, &weir.url("/v1/chat/completions"), &chat("anything-at-all", false)).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.contains("mock channel"));
+    let (s, b) = post(&client, &weir.url("/v1/chat/completions"), &chat("mock-gpt", true)).await;
+    assert_eq!(s, 200);
+    assert!(b.ends_with("data: [DONE]\n\n") && !b.contains("usage"));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["check", "-c", concat!(env!("CARGO_MANIFEST_DIR"), "/conf/weir.yaml")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
