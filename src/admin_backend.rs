@@ -14,8 +14,12 @@ impl AdminBackend for AppState {
         // File I/O and parsing: keep it off the async worker.
         let outcome = tokio::task::block_in_place(|| AppState::reload(self, trigger))?;
         Ok(match outcome {
-            ReloadOutcome::Reloaded { version } => serde_json::json!({"reloaded": true, "version": version}),
-            ReloadOutcome::Unchanged { version } => serde_json::json!({"reloaded": false, "version": version}),
+            ReloadOutcome::Reloaded { version } => {
+                serde_json::json!({"reloaded": true, "version": version})
+            }
+            ReloadOutcome::Unchanged { version } => {
+                serde_json::json!({"reloaded": false, "version": version})
+            }
         })
     }
 

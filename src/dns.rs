@@ -8,14 +8,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
+/// Addresses of a `(host, port)` and when they were resolved.
+type Resolved = HashMap<(String, u16), (Vec<SocketAddr>, Instant)>;
+
 #[derive(Default)]
 pub struct DnsCache {
-    entries: RwLock<HashMap<(String, u16), (Vec<SocketAddr>, Instant)>>,
+    entries: RwLock<Resolved>,
     rotate: AtomicUsize,
 }
 
 impl DnsCache {
-    pub async fn resolve(&self, host: &str, port: u16, ttl: Duration) -> Result<SocketAddr, String> {
+    pub async fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+        ttl: Duration,
+    ) -> Result<SocketAddr, String> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(SocketAddr::new(ip, port));
         }
@@ -64,7 +72,10 @@ mod tests {
     #[tokio::test]
     async fn literal_addresses_skip_lookup() {
         let d = DnsCache::default();
-        let a = d.resolve("127.0.0.1", 80, Duration::from_secs(1)).await.unwrap();
+        let a = d
+            .resolve("127.0.0.1", 80, Duration::from_secs(1))
+            .await
+            .unwrap();
         assert_eq!(a, "127.0.0.1:80".parse().unwrap());
         let a = d.resolve("::1", 81, Duration::from_secs(1)).await.unwrap();
         assert_eq!(a.port(), 81);
@@ -73,9 +84,15 @@ mod tests {
     #[tokio::test]
     async fn resolves_localhost_and_caches() {
         let d = DnsCache::default();
-        let a = d.resolve("localhost", 9, Duration::from_secs(60)).await.unwrap();
+        let a = d
+            .resolve("localhost", 9, Duration::from_secs(60))
+            .await
+            .unwrap();
         assert!(a.ip().is_loopback());
         assert_eq!(d.entries.read().unwrap().len(), 1);
-        assert!(d.resolve("no-such-host.invalid", 9, Duration::from_secs(60)).await.is_err());
+        assert!(d
+            .resolve("no-such-host.invalid", 9, Duration::from_secs(60))
+            .await
+            .is_err());
     }
 }

@@ -44,7 +44,12 @@ pub struct HealthRegistry {
 
 impl HealthRegistry {
     fn entry(&self, id: &HealthId) -> Arc<Mutex<Health>> {
-        if let Some(e) = self.entries.read().unwrap_or_else(|p| p.into_inner()).get(id) {
+        if let Some(e) = self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
             return e.clone();
         }
         self.entries
@@ -99,7 +104,10 @@ impl HealthRegistry {
 
     pub fn report(&self, id: &HealthId) -> HealthReport {
         match self.existing(id) {
-            Some(e) => e.lock().unwrap_or_else(|p| p.into_inner()).report(Instant::now()),
+            Some(e) => e
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .report(Instant::now()),
             None => Health::default().report(Instant::now()),
         }
     }

@@ -3,7 +3,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "weir", version, about = "OpenAI-compatible LLM gateway on Pingora")]
+#[command(
+    name = "weir",
+    version,
+    about = "OpenAI-compatible LLM gateway on Pingora"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -31,11 +31,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
         let histogram = |name: &str, help: &str| -> Result<HistogramVec, prometheus::Error> {
             let h = HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
@@ -44,17 +45,21 @@ impl Metrics {
             registry.register(Box::new(h.clone()))?;
             Ok(h)
         };
-        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
         let requests = counter(
             "weir_requests_total",
             "Client requests answered, by status class (2xx, 4xx, 5xx).",
             &["gateway", "model", "channel", "status"],
         )?;
-        let duration = histogram("weir_request_duration_seconds", "Time from request to the last byte of the answer.")?;
+        let duration = histogram(
+            "weir_request_duration_seconds",
+            "Time from request to the last byte of the answer.",
+        )?;
         let ttft = histogram(
             "weir_time_to_first_token_seconds",
             "Time from request to the first answer byte sent to the client.",
@@ -99,8 +104,15 @@ impl Metrics {
             "1 when a channel's key (by position) is not suspended.",
             &["channel", "key"],
         )?;
-        let reloads = counter("weir_config_reloads_total", "Config reloads by result.", &["result"])?;
-        let config_version = IntGauge::new("weir_config_version", "Number of the config snapshot in use.")?;
+        let reloads = counter(
+            "weir_config_reloads_total",
+            "Config reloads by result.",
+            &["result"],
+        )?;
+        let config_version = IntGauge::new(
+            "weir_config_version",
+            "Number of the config snapshot in use.",
+        )?;
         registry.register(Box::new(config_version.clone()))?;
         let in_flight = IntGauge::new("weir_requests_in_flight", "Requests being answered now.")?;
         registry.register(Box::new(in_flight.clone()))?;

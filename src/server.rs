@@ -17,7 +17,8 @@ use weir_filters::config::{self, LogFormat, Runtime};
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<(String, Runtime), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let rt = config::parse(&text).map_err(|e| {
         let mut msg = format!("{} is not valid:", path.display());
         for p in &e.problems {
@@ -49,7 +50,9 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
     init_logging(rt.server().log_format);
     let server_cfg = rt.server().clone();
     let threads = if server_cfg.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
     } else {
         server_cfg.threads
     };
@@ -62,13 +65,17 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), conf);
     server.bootstrap();
 
-    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(&server.configuration)));
+    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
+        &server.configuration,
+    )));
     let state = Arc::new(AppState::new(path, text, rt, connector)?);
     std::thread::spawn(weir_filters::usage::warm_up);
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        Weir { state: state.clone() },
+        Weir {
+            state: state.clone(),
+        },
         "weir proxy",
     );
     proxy.add_tcp(&server_cfg.listen);

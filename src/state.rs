@@ -33,7 +33,12 @@ pub enum ReloadOutcome {
 }
 
 impl AppState {
-    pub fn new(config_path: PathBuf, text: String, runtime: Runtime, connector: Connector) -> Result<Self, String> {
+    pub fn new(
+        config_path: PathBuf,
+        text: String,
+        runtime: Runtime,
+        connector: Connector,
+    ) -> Result<Self, String> {
         let metrics = Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?;
         metrics.config_version.set(1);
         Ok(AppState {
@@ -68,7 +73,9 @@ impl AppState {
             if *loaded == text && trigger == "watch" {
                 return Ok(None);
             }
-            config::parse(&text).map(|rt| Some((rt, text))).map_err(|e| e.to_string())
+            config::parse(&text)
+                .map(|rt| Some((rt, text)))
+                .map_err(|e| e.to_string())
         });
         match result {
             Ok(None) => Ok(ReloadOutcome::Unchanged {
@@ -125,9 +132,19 @@ impl AppState {
                     })
                     .collect();
                 let upstream = c.upstream.as_ref().map(|u| {
-                    format!("{}://{}{}", if u.tls { "https" } else { "http" }, u.authority, u.base_path)
+                    format!(
+                        "{}://{}{}",
+                        if u.tls { "https" } else { "http" },
+                        u.authority,
+                        u.base_path
+                    )
                 });
-                let enabled = rt.file.channels.iter().find(|f| f.name == c.name).map(|f| f.enabled);
+                let enabled = rt
+                    .file
+                    .channels
+                    .iter()
+                    .find(|f| f.name == c.name)
+                    .map(|f| f.enabled);
                 serde_json::json!({
                     "name": c.name,
                     "type": c.kind.as_str(),
@@ -157,7 +174,11 @@ impl AppState {
             m.channel_up
                 .with_label_values(&[c.name.as_str()])
                 .set(i64::from(state != HealthState::Suspended));
-            for s in [HealthState::Healthy, HealthState::Suspended, HealthState::Probing] {
+            for s in [
+                HealthState::Healthy,
+                HealthState::Suspended,
+                HealthState::Probing,
+            ] {
                 m.channel_state
                     .with_label_values(&[c.name.as_str(), s.as_str()])
                     .set(i64::from(s == state));

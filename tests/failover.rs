@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 //! Selection, retries, failover and health (P3–P5) against scripted upstreams,
 //! proven by the upstreams' call counts.
 
@@ -23,16 +24,40 @@ async fn failover_follows_priorities_with_retries_per_channel() {
         channel("spare", &spare, "priority: 0"),
     );
     let weir = Weir::start_with_server(&cfg, "  health: {failures: 100}").await;
-    let (status, body) = post(&reqwest::Client::new(), &weir.url("/v1/chat/completions"), &chat("m", false)).await;
+    let (status, body) = post(
+        &reqwest::Client::new(),
+        &weir.url("/v1/chat/completions"),
+        &chat("m", false),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("upstream low"));
     // 1 + 2 retries on high, 1 + 1 on mid, then low answers; spare is never asked.
-    assert_eq!((high.calls(), mid.calls(), low.calls(), spare.calls()), (3, 2, 1, 0));
-    let m = weir.wait_metric("weir_requests_total", &[("status", "2xx")], 1.0).await;
+    assert_eq!(
+        (high.calls(), mid.calls(), low.calls(), spare.calls()),
+        (3, 2, 1, 0)
+    );
+    let m = weir
+        .wait_metric("weir_requests_total", &[("status", "2xx")], 1.0)
+        .await;
     assert_eq!(metric_sum(&m, "weir_retries_total", &[]), 3.0);
     assert_eq!(metric_sum(&m, "weir_failovers_total", &[]), 2.0);
-    assert_eq!(metric_sum(&m, "weir_upstream_attempts_total", &[("outcome", "server_error")]), 3.0);
-    assert_eq!(metric_sum(&m, "weir_upstream_attempts_total", &[("outcome", "rate_limited")]), 2.0);
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weir_upstream_attempts_total",
+            &[("outcome", "server_error")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weir_upstream_attempts_total",
+            &[("outcome", "rate_limited")]
+        ),
+        2.0
+    );
 }
 
 #[tokio::test]
@@ -47,7 +72,12 @@ async fn a_large_body_fails_over_like_a_small_one() {
     );
     let weir = Weir::start(&cfg).await;
     let body = serde_json::json!({"model": "big", "messages": [{"role": "user", "content": "q".repeat(1024 * 1024)}]});
-    let (status, text) = post(&reqwest::Client::new(), &weir.url("/v1/chat/completions"), &body).await;
+    let (status, text) = post(
+        &reqwest::Client::new(),
+        &weir.url("/v1/chat/completions"),
+        &body,
+    )
+    .await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(bad.calls(), 2);
     for s in bad.seen() {
@@ -56,19 +86,38 @@ async fn a_large_body_fails_over_like_a_small_one() {
     }
     let seen = good.seen();
     assert_eq!(seen[0].body["model"], "b");
-    assert_eq!(seen[0].body["messages"][0]["content"].as_str().unwrap().len(), 1024 * 1024);
+    assert_eq!(
+        seen[0].body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .len(),
+        1024 * 1024
+    );
 }
 
 #[tokio::test]
 async fn weights_split_four_to_one() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let cfg = format!("channels:\n{}{}", channel("a", &a, "weight: 4"), channel("b", &b, "weight: 1"));
+    let cfg = format!(
+        "channels:\n{}{}",
+        channel("a", &a, "weight: 4"),
+        channel("b", &b, "weight: 1")
+    );
     let weir = Weir::start(&cfg).await;
     let client = reqwest::Client::new();
     let n = 500;
     for _ in 0..n {
-        assert_eq!(post(&client, &weir.url("/v1/chat/completions"), &chat("m", false)).await.0, 200);
+        assert_eq!(
+            post(
+                &client,
+                &weir.url("/v1/chat/completions"),
+                &chat("m", false)
+            )
+            .await
+            .0,
+            200
+        );
     }
     // Binomial(500, 0.8): mean 400, sd 8.9; 4.5 sd either side.
     let share = a.calls();
@@ -79,13 +128,30 @@ async fn weights_split_four_to_one() {
 #[tokio::test]
 async fn every_key_of_a_channel_is_used_and_a_rejected_key_is_skipped() {
     let up = Upstream::start("k").await;
-    let cfg = channel("k", &up, "keys: [sk-key-one-0000000001, sk-key-two-0000000002], retries: 0");
+    let cfg = channel(
+        "k",
+        &up,
+        "keys: [sk-key-one-0000000001, sk-key-two-0000000002], retries: 0",
+    );
     let weir = Weir::start(&format!("channels:\n{cfg}")).await;
     let client = reqwest::Client::new();
     for _ in 0..40 {
-        assert_eq!(post(&client, &weir.url("/v1/chat/completions"), &chat("m", false)).await.0, 200);
+        assert_eq!(
+            post(
+                &client,
+                &weir.url("/v1/chat/completions"),
+                &chat("m", false)
+            )
+            .await
+            .0,
+            200
+        );
     }
-    let keys: Vec<String> = up.seen().iter().filter_map(|s| s.authorization.clone()).collect();
+    let keys: Vec<String> = up
+        .seen()
+        .iter()
+        .filter_map(|s| s.authorization.clone())
+        .collect();
     let one = keys.iter().filter(|k| k.ends_with("0001")).count();
     let two = keys.iter().filter(|k| k.ends_with("0002")).count();
     assert_eq!(one + two, 40);
@@ -94,7 +160,12 @@ async fn every_key_of_a_channel_is_used_and_a_rejected_key_is_skipped() {
     // A 401 moves to the other key at once, even with no retries left.
     up.script(&[Reply::Status(401)]);
     let before = up.calls();
-    let (status, _) = post(&client, &weir.url("/v1/chat/completions"), &chat("m", false)).await;
+    let (status, _) = post(
+        &client,
+        &weir.url("/v1/chat/completions"),
+        &chat("m", false),
+    )
+    .await;
     assert_eq!(status, 200);
     let seen = up.seen();
     assert_eq!(up.calls() - before, 2);
@@ -114,7 +185,12 @@ async fn when_everything_fails_the_client_learns_what_was_tried() {
         channel("b", &b, "priority: 1, keys: [sk-very-secret-key-123456]"),
     );
     let weir = Weir::start_with_server(&cfg, "  health: {failures: 100}").await;
-    let (status, body) = post(&reqwest::Client::new(), &weir.url("/v1/chat/completions"), &chat("m", false)).await;
+    let (status, body) = post(
+        &reqwest::Client::new(),
+        &weir.url("/v1/chat/completions"),
+        &chat("m", false),
+    )
+    .await;
     assert_eq!(status, 502, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "upstream_failed");
@@ -150,16 +226,30 @@ async fn a_slow_upstream_times_out_and_fails_over() {
     slow.always(Reply::Delay(Duration::from_secs(5)));
     let cfg = format!(
         "channels:\n{}{}",
-        channel("slow", &slow, "priority: 5, retries: 0, timeouts: {first_byte: 300ms}"),
+        channel(
+            "slow",
+            &slow,
+            "priority: 5, retries: 0, timeouts: {first_byte: 300ms}"
+        ),
         channel("fast", &fast, ""),
     );
     let weir = Weir::start(&cfg).await;
     let started = std::time::Instant::now();
-    let (status, body) = post(&reqwest::Client::new(), &weir.url("/v1/chat/completions"), &chat("m", false)).await;
+    let (status, body) = post(
+        &reqwest::Client::new(),
+        &weir.url("/v1/chat/completions"),
+        &chat("m", false),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("upstream fast"));
     assert!(started.elapsed() < Duration::from_secs(3));
-    weir.wait_metric("weir_upstream_attempts_total", &[("channel", "slow"), ("outcome", "timeout")], 1.0).await;
+    weir.wait_metric(
+        "weir_upstream_attempts_total",
+        &[("channel", "slow"), ("outcome", "timeout")],
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -172,7 +262,11 @@ async fn a_failing_channel_is_suspended_then_recovers_by_trial() {
         channel("flaky", &flaky, "priority: 10, retries: 0"),
         channel("backup", &backup, "priority: 1"),
     );
-    let weir = Weir::start_with_server(&cfg, "  health: {failures: 2, cooldown: 1s, max_cooldown: 4s}").await;
+    let weir = Weir::start_with_server(
+        &cfg,
+        "  health: {failures: 2, cooldown: 1s, max_cooldown: 4s}",
+    )
+    .await;
     let client = reqwest::Client::new();
     let url = weir.url("/v1/chat/completions");
     for _ in 0..2 {
@@ -189,10 +283,23 @@ async fn a_failing_channel_is_suspended_then_recovers_by_trial() {
     let flaky_state = &channels["channels"][0];
     assert_eq!(flaky_state["name"], "flaky");
     assert_eq!(flaky_state["health"]["state"], "suspended");
-    assert!(flaky_state["health"]["last_error"].as_str().unwrap().contains("500"));
+    assert!(flaky_state["health"]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("500"));
     let m = weir.metrics().await;
-    assert_eq!(metric_sum(&m, "weir_channel_up", &[("channel", "flaky")]), 0.0);
-    assert_eq!(metric_sum(&m, "weir_channel_state", &[("channel", "flaky"), ("state", "suspended")]), 1.0);
+    assert_eq!(
+        metric_sum(&m, "weir_channel_up", &[("channel", "flaky")]),
+        0.0
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weir_channel_state",
+            &[("channel", "flaky"), ("state", "suspended")]
+        ),
+        1.0
+    );
 
     // After the cooldown one trial request goes to it; it succeeds and it is back.
     flaky.always(Reply::Ok);
@@ -203,7 +310,10 @@ async fn a_failing_channel_is_suspended_then_recovers_by_trial() {
     let channels = weir.admin_get("/admin/channels").await;
     assert_eq!(channels["channels"][0]["health"]["state"], "healthy");
     let m = weir.metrics().await;
-    assert_eq!(metric_sum(&m, "weir_channel_up", &[("channel", "flaky")]), 1.0);
+    assert_eq!(
+        metric_sum(&m, "weir_channel_up", &[("channel", "flaky")]),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -218,12 +328,20 @@ async fn a_failed_trial_suspends_again_and_nothing_left_gives_503() {
     let client = reqwest::Client::new();
     let url = weir.url("/v1/chat/completions");
     assert_eq!(post(&client, &url, &chat("m", false)).await.0, 502);
-    let r = client.post(&url).json(&chat("m", false)).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .json(&chat("m", false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_some());
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "no_channel_available");
-    assert!(v["error"]["message"].as_str().unwrap().contains("only: suspended"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("only: suspended"));
     assert_eq!(only.calls(), 1);
     // The trial fails: suspended again, now for 2 s.
     tokio::time::sleep(Duration::from_millis(1100)).await;

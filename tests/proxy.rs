@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 //! The request path end to end: a real weir process in front of a mock upstream that
 //! speaks OpenAI JSON and SSE.
 
@@ -16,14 +17,25 @@ async fn json_and_stream_answers_pass_through_with_usage() {
     let weir = Weir::start(&one_channel(&up, "keys: [sk-test-key-000000001]")).await;
     let client = reqwest::Client::new();
 
-    let (status, body) = post(&client, &weir.url("/v1/chat/completions"), &chat("m", false)).await;
+    let (status, body) = post(
+        &client,
+        &weir.url("/v1/chat/completions"),
+        &chat("m", false),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["choices"][0]["message"]["content"], "Hello from upstream a");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "Hello from upstream a"
+    );
     assert_eq!(v["usage"]["completion_tokens"], 4);
     let seen = up.seen();
     assert_eq!(seen[0].path, "/v1/chat/completions");
-    assert_eq!(seen[0].authorization.as_deref(), Some("Bearer sk-test-key-000000001"));
+    assert_eq!(
+        seen[0].authorization.as_deref(),
+        Some("Bearer sk-test-key-000000001")
+    );
 
     let (status, body) = post(&client, &weir.url("/v1/chat/completions"), &chat("m", true)).await;
     assert_eq!(status, 200);
@@ -32,14 +44,28 @@ async fn json_and_stream_answers_pass_through_with_usage() {
     let text: String = data
         .iter()
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
         .collect();
     assert_eq!(text, "Hello from upstream a");
 
     // Embeddings and legacy completions reach the same upstream paths.
-    let (status, _) = post(&client, &weir.url("/v1/embeddings"), &json!({"model": "m", "input": "x"})).await;
+    let (status, _) = post(
+        &client,
+        &weir.url("/v1/embeddings"),
+        &json!({"model": "m", "input": "x"}),
+    )
+    .await;
     assert_eq!(status, 200);
-    let (status, _) = post(&client, &weir.url("/v1/completions"), &json!({"model": "m", "prompt": "x"})).await;
+    let (status, _) = post(
+        &client,
+        &weir.url("/v1/completions"),
+        &json!({"model": "m", "prompt": "x"}),
+    )
+    .await;
     assert_eq!(status, 200);
     let paths: Vec<String> = up.seen().iter().map(|s| s.path.clone()).collect();
     assert_eq!(&paths[2..], &["/v1/embeddings", "/v1/completions"]);
@@ -52,7 +78,12 @@ async fn sse_chunks_arrive_as_they_are_sent() {
     let weir = Weir::start(&one_channel(&up, "")).await;
     let client = reqwest::Client::new();
     let started = std::time::Instant::now();
-    let mut r = client.post(weir.url("/v1/chat/completions")).json(&chat("m", true)).send().await.unwrap();
+    let mut r = client
+        .post(weir.url("/v1/chat/completions"))
+        .json(&chat("m", true))
+        .send()
+        .await
+        .unwrap();
     let first = r.chunk().await.unwrap().unwrap();
     let first_at = started.elapsed();
     assert!(String::from_utf8_lossy(&first).contains("Hello"));
@@ -60,7 +91,10 @@ async fn sse_chunks_arrive_as_they_are_sent() {
     let total = started.elapsed();
     // Seven events 200 ms apart: the first must not wait for the rest.
     assert!(total.as_millis() >= 1200, "total {total:?}");
-    assert!(first_at.as_millis() < 800, "first chunk after {first_at:?} of {total:?}");
+    assert!(
+        first_at.as_millis() < 800,
+        "first chunk after {first_at:?} of {total:?}"
+    );
 }
 
 #[tokio::test]
@@ -79,18 +113,33 @@ async fn streaming_usage_is_exact_and_hidden_when_not_asked_for() {
     let requests = bodies.iter().map(|b| post(&client, &url, b));
     for (status, body) in futures_util::future::join_all(requests).await {
         assert_eq!(status, 200);
-        assert!(!body.contains("usage"), "a usage chunk reached the client: {body}");
+        assert!(
+            !body.contains("usage"),
+            "a usage chunk reached the client: {body}"
+        );
         assert!(body.ends_with("data: [DONE]\n\n"));
     }
     // Weir asked the upstream for usage on the client's behalf.
     for s in up.seen() {
         assert_eq!(s.body["stream_options"]["include_usage"], true);
     }
-    let m = weir.wait_metric("weir_requests_total", &[("status", "2xx")], 8.0).await;
+    let m = weir
+        .wait_metric("weir_requests_total", &[("status", "2xx")], 8.0)
+        .await;
     let tin = metric_sum(&m, "weir_tokens_total", &[("direction", "in")]);
     let tout = metric_sum(&m, "weir_tokens_total", &[("direction", "out")]);
-    assert_eq!(tin as u64, up.state.prompt_sent.load(std::sync::atomic::Ordering::SeqCst));
-    assert_eq!(tout as u64, up.state.completion_sent.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(
+        tin as u64,
+        up.state
+            .prompt_sent
+            .load(std::sync::atomic::Ordering::SeqCst)
+    );
+    assert_eq!(
+        tout as u64,
+        up.state
+            .completion_sent
+            .load(std::sync::atomic::Ordering::SeqCst)
+    );
     assert_eq!(tout, 32.0);
 
     // A client that asks for usage gets the usage chunk.
@@ -106,10 +155,17 @@ async fn missing_usage_is_estimated_with_a_tokenizer() {
     let up = Upstream::start("n").await;
     up.always(Reply::NoUsage);
     let weir = Weir::start(&one_channel(&up, "")).await;
-    let (status, _) = post(&reqwest::Client::new(), &weir.url("/v1/chat/completions"), &chat("m", true)).await;
+    let (status, _) = post(
+        &reqwest::Client::new(),
+        &weir.url("/v1/chat/completions"),
+        &chat("m", true),
+    )
+    .await;
     assert_eq!(status, 200);
     // "Hello from upstream n" is 4 tokens in o200k; the prompt "Say hello" 2 + framing.
-    let m = weir.wait_metric("weir_tokens_total", &[("direction", "out")], 4.0).await;
+    let m = weir
+        .wait_metric("weir_tokens_total", &[("direction", "out")], 4.0)
+        .await;
     assert!(metric_sum(&m, "weir_tokens_total", &[("direction", "in")]) >= 2.0);
     assert!(weir.log().contains("estimated=true"));
 }
@@ -122,9 +178,18 @@ async fn a_stream_cut_midway_ends_with_an_error_event() {
     up.set_chunk_delay(std::time::Duration::from_millis(50));
     let other = Upstream::start("spare").await;
     // Even with another channel, nothing is retried once bytes reached the client.
-    let cfg = format!("channels:\n{}{}", channel("first", &up, "priority: 10"), channel("second", &other, ""));
+    let cfg = format!(
+        "channels:\n{}{}",
+        channel("first", &up, "priority: 10"),
+        channel("second", &other, "")
+    );
     let weir = Weir::start(&cfg).await;
-    let (status, body) = post(&reqwest::Client::new(), &weir.url("/v1/chat/completions"), &chat("m", true)).await;
+    let (status, body) = post(
+        &reqwest::Client::new(),
+        &weir.url("/v1/chat/completions"),
+        &chat("m", true),
+    )
+    .await;
     assert_eq!(status, 200);
     let data = sse_data(&body);
     assert!(data.iter().any(|d| d.contains("Hello")));
@@ -132,7 +197,8 @@ async fn a_stream_cut_midway_ends_with_an_error_event() {
     assert_eq!(last["error"]["type"], "upstream_error", "{body}");
     assert!(!body.contains("[DONE]"));
     assert_eq!(other.calls(), 0);
-    weir.wait_metric("weir_stream_errors_total", &[("channel", "first")], 1.0).await;
+    weir.wait_metric("weir_stream_errors_total", &[("channel", "first")], 1.0)
+        .await;
 }
 
 #[tokio::test]
@@ -145,12 +211,23 @@ async fn a_one_mib_body_is_routed_and_mapped() {
     let weir = Weir::start(&cfg).await;
     let content = "y".repeat(1024 * 1024);
     let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": content}]});
-    let (status, text) = post(&reqwest::Client::new(), &weir.url("/v1/chat/completions"), &body).await;
+    let (status, text) = post(
+        &reqwest::Client::new(),
+        &weir.url("/v1/chat/completions"),
+        &body,
+    )
+    .await;
     assert_eq!(status, 200, "{text}");
     let seen = up.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body["model"], "qwen2-7b");
-    assert_eq!(seen[0].body["messages"][0]["content"].as_str().unwrap().len(), 1024 * 1024);
+    assert_eq!(
+        seen[0].body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .len(),
+        1024 * 1024
+    );
     // base_url written with /v1 reaches the same /v1 path.
     assert_eq!(seen[0].path, "/v1/chat/completions");
 }
@@ -158,7 +235,11 @@ async fn a_one_mib_body_is_routed_and_mapped() {
 #[tokio::test]
 async fn bad_input_gets_openai_shaped_errors() {
     let up = Upstream::start("e").await;
-    let weir = Weir::start_with_server(&one_channel(&up, "keys: [sk-secret-never-shown-1]"), "  max_body: 64KiB").await;
+    let weir = Weir::start_with_server(
+        &one_channel(&up, "keys: [sk-secret-never-shown-1]"),
+        "  max_body: 64KiB",
+    )
+    .await;
     let client = reqwest::Client::new();
     let url = weir.url("/v1/chat/completions");
     let check = |status: u16, body: &str, want_status: u16, want_code: &str| {
@@ -175,7 +256,8 @@ async fn bad_input_gets_openai_shaped_errors() {
     check(s, &b, 400, "bad_request");
     let (s, b) = post(&client, &url, &chat("no-such-model", false)).await;
     check(s, &b, 404, "model_not_found");
-    let huge = json!({"model": "m", "messages": [{"role": "user", "content": "z".repeat(70 * 1024)}]});
+    let huge =
+        json!({"model": "m", "messages": [{"role": "user", "content": "z".repeat(70 * 1024)}]});
     let (s, b) = post(&client, &url, &huge).await;
     check(s, &b, 413, "request_too_large");
     let r = client.get(weir.url("/v1/nowhere")).send().await.unwrap();
@@ -195,7 +277,10 @@ async fn bad_input_gets_openai_shaped_errors() {
     assert_eq!(s, 400);
     assert!(b.contains("mock says 400"));
     assert_eq!(up.calls(), 1);
-    assert!(!weir.log().contains("sk-secret-never-shown"), "a key reached the log");
+    assert!(
+        !weir.log().contains("sk-secret-never-shown"),
+        "a key reached the log"
+    );
 }
 
 #[tokio::test]
@@ -207,22 +292,56 @@ async fn gateways_route_by_path_prefix_and_list_their_models() {
     );
     let weir = Weir::start(&cfg).await;
     let client = reqwest::Client::new();
-    let (s, _) = post(&client, &weir.url("/llm/api/team-a/v1/chat/completions"), &chat("n", false)).await;
+    let (s, _) = post(
+        &client,
+        &weir.url("/llm/api/team-a/v1/chat/completions"),
+        &chat("n", false),
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(up.seen()[0].path, "/v1/chat/completions");
-    let (s, b) = post(&client, &weir.url("/llm/api/team-a/v1/chat/completions"), &chat("m", false)).await;
+    let (s, b) = post(
+        &client,
+        &weir.url("/llm/api/team-a/v1/chat/completions"),
+        &chat("m", false),
+    )
+    .await;
     assert_eq!(s, 404, "{b}");
-    let models: Value = client.get(weir.url("/llm/api/team-a/v1/models")).send().await.unwrap().json().await.unwrap();
+    let models: Value = client
+        .get(weir.url("/llm/api/team-a/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(models["data"].as_array().unwrap().len(), 1);
     assert_eq!(models["data"][0]["id"], "n");
-    let models: Value = client.get(weir.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    let models: Value = client
+        .get(weir.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(models["data"].as_array().unwrap().len(), 2);
     let one = client.get(weir.url("/v1/models/m")).send().await.unwrap();
     assert_eq!(one.status(), 200);
-    let (s, b) = post(&client, &weir.url("/old/v1/chat/completions"), &chat("m", false)).await;
+    let (s, b) = post(
+        &client,
+        &weir.url("/old/v1/chat/completions"),
+        &chat("m", false),
+    )
+    .await;
     assert_eq!(s, 403);
     assert!(b.contains("gateway_expired"));
-    let (s, b) = post(&client, &weir.url("/off/v1/chat/completions"), &chat("m", false)).await;
+    let (s, b) = post(
+        &client,
+        &weir.url("/off/v1/chat/completions"),
+        &chat("m", false),
+    )
+    .await;
     assert_eq!(s, 403);
     assert!(b.contains("gateway_inactive"));
 }
@@ -233,20 +352,75 @@ async fn metrics_count_what_was_sent() {
     let weir = Weir::start(&one_channel(&up, "")).await;
     let client = reqwest::Client::new();
     for _ in 0..5 {
-        assert_eq!(post(&client, &weir.url("/v1/chat/completions"), &chat("m", false)).await.0, 200);
+        assert_eq!(
+            post(
+                &client,
+                &weir.url("/v1/chat/completions"),
+                &chat("m", false)
+            )
+            .await
+            .0,
+            200
+        );
     }
     for _ in 0..3 {
-        assert_eq!(post(&client, &weir.url("/v1/chat/completions"), &chat("m", true)).await.0, 200);
+        assert_eq!(
+            post(&client, &weir.url("/v1/chat/completions"), &chat("m", true))
+                .await
+                .0,
+            200
+        );
     }
-    assert_eq!(post(&client, &weir.url("/v1/chat/completions"), &chat("zzz", false)).await.0, 404);
+    assert_eq!(
+        post(
+            &client,
+            &weir.url("/v1/chat/completions"),
+            &chat("zzz", false)
+        )
+        .await
+        .0,
+        404
+    );
     let m = weir.wait_metric("weir_requests_total", &[], 9.0).await;
-    let ok = [("gateway", "default"), ("model", "m"), ("channel", "up"), ("status", "2xx")];
+    let ok = [
+        ("gateway", "default"),
+        ("model", "m"),
+        ("channel", "up"),
+        ("status", "2xx"),
+    ];
     assert_eq!(metric_sum(&m, "weir_requests_total", &ok), 8.0);
-    assert_eq!(metric_sum(&m, "weir_requests_total", &[("status", "4xx")]), 1.0);
-    assert_eq!(metric_sum(&m, "weir_request_duration_seconds_count", &[("channel", "up")]), 8.0);
-    assert_eq!(metric_sum(&m, "weir_time_to_first_token_seconds_count", &[("channel", "up")]), 8.0);
-    assert_eq!(metric_sum(&m, "weir_tokens_total", &[("direction", "out")]), 32.0);
-    assert_eq!(metric_sum(&m, "weir_upstream_attempts_total", &[("channel", "up"), ("outcome", "ok")]), 8.0);
+    assert_eq!(
+        metric_sum(&m, "weir_requests_total", &[("status", "4xx")]),
+        1.0
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weir_request_duration_seconds_count",
+            &[("channel", "up")]
+        ),
+        8.0
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weir_time_to_first_token_seconds_count",
+            &[("channel", "up")]
+        ),
+        8.0
+    );
+    assert_eq!(
+        metric_sum(&m, "weir_tokens_total", &[("direction", "out")]),
+        32.0
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "weir_upstream_attempts_total",
+            &[("channel", "up"), ("outcome", "ok")]
+        ),
+        8.0
+    );
     assert_eq!(metric_sum(&m, "weir_channel_up", &[("channel", "up")]), 1.0);
     // No label carries what the client typed as a model.
     assert!(!m.contains("zzz"));
@@ -254,18 +428,36 @@ async fn metrics_count_what_was_sent() {
 
 #[tokio::test]
 async fn the_shipped_config_answers_from_the_mock_channel() {
-    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/weir.yaml")).unwrap();
-    let body = shipped.split("\nchannels:").nth(1).expect("shipped config has channels");
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/weir.yaml")).unwrap();
+    let body = shipped
+        .split("\nchannels:")
+        .nth(1)
+        .expect("shipped config has channels");
     let weir = Weir::start(&format!("channels:{body}")).await;
     let client = reqwest::Client::new();
-    let (s, b) = post(&client, &weir.url("/v1/chat/completions"), &chat("anything-at-all", false)).await;
+    let (s, b) = post(
+        &client,
+        &weir.url("/v1/chat/completions"),
+        &chat("anything-at-all", false),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     assert!(b.contains("mock channel"));
-    let (s, b) = post(&client, &weir.url("/v1/chat/completions"), &chat("mock-gpt", true)).await;
+    let (s, b) = post(
+        &client,
+        &weir.url("/v1/chat/completions"),
+        &chat("mock-gpt", true),
+    )
+    .await;
     assert_eq!(s, 200);
     assert!(b.ends_with("data: [DONE]\n\n") && !b.contains("usage"));
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["check", "-c", concat!(env!("CARGO_MANIFEST_DIR"), "/conf/weir.yaml")])
+        .args([
+            "check",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/weir.yaml"),
+        ])
         .status()
         .unwrap();
     assert!(status.success());

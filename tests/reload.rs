@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 //! Hot reload (A2) and the admin listener (A1).
 
 mod common;
@@ -47,7 +48,10 @@ async fn editing_the_file_adds_a_channel() {
 #[tokio::test]
 async fn a_broken_file_is_refused_and_the_old_config_keeps_serving() {
     let a = Upstream::start("a").await;
-    let good = format!("channels:\n{}", channel("a", &a, "keys: [sk-admin-view-secret-01]"));
+    let good = format!(
+        "channels:\n{}",
+        channel("a", &a, "keys: [sk-admin-view-secret-01]")
+    );
     let weir = Weir::start(&good).await;
     let client = reqwest::Client::new();
     let url = weir.url("/v1/chat/completions");
@@ -77,10 +81,22 @@ async fn a_broken_file_is_refused_and_the_old_config_keeps_serving() {
 
     // The admin API shows the config without secrets and needs the admin key.
     let cfg = weir.admin_get("/admin/config").await.to_string();
-    assert!(!cfg.contains("sk-admin-view-secret") && !cfg.contains(ADMIN_KEY), "{cfg}");
-    let r = client.get(weir.admin_url("/admin/config")).send().await.unwrap();
+    assert!(
+        !cfg.contains("sk-admin-view-secret") && !cfg.contains(ADMIN_KEY),
+        "{cfg}"
+    );
+    let r = client
+        .get(weir.admin_url("/admin/config"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = client.get(weir.admin_url("/admin/config")).bearer_auth("wrong").send().await.unwrap();
+    let r = client
+        .get(weir.admin_url("/admin/config"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "authentication_error");
@@ -103,18 +119,32 @@ async fn sighup_reloads() {
     let client = reqwest::Client::new();
     // Change only through SIGHUP: write the file under another name and move it in
     // place would wake the watcher too, so compare versions instead.
-    let before = weir.admin_get("/admin/config").await["version"].as_u64().unwrap();
+    let before = weir.admin_get("/admin/config").await["version"]
+        .as_u64()
+        .unwrap();
     let status = std::process::Command::new("kill")
         .args(["-HUP", &weir.pid().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     wait_until("SIGHUP reload", || async {
-        weir.admin_get("/admin/config").await["version"].as_u64().unwrap() > before
+        weir.admin_get("/admin/config").await["version"]
+            .as_u64()
+            .unwrap()
+            > before
     })
     .await;
     assert!(weir.log().contains("trigger=\"sighup\""));
-    assert_eq!(post(&client, &weir.url("/v1/chat/completions"), &chat("m", false)).await.0, 200);
+    assert_eq!(
+        post(
+            &client,
+            &weir.url("/v1/chat/completions"),
+            &chat("m", false)
+        )
+        .await
+        .0,
+        200
+    );
 }
 
 #[tokio::test]
@@ -124,7 +154,11 @@ async fn reloads_during_a_burst_fail_no_request() {
     a.set_chunk_delay(Duration::from_millis(5));
     b.set_chunk_delay(Duration::from_millis(5));
     let only_a = format!("channels:\n{}", channel("a", &a, ""));
-    let both = format!("channels:\n{}{}", channel("a", &a, "weight: 2"), channel("b", &b, "priority: 1"));
+    let both = format!(
+        "channels:\n{}{}",
+        channel("a", &a, "weight: 2"),
+        channel("b", &b, "priority: 1")
+    );
     let weir = Weir::start(&only_a).await;
     let client = reqwest::Client::new();
     let url = weir.url("/v1/chat/completions");
@@ -160,7 +194,12 @@ async fn reloads_during_a_burst_fail_no_request() {
     for w in workers {
         failures.extend(w.await.unwrap());
     }
-    assert!(failures.is_empty(), "{} failed: {:?}", failures.len(), &failures[..failures.len().min(3)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
     assert_eq!(a.calls() + b.calls(), 16 * 25);
     let m = weir.metrics().await;
     assert!(metric_sum(&m, "weir_config_reloads_total", &[("result", "ok")]) >= 10.0);

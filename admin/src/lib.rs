@@ -45,12 +45,17 @@ fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> 
         r.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     let len = r.body().len();
-    r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    r.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
     r
 }
 
 fn json_response(status: u16, v: &serde_json::Value) -> Response<Vec<u8>> {
-    respond(status, "application/json", serde_json::to_vec(v).unwrap_or_default())
+    respond(
+        status,
+        "application/json",
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
 }
 
 fn error_response(e: &GatewayError) -> Response<Vec<u8>> {
@@ -74,9 +79,14 @@ pub fn check_admin(expected: Option<&str>, header: Option<&str>) -> Result<(), G
     };
     let given = header
         .map(|h| h.trim())
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
         .map(str::trim)
-        .ok_or_else(|| GatewayError::AdminUnauthorized("missing `Authorization: Bearer <admin key>`".into()))?;
+        .ok_or_else(|| {
+            GatewayError::AdminUnauthorized("missing `Authorization: Bearer <admin key>`".into())
+        })?;
     if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
         Ok(())
     } else {
@@ -112,13 +122,17 @@ impl<B: AdminBackend> ServeHttp for AdminApp<B> {
                 Ok(None) => break,
                 Err(_) => {
                     session.set_keepalive(None);
-                    return error_response(&GatewayError::BadRequest("cannot read the request body".into()));
+                    return error_response(&GatewayError::BadRequest(
+                        "cannot read the request body".into(),
+                    ));
                 }
             }
         }
 
         match (method.as_str(), path.as_str()) {
-            ("GET", "/metrics") => respond(200, "text/plain; version=0.0.4", self.backend.metrics()),
+            ("GET", "/metrics") => {
+                respond(200, "text/plain; version=0.0.4", self.backend.metrics())
+            }
             ("GET", "/health") => json_response(200, &json!({"status": "ok"})),
             (_, p) if p == "/admin" || p.starts_with("/admin/") => {
                 if let Err(e) = check_admin(self.backend.admin_key().as_deref(), auth.as_deref()) {
@@ -139,7 +153,9 @@ impl<B: AdminBackend> ServeHttp for AdminApp<B> {
                     _ => error_response(&GatewayError::RouteNotFound { method, path }),
                 }
             }
-            ("GET", _) | ("POST", _) => error_response(&GatewayError::RouteNotFound { method, path }),
+            ("GET", _) | ("POST", _) => {
+                error_response(&GatewayError::RouteNotFound { method, path })
+            }
             _ => error_response(&GatewayError::MethodNotAllowed { method, path }),
         }
     }

@@ -82,8 +82,12 @@ impl GatewayError {
     pub fn kind(&self) -> &'static str {
         use GatewayError::*;
         match self {
-            BadRequest(_) | InvalidJson(_) | BodyTooLarge { .. } | RouteNotFound { .. }
-            | MethodNotAllowed { .. } | ModelNotFound(_) => "invalid_request_error",
+            BadRequest(_)
+            | InvalidJson(_)
+            | BodyTooLarge { .. }
+            | RouteNotFound { .. }
+            | MethodNotAllowed { .. }
+            | ModelNotFound(_) => "invalid_request_error",
             AdminUnauthorized(_) => "authentication_error",
             GatewayInactive(_) | GatewayExpired(_) => "permission_error",
             UpstreamRateLimited { .. } => "rate_limit_error",

@@ -116,7 +116,9 @@ impl Health {
 
     /// Suspends at once, for at least `at_least` (an upstream's `Retry-After`).
     pub fn suspend(&mut self, now: Instant, policy: &HealthPolicy, at_least: Option<Duration>) {
-        let factor = 1u32.checked_shl(self.suspensions.min(16)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(self.suspensions.min(16))
+            .unwrap_or(u32::MAX);
         let mut cooldown = policy
             .cooldown
             .saturating_mul(factor)
@@ -200,7 +202,10 @@ mod tests {
         h.record_failure(t2, &POLICY, "x");
         // 40 s capped at 25 s.
         assert!(!h.admit(t2 + Duration::from_secs(24), PROBE).allowed());
-        assert_eq!(h.admit(t2 + Duration::from_secs(25), PROBE), Admission::Trial);
+        assert_eq!(
+            h.admit(t2 + Duration::from_secs(25), PROBE),
+            Admission::Trial
+        );
     }
 
     #[test]
@@ -211,7 +216,10 @@ mod tests {
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(h.admit(t1, PROBE), Admission::Trial);
         assert!(!h.admit(t1 + Duration::from_secs(4), PROBE).allowed());
-        assert_eq!(h.admit(t1 + Duration::from_secs(5), PROBE), Admission::Trial);
+        assert_eq!(
+            h.admit(t1 + Duration::from_secs(5), PROBE),
+            Admission::Trial
+        );
     }
 
     #[test]

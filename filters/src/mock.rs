@@ -62,7 +62,10 @@ fn reply_text(body: &JsonBody) -> String {
     if asked.trim().is_empty() {
         "Hello from weir's built-in mock channel.".to_string()
     } else {
-        format!("Hello from weir's built-in mock channel. You said: {}", asked.trim())
+        format!(
+            "Hello from weir's built-in mock channel. You said: {}",
+            asked.trim()
+        )
     }
 }
 
@@ -76,7 +79,13 @@ fn usage_for(body: &JsonBody, completion: &str) -> Usage {
 
 /// Answers a request the way an OpenAI-compatible server would. `include_usage`
 /// follows the (possibly rewritten) request's `stream_options.include_usage`.
-pub fn answer(endpoint: Endpoint, body: &JsonBody, model: &str, stream: bool, include_usage: bool) -> MockAnswer {
+pub fn answer(
+    endpoint: Endpoint,
+    body: &JsonBody,
+    model: &str,
+    stream: bool,
+    include_usage: bool,
+) -> MockAnswer {
     let id = format!("chatcmpl-mock{:x}", rand::random::<u64>());
     let created = unix_now();
     match endpoint {
@@ -104,7 +113,11 @@ pub fn answer(endpoint: Endpoint, body: &JsonBody, model: &str, stream: bool, in
                     chunks: vec![Bytes::from(v.to_string())],
                 };
             }
-            let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+            let object = if chat {
+                "chat.completion.chunk"
+            } else {
+                "text_completion"
+            };
             let event = |v: serde_json::Value| Bytes::from(format!("data: {v}\n\n"));
             let mut chunks = Vec::new();
             let words: Vec<&str> = text.split_inclusive(' ').collect();
@@ -142,7 +155,9 @@ pub fn answer(endpoint: Endpoint, body: &JsonBody, model: &str, stream: bool, in
                 .get("input")
                 .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
             {
-                Some(serde_json::Value::Array(items)) => items.iter().map(|i| i.to_string()).collect(),
+                Some(serde_json::Value::Array(items)) => {
+                    items.iter().map(|i| i.to_string()).collect()
+                }
                 Some(other) => vec![other.to_string()],
                 None => Vec::new(),
             };
@@ -186,7 +201,12 @@ fn pseudo_embedding(text: &str) -> Vec<f32> {
         }
         v.push(((h >> 40) as f32 / (1u64 << 24) as f32) - 0.5);
     }
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
     v.iter().map(|x| x / norm).collect()
 }
 
@@ -205,14 +225,18 @@ mod tests {
         let a = answer(Endpoint::ChatCompletions, &b, "m", false, false);
         assert_eq!(a.status, 200);
         let v: serde_json::Value = serde_json::from_slice(&a.chunks[0]).unwrap();
-        assert!(v["choices"][0]["message"]["content"].as_str().unwrap().contains("ping"));
+        assert!(v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("ping"));
         let (u, _) = json_usage(&a.chunks[0]);
         assert!(u.unwrap().prompt_tokens > 0);
     }
 
     #[test]
     fn streams_chunks_usage_and_done() {
-        let b = body(r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"ping"}]}"#);
+        let b =
+            body(r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"ping"}]}"#);
         let a = answer(Endpoint::ChatCompletions, &b, "m", true, true);
         assert_eq!(a.content_type, "text/event-stream");
         let mut tap = SseTap::new(false);

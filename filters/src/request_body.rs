@@ -28,8 +28,8 @@ impl JsonBody {
                 "request body is empty; expected a JSON object".into(),
             ));
         }
-        let fields: IndexMap<String, Box<RawValue>> = serde_json::from_slice(bytes)
-            .map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+        let fields: IndexMap<String, Box<RawValue>> =
+            serde_json::from_slice(bytes).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
         Ok(JsonBody { fields })
     }
 
@@ -45,9 +45,8 @@ impl JsonBody {
                     "you must provide a model parameter".into(),
                 ))
             }
-            Some(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| {
-                GatewayError::BadRequest("`model` must be a string".into())
-            })?,
+            Some(raw) => serde_json::from_str::<String>(raw.get())
+                .map_err(|_| GatewayError::BadRequest("`model` must be a string".into()))?,
         };
         if model.trim().is_empty() {
             return Err(GatewayError::BadRequest("`model` must not be empty".into()));
@@ -56,7 +55,11 @@ impl JsonBody {
             None => false,
             Some(raw) => match serde_json::from_str::<Option<bool>>(raw.get()) {
                 Ok(b) => b.unwrap_or(false),
-                Err(_) => return Err(GatewayError::BadRequest("`stream` must be a boolean".into())),
+                Err(_) => {
+                    return Err(GatewayError::BadRequest(
+                        "`stream` must be a boolean".into(),
+                    ))
+                }
             },
         };
         #[derive(serde::Deserialize)]
@@ -66,9 +69,7 @@ impl JsonBody {
         let client_wants_usage = match self.get("stream_options") {
             None => false,
             Some(raw) => serde_json::from_str::<Option<StreamOptions>>(raw.get())
-                .map_err(|_| {
-                    GatewayError::BadRequest("`stream_options` must be an object".into())
-                })?
+                .map_err(|_| GatewayError::BadRequest("`stream_options` must be an object".into()))?
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
         };
@@ -90,13 +91,16 @@ impl JsonBody {
     /// Makes a streaming request report usage in its last chunk (P9), keeping any
     /// other `stream_options` the client sent.
     pub fn ensure_stream_usage(&mut self) -> Result<(), GatewayError> {
-        let mut opts = match self.get("stream_options") {
-            Some(raw) => serde_json::from_str::<Option<serde_json::Map<String, serde_json::Value>>>(raw.get())
+        let mut opts =
+            match self.get("stream_options") {
+                Some(raw) => serde_json::from_str::<
+                    Option<serde_json::Map<String, serde_json::Value>>,
+                >(raw.get())
                 .ok()
                 .flatten()
                 .unwrap_or_default(),
-            None => serde_json::Map::new(),
-        };
+                None => serde_json::Map::new(),
+            };
         if opts.get("include_usage") == Some(&serde_json::Value::Bool(true)) {
             return Ok(());
         }
@@ -138,7 +142,10 @@ pub fn prompt_text(body: &JsonBody) -> (String, usize) {
         if let Ok(serde_json::Value::Array(list)) = serde_json::from_str(raw.get()) {
             messages = list.len();
             for m in &list {
-                collect_text(m.get("content").unwrap_or(&serde_json::Value::Null), &mut text);
+                collect_text(
+                    m.get("content").unwrap_or(&serde_json::Value::Null),
+                    &mut text,
+                );
             }
         }
     }
@@ -180,15 +187,27 @@ mod tests {
         assert_eq!(f.model, "m");
         assert!(f.stream);
         assert!(!f.client_wants_usage);
-        let b = JsonBody::parse(br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
+        let b = JsonBody::parse(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+        )
+        .unwrap();
         assert!(b.facts().unwrap().client_wants_usage);
     }
 
     #[test]
     fn rejects_bad_bodies() {
-        assert!(matches!(JsonBody::parse(b"{nope").unwrap_err(), GatewayError::InvalidJson(_)));
-        assert!(matches!(JsonBody::parse(b"  ").unwrap_err(), GatewayError::BadRequest(_)));
-        assert!(matches!(JsonBody::parse(b"[1,2]").unwrap_err(), GatewayError::InvalidJson(_)));
+        assert!(matches!(
+            JsonBody::parse(b"{nope").unwrap_err(),
+            GatewayError::InvalidJson(_)
+        ));
+        assert!(matches!(
+            JsonBody::parse(b"  ").unwrap_err(),
+            GatewayError::BadRequest(_)
+        ));
+        assert!(matches!(
+            JsonBody::parse(b"[1,2]").unwrap_err(),
+            GatewayError::InvalidJson(_)
+        ));
         let no_model = JsonBody::parse(br#"{"messages":[]}"#).unwrap();
         assert!(no_model.facts().is_err());
         let num_model = JsonBody::parse(br#"{"model":3}"#).unwrap();
@@ -211,7 +230,8 @@ mod tests {
 
     #[test]
     fn adds_include_usage_keeping_other_options() {
-        let mut b = JsonBody::parse(br#"{"model":"a","stream":true,"stream_options":{"x":1}}"#).unwrap();
+        let mut b =
+            JsonBody::parse(br#"{"model":"a","stream":true,"stream_options":{"x":1}}"#).unwrap();
         b.ensure_stream_usage().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&b.to_bytes()).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);

@@ -258,7 +258,14 @@ mod tests {
     const DONE: &str = "data: [DONE]\n\n";
 
     fn stream() -> String {
-        [chunk("Hel"), chunk("lo"), FINISH.to_string(), USAGE.to_string(), DONE.to_string()].concat()
+        [
+            chunk("Hel"),
+            chunk("lo"),
+            FINISH.to_string(),
+            USAGE.to_string(),
+            DONE.to_string(),
+        ]
+        .concat()
     }
 
     #[test]
@@ -275,7 +282,13 @@ mod tests {
     #[test]
     fn strips_the_usage_chunk_at_any_split() {
         let s = stream();
-        let expected = [chunk("Hel"), chunk("lo"), FINISH.to_string(), DONE.to_string()].concat();
+        let expected = [
+            chunk("Hel"),
+            chunk("lo"),
+            FINISH.to_string(),
+            DONE.to_string(),
+        ]
+        .concat();
         // Every split point, including inside the usage event and inside `\n\n`.
         for cut in 0..s.len() {
             let mut tap = SseTap::new(true);
@@ -294,7 +307,10 @@ mod tests {
         let mut tap = SseTap::new(true);
         let out = tap.feed(Bytes::from(ev));
         let s = std::str::from_utf8(&out).unwrap();
-        assert!(s.starts_with("data: ") && !s.contains("usage") && s.contains("\"content\":\"x\""), "{s}");
+        assert!(
+            s.starts_with("data: ") && !s.contains("usage") && s.contains("\"content\":\"x\""),
+            "{s}"
+        );
         assert_eq!(tap.usage.unwrap().total_tokens, 2);
     }
 

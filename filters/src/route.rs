@@ -44,7 +44,13 @@ pub fn classify(method: &str, rest: &str, full_path: &str) -> Result<Endpoint, G
         path: full_path.to_string(),
     };
     let rest = rest.trim_end_matches('/');
-    let post_only = |e: Endpoint| if method == "POST" { Ok(e) } else { Err(wrong_method()) };
+    let post_only = |e: Endpoint| {
+        if method == "POST" {
+            Ok(e)
+        } else {
+            Err(wrong_method())
+        }
+    };
     match rest {
         "/chat/completions" => post_only(Endpoint::ChatCompletions),
         "/completions" => post_only(Endpoint::Completions),
@@ -69,19 +75,50 @@ mod tests {
 
     #[test]
     fn classifies_openai_paths() {
-        assert_eq!(classify("POST", "/chat/completions", "/v1/chat/completions").unwrap(), Endpoint::ChatCompletions);
-        assert_eq!(classify("POST", "/completions/", "/v1/completions/").unwrap(), Endpoint::Completions);
-        assert_eq!(classify("POST", "/embeddings", "").unwrap(), Endpoint::Embeddings);
-        assert_eq!(classify("GET", "/models", "").unwrap(), Endpoint::ListModels);
-        assert_eq!(classify("GET", "/models/gpt-4o", "").unwrap(), Endpoint::GetModel);
-        assert_eq!(classify("POST", "/audio/speech", "").unwrap(), Endpoint::Other);
+        assert_eq!(
+            classify("POST", "/chat/completions", "/v1/chat/completions").unwrap(),
+            Endpoint::ChatCompletions
+        );
+        assert_eq!(
+            classify("POST", "/completions/", "/v1/completions/").unwrap(),
+            Endpoint::Completions
+        );
+        assert_eq!(
+            classify("POST", "/embeddings", "").unwrap(),
+            Endpoint::Embeddings
+        );
+        assert_eq!(
+            classify("GET", "/models", "").unwrap(),
+            Endpoint::ListModels
+        );
+        assert_eq!(
+            classify("GET", "/models/gpt-4o", "").unwrap(),
+            Endpoint::GetModel
+        );
+        assert_eq!(
+            classify("POST", "/audio/speech", "").unwrap(),
+            Endpoint::Other
+        );
     }
 
     #[test]
     fn rejects_wrong_methods_and_unknown_paths() {
-        assert_eq!(classify("GET", "/chat/completions", "/v1/chat/completions").unwrap_err().status(), 405);
-        assert_eq!(classify("POST", "/models", "/v1/models").unwrap_err().status(), 405);
-        assert_eq!(classify("GET", "/files", "/v1/files").unwrap_err().status(), 404);
+        assert_eq!(
+            classify("GET", "/chat/completions", "/v1/chat/completions")
+                .unwrap_err()
+                .status(),
+            405
+        );
+        assert_eq!(
+            classify("POST", "/models", "/v1/models")
+                .unwrap_err()
+                .status(),
+            405
+        );
+        assert_eq!(
+            classify("GET", "/files", "/v1/files").unwrap_err().status(),
+            404
+        );
         assert_eq!(classify("POST", "", "/v1").unwrap_err().status(), 404);
     }
 }

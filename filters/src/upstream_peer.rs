@@ -49,10 +49,11 @@ pub fn verdict_for_status(status: u16, retry_after: Option<Duration>) -> Verdict
 /// Parses `Retry-After` as seconds (the HTTP-date form is rare from LLM APIs and ignored).
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let v = value.trim();
-    v.parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-        .or_else(|| v.parse::<f64>().ok().and_then(|f| Duration::try_from_secs_f64(f).ok()))
+    v.parse::<u64>().ok().map(Duration::from_secs).or_else(|| {
+        v.parse::<f64>()
+            .ok()
+            .and_then(|f| Duration::try_from_secs_f64(f).ok())
+    })
 }
 
 /// Exponential backoff before retry number `retry` (0 for the first retry):
@@ -138,7 +139,12 @@ pub struct Failover {
 
 impl Failover {
     /// `max_total`: a cap on attempts across all channels (a gateway's `retries` + 1).
-    pub fn new(routes: &[Route], channels: &[Channel], max_total: Option<u32>, rng: &mut impl Rng) -> Self {
+    pub fn new(
+        routes: &[Route],
+        channels: &[Channel],
+        max_total: Option<u32>,
+        rng: &mut impl Rng,
+    ) -> Self {
         Failover {
             order: failover_order(routes, channels, rng),
             pos: 0,
@@ -351,7 +357,8 @@ impl Failover {
             }
             None
         } else {
-            self.first_admitted_key(channel, self.key_pos + 1, admit).map(Some)
+            self.first_admitted_key(channel, self.key_pos + 1, admit)
+                .map(Some)
         }
     }
 }
@@ -400,7 +407,11 @@ mod tests {
 
     #[test]
     fn priority_tiers_come_first() {
-        let channels = vec![channel("low", 1, 100, 0, 0), channel("high", 10, 1, 0, 0), channel("mid", 5, 1, 0, 0)];
+        let channels = vec![
+            channel("low", 1, 100, 0, 0),
+            channel("high", 10, 1, 0, 0),
+            channel("mid", 5, 1, 0, 0),
+        ];
         let mut rng = StdRng::seed_from_u64(7);
         for _ in 0..50 {
             let order = failover_order(&routes(3), &channels, &mut rng);
@@ -427,8 +438,20 @@ mod tests {
         assert_eq!(verdict_for_status(404, None), Verdict::Final);
         assert_eq!(verdict_for_status(401, None), Verdict::KeyRejected);
         assert_eq!(verdict_for_status(403, None), Verdict::KeyRejected);
-        assert!(matches!(verdict_for_status(429, None), Verdict::Retryable { rotate_key: true, .. }));
-        assert!(matches!(verdict_for_status(503, None), Verdict::Retryable { rotate_key: false, .. }));
+        assert!(matches!(
+            verdict_for_status(429, None),
+            Verdict::Retryable {
+                rotate_key: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            verdict_for_status(503, None),
+            Verdict::Retryable {
+                rotate_key: false,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -475,8 +498,17 @@ mod tests {
 
     #[test]
     fn retries_then_fails_over_in_priority_order() {
-        let channels = vec![channel("a", 10, 1, 0, 2), channel("b", 5, 1, 0, 1), channel("c", 1, 1, 0, 0)];
-        let attempts = run(&channels, &[RETRY, RETRY, RETRY, RETRY, RETRY, RETRY], None, &mut open);
+        let channels = vec![
+            channel("a", 10, 1, 0, 2),
+            channel("b", 5, 1, 0, 1),
+            channel("c", 1, 1, 0, 0),
+        ];
+        let attempts = run(
+            &channels,
+            &[RETRY, RETRY, RETRY, RETRY, RETRY, RETRY],
+            None,
+            &mut open,
+        );
         let seq: Vec<usize> = attempts.iter().map(|a| a.channel).collect();
         assert_eq!(seq, vec![0, 0, 0, 1, 1, 2]);
         assert!(attempts[1].is_retry && attempts[1].delay >= Duration::from_millis(50));
@@ -486,14 +518,22 @@ mod tests {
     #[test]
     fn success_and_final_answers_stop() {
         let channels = vec![channel("a", 10, 1, 0, 2), channel("b", 5, 1, 0, 1)];
-        assert_eq!(run(&channels, &[Verdict::Success], None, &mut open).len(), 1);
+        assert_eq!(
+            run(&channels, &[Verdict::Success], None, &mut open).len(),
+            1
+        );
         assert_eq!(run(&channels, &[Verdict::Final], None, &mut open).len(), 1);
     }
 
     #[test]
     fn rejected_key_moves_to_the_next_key_then_channel_at_once() {
         let channels = vec![channel("a", 10, 1, 2, 3), channel("b", 5, 1, 1, 0)];
-        let attempts = run(&channels, &[Verdict::KeyRejected, Verdict::KeyRejected], None, &mut open);
+        let attempts = run(
+            &channels,
+            &[Verdict::KeyRejected, Verdict::KeyRejected],
+            None,
+            &mut open,
+        );
         assert_eq!(attempts.len(), 3);
         assert_eq!(attempts[0].channel, 0);
         assert_eq!(attempts[1].channel, 0);
@@ -522,7 +562,10 @@ mod tests {
             retry_after: Some(Duration::from_secs(60)),
         };
         let attempts = run(&channels, &[rl], None, &mut open);
-        assert_eq!(attempts.iter().map(|a| a.channel).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(
+            attempts.iter().map(|a| a.channel).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
     }
 
     #[test]
@@ -542,9 +585,20 @@ mod tests {
         let routes = routes(2);
         let mut rng = StdRng::seed_from_u64(3);
         let mut f = Failover::new(&routes, &channels, None, &mut rng);
-        let a = f.next(None, &routes, &channels, &POLICY, &mut admit, &mut rng).unwrap();
+        let a = f
+            .next(None, &routes, &channels, &POLICY, &mut admit, &mut rng)
+            .unwrap();
         assert_eq!((a.channel, a.key), (1, Some(1)));
         assert!(f.skipped.contains(&(0, Duration::from_secs(9))));
-        assert!(f.next(Some(RETRY), &routes, &channels, &POLICY, &mut admit, &mut rng).is_none());
+        assert!(f
+            .next(
+                Some(RETRY),
+                &routes,
+                &channels,
+                &POLICY,
+                &mut admit,
+                &mut rng
+            )
+            .is_none());
     }
 }

@@ -46,7 +46,8 @@ fn bpe() -> &'static CoreBPE {
     // inside the crate, so this never touches the network.
     BPE.get_or_init(|| {
         tiktoken_rs::o200k_base().unwrap_or_else(|_| {
-            tiktoken_rs::cl100k_base().unwrap_or_else(|e| panic!("embedded tokenizer ranks are corrupt: {e}"))
+            tiktoken_rs::cl100k_base()
+                .unwrap_or_else(|e| panic!("embedded tokenizer ranks are corrupt: {e}"))
         })
     })
 }
@@ -65,7 +66,12 @@ pub fn count_tokens(text: &str) -> u64 {
 
 /// OpenAI's chat accounting adds about 3 tokens per message and 3 for the reply.
 pub fn estimate(prompt_text: &str, messages: usize, completion_text: &str) -> Usage {
-    let prompt = count_tokens(prompt_text) + if messages > 0 { 3 * messages as u64 + 3 } else { 0 };
+    let prompt = count_tokens(prompt_text)
+        + if messages > 0 {
+            3 * messages as u64 + 3
+        } else {
+            0
+        };
     let completion = count_tokens(completion_text);
     Usage {
         prompt_tokens: prompt,
@@ -91,7 +97,8 @@ mod tests {
 
     #[test]
     fn wire_usage_fills_total() {
-        let w: WireUsage = serde_json::from_str(r#"{"prompt_tokens":5,"completion_tokens":7}"#).unwrap();
+        let w: WireUsage =
+            serde_json::from_str(r#"{"prompt_tokens":5,"completion_tokens":7}"#).unwrap();
         let u: Usage = w.into();
         assert_eq!(u.total_tokens, 12);
         assert!(!u.estimated);

@@ -9,21 +9,42 @@ pub fn record(state: &AppState, ctx: &Ctx, pingora_error: Option<&pingora_error:
     let m = &state.metrics;
     let gateway = ctx.gateway.as_deref().unwrap_or("-");
     let elapsed = ctx.started.elapsed();
-    let status = if ctx.status == 0 && pingora_error.is_some() { 0 } else { ctx.status };
+    let status = if ctx.status == 0 && pingora_error.is_some() {
+        0
+    } else {
+        ctx.status
+    };
     let labels = [gateway, ctx.model_label.as_str(), ctx.channel.as_str()];
     m.requests
-        .with_label_values(&[gateway, ctx.model_label.as_str(), ctx.channel.as_str(), status_class(status)])
+        .with_label_values(&[
+            gateway,
+            ctx.model_label.as_str(),
+            ctx.channel.as_str(),
+            status_class(status),
+        ])
         .inc();
-    m.duration.with_label_values(&labels).observe(elapsed.as_secs_f64());
+    m.duration
+        .with_label_values(&labels)
+        .observe(elapsed.as_secs_f64());
     if let Some(fb) = ctx.first_byte {
         m.ttft.with_label_values(&labels).observe(fb.as_secs_f64());
     }
     if let Some(u) = &ctx.usage {
         m.tokens
-            .with_label_values(&[gateway, ctx.model_label.as_str(), ctx.channel.as_str(), "in"])
+            .with_label_values(&[
+                gateway,
+                ctx.model_label.as_str(),
+                ctx.channel.as_str(),
+                "in",
+            ])
             .inc_by(u.prompt_tokens);
         m.tokens
-            .with_label_values(&[gateway, ctx.model_label.as_str(), ctx.channel.as_str(), "out"])
+            .with_label_values(&[
+                gateway,
+                ctx.model_label.as_str(),
+                ctx.channel.as_str(),
+                "out",
+            ])
             .inc_by(u.completion_tokens);
     }
     let (prompt, completion, estimated) = ctx

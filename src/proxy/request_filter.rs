@@ -4,13 +4,15 @@
 
 use super::ctx::Ctx;
 use super::response_body::{relay, RelayPlan};
-use super::upstream_peer::{discard, exchange, judge, judge_error, note_attempt, AttemptError, Outbound};
+use super::upstream_peer::{
+    discard, exchange, judge, judge_error, note_attempt, AttemptError, Outbound,
+};
 use super::{respond, Failure};
 use crate::health::HealthId;
 use crate::state::AppState;
 use bytes::{Bytes, BytesMut};
-use rand::SeedableRng;
 use pingora_proxy::Session;
+use rand::SeedableRng;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -30,10 +32,12 @@ pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> R
     let path = session.req_header().uri.path().to_string();
     let query = session.req_header().uri.query().map(str::to_string);
 
-    let (gateway, rest) = snap.gateway_for(&path).ok_or_else(|| GatewayError::RouteNotFound {
-        method: method.clone(),
-        path: path.clone(),
-    })?;
+    let (gateway, rest) = snap
+        .gateway_for(&path)
+        .ok_or_else(|| GatewayError::RouteNotFound {
+            method: method.clone(),
+            path: path.clone(),
+        })?;
     ctx.gateway = Some(gateway.name.clone());
     if !gateway.active {
         return Err(GatewayError::GatewayInactive(gateway.name.clone()).into());
@@ -65,22 +69,42 @@ fn model_object(id: &str) -> serde_json::Value {
     serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "weir"})
 }
 
-async fn list_models(session: &mut Session, ctx: &mut Ctx, snap: &Runtime, gateway: &Gateway) -> Result<(), Failure> {
+async fn list_models(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    snap: &Runtime,
+    gateway: &Gateway,
+) -> Result<(), Failure> {
     let data: Vec<serde_json::Value> = snap
         .list_models(gateway, CALLER_GROUP)
         .iter()
         .map(|m| model_object(m))
         .collect();
-    let body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default();
-    respond::json(session, ctx, 200, body, &[]).await.map_err(Failure::Abort)
+    let body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
+        .unwrap_or_default();
+    respond::json(session, ctx, 200, body, &[])
+        .await
+        .map_err(Failure::Abort)
 }
 
-async fn get_model(session: &mut Session, ctx: &mut Ctx, snap: &Runtime, gateway: &Gateway, id: &str) -> Result<(), Failure> {
-    if !snap.list_models(gateway, CALLER_GROUP).iter().any(|m| m == id) {
+async fn get_model(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    snap: &Runtime,
+    gateway: &Gateway,
+    id: &str,
+) -> Result<(), Failure> {
+    if !snap
+        .list_models(gateway, CALLER_GROUP)
+        .iter()
+        .any(|m| m == id)
+    {
         return Err(GatewayError::ModelNotFound(id.to_string()).into());
     }
     let body = serde_json::to_vec(&model_object(id)).unwrap_or_default();
-    respond::json(session, ctx, 200, body, &[]).await.map_err(Failure::Abort)
+    respond::json(session, ctx, 200, body, &[])
+        .await
+        .map_err(Failure::Abort)
 }
 
 /// Reads the whole body, refusing more than `max` bytes (413) before reading it
@@ -112,7 +136,11 @@ async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, Failure> {
             Ok(None) => break,
             Err(e) => {
                 session.set_keepalive(None);
-                return Err(GatewayError::BadRequest(format!("cannot read the request body: {}", e.etype().as_str())).into());
+                return Err(GatewayError::BadRequest(format!(
+                    "cannot read the request body: {}",
+                    e.etype().as_str()
+                ))
+                .into());
             }
         }
     }
@@ -190,8 +218,14 @@ async fn proxy(
         max: server.backoff.max.0,
     };
     // A Send rng: the loop awaits. Seeding from the thread rng costs no syscall.
-    let mut rng = rand::rngs::StdRng::from_rng(rand::thread_rng()).map_err(|e| GatewayError::Internal(e.to_string()))?;
-    let mut failover = Failover::new(&routes, &snap.channels, gateway.retries.map(|r| r + 1), &mut rng);
+    let mut rng = rand::rngs::StdRng::from_rng(rand::thread_rng())
+        .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let mut failover = Failover::new(
+        &routes,
+        &snap.channels,
+        gateway.retries.map(|r| r + 1),
+        &mut rng,
+    );
     let mut last: Option<Verdict> = None;
     let mut tried = String::new();
     let (mut all_rate_limited, mut all_timeouts, mut any_attempt) = (true, true, false);
@@ -203,16 +237,29 @@ async fn proxy(
                 let (id, probe) = match t {
                     Target::Channel(c) => {
                         let ch = &snap.channels[c];
-                        (HealthId::channel(&ch.name), ch.connect_timeout + ch.first_byte_timeout)
+                        (
+                            HealthId::channel(&ch.name),
+                            ch.connect_timeout + ch.first_byte_timeout,
+                        )
                     }
                     Target::Key { channel, key } => {
                         let ch = &snap.channels[channel];
-                        (HealthId::key(&ch.name, &ch.keys[key]), ch.connect_timeout + ch.first_byte_timeout)
+                        (
+                            HealthId::key(&ch.name, &ch.keys[key]),
+                            ch.connect_timeout + ch.first_byte_timeout,
+                        )
                     }
                 };
                 state.health.admit(&id, probe).map(|_| ())
             };
-            failover.next(last, &routes, &snap.channels, &backoff, &mut admit, &mut rng)
+            failover.next(
+                last,
+                &routes,
+                &snap.channels,
+                &backoff,
+                &mut admit,
+                &mut rng,
+            )
         };
         let Some(attempt) = attempt else { break };
         let channel = &snap.channels[attempt.channel];
@@ -245,7 +292,9 @@ async fn proxy(
             accept: accept.as_deref(),
         };
         let started = Instant::now();
-        let key_label = key.map(|k| format!(" key {}", weir_filters::config::key_hint(k))).unwrap_or_default();
+        let key_label = key
+            .map(|k| format!(" key {}", weir_filters::config::key_hint(k)))
+            .unwrap_or_default();
         match exchange(state, session, channel, key, &out, server.dns_ttl.0).await {
             Ok(answer) => {
                 let verdict = judge(state, &policy, backoff.max, channel, key, &answer);
@@ -269,7 +318,11 @@ async fn proxy(
                     let _ = write!(tried, " ({code})");
                 }
                 tried.push_str(&key_label);
-                if let Verdict::Retryable { retry_after: Some(ra), .. } = verdict {
+                if let Verdict::Retryable {
+                    retry_after: Some(ra),
+                    ..
+                } = verdict
+                {
                     shortest_wait = Some(shortest_wait.map_or(ra, |s| s.min(ra)));
                 }
                 last = Some(verdict);
@@ -295,15 +348,35 @@ async fn proxy(
     // Nothing answered well.
     for (c, wait) in &failover.skipped {
         shortest_wait = Some(shortest_wait.map_or(*wait, |s| s.min(*wait)));
-        let _ = write!(tried, "{}{}: suspended for {}s", sep(&tried), snap.channels[*c].name, wait.as_secs().max(1));
+        let _ = write!(
+            tried,
+            "{}{}: suspended for {}s",
+            sep(&tried),
+            snap.channels[*c].name,
+            wait.as_secs().max(1)
+        );
     }
     let model = facts.model;
-    let detail = if tried.is_empty() { "no channel could be tried".to_string() } else { format!("tried {tried}") };
-    let retry_after_secs = shortest_wait.map(|d| d.as_secs_f64().ceil() as u64).unwrap_or(1);
+    let detail = if tried.is_empty() {
+        "no channel could be tried".to_string()
+    } else {
+        format!("tried {tried}")
+    };
+    let retry_after_secs = shortest_wait
+        .map(|d| d.as_secs_f64().ceil() as u64)
+        .unwrap_or(1);
     let e = if !any_attempt {
-        GatewayError::NoChannelAvailable { model, detail, retry_after_secs }
+        GatewayError::NoChannelAvailable {
+            model,
+            detail,
+            retry_after_secs,
+        }
     } else if all_rate_limited {
-        GatewayError::UpstreamRateLimited { model, detail, retry_after_secs }
+        GatewayError::UpstreamRateLimited {
+            model,
+            detail,
+            retry_after_secs,
+        }
     } else if all_timeouts {
         GatewayError::UpstreamTimeout { model, detail }
     } else {

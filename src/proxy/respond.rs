@@ -7,7 +7,13 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use weir_filters::GatewayError;
 
-pub async fn json(session: &mut Session, ctx: &mut Ctx, status: u16, body: Vec<u8>, extra: &[(&str, String)]) -> Result<()> {
+pub async fn json(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    body: Vec<u8>,
+    extra: &[(&str, String)],
+) -> Result<()> {
     let mut h = ResponseHeader::build(status, Some(4))?;
     h.insert_header("content-type", "application/json")?;
     h.insert_header("content-length", body.len().to_string())?;
@@ -16,7 +22,9 @@ pub async fn json(session: &mut Session, ctx: &mut Ctx, status: u16, body: Vec<u
     }
     ctx.status = status;
     session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
     Ok(())
 }
 

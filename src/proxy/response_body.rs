@@ -41,7 +41,12 @@ pub struct RelayPlan<'a> {
     pub gateway: &'a str,
 }
 
-fn downstream_header(status: u16, upstream: Option<&ResponseHeader>, content_type: &str, known_len: Option<usize>) -> pingora_error::Result<ResponseHeader> {
+fn downstream_header(
+    status: u16,
+    upstream: Option<&ResponseHeader>,
+    content_type: &str,
+    known_len: Option<usize>,
+) -> pingora_error::Result<ResponseHeader> {
     let mut h = ResponseHeader::build(status, Some(8))?;
     if let Some(up) = upstream {
         for (name, value) in up.headers.iter() {
@@ -68,7 +73,13 @@ enum Source {
 }
 
 /// Sends the answer to the client. From here on nothing is retried.
-pub async fn relay(state: &AppState, session: &mut Session, ctx: &mut Ctx, answer: Answer, plan: RelayPlan<'_>) -> Result<(), Failure> {
+pub async fn relay(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    answer: Answer,
+    plan: RelayPlan<'_>,
+) -> Result<(), Failure> {
     let status = answer.status();
     let (header, mut source, is_sse) = match answer {
         Answer::Upstream { up, peer, header } => {
@@ -91,7 +102,8 @@ pub async fn relay(state: &AppState, session: &mut Session, ctx: &mut Ctx, answe
         Answer::Mock(m) => {
             let is_sse = m.content_type == "text/event-stream";
             let len = (!is_sse).then(|| m.chunks.iter().map(|c| c.len()).sum());
-            let h = downstream_header(m.status, None, m.content_type, len).map_err(Failure::Abort)?;
+            let h =
+                downstream_header(m.status, None, m.content_type, len).map_err(Failure::Abort)?;
             (h, Source::Mock(m.chunks.into_iter()), is_sse)
         }
     };
@@ -109,11 +121,13 @@ pub async fn relay(state: &AppState, session: &mut Session, ctx: &mut Ctx, answe
     loop {
         let next = match &mut source {
             Source::Mock(chunks) => Ok(chunks.next()),
-            Source::Upstream { up, .. } => match tokio::time::timeout_at(plan.deadline.into(), up.read_response_body()).await {
-                Ok(Ok(chunk)) => Ok(chunk),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("the channel's total timeout ran out".to_string()),
-            },
+            Source::Upstream { up, .. } => {
+                match tokio::time::timeout_at(plan.deadline.into(), up.read_response_body()).await {
+                    Ok(Ok(chunk)) => Ok(chunk),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the channel's total timeout ran out".to_string()),
+                }
+            }
         };
         let chunk = match next {
             Ok(Some(chunk)) => chunk,
@@ -155,7 +169,9 @@ pub async fn relay(state: &AppState, session: &mut Session, ctx: &mut Ctx, answe
         let complete = tap.completed() || tap.saw_error || status >= 300;
         let mut tail = rest.to_vec();
         if broken.is_some() || !complete {
-            let why = broken.clone().unwrap_or_else(|| "the upstream ended the stream before it was complete".into());
+            let why = broken
+                .clone()
+                .unwrap_or_else(|| "the upstream ended the stream before it was complete".into());
             ctx.broken = true;
             ctx.error = Some(format!("stream broken: {why}"));
             let e = GatewayError::UpstreamFailed {
@@ -233,4 +249,3 @@ async fn shutdown(source: Source) {
         up.shutdown().await;
     }
 }
-

@@ -153,25 +153,35 @@ pub async fn exchange(
             .get_http_session(&peer)
             .await
             .map_err(|e| classify_error(&e))?;
-        let mut req = RequestHeader::build("POST", path.as_bytes(), Some(8)).map_err(|e| AttemptError::Io(e.to_string()))?;
+        let mut req = RequestHeader::build("POST", path.as_bytes(), Some(8))
+            .map_err(|e| AttemptError::Io(e.to_string()))?;
         let headers = [
             ("host", Some(upstream.authority.as_str())),
             ("content-type", Some("application/json")),
-            ("accept", Some(out.accept.unwrap_or("application/json, text/event-stream"))),
+            (
+                "accept",
+                Some(out.accept.unwrap_or("application/json, text/event-stream")),
+            ),
             // Usage and SSE are read as they pass: no compressed answers.
             ("accept-encoding", Some("identity")),
-            ("user-agent", Some(concat!("weir/", env!("CARGO_PKG_VERSION")))),
+            (
+                "user-agent",
+                Some(concat!("weir/", env!("CARGO_PKG_VERSION"))),
+            ),
         ];
         for (name, value) in headers {
             if let Some(v) = value {
-                req.insert_header(name, v).map_err(|e| AttemptError::Io(e.to_string()))?;
+                req.insert_header(name, v)
+                    .map_err(|e| AttemptError::Io(e.to_string()))?;
             }
         }
         req.insert_header("content-length", out.body.len().to_string())
             .map_err(|e| AttemptError::Io(e.to_string()))?;
         if let Some(k) = key {
             req.insert_header("authorization", format!("Bearer {k}"))
-                .map_err(|_| AttemptError::Io("the channel key is not a valid header value".into()))?;
+                .map_err(|_| {
+                    AttemptError::Io("the channel key is not a valid header value".into())
+                })?;
         }
         up.set_read_timeout(Some(channel.first_byte_timeout));
 
@@ -201,7 +211,9 @@ pub async fn exchange(
                     header: Box::new(header),
                 });
             }
-            Err(AttemptError::Io(_)) | Err(AttemptError::Connect(_)) if reused && stale < STALE_REUSE_RETRIES => {
+            Err(AttemptError::Io(_)) | Err(AttemptError::Connect(_))
+                if reused && stale < STALE_REUSE_RETRIES =>
+            {
                 // A pooled connection the upstream had already closed: not its fault.
                 stale += 1;
                 continue;
@@ -276,7 +288,11 @@ pub fn judge(
             if let Some(id) = &key_id {
                 state.health.success(id);
             }
-            if verdict == Verdict::Success { "ok" } else { "client_error" }
+            if verdict == Verdict::Success {
+                "ok"
+            } else {
+                "client_error"
+            }
         }
         Verdict::KeyRejected => {
             // The server answers; the key is what is wrong.
@@ -319,7 +335,12 @@ pub fn judge(
 }
 
 /// Health bookkeeping for an attempt that got no answer at all.
-pub fn judge_error(state: &AppState, policy: &HealthPolicy, channel: &Channel, e: &AttemptError) -> Verdict {
+pub fn judge_error(
+    state: &AppState,
+    policy: &HealthPolicy,
+    channel: &Channel,
+    e: &AttemptError,
+) -> Verdict {
     if !matches!(e, AttemptError::ClientGone) {
         state
             .health

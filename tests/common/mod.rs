@@ -77,7 +77,9 @@ impl Upstream {
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let port = listener.local_addr().expect("addr").port();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -91,7 +93,11 @@ impl Upstream {
 
     /// The next replies, in order; after them the fallback applies.
     pub fn script(&self, replies: &[Reply]) {
-        self.state.script.lock().unwrap().extend(replies.iter().cloned());
+        self.state
+            .script
+            .lock()
+            .unwrap()
+            .extend(replies.iter().cloned());
     }
 
     /// What every unscripted request gets.
@@ -122,7 +128,12 @@ fn error_body(status: u16) -> Value {
     json!({"error": {"message": format!("mock says {status}"), "type": kind, "param": null, "code": code}})
 }
 
-async fn handle(State(st): State<Arc<UpstreamState>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(st): State<Arc<UpstreamState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     st.calls.fetch_add(1, Ordering::SeqCst);
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     st.seen.lock().unwrap().push(Seen {
@@ -153,11 +164,15 @@ async fn handle(State(st): State<Arc<UpstreamState>>, uri: Uri, headers: HeaderM
             (status, axum::Json(error_body(code))).into_response()
         }
         Reply::RateLimited { retry_after } => {
-            let mut r = (StatusCode::TOO_MANY_REQUESTS, axum::Json(error_body(429))).into_response();
-            r.headers_mut().insert("retry-after", retry_after.to_string().parse().unwrap());
+            let mut r =
+                (StatusCode::TOO_MANY_REQUESTS, axum::Json(error_body(429))).into_response();
+            r.headers_mut()
+                .insert("retry-after", retry_after.to_string().parse().unwrap());
             r
         }
-        Reply::Ok | Reply::NoUsage | Reply::Cut { .. } | Reply::Delay(_) => answer(&st, &parsed, body.len(), &reply, uri.path()),
+        Reply::Ok | Reply::NoUsage | Reply::Cut { .. } | Reply::Delay(_) => {
+            answer(&st, &parsed, body.len(), &reply, uri.path())
+        }
     }
 }
 
@@ -166,7 +181,13 @@ fn usage_for(body_len: usize) -> (u64, u64) {
     (5 + body_len as u64 / 100, 4)
 }
 
-fn answer(st: &Arc<UpstreamState>, req: &Value, body_len: usize, reply: &Reply, path: &str) -> Response {
+fn answer(
+    st: &Arc<UpstreamState>,
+    req: &Value,
+    body_len: usize,
+    reply: &Reply,
+    path: &str,
+) -> Response {
     let model = req["model"].as_str().unwrap_or("?").to_string();
     let (prompt, completion) = usage_for(body_len);
     if path.ends_with("/embeddings") {
@@ -185,7 +206,9 @@ fn answer(st: &Arc<UpstreamState>, req: &Value, body_len: usize, reply: &Reply, 
         }))
         .into_response();
     }
-    let include_usage = req["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let include_usage = req["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
     let mut events: Vec<String> = words
         .iter()
         .map(|w| format!("data: {}\n\n", json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": null}]})))
@@ -205,28 +228,39 @@ fn answer(st: &Arc<UpstreamState>, req: &Value, body_len: usize, reply: &Reply, 
         events.truncate(after);
     }
     let delay = *st.chunk_delay.lock().unwrap();
-    let stream = futures_util::stream::unfold((events.into_iter(), cut, false), move |(mut it, cut, done)| async move {
-        if done {
-            return None;
-        }
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        match it.next() {
-            Some(ev) => Some((Ok::<Bytes, std::io::Error>(Bytes::from(ev)), (it, cut, false))),
-            // A cut: fail the body so the connection drops without the final chunk.
-            None if cut.is_some() => Some((Err(std::io::Error::other("cut")), (it, cut, true))),
-            None => None,
-        }
-    });
+    let stream = futures_util::stream::unfold(
+        (events.into_iter(), cut, false),
+        move |(mut it, cut, done)| async move {
+            if done {
+                return None;
+            }
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            match it.next() {
+                Some(ev) => Some((
+                    Ok::<Bytes, std::io::Error>(Bytes::from(ev)),
+                    (it, cut, false),
+                )),
+                // A cut: fail the body so the connection drops without the final chunk.
+                None if cut.is_some() => Some((Err(std::io::Error::other("cut")), (it, cut, true))),
+                None => None,
+            }
+        },
+    );
     let mut r = Response::new(Body::from_stream(stream));
-    r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
     r
 }
 
 /// A free loopback port (bound and released; the tiny race is acceptable in tests).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
@@ -268,7 +302,10 @@ impl Weir {
         let (port, admin_port) = (free_port(), free_port());
         let config_path = dir.path().join("weir.yaml");
         let log_path = dir.path().join("weir.log");
-        write_atomically(&config_path, &render_config(port, admin_port, body, server_extra));
+        write_atomically(
+            &config_path,
+            &render_config(port, admin_port, body, server_extra),
+        );
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["serve", "-c"])
@@ -292,7 +329,10 @@ impl Weir {
 
     /// Rewrites the config file in place (same ports and admin key), atomically.
     pub fn write_config(&self, body: &str, server_extra: &str) {
-        write_atomically(&self.config_path, &render_config(self.port, self.admin_port, body, server_extra));
+        write_atomically(
+            &self.config_path,
+            &render_config(self.port, self.admin_port, body, server_extra),
+        );
     }
 
     /// Writes raw text (e.g. a broken file) as the config.
@@ -312,7 +352,11 @@ impl Weir {
             if admin.is_ok() && proxy.is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "weir did not start:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "weir did not start:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -346,7 +390,12 @@ impl Weir {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.admin_url("/metrics")).await.unwrap().text().await.unwrap()
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 
@@ -365,7 +414,11 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -384,12 +437,19 @@ pub async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, St
 /// The `data:` payloads of an SSE body.
 pub fn sse_data(body: &str) -> Vec<String> {
     body.split("\n\n")
-        .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_string))
+        .filter_map(|ev| {
+            ev.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_string)
+        })
         .collect()
 }
 
 pub fn channel(name: &str, up: &Upstream, extra: &str) -> String {
-    format!("  - {{name: {name}, type: openai, base_url: '{}', models: [m], {extra}}}\n", up.url())
+    format!(
+        "  - {{name: {name}, type: openai, base_url: '{}', models: [m], {extra}}}\n",
+        up.url()
+    )
 }
 
 impl Weir {
@@ -403,7 +463,10 @@ impl Weir {
             if got == want {
                 return m;
             }
-            assert!(Instant::now() < deadline, "{name}{labels:?} is {got}, want {want}\n{m}");
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} is {got}, want {want}\n{m}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

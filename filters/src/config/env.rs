@@ -21,8 +21,8 @@ pub fn substitute(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
-            let valid = !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let valid =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 return Err(format!(
                     "line {}: `${{{expr}}}` is not a valid variable reference",

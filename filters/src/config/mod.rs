@@ -81,8 +81,16 @@ impl Upstream {
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            Some(other) => return Err(format!("scheme `{other}` is not supported, use http or https")),
-            None => return Err(format!("`{url}` has no scheme; write http://… or https://…")),
+            Some(other) => {
+                return Err(format!(
+                    "scheme `{other}` is not supported, use http or https"
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "`{url}` has no scheme; write http://… or https://…"
+                ))
+            }
         };
         let host = uri
             .host()
@@ -189,7 +197,9 @@ impl MappingRule {
             .ok_or_else(|| format!("`{line}` is not `source>target` or `!source>target`"))?;
         let (from, to) = (from.trim(), to.trim());
         if from.is_empty() || to.is_empty() || to.contains('>') {
-            return Err(format!("`{line}` is not `source>target` or `!source>target`"));
+            return Err(format!(
+                "`{line}` is not `source>target` or `!source>target`"
+            ));
         }
         Ok(MappingRule {
             from: from.to_string(),
@@ -205,8 +215,7 @@ pub const CATCH_ALL_MODEL: &str = "default";
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
@@ -227,7 +236,10 @@ impl Runtime {
                     c.name
                 ));
             } else if !names.insert(c.name.clone()) {
-                problems.push(format!("{at}.name: `{}` is used by another channel", c.name));
+                problems.push(format!(
+                    "{at}.name: `{}` is used by another channel",
+                    c.name
+                ));
             }
             let upstream = match c.kind {
                 ChannelType::Mock => None,
@@ -257,7 +269,9 @@ impl Runtime {
                 if key.trim().is_empty() {
                     problems.push(format!("{at}.keys[{k}]: a key must not be empty"));
                 } else if key.chars().any(|ch| ch.is_control() || ch == ' ') {
-                    problems.push(format!("{at}.keys[{k}]: a key must not contain spaces or control characters"));
+                    problems.push(format!(
+                        "{at}.keys[{k}]: a key must not contain spaces or control characters"
+                    ));
                 }
             }
             if c.weight == 0 {
@@ -362,7 +376,10 @@ impl Runtime {
         let mut gw_names = HashSet::new();
         let mut gw_paths = HashSet::new();
         if file.gateways.is_empty() {
-            problems.push("gateways: at least one gateway is needed (e.g. `{name: default, path: /v1}`)".into());
+            problems.push(
+                "gateways: at least one gateway is needed (e.g. `{name: default, path: /v1}`)"
+                    .into(),
+            );
         }
         for (i, g) in file.gateways.iter().enumerate() {
             let at = format!("gateways[{i}]");
@@ -372,15 +389,24 @@ impl Runtime {
                     g.name
                 ));
             } else if !gw_names.insert(g.name.clone()) {
-                problems.push(format!("{at}.name: `{}` is used by another gateway", g.name));
+                problems.push(format!(
+                    "{at}.name: `{}` is used by another gateway",
+                    g.name
+                ));
             }
             let path = g.path.trim().trim_end_matches('/').to_string();
             if !g.path.starts_with('/') || path.is_empty() {
-                problems.push(format!("{at}.path: `{}` must start with `/` and name a prefix such as `/v1`", g.path));
+                problems.push(format!(
+                    "{at}.path: `{}` must start with `/` and name a prefix such as `/v1`",
+                    g.path
+                ));
             } else if path.contains(['?', '#', ' ']) {
                 problems.push(format!("{at}.path: `{}` must be a plain path", g.path));
             } else if !gw_paths.insert(path.clone()) {
-                problems.push(format!("{at}.path: `{}` is used by another gateway", g.path));
+                problems.push(format!(
+                    "{at}.path: `{}` is used by another gateway",
+                    g.path
+                ));
             }
             let expires_at = match &g.expires_at {
                 None => None,
@@ -442,7 +468,12 @@ impl Runtime {
     /// Ways to serve `model` for a caller in `group`, and the label the model is
     /// counted under (the configured name, or `default` for the catch-all), or `None`
     /// when nothing serves it.
-    pub fn routes(&self, gateway: &Gateway, model: &str, group: &str) -> Option<(Vec<Route>, String)> {
+    pub fn routes(
+        &self,
+        gateway: &Gateway,
+        model: &str,
+        group: &str,
+    ) -> Option<(Vec<Route>, String)> {
         if let Some(allowed) = &gateway.models {
             if !allowed.contains(model) && !allowed.contains(CATCH_ALL_MODEL) {
                 return None;
@@ -473,12 +504,17 @@ impl Runtime {
             .models
             .iter()
             .filter(|(_, routes)| {
-                routes.iter().any(|r| {
-                    self.channels[r.channel].groups.iter().any(|g| g == group)
-                })
+                routes
+                    .iter()
+                    .any(|r| self.channels[r.channel].groups.iter().any(|g| g == group))
             })
             .map(|(m, _)| m.clone())
-            .filter(|m| gateway.models.as_ref().is_none_or(|allowed| allowed.contains(m)))
+            .filter(|m| {
+                gateway
+                    .models
+                    .as_ref()
+                    .is_none_or(|allowed| allowed.contains(m))
+            })
             .collect();
         out.sort();
         out
@@ -522,11 +558,17 @@ pub fn key_hint(key: &str) -> String {
 fn validate_server(s: &ServerConfig, problems: &mut Vec<String>) {
     let listen = s.listen.parse::<std::net::SocketAddr>();
     if let Err(e) = &listen {
-        problems.push(format!("server.listen: `{}` is not an address such as 0.0.0.0:8080 ({e})", s.listen));
+        problems.push(format!(
+            "server.listen: `{}` is not an address such as 0.0.0.0:8080 ({e})",
+            s.listen
+        ));
     }
     let admin = s.admin_listen.parse::<std::net::SocketAddr>();
     if let Err(e) = &admin {
-        problems.push(format!("server.admin_listen: `{}` is not an address such as 127.0.0.1:8081 ({e})", s.admin_listen));
+        problems.push(format!(
+            "server.admin_listen: `{}` is not an address such as 127.0.0.1:8081 ({e})",
+            s.admin_listen
+        ));
     }
     if let (Ok(a), Ok(b)) = (listen, admin) {
         if a == b {
@@ -552,7 +594,9 @@ mod tests {
     use super::*;
 
     fn load(yaml: &str) -> Result<Runtime, ConfigError> {
-        parse_with_env(yaml, |k| (k == "VLLM_KEY").then(|| "sk-from-env".to_string()))
+        parse_with_env(yaml, |k| {
+            (k == "VLLM_KEY").then(|| "sk-from-env".to_string())
+        })
     }
 
     const BASIC: &str = r#"
@@ -578,7 +622,10 @@ gateways:
         let rt = load(BASIC).unwrap();
         assert_eq!(rt.channels[0].keys, vec!["sk-a", "sk-from-env"]);
         let up = rt.channels[0].upstream.as_ref().unwrap();
-        assert_eq!((up.host.as_str(), up.port, up.base_path.as_str(), up.tls), ("10.0.0.5", 8000, "", false));
+        assert_eq!(
+            (up.host.as_str(), up.port, up.base_path.as_str(), up.tls),
+            ("10.0.0.5", 8000, "", false)
+        );
         assert_eq!(rt.server().max_body.0, 32 * 1024 * 1024);
     }
 
@@ -588,7 +635,10 @@ gateways:
         assert_eq!(a, Upstream::parse("http://h:8000/v1").unwrap());
         assert_eq!(a, Upstream::parse("http://h:8000/v1/").unwrap());
         let g = Upstream::parse("https://api.groq.com/openai/v1").unwrap();
-        assert_eq!((g.base_path.as_str(), g.port, g.authority.as_str()), ("/openai", 443, "api.groq.com"));
+        assert_eq!(
+            (g.base_path.as_str(), g.port, g.authority.as_str()),
+            ("/openai", 443, "api.groq.com")
+        );
         assert!(Upstream::parse("ftp://h").is_err());
         assert!(Upstream::parse("h:8000").is_err());
     }
@@ -599,7 +649,13 @@ gateways:
         let gw = rt.gateway_for("/v1/chat/completions").unwrap().0;
         let (routes, label) = rt.routes(gw, "gpt-4o", "default").unwrap();
         assert_eq!(label, "gpt-4o");
-        assert_eq!(routes, vec![Route { channel: 0, upstream_model: "qwen2-7b".into() }]);
+        assert_eq!(
+            routes,
+            vec![Route {
+                channel: 0,
+                upstream_model: "qwen2-7b".into()
+            }]
+        );
         let (routes, _) = rt.routes(gw, "fast", "default").unwrap();
         assert_eq!(routes[0].upstream_model, "deepseek");
         // `deepseek` is hidden on `local`, so only the catch-all mock serves it.
@@ -613,7 +669,9 @@ gateways:
     #[test]
     fn gateways_match_by_longest_prefix_at_segment_boundaries() {
         let rt = load(BASIC).unwrap();
-        let (gw, rest) = rt.gateway_for("/llm/api/team-a/v1/chat/completions").unwrap();
+        let (gw, rest) = rt
+            .gateway_for("/llm/api/team-a/v1/chat/completions")
+            .unwrap();
         assert_eq!((gw.name.as_str(), rest), ("team-a", "/chat/completions"));
         assert!(rt.gateway_for("/v10/models").is_none());
         assert!(rt.routes(gw, "gpt-4o", "default").is_none());
@@ -625,18 +683,25 @@ gateways:
         let e = load("channels:\n  - {name: a, type: mock, models: [m]}\n  - {name: b, type: mock, models: [m], weight: lots}\n").unwrap_err();
         assert!(e.to_string().starts_with("channels[1].weight: "), "{e}");
         let e = load("server:\n  listen: 0.0.0.0:1\n  colour: blue\n").unwrap_err();
-        assert!(e.to_string().contains("server: unknown field `colour`"), "{e}");
+        assert!(
+            e.to_string().contains("server: unknown field `colour`"),
+            "{e}"
+        );
         let e = load("channels:\n  - {name: a, type: openai, base_url: 'ftp://x', models: [m], model_mapping: ['nope']}\n").unwrap_err();
         assert_eq!(e.problems.len(), 2, "{e}");
         assert!(e.problems[0].starts_with("channels[0].base_url"), "{e}");
-        assert!(e.problems[1].starts_with("channels[0].model_mapping[0]"), "{e}");
+        assert!(
+            e.problems[1].starts_with("channels[0].model_mapping[0]"),
+            "{e}"
+        );
         let e = load("channels:\n  - {name: a, type: mock, models: [m]}\n  - {name: a, type: mock, models: [m]}\n").unwrap_err();
         assert!(e.to_string().contains("channels[1].name"), "{e}");
         let e = load("gateways:\n  - {name: g, path: /v1, expires_at: tomorrow}\n").unwrap_err();
         assert!(e.to_string().starts_with("gateways[0].expires_at"), "{e}");
         let e = load("channels:\n  - {name: a, type: anthropic, models: [m]}\n").unwrap_err();
         assert!(e.to_string().starts_with("channels[0].type"), "{e}");
-        let e = load("channels:\n  - {name: a, type: mock, models: [m], keys: ['${NOPE}']}\n").unwrap_err();
+        let e = load("channels:\n  - {name: a, type: mock, models: [m], keys: ['${NOPE}']}\n")
+            .unwrap_err();
         assert!(e.to_string().contains("NOPE"), "{e}");
     }
 
