@@ -234,10 +234,9 @@ impl Failover {
                 }
             }
         };
-        if let Some(a) = &attempt {
+        if attempt.is_some() {
             self.total_attempts += 1;
             self.channel_attempts += 1;
-            let _ = a;
         }
         attempt
     }
