@@ -60,6 +60,7 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
         threads,
         grace_period_seconds: Some(server_cfg.grace_period.0.as_secs()),
         graceful_shutdown_timeout_seconds: Some(5),
+        ca_file: server_cfg.ca_file.clone(),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), conf);

@@ -64,16 +64,7 @@ pub struct Upstream {
 impl Upstream {
     /// Starts a mock upstream on a free loopback port, in the calling test's runtime.
     pub async fn start(name: &str) -> Upstream {
-        let state = Arc::new(UpstreamState {
-            name: name.to_string(),
-            script: Mutex::new(VecDeque::new()),
-            fallback: Mutex::new(Reply::Ok),
-            calls: AtomicUsize::new(0),
-            seen: Mutex::new(Vec::new()),
-            prompt_sent: AtomicU64::new(0),
-            completion_sent: AtomicU64::new(0),
-            chunk_delay: Mutex::new(Duration::ZERO),
-        });
+        let state = new_state(name);
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(state.clone());
@@ -87,6 +78,77 @@ impl Upstream {
         Upstream { state, port }
     }
 
+    /// The same upstream behind TLS for `localhost`, with a certificate from a fresh
+    /// CA; returns the CA's PEM for the client side.
+    pub async fn start_tls(name: &str) -> (Upstream, String) {
+        use tokio_rustls::rustls;
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "weir test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let state = new_state(name);
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        let service = hyper_util::service::TowerToHyperService::new(app);
+                        let _ = hyper_util::server::conn::auto::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                    }
+                });
+            }
+        });
+        (Upstream { state, port }, ca.pem())
+    }
+
+    pub fn https_url(&self) -> String {
+        format!("https://localhost:{}", self.port)
+    }
+}
+
+fn new_state(name: &str) -> Arc<UpstreamState> {
+    Arc::new(UpstreamState {
+        name: name.to_string(),
+        script: Mutex::new(VecDeque::new()),
+        fallback: Mutex::new(Reply::Ok),
+        calls: AtomicUsize::new(0),
+        seen: Mutex::new(Vec::new()),
+        prompt_sent: AtomicU64::new(0),
+        completion_sent: AtomicU64::new(0),
+        chunk_delay: Mutex::new(Duration::ZERO),
+    })
+}
+
+impl Upstream {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -575,6 +575,11 @@ fn validate_server(s: &ServerConfig, problems: &mut Vec<String>) {
             problems.push("server.admin_listen: must differ from server.listen".into());
         }
     }
+    if let Some(ca) = &s.ca_file {
+        if !std::path::Path::new(ca).is_file() {
+            problems.push(format!("server.ca_file: `{ca}` is not a readable file"));
+        }
+    }
     if s.max_body.0 == 0 {
         problems.push("server.max_body: must be larger than zero".into());
     }

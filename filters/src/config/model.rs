@@ -34,6 +34,9 @@ pub struct ServerConfig {
     /// How long a resolved upstream address is reused.
     pub dns_ttl: Dur,
     pub log_format: LogFormat,
+    /// PEM bundle that verifies `https` upstreams instead of the system roots
+    /// (which also honour `SSL_CERT_FILE` / `SSL_CERT_DIR`).
+    pub ca_file: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +52,7 @@ impl Default for ServerConfig {
             health: HealthConfig::default(),
             dns_ttl: Dur::secs(60),
             log_format: LogFormat::Text,
+            ca_file: None,
         }
     }
 }
