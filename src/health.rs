@@ -95,11 +95,33 @@ impl HealthRegistry {
             .record_failure(Instant::now(), policy, reason)
     }
 
-    pub fn suspend(&self, id: &HealthId, policy: &HealthPolicy, at_least: Duration, reason: &str) {
-        let e = self.entry(id);
-        let mut h = e.lock().unwrap_or_else(|p| p.into_inner());
-        h.record_failure(Instant::now(), policy, reason);
-        h.suspend(Instant::now(), policy, Some(at_least));
+    /// A failure with a known wait (`Retry-After`): suspends for at least that long.
+    pub fn failure_for(
+        &self,
+        id: &HealthId,
+        policy: &HealthPolicy,
+        at_least: Duration,
+        reason: &str,
+    ) {
+        self.entry(id)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record_failure_for(Instant::now(), policy, at_least, reason);
+    }
+
+    /// Gives back a trial slot granted to a request that did not use it.
+    pub fn release_trial(&self, id: &HealthId) {
+        if let Some(e) = self.existing(id) {
+            e.lock().unwrap_or_else(|p| p.into_inner()).release_trial();
+        }
+    }
+
+    /// Forgets what was learned about a channel and its keys (its upstream changed).
+    pub fn reset_channel(&self, name: &str) {
+        self.entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| id.channel != name);
     }
 
     pub fn report(&self, id: &HealthId) -> HealthReport {

@@ -44,10 +44,26 @@ fn init_logging(format: LogFormat) {
     };
 }
 
+/// SIGHUP's default action ends the process. The reload service listens for it once
+/// the server runs; install the handler now so a SIGHUP during start-up (a quick
+/// `systemctl reload`) cannot kill weir. The handler stays installed process-wide.
+fn take_over_sighup() -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    rt.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map(drop)
+            .map_err(|e| format!("cannot handle SIGHUP: {e}"))
+    })
+}
+
 /// Runs weir on `path` until a signal stops it.
 pub fn serve(path: PathBuf) -> Result<(), String> {
     let (text, rt) = load(&path)?;
     init_logging(rt.server().log_format);
+    take_over_sighup()?;
     let server_cfg = rt.server().clone();
     let threads = if server_cfg.threads == 0 {
         std::thread::available_parallelism()

@@ -9,7 +9,7 @@ use pingora_core::connectors::http::Connector;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use weir_filters::config::{self, Runtime};
+use weir_filters::config::{self, Runtime, ServerConfig};
 use weir_filters::health::{HealthPolicy, HealthState};
 
 pub struct AppState {
@@ -30,6 +30,21 @@ pub struct AppState {
 pub enum ReloadOutcome {
     Reloaded { version: u64 },
     Unchanged { version: u64 },
+}
+
+/// Fields read once at start: say so when a reload changes them.
+fn warn_restart_only(old: &ServerConfig, new: &ServerConfig) {
+    let changed = [
+        ("server.listen", old.listen != new.listen),
+        ("server.admin_listen", old.admin_listen != new.admin_listen),
+        ("server.threads", old.threads != new.threads),
+        ("server.grace_period", old.grace_period != new.grace_period),
+        ("server.log_format", old.log_format != new.log_format),
+        ("server.ca_file", old.ca_file != new.ca_file),
+    ];
+    for (field, _) in changed.iter().filter(|(_, c)| *c) {
+        tracing::warn!(field, "changed in the file; takes effect on restart");
+    }
 }
 
 impl AppState {
@@ -83,13 +98,17 @@ impl AppState {
             }),
             Ok(Some((runtime, text))) => {
                 let old = self.snapshot();
-                if old.server().listen != runtime.server().listen
-                    || old.server().admin_listen != runtime.server().admin_listen
-                {
-                    tracing::warn!("server.listen / server.admin_listen changed: listeners move only on restart");
-                }
+                warn_restart_only(old.server(), runtime.server());
                 let names: Vec<&str> = runtime.channels.iter().map(|c| c.name.as_str()).collect();
                 self.health.retain_channels(&names);
+                // A channel pointed elsewhere, or given other keys, starts with a clean slate.
+                for c in &runtime.channels {
+                    if let Some(prev) = old.channels.iter().find(|p| p.name == c.name) {
+                        if prev.upstream != c.upstream || prev.keys != c.keys {
+                            self.health.reset_channel(&c.name);
+                        }
+                    }
+                }
                 self.config.store(Arc::new(runtime));
                 *loaded = text;
                 let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;

@@ -178,9 +178,9 @@ async fn when_everything_fails_the_client_learns_what_was_tried() {
     let b = Upstream::start("b").await;
     a.always(Reply::Status(502));
     b.always(Reply::Status(401));
-    let dead_port = free_port();
+    // Port 1: privileged and unused, so connecting is refused.
     let cfg = format!(
-        "channels:\n{}{}  - {{name: gone, type: openai, base_url: 'http://127.0.0.1:{dead_port}', models: [m], priority: -1, retries: 0}}\n",
+        "channels:\n{}{}  - {{name: gone, type: openai, base_url: 'http://127.0.0.1:1', models: [m], priority: -1, retries: 0}}\n",
         channel("a", &a, "priority: 2, retries: 1"),
         channel("b", &b, "priority: 1, keys: [sk-very-secret-key-123456]"),
     );
@@ -198,8 +198,74 @@ async fn when_everything_fails_the_client_learns_what_was_tried() {
     for part in ["a: HTTP 502", "b: HTTP 401", "gone: connect failed"] {
         assert!(msg.contains(part), "{msg}");
     }
-    assert!(!body.contains("sk-very-secret"), "{body}");
+    // Neither the key nor a hint of it, nor the upstream's own error codes.
+    assert!(
+        !body.contains("sk-very") && !body.contains("123456") && !body.contains("…"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("invalid_api_key") && !body.contains("upstream_boom"),
+        "{body}"
+    );
     assert_eq!((a.calls(), b.calls()), (2, 1));
+    // The operator's log has the detail.
+    weir.wait_metric("weir_requests_total", &[("status", "5xx")], 1.0)
+        .await;
+    assert!(
+        weir.log().contains("(invalid_api_key) key …3456"),
+        "{}",
+        weir.log()
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limited_key_hands_over_to_the_next_key_at_once() {
+    let up = Upstream::start("k").await;
+    // The first key is told to wait 30 s: weir must not wait, nor leave the channel.
+    up.script(&[Reply::RateLimited { retry_after: 30 }]);
+    let cfg = channel(
+        "k",
+        &up,
+        "keys: [sk-first-key-0000000001, sk-second-key-000000002], retries: 0",
+    );
+    let weir = Weir::start(&format!("channels:\n{cfg}")).await;
+    let started = std::time::Instant::now();
+    let (status, _) = post(
+        &reqwest::Client::new(),
+        &weir.url("/v1/chat/completions"),
+        &chat("m", false),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert_ne!(seen[0].authorization, seen[1].authorization);
+    // That key now sits out its 30 s; the other one carries the load.
+    let channels = weir.admin_get("/admin/channels").await;
+    let keys = channels["channels"][0]["keys"].as_array().unwrap().clone();
+    let states: Vec<&str> = keys
+        .iter()
+        .map(|k| k["health"]["state"].as_str().unwrap())
+        .collect();
+    assert!(
+        states.contains(&"suspended") && states.contains(&"healthy"),
+        "{states:?}"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            post(
+                &reqwest::Client::new(),
+                &weir.url("/v1/chat/completions"),
+                &chat("m", false)
+            )
+            .await
+            .0,
+            200
+        );
+    }
+    let second = seen[1].authorization.clone();
+    assert!(up.seen()[2..].iter().all(|s| s.authorization == second));
 }
 
 #[tokio::test]
@@ -303,7 +369,7 @@ async fn a_failing_channel_is_suspended_then_recovers_by_trial() {
 
     // After the cooldown one trial request goes to it; it succeeds and it is back.
     flaky.always(Reply::Ok);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let (_, body) = post(&client, &url, &chat("m", false)).await;
     assert!(body.contains("upstream flaky"), "{body}");
     assert_eq!(flaky.calls(), 3);
@@ -322,7 +388,7 @@ async fn a_failed_trial_suspends_again_and_nothing_left_gives_503() {
     only.always(Reply::Status(500));
     let weir = Weir::start_with_server(
         &format!("channels:\n{}", channel("only", &only, "retries: 0")),
-        "  health: {failures: 1, cooldown: 1s, max_cooldown: 10s}",
+        "  health: {failures: 1, cooldown: 2s, max_cooldown: 20s}",
     )
     .await;
     let client = reqwest::Client::new();
@@ -343,11 +409,11 @@ async fn a_failed_trial_suspends_again_and_nothing_left_gives_503() {
         .unwrap()
         .contains("only: suspended"));
     assert_eq!(only.calls(), 1);
-    // The trial fails: suspended again, now for 2 s.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The trial fails: suspended again, now for 4 s.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(post(&client, &url, &chat("m", false)).await.0, 502);
     assert_eq!(only.calls(), 2);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(post(&client, &url, &chat("m", false)).await.0, 503);
     assert_eq!(only.calls(), 2);
 }

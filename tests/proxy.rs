@@ -266,6 +266,25 @@ async fn bad_input_gets_openai_shaped_errors() {
     let r = client.get(&url).send().await.unwrap();
     let (s, b) = (r.status().as_u16(), r.text().await.unwrap());
     check(s, &b, 405, "method_not_allowed");
+    // Paths that would climb out of /v1 upstream are refused, sent byte for byte
+    // (an HTTP client would normalise them first).
+    let json = serde_json::to_vec(&chat("m", false)).unwrap();
+    for path in [
+        "/v1/../admin/x",
+        "/v1/a/%2e%2e/b",
+        "/v1//x",
+        "/v1/a/%2F..%2Fb",
+    ] {
+        let (s, raw) = raw_request(
+            weir.port,
+            &format!("POST {path} HTTP/1.1\r\nHost: x"),
+            &json,
+        )
+        .await;
+        let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default();
+        assert_eq!(s, 404, "{path}: {raw}");
+        check(s, body, 404, "unknown_url");
+    }
     let r = client.get(weir.url("/elsewhere")).send().await.unwrap();
     let (s, b) = (r.status().as_u16(), r.text().await.unwrap());
     check(s, &b, 404, "unknown_url");
@@ -280,6 +299,71 @@ async fn bad_input_gets_openai_shaped_errors() {
     assert!(
         !weir.log().contains("sk-secret-never-shown"),
         "a key reached the log"
+    );
+}
+
+#[tokio::test]
+async fn other_endpoints_pass_through_and_their_streams_end_cleanly() {
+    let up = Upstream::start("o").await;
+    let weir = Weir::start(&one_channel(&up, "")).await;
+    // A Responses-style stream: no `[DONE]`, and that is how it ends.
+    let body = json!({"model": "m", "stream": true, "input": "hi"});
+    let (status, text) = post(&reqwest::Client::new(), &weir.url("/v1/responses"), &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(up.seen()[0].path, "/v1/responses");
+    assert!(!text.contains("\"error\""), "{text}");
+    // Weir adds include_usage only to chat and completions streams.
+    assert!(up.seen()[0].body.get("stream_options").is_none());
+    weir.wait_metric("weir_requests_total", &[("status", "2xx")], 1.0)
+        .await;
+    let m = weir.metrics().await;
+    assert_eq!(metric_sum(&m, "weir_stream_errors_total", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn expect_continue_is_answered() {
+    let up = Upstream::start("x").await;
+    let weir = Weir::start(&one_channel(&up, "")).await;
+    // Speak HTTP/1.1 by hand: send the headers, wait for `100 Continue`, then the body.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = serde_json::to_vec(&chat("m", false)).unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", weir.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .expect("no 100 Continue")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s.write_all(&body).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&rest).contains("upstream x") {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains("upstream x"),
+        "{text}"
     );
 }
 

@@ -101,17 +101,52 @@ impl Health {
         self.probe_started = None;
     }
 
-    /// Counts a failure; returns true when this failure suspended it.
+    /// Counts a failure; returns true when this failure suspended it. Failures while
+    /// already suspended (requests that were under way) only count: the cooldown
+    /// grows only when a trial fails, so a burst of in-flight failures cannot push
+    /// it to the cap at once.
     pub fn record_failure(&mut self, now: Instant, policy: &HealthPolicy, reason: &str) -> bool {
         self.failures_total += 1;
-        self.consecutive_failures += 1;
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         self.last_error = Some(reason.to_string());
         let trial_failed = self.probe_started.take().is_some();
-        if trial_failed || self.consecutive_failures >= policy.failures {
+        if trial_failed {
+            self.suspend(now, policy, None);
+            return true;
+        }
+        if self.suspended_until.is_some() {
+            return false;
+        }
+        if self.consecutive_failures >= policy.failures {
             self.suspend(now, policy, None);
             return true;
         }
         false
+    }
+
+    /// A failure that says how long to stay away (an upstream's `Retry-After`):
+    /// counts once and suspends for at least `at_least`.
+    pub fn record_failure_for(
+        &mut self,
+        now: Instant,
+        policy: &HealthPolicy,
+        at_least: Duration,
+        reason: &str,
+    ) {
+        self.failures_total += 1;
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        self.last_error = Some(reason.to_string());
+        let until = now.checked_add(at_least.min(policy.max_cooldown));
+        match (self.suspended_until, until) {
+            (Some(current), Some(want)) if current >= want && self.probe_started.is_none() => {}
+            _ => self.suspend(now, policy, Some(at_least)),
+        }
+    }
+
+    /// Gives back a trial slot that was granted but not used (or whose request ended
+    /// without a verdict), so the next request can be the trial.
+    pub fn release_trial(&mut self) {
+        self.probe_started = None;
     }
 
     /// Suspends at once, for at least `at_least` (an upstream's `Retry-After`).
@@ -127,7 +162,8 @@ impl Health {
             cooldown = cooldown.max(min.min(policy.max_cooldown));
         }
         self.suspensions = self.suspensions.saturating_add(1);
-        self.suspended_until = Some(now + cooldown);
+        // Durations are bounded by config validation; never panic on overflow anyway.
+        self.suspended_until = Some(now.checked_add(cooldown).unwrap_or(now));
         self.probe_started = None;
     }
 
@@ -228,6 +264,44 @@ mod tests {
         let mut h = Health::default();
         h.suspend(t0, &POLICY, Some(Duration::from_secs(20)));
         assert!(!h.admit(t0 + Duration::from_secs(15), PROBE).allowed());
+        assert_eq!(h.report(t0).retry_in_secs, 20);
+    }
+
+    #[test]
+    fn failures_while_suspended_do_not_escalate() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        h.record_failure(t0, &POLICY, "x");
+        assert!(h.record_failure(t0, &POLICY, "x"));
+        // Requests that were already under way fail too.
+        for _ in 0..6 {
+            assert!(!h.record_failure(t0, &POLICY, "x"));
+        }
+        // Still the first cooldown (10 s), not the cap.
+        assert_eq!(
+            h.admit(t0 + Duration::from_secs(10), PROBE),
+            Admission::Trial
+        );
+    }
+
+    #[test]
+    fn released_trial_lets_the_next_request_try() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        h.suspend(t0, &POLICY, None);
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(h.admit(t1, PROBE), Admission::Trial);
+        h.release_trial();
+        assert_eq!(h.admit(t1, PROBE), Admission::Trial);
+    }
+
+    #[test]
+    fn retry_after_failure_counts_once_and_keeps_the_longer_wait() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        h.record_failure_for(t0, &POLICY, Duration::from_secs(20), "429");
+        h.record_failure_for(t0, &POLICY, Duration::from_secs(5), "429");
+        assert_eq!(h.failures_total, 2);
         assert_eq!(h.report(t0).retry_in_secs, 20);
     }
 

@@ -10,10 +10,19 @@ use crate::usage::{Usage, WireUsage};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
+/// An event larger than this is passed on without being read.
+const MAX_EVENT: usize = 1024 * 1024;
+/// Answer text kept for an estimate; beyond it only its length is counted.
+const MAX_TEXT: usize = 1024 * 1024;
+
 #[derive(Debug, Default)]
 pub struct SseTap {
     /// Bytes of an event not yet complete.
     pending: BytesMut,
+    /// How far `pending` was already searched for an event end.
+    scanned: usize,
+    /// Bytes of answer text seen beyond `MAX_TEXT`.
+    pub text_overflow: usize,
     /// Remove usage from the stream (the client did not ask for it).
     strip_usage: bool,
     pub usage: Option<Usage>,
@@ -72,18 +81,16 @@ impl SseTap {
 
     /// Takes the next chunk from upstream and returns what the client gets now.
     pub fn feed(&mut self, chunk: Bytes) -> Bytes {
-        if !self.strip_usage {
-            // Observe only: the client gets the chunk untouched and at once.
-            self.pending.extend_from_slice(&chunk);
-            while let Some(end) = event_end(&self.pending) {
-                let event = self.pending.split_to(end);
-                self.inspect(&event);
-            }
-            return chunk;
-        }
         self.pending.extend_from_slice(&chunk);
         let mut out = BytesMut::new();
-        while let Some(end) = event_end(&self.pending) {
+        loop {
+            let Some(end) = event_end(&self.pending, self.scanned) else {
+                // Keep searching where this search stopped (minus a possible
+                // half of a `\r\n\r\n`), so a long event costs O(n), not O(n²).
+                self.scanned = self.pending.len().saturating_sub(3);
+                break;
+            };
+            self.scanned = 0;
             let event = self.pending.split_to(end).freeze();
             match self.inspect(&event) {
                 EventAction::Keep => out.extend_from_slice(&event),
@@ -91,21 +98,49 @@ impl SseTap {
                 EventAction::Replace(bytes) => out.extend_from_slice(&bytes),
             }
         }
+        if self.pending.len() > MAX_EVENT {
+            // Not an SSE stream we can read: pass it on unread from here.
+            out.extend_from_slice(&self.pending);
+            self.pending.clear();
+            self.scanned = 0;
+        }
+        if !self.strip_usage {
+            // Observe only: the client gets each chunk untouched and at once.
+            return chunk;
+        }
         out.freeze()
     }
 
     /// Whatever is left when the upstream ends (an event without its blank line).
+    /// In observe mode those bytes already went out with their chunk: only read them.
     pub fn finish(&mut self) -> Bytes {
         if self.pending.is_empty() {
             return Bytes::new();
         }
         let mut event = std::mem::take(&mut self.pending);
+        self.scanned = 0;
         event.extend_from_slice(b"\n\n");
         let event = event.freeze();
-        match self.inspect(&event) {
-            EventAction::Keep => event,
+        let action = self.inspect(&event);
+        if !self.strip_usage {
+            return Bytes::new();
+        }
+        match action {
+            EventAction::Keep => {
+                let mut rest = event;
+                rest.truncate(rest.len() - 2);
+                rest
+            }
             EventAction::Drop => Bytes::new(),
             EventAction::Replace(b) => Bytes::from(b),
+        }
+    }
+
+    fn push_text(&mut self, t: &str) {
+        if self.completion_text.len() + t.len() <= MAX_TEXT {
+            self.completion_text.push_str(t);
+        } else {
+            self.text_overflow += t.len();
         }
     }
 
@@ -134,11 +169,11 @@ impl SseTap {
             has_choices = true;
             if let Some(d) = &choice.delta {
                 for t in [&d.content, &d.reasoning_content].into_iter().flatten() {
-                    self.completion_text.push_str(t);
+                    self.push_text(t);
                 }
             }
             if let Some(t) = &choice.text {
-                self.completion_text.push_str(t);
+                self.push_text(t);
             }
             if choice.finish_reason.is_some() {
                 self.saw_finish = true;
@@ -171,9 +206,10 @@ impl SseTap {
     }
 }
 
-/// End (exclusive, blank line included) of the first complete event in `buf`.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
+/// End (exclusive, blank line included) of the first complete event in `buf`,
+/// searching from `from`.
+fn event_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
     while i < buf.len() {
         if buf[i] == b'\n' {
             match buf.get(i + 1) {
@@ -299,6 +335,39 @@ mod tests {
             assert_eq!(String::from_utf8(out).unwrap(), expected, "cut at {cut}");
             assert_eq!(tap.usage.unwrap().prompt_tokens, 11);
         }
+    }
+
+    #[test]
+    fn observe_mode_never_repeats_bytes_at_any_split() {
+        // Ends with a single newline: the last event has no blank line.
+        let s = [chunk("Hel"), chunk("lo"), "data: [DONE]\n".to_string()].concat();
+        for cut in 0..s.len() {
+            let mut tap = SseTap::new(false);
+            let mut out = Vec::new();
+            out.extend_from_slice(&tap.feed(Bytes::copy_from_slice(&s.as_bytes()[..cut])));
+            out.extend_from_slice(&tap.feed(Bytes::copy_from_slice(&s.as_bytes()[cut..])));
+            out.extend_from_slice(&tap.finish());
+            assert_eq!(String::from_utf8(out).unwrap(), s, "cut at {cut}");
+            assert!(tap.saw_done);
+        }
+    }
+
+    #[test]
+    fn an_unterminated_tail_is_not_given_a_blank_line() {
+        let mut tap = SseTap::new(true);
+        let out = tap.feed(Bytes::from(format!("{}data: [DONE]", chunk("a"))));
+        assert_eq!(out, chunk("a").as_bytes());
+        assert_eq!(&tap.finish()[..], b"data: [DONE]");
+        assert!(tap.saw_done);
+    }
+
+    #[test]
+    fn a_huge_event_without_boundary_passes_through_unread() {
+        let mut tap = SseTap::new(true);
+        let big = Bytes::from(vec![b'x'; MAX_EVENT + 10]);
+        let out = tap.feed(big.clone());
+        assert_eq!(out.len(), big.len());
+        assert!(tap.pending.is_empty());
     }
 
     #[test]

@@ -64,9 +64,25 @@ pub fn classify(method: &str, rest: &str, full_path: &str) -> Result<Endpoint, G
             _ => Err(wrong_method()),
         },
         "" => Err(not_found()),
+        // Other paths go upstream verbatim: nothing that could climb out of `/v1`.
+        r if !is_plain_path(r) => Err(not_found()),
         _ if method == "POST" => Ok(Endpoint::Other),
         _ => Err(not_found()),
     }
+}
+
+/// Segments of letters, digits and `-_.:`, none of them `.` or `..`, no escapes.
+fn is_plain_path(rest: &str) -> bool {
+    rest.strip_prefix('/').is_some_and(|r| {
+        r.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -120,5 +136,24 @@ mod tests {
             404
         );
         assert_eq!(classify("POST", "", "/v1").unwrap_err().status(), 404);
+        for bad in [
+            "/../admin",
+            "/a/../../x",
+            "/%2e%2e/x",
+            "/a//b",
+            "/a/./b",
+            "/a\\b",
+        ] {
+            assert_eq!(
+                classify("POST", bad, bad).unwrap_err().status(),
+                404,
+                "{bad}"
+            );
+        }
+        assert_eq!(classify("POST", "/responses", "").unwrap(), Endpoint::Other);
+        assert_eq!(
+            classify("POST", "/audio/speech", "").unwrap(),
+            Endpoint::Other
+        );
     }
 }

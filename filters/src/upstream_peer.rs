@@ -128,14 +128,21 @@ pub struct Failover {
     /// Position in `order` of the current channel.
     pos: usize,
     started: bool,
+    /// The current channel's keys in the order they are tried.
     keys: Vec<usize>,
+    /// Position in `keys` of the key in use.
     key_pos: usize,
-    channel_attempts: u32,
+    /// Highest position in `keys` used so far on this channel.
+    key_frontier: usize,
+    /// Retries (after backoff) made on the current channel.
+    channel_retries: u32,
     total_attempts: u32,
     max_total: Option<u32>,
     /// Channels passed over because health closed them, with how long until they reopen.
     pub skipped: Vec<(usize, Duration)>,
 }
+
+type Admit<'a> = dyn FnMut(Target) -> Result<(), Duration> + 'a;
 
 impl Failover {
     /// `max_total`: a cap on attempts across all channels (a gateway's `retries` + 1).
@@ -151,7 +158,8 @@ impl Failover {
             started: false,
             keys: Vec::new(),
             key_pos: 0,
-            channel_attempts: 0,
+            key_frontier: 0,
+            channel_retries: 0,
             total_attempts: 0,
             max_total,
             skipped: Vec::new(),
@@ -172,7 +180,7 @@ impl Failover {
         routes: &[Route],
         channels: &[Channel],
         backoff_policy: &BackoffPolicy,
-        admit: &mut dyn FnMut(Target) -> Result<(), Duration>,
+        admit: &mut Admit<'_>,
         rng: &mut impl Rng,
     ) -> Option<Attempt> {
         if self.max_total.is_some_and(|m| self.total_attempts >= m) {
@@ -184,61 +192,86 @@ impl Failover {
                 self.enter_channel(0, routes, channels, admit, rng, false)
             }
             None | Some(Verdict::Success) | Some(Verdict::Final) => None,
+            Some(Verdict::KeyRejected) => {
+                let route = self.order.get(self.pos).copied()?;
+                let channel = routes[route].channel;
+                match self.next_untried_key(channel, admit) {
+                    Some(key) => {
+                        Some(self.same_channel(route, channel, Some(key), Duration::ZERO, false))
+                    }
+                    None => self.enter_channel(self.pos + 1, routes, channels, admit, rng, true),
+                }
+            }
             Some(Verdict::Retryable {
                 rotate_key,
                 retry_after,
             }) => {
                 let route = self.order.get(self.pos).copied()?;
                 let channel = routes[route].channel;
-                let retries_left = self.channel_attempts <= channels[channel].retries;
-                let wait_ok = retry_after.is_none_or(|ra| ra <= backoff_policy.max);
-                let key = if rotate_key {
-                    self.next_key(channel, admit, true)
+                // A 429 is about one key's quota: another key of the channel, at once,
+                // whatever its Retry-After says, without using up a retry.
+                let fresh_key = if rotate_key {
+                    self.next_untried_key(channel, admit)
                 } else {
-                    self.current_key(channel, admit)
+                    None
                 };
-                match key {
-                    Some(key) if retries_left && wait_ok => {
-                        let delay = backoff(
-                            self.channel_attempts - 1,
-                            backoff_policy.base,
-                            backoff_policy.max,
-                            retry_after,
-                            rng,
-                        );
-                        Some(Attempt {
-                            route,
-                            channel,
-                            key,
-                            delay,
-                            is_retry: true,
-                            is_failover: false,
-                        })
+                if let Some(key) = fresh_key {
+                    Some(self.same_channel(route, channel, Some(key), Duration::ZERO, false))
+                } else {
+                    let retries_left = self.channel_retries < channels[channel].retries;
+                    let wait_ok = retry_after.is_none_or(|ra| ra <= backoff_policy.max);
+                    // The failure may just have suspended the channel.
+                    let retry_key =
+                        if retries_left && wait_ok && admit(Target::Channel(channel)).is_ok() {
+                            if rotate_key {
+                                self.next_key_round(channel, admit)
+                            } else {
+                                self.current_key(channel, admit)
+                            }
+                        } else {
+                            None
+                        };
+                    match retry_key {
+                        Some(key) => {
+                            let delay = backoff(
+                                self.channel_retries,
+                                backoff_policy.base,
+                                backoff_policy.max,
+                                retry_after,
+                                rng,
+                            );
+                            self.channel_retries += 1;
+                            Some(self.same_channel(route, channel, key, delay, true))
+                        }
+                        None => {
+                            self.enter_channel(self.pos + 1, routes, channels, admit, rng, true)
+                        }
                     }
-                    _ => self.enter_channel(self.pos + 1, routes, channels, admit, rng, true),
-                }
-            }
-            Some(Verdict::KeyRejected) => {
-                let route = self.order.get(self.pos).copied()?;
-                let channel = routes[route].channel;
-                match self.next_key(channel, admit, false) {
-                    Some(key) => Some(Attempt {
-                        route,
-                        channel,
-                        key,
-                        delay: Duration::ZERO,
-                        is_retry: false,
-                        is_failover: false,
-                    }),
-                    None => self.enter_channel(self.pos + 1, routes, channels, admit, rng, true),
                 }
             }
         };
         if attempt.is_some() {
             self.total_attempts += 1;
-            self.channel_attempts += 1;
         }
         attempt
+    }
+
+    fn same_channel(
+        &self,
+        route: usize,
+        channel: usize,
+        key: Option<usize>,
+        delay: Duration,
+        is_retry: bool,
+    ) -> Attempt {
+        Attempt {
+            route,
+            channel,
+            key,
+            delay,
+            is_retry,
+            is_failover: false,
+        }
     }
 
     /// Moves to the first admitted channel at or after `from` and picks its first key.
@@ -247,13 +280,17 @@ impl Failover {
         from: usize,
         routes: &[Route],
         channels: &[Channel],
-        admit: &mut dyn FnMut(Target) -> Result<(), Duration>,
+        admit: &mut Admit<'_>,
         rng: &mut impl Rng,
         is_failover: bool,
     ) -> Option<Attempt> {
         for pos in from..self.order.len() {
             let route = self.order[pos];
             let channel = routes[route].channel;
+            if let Err(wait) = admit(Target::Channel(channel)) {
+                self.skipped.push((channel, wait));
+                continue;
+            }
             let n = channels[channel].keys.len();
             // Start at a random key so that load spreads over all keys of a channel.
             self.keys = if n == 0 {
@@ -263,20 +300,17 @@ impl Failover {
                 (0..n).map(|i| (start + i) % n).collect()
             };
             self.key_pos = 0;
+            self.key_frontier = 0;
             let key = if n == 0 {
-                Some(None)
+                None
             } else {
-                self.first_admitted_key(channel, 0, admit).map(Some)
+                match self.first_admitted_key(channel, 0, admit) {
+                    Some(k) => Some(k),
+                    None => continue,
+                }
             };
-            let Some(key) = key else {
-                continue;
-            };
-            if let Err(wait) = admit(Target::Channel(channel)) {
-                self.skipped.push((channel, wait));
-                continue;
-            }
             self.pos = pos;
-            self.channel_attempts = 0;
+            self.channel_retries = 0;
             return Some(Attempt {
                 route,
                 channel,
@@ -294,7 +328,7 @@ impl Failover {
         &mut self,
         channel: usize,
         from: usize,
-        admit: &mut dyn FnMut(Target) -> Result<(), Duration>,
+        admit: &mut Admit<'_>,
     ) -> Option<usize> {
         let mut shortest: Option<Duration> = None;
         for p in from..self.keys.len() {
@@ -304,6 +338,7 @@ impl Failover {
             }) {
                 Ok(()) => {
                     self.key_pos = p;
+                    self.key_frontier = self.key_frontier.max(p);
                     return Some(self.keys[p]);
                 }
                 Err(wait) => shortest = Some(shortest.map_or(wait, |s| s.min(wait))),
@@ -315,12 +350,16 @@ impl Failover {
         None
     }
 
+    /// A key of the current channel not used yet on this visit.
+    fn next_untried_key(&mut self, channel: usize, admit: &mut Admit<'_>) -> Option<usize> {
+        if self.keys.is_empty() {
+            return None;
+        }
+        self.first_admitted_key(channel, self.key_frontier + 1, admit)
+    }
+
     /// The key in use on the current channel (`Some(None)` when it has none).
-    fn current_key(
-        &mut self,
-        channel: usize,
-        admit: &mut dyn FnMut(Target) -> Result<(), Duration>,
-    ) -> Option<Option<usize>> {
+    fn current_key(&mut self, channel: usize, admit: &mut Admit<'_>) -> Option<Option<usize>> {
         if self.keys.is_empty() {
             return Some(None);
         }
@@ -328,37 +367,25 @@ impl Failover {
         admit(Target::Key { channel, key }).ok().map(|_| Some(key))
     }
 
-    /// The next admitted key of the current channel. `wrap`: after a 429 the keys are
-    /// tried round and round (the same key again if it is the only one); after a
-    /// rejection, each key once.
-    fn next_key(
-        &mut self,
-        channel: usize,
-        admit: &mut dyn FnMut(Target) -> Result<(), Duration>,
-        wrap: bool,
-    ) -> Option<Option<usize>> {
+    /// The next admitted key round the channel's keys (the same one if it is the only one).
+    fn next_key_round(&mut self, channel: usize, admit: &mut Admit<'_>) -> Option<Option<usize>> {
         let n = self.keys.len();
         if n == 0 {
-            return wrap.then_some(None);
+            return Some(None);
         }
-        if wrap {
-            for step in 1..=n {
-                let p = (self.key_pos + step) % n;
-                if admit(Target::Key {
-                    channel,
-                    key: self.keys[p],
-                })
-                .is_ok()
-                {
-                    self.key_pos = p;
-                    return Some(Some(self.keys[p]));
-                }
+        for step in 1..=n {
+            let p = (self.key_pos + step) % n;
+            if admit(Target::Key {
+                channel,
+                key: self.keys[p],
+            })
+            .is_ok()
+            {
+                self.key_pos = p;
+                return Some(Some(self.keys[p]));
             }
-            None
-        } else {
-            self.first_admitted_key(channel, self.key_pos + 1, admit)
-                .map(Some)
         }
+        None
     }
 }
 
@@ -542,15 +569,49 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_rotates_keys() {
-        let channels = vec![channel("a", 10, 1, 2, 1)];
+    fn rate_limit_tries_every_key_at_once_then_retries_with_backoff() {
+        let channels = vec![channel("a", 10, 1, 3, 1)];
+        let rl = Verdict::Retryable {
+            rotate_key: true,
+            retry_after: Some(Duration::from_secs(30)),
+        };
+        // Three keys without delay even with a long Retry-After, then no retry
+        // (the wait is beyond backoff.max).
+        let attempts = run(&channels, &[rl; 5], None, &mut open);
+        assert_eq!(attempts.len(), 3);
+        let keys: std::collections::HashSet<_> = attempts.iter().map(|a| a.key).collect();
+        assert_eq!(keys.len(), 3);
+        assert!(attempts.iter().all(|a| a.delay.is_zero()));
+
         let rl = Verdict::Retryable {
             rotate_key: true,
             retry_after: None,
         };
-        let attempts = run(&channels, &[rl, rl], None, &mut open);
-        assert_eq!(attempts.len(), 2);
-        assert_ne!(attempts[0].key, attempts[1].key);
+        let attempts = run(&channels, &[rl; 5], None, &mut open);
+        // 3 keys, then 1 retry with backoff.
+        assert_eq!(attempts.len(), 4);
+        assert!(attempts[3].is_retry && !attempts[3].delay.is_zero());
+    }
+
+    #[test]
+    fn a_channel_suspended_by_its_failure_is_not_retried() {
+        let channels = vec![channel("a", 10, 1, 0, 3), channel("b", 5, 1, 0, 0)];
+        let mut calls = 0;
+        let mut admit = |t: Target| {
+            if let Target::Channel(0) = t {
+                calls += 1;
+                // Open for the first attempt, suspended right after it.
+                if calls > 1 {
+                    return Err(Duration::from_secs(30));
+                }
+            }
+            Ok(())
+        };
+        let attempts = run(&channels, &[RETRY, RETRY], None, &mut admit);
+        assert_eq!(
+            attempts.iter().map(|a| a.channel).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
     }
 
     #[test]

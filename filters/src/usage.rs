@@ -57,22 +57,46 @@ pub fn warm_up() {
     let _ = bpe();
 }
 
+/// Text beyond this is not tokenized; its count is extrapolated from the part that is.
+pub const MAX_COUNTED: usize = 256 * 1024;
+
 pub fn count_tokens(text: &str) -> u64 {
     if text.is_empty() {
         return 0;
     }
-    bpe().encode_ordinary(text).len() as u64
+    if text.len() <= MAX_COUNTED {
+        return bpe().encode_ordinary(text).len() as u64;
+    }
+    let mut cut = MAX_COUNTED;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let counted = bpe().encode_ordinary(&text[..cut]).len() as u64;
+    counted * text.len() as u64 / cut.max(1) as u64
 }
 
 /// OpenAI's chat accounting adds about 3 tokens per message and 3 for the reply.
 pub fn estimate(prompt_text: &str, messages: usize, completion_text: &str) -> Usage {
-    let prompt = count_tokens(prompt_text)
-        + if messages > 0 {
-            3 * messages as u64 + 3
-        } else {
-            0
-        };
-    let completion = count_tokens(completion_text);
+    estimate_with_overflow(prompt_text, messages, completion_text, 0)
+}
+
+/// As `estimate`, for an answer of which `overflow` more bytes were seen than kept.
+pub fn estimate_with_overflow(
+    prompt_text: &str,
+    messages: usize,
+    completion_text: &str,
+    overflow: usize,
+) -> Usage {
+    let framing = if messages > 0 {
+        3 * messages as u64 + 3
+    } else {
+        0
+    };
+    let prompt = count_tokens(prompt_text) + framing;
+    let mut completion = count_tokens(completion_text);
+    if overflow > 0 && !completion_text.is_empty() {
+        completion += completion * overflow as u64 / completion_text.len() as u64;
+    }
     Usage {
         prompt_tokens: prompt,
         completion_tokens: completion,
@@ -93,6 +117,17 @@ mod tests {
         assert_eq!(u.prompt_tokens, 2 + 6);
         assert_eq!(u.completion_tokens, 1);
         assert!(u.estimated);
+    }
+
+    #[test]
+    fn long_texts_are_extrapolated() {
+        let text = "hello world ".repeat(60_000);
+        let n = count_tokens(&text);
+        // Exactly 2 tokens per repetition in the counted part.
+        assert!((119_000..=121_000).contains(&n), "{n}");
+        // 12 bytes kept and 12 more seen: twice the kept part's count.
+        let u = estimate_with_overflow("", 0, "hello world ", 12);
+        assert_eq!(u.completion_tokens, 2 * count_tokens("hello world "));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use weir_filters::config::{Gateway, Runtime};
+use weir_filters::health::Admission;
 use weir_filters::request_body::JsonBody;
 use weir_filters::route::{classify, Endpoint};
 use weir_filters::upstream_peer::{BackoffPolicy, Failover, Target, Verdict};
@@ -124,7 +125,22 @@ async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, Failure> {
     if declared.is_some_and(|n| n > max) {
         return Err(too_large(session));
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(max) as usize);
+    // We read the body ourselves, so we answer `Expect: 100-continue` ourselves too
+    // (curl sends it for bodies over 1 MiB and would otherwise wait a second).
+    let expects_continue = session.req_header().version == http::Version::HTTP_11
+        && session
+            .req_header()
+            .headers
+            .get("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        if let Err(e) = session.as_downstream_mut().write_continue_response().await {
+            return Err(Failure::Abort(e));
+        }
+    }
+    // Trust a declared length only so far: the buffer grows as bytes really arrive.
+    let mut buf =
+        BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(max).min(1024 * 1024) as usize);
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
@@ -227,11 +243,14 @@ async fn proxy(
         &mut rng,
     );
     let mut last: Option<Verdict> = None;
+    // What the client is told was tried, and the fuller story for the log.
     let mut tried = String::new();
+    let mut tried_log = String::new();
     let (mut all_rate_limited, mut all_timeouts, mut any_attempt) = (true, true, false);
     let mut shortest_wait: Option<Duration> = None;
 
     loop {
+        let mut granted: Vec<HealthId> = Vec::new();
         let attempt = {
             let mut admit = |t: Target| {
                 let (id, probe) = match t {
@@ -250,7 +269,14 @@ async fn proxy(
                         )
                     }
                 };
-                state.health.admit(&id, probe).map(|_| ())
+                match state.health.admit(&id, probe) {
+                    Ok(Admission::Trial) => {
+                        granted.push(id);
+                        Ok(())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(wait) => Err(wait),
+                }
             };
             failover.next(
                 last,
@@ -261,6 +287,22 @@ async fn proxy(
                 &mut rng,
             )
         };
+        let used = attempt.map(|a| {
+            let ch = &snap.channels[a.channel];
+            (
+                HealthId::channel(&ch.name),
+                a.key.map(|k| HealthId::key(&ch.name, &ch.keys[k])),
+            )
+        });
+        // Trials granted while looking for this attempt but not part of it go back.
+        for id in granted {
+            let part_of_it = used
+                .as_ref()
+                .is_some_and(|(c, k)| *c == id || k.as_ref() == Some(&id));
+            if !part_of_it {
+                state.health.release_trial(&id);
+            }
+        }
         let Some(attempt) = attempt else { break };
         let channel = &snap.channels[attempt.channel];
         let key = attempt.key.map(|k| channel.keys[k].as_str());
@@ -281,7 +323,21 @@ async fn proxy(
                 .inc();
         }
         if !attempt.delay.is_zero() {
-            tokio::time::sleep(attempt.delay).await;
+            let downstream = session.as_downstream_mut();
+            let gone = tokio::select! {
+                _ = tokio::time::sleep(attempt.delay) => false,
+                _ = downstream.read_body_or_idle(true) => true,
+            };
+            if gone {
+                if let Some((c, k)) = &used {
+                    state.health.release_trial(c);
+                    if let Some(k) = k {
+                        state.health.release_trial(k);
+                    }
+                }
+                ctx.client_gone = true;
+                return Err(client_left());
+            }
         }
         note_attempt(ctx, channel);
         any_attempt = true;
@@ -301,9 +357,11 @@ async fn proxy(
                 if matches!(verdict, Verdict::Success | Verdict::Final) {
                     let plan = RelayPlan {
                         strip_usage: rewritten,
+                        expect_done: endpoint.streams_chunks(),
                         deadline: started + channel.total_timeout,
                         request: &bodies.parsed,
                         gateway: &gateway.name,
+                        health: &policy,
                     };
                     return relay(state, session, ctx, answer, plan).await;
                 }
@@ -314,10 +372,16 @@ async fn proxy(
                 }
                 let code = discard(state, answer).await;
                 let _ = write!(tried, "{}{}: HTTP {status}", sep(&tried), channel.name);
+                let _ = write!(
+                    tried_log,
+                    "{}{}: HTTP {status}",
+                    sep(&tried_log),
+                    channel.name
+                );
                 if let Some(code) = code {
-                    let _ = write!(tried, " ({code})");
+                    let _ = write!(tried_log, " ({code})");
                 }
-                tried.push_str(&key_label);
+                tried_log.push_str(&key_label);
                 if let Verdict::Retryable {
                     retry_after: Some(ra),
                     ..
@@ -327,12 +391,10 @@ async fn proxy(
                 }
                 last = Some(verdict);
             }
-            Err(AttemptError::ClientGone) => {
+            Err(e @ AttemptError::ClientGone) => {
+                judge_error(state, &policy, channel, key, &e);
                 ctx.client_gone = true;
-                return Err(Failure::Abort(pingora_error::Error::explain(
-                    pingora_error::ErrorType::ConnectionClosed,
-                    "client went away while waiting for the upstream",
-                )));
+                return Err(client_left());
             }
             Err(e) => {
                 all_rate_limited = false;
@@ -340,7 +402,14 @@ async fn proxy(
                     all_timeouts = false;
                 }
                 let _ = write!(tried, "{}{}: {}", sep(&tried), channel.name, short(&e));
-                last = Some(judge_error(state, &policy, channel, &e));
+                let _ = write!(
+                    tried_log,
+                    "{}{}: {}{key_label}",
+                    sep(&tried_log),
+                    channel.name,
+                    e.describe()
+                );
+                last = Some(judge_error(state, &policy, channel, key, &e));
             }
         }
     }
@@ -348,14 +417,19 @@ async fn proxy(
     // Nothing answered well.
     for (c, wait) in &failover.skipped {
         shortest_wait = Some(shortest_wait.map_or(*wait, |s| s.min(*wait)));
-        let _ = write!(
-            tried,
-            "{}{}: suspended for {}s",
-            sep(&tried),
+        let note = format!(
+            "{}: suspended for {}s",
             snap.channels[*c].name,
             wait.as_secs().max(1)
         );
+        let _ = write!(tried, "{}{note}", sep(&tried));
+        let _ = write!(tried_log, "{}{note}", sep(&tried_log));
     }
+    // The log gets upstream error codes and key hints; the client does not.
+    ctx.error = Some(format!(
+        "no usable answer for `{}`: {tried_log}",
+        facts.model
+    ));
     let model = facts.model;
     let detail = if tried.is_empty() {
         "no channel could be tried".to_string()
@@ -383,6 +457,13 @@ async fn proxy(
         GatewayError::UpstreamFailed { model, detail }
     };
     Err(e.into())
+}
+
+fn client_left() -> Failure {
+    Failure::Abort(pingora_error::Error::explain(
+        pingora_error::ErrorType::ConnectionClosed,
+        "client went away while waiting for the upstream",
+    ))
 }
 
 fn sep(s: &str) -> &'static str {

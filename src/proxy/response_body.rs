@@ -6,39 +6,43 @@
 use super::ctx::Ctx;
 use super::upstream_peer::Answer;
 use super::Failure;
+use crate::health::HealthId;
 use crate::state::AppState;
 use bytes::Bytes;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::time::Instant;
+use weir_filters::health::HealthPolicy;
 use weir_filters::request_body::{prompt_text, JsonBody};
 use weir_filters::response_body::{json_usage, SseTap};
-use weir_filters::usage::{estimate, Usage};
+use weir_filters::usage::{estimate_with_overflow, Usage};
 use weir_filters::GatewayError;
 
 /// A JSON answer is kept up to this size to read its `usage`.
 const MAX_JSON_KEPT: usize = 16 * 1024 * 1024;
 
-/// Hop-by-hop and framing headers that are not passed on.
-const DROPPED_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "content-length",
-    "te",
-    "trailer",
-    "upgrade",
+/// Upstream headers passed to the client. Everything else (hop-by-hop headers,
+/// the provider's organisation, rate-limit and cookie headers) stays behind: the
+/// client talks to weir, not to whoever is behind it.
+const PASSED_HEADERS: &[&str] = &[
+    "content-type",
+    "cache-control",
+    "x-request-id",
+    "retry-after",
 ];
 
 pub struct RelayPlan<'a> {
     /// Remove usage from the stream: weir asked for it, the client did not.
     pub strip_usage: bool,
+    /// A stream in OpenAI's chunk format ends with `[DONE]` (or a finish reason and
+    /// usage); other streams (`/v1/responses`…) end however they end.
+    pub expect_done: bool,
     /// Ends the whole exchange, stream included.
     pub deadline: Instant,
     /// The request, for a tokenizer estimate when no usage comes back.
     pub request: &'a JsonBody,
     pub gateway: &'a str,
+    pub health: &'a HealthPolicy,
 }
 
 fn downstream_header(
@@ -50,7 +54,7 @@ fn downstream_header(
     let mut h = ResponseHeader::build(status, Some(8))?;
     if let Some(up) = upstream {
         for (name, value) in up.headers.iter() {
-            if !DROPPED_HEADERS.contains(&name.as_str()) {
+            if PASSED_HEADERS.contains(&name.as_str()) {
                 h.append_header(name.clone(), value.clone())?;
             }
         }
@@ -81,7 +85,7 @@ pub async fn relay(
     plan: RelayPlan<'_>,
 ) -> Result<(), Failure> {
     let status = answer.status();
-    let (header, mut source, is_sse) = match answer {
+    let (header, mut source, is_sse, is_json) = match answer {
         Answer::Upstream { up, peer, header } => {
             let ct = header
                 .headers
@@ -89,6 +93,7 @@ pub async fn relay(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let is_sse = ct.starts_with("text/event-stream");
+            let is_json = ct.starts_with("application/json");
             // A JSON answer passes unchanged: its length still holds.
             let len = header
                 .headers
@@ -97,14 +102,14 @@ pub async fn relay(
                 .and_then(|v| v.trim().parse::<usize>().ok())
                 .filter(|_| !is_sse);
             let h = downstream_header(status, Some(&header), "", len).map_err(Failure::Abort)?;
-            (h, Source::Upstream { up, peer }, is_sse)
+            (h, Source::Upstream { up, peer }, is_sse, is_json)
         }
         Answer::Mock(m) => {
             let is_sse = m.content_type == "text/event-stream";
             let len = (!is_sse).then(|| m.chunks.iter().map(|c| c.len()).sum());
             let h =
                 downstream_header(m.status, None, m.content_type, len).map_err(Failure::Abort)?;
-            (h, Source::Mock(m.chunks.into_iter()), is_sse)
+            (h, Source::Mock(m.chunks.into_iter()), is_sse, !is_sse)
         }
     };
     ctx.status = status;
@@ -116,7 +121,8 @@ pub async fn relay(
 
     let mut tap = SseTap::new(plan.strip_usage && is_sse);
     let mut kept: Vec<u8> = Vec::new();
-    let mut keep_json = status < 300 && !is_sse;
+    // Only a JSON answer has a `usage` to read; audio and files just pass.
+    let mut keep_json = status < 300 && is_json;
     let mut broken: Option<String> = None;
     loop {
         let next = match &mut source {
@@ -166,7 +172,7 @@ pub async fn relay(
     // The stream is over, one way or another.
     if is_sse {
         let rest = tap.finish();
-        let complete = tap.completed() || tap.saw_error || status >= 300;
+        let complete = !plan.expect_done || tap.completed() || tap.saw_error || status >= 300;
         let mut tail = rest.to_vec();
         if broken.is_some() || !complete {
             let why = broken
@@ -174,6 +180,12 @@ pub async fn relay(
                 .unwrap_or_else(|| "the upstream ended the stream before it was complete".into());
             ctx.broken = true;
             ctx.error = Some(format!("stream broken: {why}"));
+            if broken.is_some() {
+                // A channel that answers 200 and then breaks is not healthy.
+                state
+                    .health
+                    .failure(&HealthId::channel(&ctx.channel), plan.health, &why);
+            }
             let e = GatewayError::UpstreamFailed {
                 model: ctx.model_label.clone(),
                 detail: format!("the stream from channel `{}` broke: {why}", ctx.channel),
@@ -194,6 +206,9 @@ pub async fn relay(
     } else if let Some(why) = broken {
         // A JSON answer cut short: its length can no longer be kept; close.
         ctx.broken = true;
+        state
+            .health
+            .failure(&HealthId::channel(&ctx.channel), plan.health, &why);
         ctx.error = Some(format!("answer broken: {why}"));
         state
             .metrics
@@ -211,23 +226,33 @@ pub async fn relay(
         return Err(Failure::Abort(e));
     }
 
-    if status < 300 {
-        ctx.usage = Some(usage_of(is_sse, &tap, &kept, plan.request));
-    }
     finish(state, source).await;
+    if status < 300 {
+        ctx.usage = Some(usage_of(is_sse, tap, &kept, plan.request).await);
+    }
     Ok(())
 }
 
-fn usage_of(is_sse: bool, tap: &SseTap, kept: &[u8], request: &JsonBody) -> Usage {
-    let (reported, text) = if is_sse {
-        (tap.usage, tap.completion_text.clone())
+/// The upstream's usage, or a tokenizer estimate counted off the async workers.
+async fn usage_of(is_sse: bool, tap: SseTap, kept: &[u8], request: &JsonBody) -> Usage {
+    let (reported, text, overflow) = if is_sse {
+        (tap.usage, tap.completion_text, tap.text_overflow)
     } else {
-        json_usage(kept)
+        let (u, t) = json_usage(kept);
+        (u, t, 0)
     };
-    reported.unwrap_or_else(|| {
-        let (prompt, messages) = prompt_text(request);
-        estimate(&prompt, messages, &text)
-    })
+    if let Some(u) = reported {
+        return u;
+    }
+    let (prompt, messages) = prompt_text(request);
+    let count = move || estimate_with_overflow(&prompt, messages, &text, overflow);
+    match tokio::task::spawn_blocking(count).await {
+        Ok(u) => u,
+        Err(_) => Usage {
+            estimated: true,
+            ..Usage::default()
+        },
+    }
 }
 
 /// Returns a finished upstream connection to the pool.

@@ -132,11 +132,16 @@ pub async fn exchange(
             facts.client_wants_usage,
         )));
     };
-    let addr = state
-        .dns
-        .resolve(&upstream.host, upstream.port, dns_ttl)
-        .await
-        .map_err(AttemptError::Connect)?;
+    let resolve = state.dns.resolve(&upstream.host, upstream.port, dns_ttl);
+    let addr = match tokio::time::timeout(channel.connect_timeout, resolve).await {
+        Ok(r) => r.map_err(AttemptError::Connect)?,
+        Err(_) => {
+            return Err(AttemptError::Timeout(format!(
+                "resolving {} took over {:?}",
+                upstream.host, channel.connect_timeout
+            )))
+        }
+    };
     let mut peer = HttpPeer::new(addr, upstream.tls, upstream.host.clone());
     peer.options.connection_timeout = Some(channel.connect_timeout);
     peer.options.total_connection_timeout = Some(channel.connect_timeout.saturating_mul(2));
@@ -145,7 +150,8 @@ pub async fn exchange(
     peer.options.idle_timeout = Some(Duration::from_secs(60));
 
     let path = format!("{}/v1{}", upstream.base_path, out.rest);
-    let deadline = Instant::now() + channel.first_byte_timeout.min(channel.total_timeout);
+    let wait = channel.first_byte_timeout.min(channel.total_timeout);
+    let deadline = Instant::now() + wait;
     let mut stale = 0;
     loop {
         let (mut up, reused) = state
@@ -153,36 +159,7 @@ pub async fn exchange(
             .get_http_session(&peer)
             .await
             .map_err(|e| classify_error(&e))?;
-        let mut req = RequestHeader::build("POST", path.as_bytes(), Some(8))
-            .map_err(|e| AttemptError::Io(e.to_string()))?;
-        let headers = [
-            ("host", Some(upstream.authority.as_str())),
-            ("content-type", Some("application/json")),
-            (
-                "accept",
-                Some(out.accept.unwrap_or("application/json, text/event-stream")),
-            ),
-            // Usage and SSE are read as they pass: no compressed answers.
-            ("accept-encoding", Some("identity")),
-            (
-                "user-agent",
-                Some(concat!("weir/", env!("CARGO_PKG_VERSION"))),
-            ),
-        ];
-        for (name, value) in headers {
-            if let Some(v) = value {
-                req.insert_header(name, v)
-                    .map_err(|e| AttemptError::Io(e.to_string()))?;
-            }
-        }
-        req.insert_header("content-length", out.body.len().to_string())
-            .map_err(|e| AttemptError::Io(e.to_string()))?;
-        if let Some(k) = key {
-            req.insert_header("authorization", format!("Bearer {k}"))
-                .map_err(|_| {
-                    AttemptError::Io("the channel key is not a valid header value".into())
-                })?;
-        }
+        let req = request_header(&path, upstream.authority.as_str(), key, out)?;
         up.set_read_timeout(Some(channel.first_byte_timeout));
 
         let sent = async {
@@ -195,10 +172,10 @@ pub async fn exchange(
         let downstream = session.as_downstream_mut();
         let result = tokio::select! {
             r = tokio::time::timeout_at(deadline.into(), sent) => match r {
-                Ok(r) => r.map_err(|e| classify_error(&e)),
-                Err(_) => Err(AttemptError::Timeout(format!("no response header within {:?}", channel.first_byte_timeout))),
+                Ok(r) => r,
+                Err(_) => return Err(AttemptError::Timeout(format!("no response header within {wait:?}"))),
             },
-            _ = downstream.read_body_or_idle(true) => Err(AttemptError::ClientGone),
+            _ = downstream.read_body_or_idle(true) => return Err(AttemptError::ClientGone),
         };
         match result {
             Ok(()) => {
@@ -211,16 +188,49 @@ pub async fn exchange(
                     header: Box::new(header),
                 });
             }
-            Err(AttemptError::Io(_)) | Err(AttemptError::Connect(_))
-                if reused && stale < STALE_REUSE_RETRIES =>
-            {
-                // A pooled connection the upstream had already closed: not its fault.
-                stale += 1;
-                continue;
+            Err(mut e) => {
+                // Pingora decides whether the error can only be a pooled connection
+                // the upstream had already closed (nothing was processed): then a
+                // fresh connection is not a retry and costs nothing upstream.
+                e.retry.decide_reuse(reused);
+                if reused && e.retry() && stale < STALE_REUSE_RETRIES {
+                    stale += 1;
+                    continue;
+                }
+                return Err(classify_error(&e));
             }
-            Err(e) => return Err(e),
         }
     }
+}
+
+fn request_header(
+    path: &str,
+    authority: &str,
+    key: Option<&str>,
+    out: &Outbound<'_>,
+) -> Result<RequestHeader, AttemptError> {
+    let bad = |e: Box<pingora_error::Error>| AttemptError::Io(e.to_string());
+    let mut req = RequestHeader::build("POST", path.as_bytes(), Some(8)).map_err(bad)?;
+    req.insert_header("host", authority).map_err(bad)?;
+    req.insert_header("content-type", "application/json")
+        .map_err(bad)?;
+    req.insert_header(
+        "accept",
+        out.accept.unwrap_or("application/json, text/event-stream"),
+    )
+    .map_err(bad)?;
+    // Usage and SSE are read as they pass: no compressed answers.
+    req.insert_header("accept-encoding", "identity")
+        .map_err(bad)?;
+    req.insert_header("user-agent", concat!("weir/", env!("CARGO_PKG_VERSION")))
+        .map_err(bad)?;
+    req.insert_header("content-length", out.body.len().to_string())
+        .map_err(bad)?;
+    if let Some(k) = key {
+        req.insert_header("authorization", format!("Bearer {k}"))
+            .map_err(|_| AttemptError::Io("the channel key is not a valid header value".into()))?;
+    }
+    Ok(req)
 }
 
 /// Reads and drops a failed answer so its connection can be reused; gives the error
@@ -268,7 +278,8 @@ pub async fn discard(state: &AppState, answer: Answer) -> Option<String> {
     }
 }
 
-/// The verdict on an answer, and what it teaches health.
+/// The verdict on an answer, and what it teaches health. Settles the channel and
+/// the key both, so a trial granted to either is always resolved.
 pub fn judge(
     state: &AppState,
     policy: &HealthPolicy,
@@ -282,11 +293,12 @@ pub fn judge(
     let channel_id = HealthId::channel(&channel.name);
     let key_id = key.map(|k| HealthId::key(&channel.name, k));
     let reason = format!("HTTP {status}");
-    let outcome = match verdict {
-        Verdict::Success | Verdict::Final => {
-            state.health.success(&channel_id);
+    let h = &state.health;
+    let outcome = match (verdict, &key_id) {
+        (Verdict::Success | Verdict::Final, _) => {
+            h.success(&channel_id);
             if let Some(id) = &key_id {
-                state.health.success(id);
+                h.success(id);
             }
             if verdict == Verdict::Success {
                 "ok"
@@ -294,35 +306,44 @@ pub fn judge(
                 "client_error"
             }
         }
-        Verdict::KeyRejected => {
-            // The server answers; the key is what is wrong.
-            state.health.success(&channel_id);
-            match &key_id {
-                Some(id) => {
-                    state.health.failure(id, policy, &reason);
-                }
-                None => {
-                    state.health.failure(&channel_id, policy, &reason);
-                }
-            }
+        // The server answers; the key is what is wrong.
+        (Verdict::KeyRejected, Some(id)) => {
+            h.success(&channel_id);
+            h.failure(id, policy, &reason);
             "key_rejected"
         }
-        Verdict::Retryable {
-            rotate_key: true,
-            retry_after,
-        } => {
-            let id = key_id.as_ref().unwrap_or(&channel_id);
+        (Verdict::KeyRejected, None) => {
+            h.failure(&channel_id, policy, &reason);
+            "key_rejected"
+        }
+        (
+            Verdict::Retryable {
+                rotate_key: true,
+                retry_after,
+            },
+            _,
+        ) => {
+            let id = match &key_id {
+                Some(id) => {
+                    h.success(&channel_id);
+                    id
+                }
+                None => &channel_id,
+            };
             match retry_after {
                 // The upstream says how long: believe it rather than hammering.
-                Some(ra) if ra > backoff_max => state.health.suspend(id, policy, ra, &reason),
+                Some(ra) if ra > backoff_max => h.failure_for(id, policy, ra, &reason),
                 _ => {
-                    state.health.failure(id, policy, &reason);
+                    h.failure(id, policy, &reason);
                 }
             }
             "rate_limited"
         }
-        Verdict::Retryable { .. } => {
-            state.health.failure(&channel_id, policy, &reason);
+        (Verdict::Retryable { .. }, _) => {
+            h.failure(&channel_id, policy, &reason);
+            if let Some(id) = &key_id {
+                h.release_trial(id);
+            }
             "server_error"
         }
     };
@@ -334,22 +355,28 @@ pub fn judge(
     verdict
 }
 
-/// Health bookkeeping for an attempt that got no answer at all.
+/// Health bookkeeping for an attempt that got no answer at all: the channel's
+/// fault (unless the client left); the key's trial, if any, is given back.
 pub fn judge_error(
     state: &AppState,
     policy: &HealthPolicy,
     channel: &Channel,
+    key: Option<&str>,
     e: &AttemptError,
 ) -> Verdict {
-    if !matches!(e, AttemptError::ClientGone) {
-        state
-            .health
-            .failure(&HealthId::channel(&channel.name), policy, &e.describe());
+    let channel_id = HealthId::channel(&channel.name);
+    if matches!(e, AttemptError::ClientGone) {
+        state.health.release_trial(&channel_id);
+    } else {
+        state.health.failure(&channel_id, policy, &e.describe());
         state
             .metrics
             .upstream_attempts
             .with_label_values(&[channel.name.as_str(), e.outcome()])
             .inc();
+    }
+    if let Some(k) = key {
+        state.health.release_trial(&HealthId::key(&channel.name, k));
     }
     Verdict::Retryable {
         rotate_key: false,

@@ -257,6 +257,28 @@ fn answer(
         return axum::Json(json!({"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}], "usage": {"prompt_tokens": prompt, "total_tokens": prompt}})).into_response();
     }
     let words = ["Hello", " from", " upstream", &format!(" {}", st.name)].map(|s| s.to_string());
+    if path.ends_with("/responses") && req["stream"].as_bool().unwrap_or(false) {
+        // The Responses API streams typed events and ends with `response.completed`.
+        let mut events: Vec<String> = words
+            .iter()
+            .map(|w| {
+                format!(
+                    "event: response.output_text.delta\ndata: {}\n\n",
+                    json!({"type": "response.output_text.delta", "delta": w})
+                )
+            })
+            .collect();
+        events.push(format!("event: response.completed\ndata: {}\n\n", json!({"type": "response.completed", "response": {"usage": {"input_tokens": prompt, "output_tokens": completion}}})));
+        let stream = futures_util::stream::iter(
+            events
+                .into_iter()
+                .map(|e| Ok::<Bytes, std::io::Error>(Bytes::from(e))),
+        );
+        let mut r = Response::new(Body::from_stream(stream));
+        r.headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
+        return r;
+    }
     let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
     if !req["stream"].as_bool().unwrap_or(false) {
         st.prompt_sent.fetch_add(prompt, Ordering::SeqCst);
@@ -360,6 +382,20 @@ impl Weir {
     }
 
     pub async fn start_with_server(body: &str, server_extra: &str) -> Weir {
+        // Ports are picked free and released before weir binds them; another test may
+        // take one in between. Then weir cannot bind: try again on fresh ports.
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start(body, server_extra).await {
+                Ok(w) => return w,
+                Err(log) if log.contains("Address already in use") => last = log,
+                Err(log) => panic!("weir did not start:\n{log}"),
+            }
+        }
+        panic!("weir could not bind after 3 tries:\n{last}");
+    }
+
+    async fn try_start(body: &str, server_extra: &str) -> Result<Weir, String> {
         let dir = tempfile::tempdir().unwrap();
         let (port, admin_port) = (free_port(), free_port());
         let config_path = dir.path().join("weir.yaml");
@@ -385,8 +421,8 @@ impl Weir {
             config_path,
             log_path,
         };
-        w.wait_ready().await;
-        w
+        w.wait_ready().await?;
+        Ok(w)
     }
 
     /// Rewrites the config file in place (same ports and admin key), atomically.
@@ -402,23 +438,21 @@ impl Weir {
         std::fs::write(&self.config_path, text).unwrap();
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = reqwest::Client::new();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("weir exited with {status}:\n{}", self.log());
+                return Err(format!("weir exited with {status}:\n{}", self.log()));
             }
             let admin = client.get(self.admin_url("/health")).send().await;
             let proxy = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await;
             if admin.is_ok() && proxy.is_ok() {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "weir did not start:\n{}",
-                self.log()
-            );
+            if Instant::now() > deadline {
+                return Err(format!("weir did not answer within 20 s:\n{}", self.log()));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -532,4 +566,29 @@ impl Weir {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Sends `head` (request line and headers, without the blank line) and `body` over
+/// a raw connection, byte for byte (an HTTP client would normalise the path), and
+/// returns the status code and the raw response.
+pub async fn raw_request(port: u16, head: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!(
+        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
 }

@@ -284,9 +284,7 @@ impl Runtime {
                 ("first_byte", c.timeouts.first_byte),
                 ("total", c.timeouts.total),
             ] {
-                if d.0.is_zero() {
-                    problems.push(format!("{at}.timeouts.{name}: must be longer than zero"));
-                }
+                check_duration(&format!("{at}.timeouts.{name}"), d, DAY, &mut problems);
             }
             for (m, model) in c.models.iter().enumerate() {
                 if model.trim().is_empty() {
@@ -555,6 +553,20 @@ pub fn key_hint(key: &str) -> String {
     }
 }
 
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn check_duration(path: &str, d: units::Dur, max: Duration, problems: &mut Vec<String>) {
+    if d.0.is_zero() {
+        problems.push(format!("{path}: must be longer than zero"));
+    } else if d.0 > max {
+        problems.push(format!(
+            "{path}: must not exceed {}",
+            humantime::format_duration(max)
+        ));
+    }
+}
+
 fn validate_server(s: &ServerConfig, problems: &mut Vec<String>) {
     let listen = s.listen.parse::<std::net::SocketAddr>();
     if let Err(e) = &listen {
@@ -583,6 +595,17 @@ fn validate_server(s: &ServerConfig, problems: &mut Vec<String>) {
     if s.max_body.0 == 0 {
         problems.push("server.max_body: must be larger than zero".into());
     }
+    // Bounded so that no deadline computed from them can overflow.
+    check_duration("server.grace_period", s.grace_period, HOUR, problems);
+    check_duration("server.backoff.max", s.backoff.max, HOUR, problems);
+    check_duration("server.health.cooldown", s.health.cooldown, DAY, problems);
+    check_duration(
+        "server.health.max_cooldown",
+        s.health.max_cooldown,
+        DAY,
+        problems,
+    );
+    check_duration("server.dns_ttl", s.dns_ttl, DAY, problems);
     if s.backoff.base > s.backoff.max {
         problems.push("server.backoff.base: must not exceed server.backoff.max".into());
     }
@@ -703,6 +726,15 @@ gateways:
         assert!(e.to_string().contains("channels[1].name"), "{e}");
         let e = load("gateways:\n  - {name: g, path: /v1, expires_at: tomorrow}\n").unwrap_err();
         assert!(e.to_string().starts_with("gateways[0].expires_at"), "{e}");
+        let e = load(
+            "channels:\n  - {name: a, type: mock, models: [m], timeouts: {total: 1000000000y}}\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("channels[0].timeouts.total: must not exceed"),
+            "{e}"
+        );
         let e = load("channels:\n  - {name: a, type: anthropic, models: [m]}\n").unwrap_err();
         assert!(e.to_string().starts_with("channels[0].type"), "{e}");
         let e = load("channels:\n  - {name: a, type: mock, models: [m], keys: ['${NOPE}']}\n")
