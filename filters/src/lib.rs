@@ -4,6 +4,9 @@
 //! | module | phase |
 //! |---|---|
 //! | `route` | `request_filter`: gateway and endpoint |
+//! | `auth` | `request_filter`: key position, database/regex/JWT checks |
+//! | `access` | `request_filter`: allow and deny lists |
+//! | `limits` | `request_filter`: rate-limit rules and windows |
 //! | `request_body` | `request_body_filter`: parse, map, rewrite |
 //! | `upstream_peer` | `upstream_peer`: channel order, retries, failover |
 //! | `health` | passive health of channels and keys |
@@ -11,9 +14,12 @@
 //! | `usage` | token counts and estimates |
 //! | `mock` | the built-in `mock` channel |
 
+pub mod access;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod mock;
 pub mod request_body;
 pub mod response_body;

@@ -139,3 +139,22 @@ mod tests {
         assert!(!u.estimated);
     }
 }
+
+/// What a request costs: prices are per 1M tokens.
+pub fn cost(u: &Usage, price_in: f64, price_out: f64) -> f64 {
+    (u.prompt_tokens as f64 * price_in + u.completion_tokens as f64 * price_out) / 1_000_000.0
+}
+
+#[cfg(test)]
+mod cost_tests {
+    #[test]
+    fn prices_are_per_million_tokens() {
+        let u = super::Usage {
+            prompt_tokens: 2_000,
+            completion_tokens: 500,
+            total_tokens: 2_500,
+            estimated: false,
+        };
+        assert!((super::cost(&u, 0.5, 1.5) - 0.00175).abs() < 1e-12);
+    }
+}

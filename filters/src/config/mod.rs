@@ -10,8 +10,13 @@ pub mod units;
 
 pub use model::*;
 
+use crate::access::AccessRule;
+use crate::auth::{JwtSettings, JwtVerifier, KeyPosition};
+use crate::limits::RateRule;
+use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Every problem found in one file, each prefixed with the path of the field.
@@ -155,6 +160,33 @@ pub struct Gateway {
     pub active: bool,
     pub expires_at: Option<SystemTime>,
     pub retries: Option<u32>,
+    /// `None`: an open gateway.
+    pub auth: Option<GatewayAuth>,
+    pub token_quota: Option<u64>,
+    pub rate_rules: Vec<RateRule>,
+    pub allow: Vec<AccessRule>,
+    pub deny: Vec<AccessRule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayAuth {
+    pub position: KeyPosition,
+    pub method: AuthCheck,
+}
+
+#[derive(Debug, Clone)]
+pub enum AuthCheck {
+    Database,
+    Regex(regex::Regex),
+    Jwt(Arc<JwtVerifier>),
+}
+
+/// A model's price list entry (per 1M tokens).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelPrice {
+    pub price_in: f64,
+    pub price_out: f64,
+    pub multimodal: bool,
 }
 
 /// One way to serve a model: a channel and the model name it is sent upstream as.
@@ -174,6 +206,8 @@ pub struct Runtime {
     models: HashMap<String, Vec<Route>>,
     /// Channels listing the `default` model, with their `default>x` target if any.
     catch_all: Vec<(usize, Option<String>)>,
+    /// Prices from the file's `models:` (the store may add and override).
+    pub prices: HashMap<String, ModelPrice>,
 }
 
 /// The parsed `a>b` / `!a>b` line of a channel's `model_mapping`.
@@ -427,6 +461,38 @@ impl Runtime {
                     }
                 }
             }
+            let auth = g.auth.as_ref().and_then(|a| match compile_auth(a) {
+                Ok(auth) => Some(auth),
+                Err((field, e)) => {
+                    problems.push(format!("{at}.auth{field}: {e}"));
+                    None
+                }
+            });
+            let token_quota = match g.token_quota {
+                Quota::NoLimit => None,
+                Quota::Tokens(n) => Some(n),
+            };
+            let rate_rules = crate::limits::parse_rules(&g.rate_limits).unwrap_or_else(|(i, e)| {
+                problems.push(format!("{at}.rate_limits[{i}]: {e}"));
+                Vec::new()
+            });
+            let mut lists = [Vec::new(), Vec::new()];
+            for (list, (name, lines)) in lists.iter_mut().zip([("allow", &g.allow), ("deny", &g.deny)]) {
+                for (i, line) in lines.iter().enumerate() {
+                    match line.parse::<AccessRule>() {
+                        Ok(r) => list.push(r),
+                        Err(e) => problems.push(format!("{at}.{name}[{i}]: {e}")),
+                    }
+                }
+            }
+            let [allow, deny] = lists;
+            let needs_key = rate_rules.iter().any(|r| r.scope == crate::limits::Scope::Secret)
+                || allow.iter().chain(&deny).any(|r| matches!(r, AccessRule::Secret(_)));
+            if needs_key && auth.is_none() && g.auth.is_none() {
+                problems.push(format!(
+                    "{at}.auth: `secret:` rules need callers with keys; add an `auth` section"
+                ));
+            }
             gateways.push(Gateway {
                 name: g.name.clone(),
                 path,
@@ -434,9 +500,46 @@ impl Runtime {
                 active: g.active,
                 expires_at,
                 retries: g.retries,
+                auth,
+                token_quota,
+                rate_rules,
+                allow,
+                deny,
             });
         }
         gateways.sort_by_key(|g| std::cmp::Reverse(g.path.len()));
+
+        let mut prices = HashMap::new();
+        for (i, m) in file.models.iter().enumerate() {
+            let at = format!("models[{i}]");
+            if m.name.trim().is_empty() {
+                problems.push(format!("{at}.name: must not be empty"));
+            }
+            for (field, v) in [("price_in", m.price_in), ("price_out", m.price_out)] {
+                if !v.is_finite() || v < 0.0 {
+                    problems.push(format!("{at}.{field}: must be a price of 0 or more"));
+                }
+            }
+            if prices
+                .insert(
+                    m.name.clone(),
+                    ModelPrice {
+                        price_in: m.price_in,
+                        price_out: m.price_out,
+                        multimodal: m.multimodal,
+                    },
+                )
+                .is_some()
+            {
+                problems.push(format!("{at}.name: `{}` is listed twice", m.name));
+            }
+        }
+        if file.storage.sqlite.trim().is_empty() {
+            problems.push("storage.sqlite: name the database file".into());
+        }
+        if file.storage.flush_interval.0 > Duration::from_secs(10) || file.storage.flush_interval.0.is_zero() {
+            problems.push("storage.flush_interval: must be between 1ms and 10s".into());
+        }
 
         if !problems.is_empty() {
             return Err(ConfigError { problems });
@@ -447,6 +550,7 @@ impl Runtime {
             channels,
             models,
             catch_all,
+            prices,
         })
     }
 
@@ -526,6 +630,15 @@ impl Runtime {
                 *key = serde_json::Value::String(REDACTED.into());
             }
         }
+        if let Some(gateways) = v.get_mut("gateways").and_then(|c| c.as_array_mut()) {
+            for g in gateways {
+                if let Some(secret) = g.pointer_mut("/auth/jwt/secret") {
+                    if !secret.is_null() {
+                        *secret = serde_json::Value::String(REDACTED.into());
+                    }
+                }
+            }
+        }
         if let Some(channels) = v.get_mut("channels").and_then(|c| c.as_array_mut()) {
             for c in channels {
                 if let Some(keys) = c.get_mut("keys").and_then(|k| k.as_array_mut()) {
@@ -551,6 +664,56 @@ pub fn key_hint(key: &str) -> String {
     } else {
         "…".into()
     }
+}
+
+/// Builds a gateway's auth; errors carry the field below `auth` they concern.
+fn compile_auth(a: &AuthConfig) -> Result<GatewayAuth, (&'static str, String)> {
+    let position: KeyPosition = a.key_from.parse().map_err(|e| (".key_from", e))?;
+    let method = match a.method {
+        AuthMethod::Database => AuthCheck::Database,
+        AuthMethod::Regex => {
+            let re = a
+                .regex
+                .as_deref()
+                .ok_or((".regex", "the regex method needs a `regex`".to_string()))?;
+            // Anchored: the whole key must match, not a part of it.
+            let anchored = format!("^(?:{})$", re.trim_start_matches('^').trim_end_matches('$'));
+            AuthCheck::Regex(
+                regex::Regex::new(&anchored).map_err(|e| (".regex", format!("`{re}` is not a regular expression: {e}")))?,
+            )
+        }
+        AuthMethod::Jwt => {
+            let j = a
+                .jwt
+                .as_ref()
+                .ok_or((".jwt", "the jwt method needs a `jwt` section".to_string()))?;
+            let pem = match &j.public_key {
+                Some(k) if k.trim_start().starts_with("-----BEGIN") => Some(k.clone()),
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| (".jwt.public_key", format!("cannot read `{path}`: {e}")))?,
+                ),
+                None => None,
+            };
+            let verifier = JwtVerifier::new(&JwtSettings {
+                secret: j.secret.as_deref(),
+                public_key_pem: pem.as_deref(),
+                algorithms: &j.algorithms,
+                identity_claim: &j.identity_claim,
+                group_claim: j.group_claim.as_deref(),
+                leeway_secs: j.leeway.map(|d| d.0.as_secs()).unwrap_or(0),
+            })
+            .map_err(|e| (".jwt", e))?;
+            AuthCheck::Jwt(Arc::new(verifier))
+        }
+    };
+    if a.regex.is_some() && a.method != AuthMethod::Regex {
+        return Err((".regex", "only the regex method uses `regex`".into()));
+    }
+    if a.jwt.is_some() && a.method != AuthMethod::Jwt {
+        return Err((".jwt", "only the jwt method uses `jwt`".into()));
+    }
+    Ok(GatewayAuth { position, method })
 }
 
 const HOUR: Duration = Duration::from_secs(3600);

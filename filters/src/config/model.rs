@@ -10,6 +10,11 @@ pub struct FileConfig {
     #[serde(default)]
     pub server: ServerConfig,
     #[serde(default)]
+    pub storage: StorageConfig,
+    /// Model registry seed: prices per 1M tokens (the admin API can add and override).
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    #[serde(default)]
     pub channels: Vec<ChannelConfig>,
     #[serde(default = "default_gateways")]
     pub gateways: Vec<GatewayConfig>,
@@ -55,6 +60,43 @@ impl Default for ServerConfig {
             ca_file: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Keys, groups, models, usage; created and migrated on start.
+    pub sqlite: String,
+    /// How often usage and counters are written (at most this much is lost on `kill -9`).
+    pub flush_interval: Dur,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            sqlite: "data/weir.db".into(),
+            flush_interval: Dur::millis(250),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    /// Price per 1M prompt tokens.
+    #[serde(default)]
+    pub price_in: f64,
+    /// Price per 1M completion tokens.
+    #[serde(default)]
+    pub price_out: f64,
+    #[serde(default)]
+    pub multimodal: bool,
+    #[serde(default)]
+    pub cache: bool,
+    /// Free-form settings kept with the model.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -199,6 +241,108 @@ pub struct GatewayConfig {
     /// candidate gets its own `retries`.
     #[serde(default)]
     pub retries: Option<u32>,
+    /// Absent: an open gateway (no key asked).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Total tokens (prompt + completion) the gateway may use: a number or `no-limit`.
+    #[serde(default)]
+    pub token_quota: Quota,
+    /// `ingress:N/minute|hour|day`, `secret:N/minute|hour|day`, or `no-limit`.
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
+    /// `ip:CIDR`, `secret:REGEX`, `time:HH:MM-HH:MM`; when set, only matches pass.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quota {
+    #[default]
+    NoLimit,
+    Tokens(u64),
+}
+
+impl<'de> Deserialize<'de> for Quota {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Quota::Tokens(n)),
+            Raw::S(s) if s == "no-limit" => Ok(Quota::NoLimit),
+            Raw::S(s) => s.parse().map(Quota::Tokens).map_err(|_| {
+                serde::de::Error::custom(format!("`{s}` is neither a number of tokens nor `no-limit`"))
+            }),
+        }
+    }
+}
+
+impl Serialize for Quota {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Quota::NoLimit => s.serialize_str("no-limit"),
+            Quota::Tokens(n) => s.serialize_u64(*n),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// The key must be one of the keys in the store (kept hashed).
+    Database,
+    /// The key must match `regex`.
+    Regex,
+    /// The key must be a JWT that verifies with the gateway's secret or public key.
+    Jwt,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub method: AuthMethod,
+    /// `header:NAME` (a `Bearer ` prefix is stripped), `body:FIELD`, `arg:NAME`.
+    #[serde(default = "default_key_from")]
+    pub key_from: String,
+    #[serde(default)]
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+}
+
+fn default_key_from() -> String {
+    "header:Authorization".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// HMAC secret (HS256/384/512).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// RSA or EC public key (RS256/ES256): PEM text, or a path to a PEM file.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// The algorithms accepted; a token with any other `alg` is refused.
+    pub algorithms: Vec<String>,
+    /// The claim that names the caller for limits and usage.
+    #[serde(default = "default_identity_claim")]
+    pub identity_claim: String,
+    /// A claim naming the caller's group (default group `default`).
+    #[serde(default)]
+    pub group_claim: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default)]
+    pub leeway: Option<Dur>,
+}
+
+fn default_identity_claim() -> String {
+    "sub".into()
 }
 
 fn default_gateways() -> Vec<GatewayConfig> {
@@ -209,6 +353,11 @@ fn default_gateways() -> Vec<GatewayConfig> {
         active: true,
         expires_at: None,
         retries: None,
+        auth: None,
+        token_quota: Quota::NoLimit,
+        rate_limits: Vec::new(),
+        allow: Vec::new(),
+        deny: Vec::new(),
     }]
 }
 
