@@ -3,6 +3,7 @@
 //! `server` wires the Pingora services; `proxy` is the `ProxyHttp` glue, one file per
 //! phase; the per-phase logic itself lives in the `weir_filters` crate.
 
+pub mod accounts;
 pub mod admin_backend;
 pub mod dns;
 pub mod health;
@@ -11,3 +12,4 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod state;
+pub mod store;

@@ -1,13 +1,15 @@
 //! Builds the Pingora server: the proxy service, the admin service and the reload
 //! watcher, all sharing one `AppState`.
 
+use crate::accounts::Accounts;
 use crate::proxy::Weir;
 use crate::reload::Reloader;
 use crate::state::AppState;
+use crate::store::Store;
 use pingora_core::connectors::http::Connector;
 use pingora_core::connectors::ConnectorOptions;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::path::{Path, PathBuf};
@@ -85,7 +87,10 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
-    let state = Arc::new(AppState::new(path, text, rt, connector)?);
+    let accounts = Arc::new(Accounts::default());
+    let storage = rt.file.storage.clone();
+    let store = Store::open(&storage.sqlite, storage.flush_interval.0, accounts.clone())?;
+    let state = Arc::new(AppState::new(path, text, rt, connector, accounts, store)?);
     std::thread::spawn(weir_filters::usage::warm_up);
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
@@ -101,11 +106,20 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
     admin.add_tcp(&server_cfg.admin_listen);
     admin.threads = Some(1);
 
-    let reloader = background_service("config reload", Reloader { state });
+    let reloader = background_service(
+        "config reload",
+        Reloader {
+            state: state.clone(),
+        },
+    );
 
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(reloader);
     tracing::info!(listen = %server_cfg.listen, admin = %server_cfg.admin_listen, threads, "weir starting");
-    server.run_forever();
+    server.run(RunArgs::default());
+    // Every request has ended: write the last usage before the process goes.
+    state.store.shutdown();
+    tracing::info!("weir stopped");
+    Ok(())
 }

@@ -1,9 +1,11 @@
 //! Process-wide state: the config snapshot (swapped whole by reloads) and the
 //! long-lived parts that must survive a reload (health, DNS, connection pool, metrics).
 
+use crate::accounts::Accounts;
 use crate::dns::DnsCache;
 use crate::health::{HealthId, HealthRegistry};
 use crate::metrics::Metrics;
+use crate::store::Store;
 use arc_swap::ArcSwap;
 use pingora_core::connectors::http::Connector;
 use std::path::PathBuf;
@@ -24,6 +26,9 @@ pub struct AppState {
     /// One pooled upstream connector for every request: keep-alive across requests.
     pub connector: Connector,
     pub metrics: Metrics,
+    /// Keys, money and limiter counters.
+    pub accounts: Arc<Accounts>,
+    pub store: Store,
 }
 
 #[derive(Debug)]
@@ -53,6 +58,8 @@ impl AppState {
         text: String,
         runtime: Runtime,
         connector: Connector,
+        accounts: Arc<Accounts>,
+        store: Store,
     ) -> Result<Self, String> {
         let metrics = Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?;
         metrics.config_version.set(1);
@@ -65,6 +72,8 @@ impl AppState {
             dns: DnsCache::default(),
             connector,
             metrics,
+            accounts,
+            store,
         })
     }
 

@@ -167,7 +167,7 @@ async fn missing_usage_is_estimated_with_a_tokenizer() {
         .wait_metric("weir_tokens_total", &[("direction", "out")], 4.0)
         .await;
     assert!(metric_sum(&m, "weir_tokens_total", &[("direction", "in")]) >= 2.0);
-    assert!(weir.log().contains("estimated=true"));
+    weir.wait_log("estimated=true").await;
 }
 
 #[tokio::test]

@@ -42,7 +42,7 @@ async fn editing_the_file_adds_a_channel() {
     let cfg = weir.admin_get("/admin/config").await;
     assert_eq!(cfg["config"]["channels"].as_array().unwrap().len(), 2);
     assert!(cfg["version"].as_u64().unwrap() >= 2);
-    assert!(weir.log().contains("config reloaded"));
+    weir.wait_log("config reloaded").await;
 }
 
 #[tokio::test]
@@ -134,7 +134,7 @@ async fn sighup_reloads() {
             > before
     })
     .await;
-    assert!(weir.log().contains("trigger=\"sighup\""));
+    weir.wait_log("trigger=\"sighup\"").await;
     assert_eq!(
         post(
             &client,

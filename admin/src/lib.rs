@@ -183,3 +183,4 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }
+pub mod api;

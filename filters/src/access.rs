@@ -12,7 +12,10 @@ pub enum AccessRule {
     Secret(regex::Regex),
     /// Minutes of the day in UTC, start inclusive, end exclusive; wraps past midnight
     /// when `start > end`.
-    Time { start: u32, end: u32 },
+    Time {
+        start: u32,
+        end: u32,
+    },
 }
 
 /// What a rule is matched against.
@@ -76,7 +79,9 @@ impl FromStr for AccessRule {
                     end: shift(end % 1440),
                 })
             }
-            other => Err(format!("`{other}` is not a rule type; use ip, secret or time")),
+            other => Err(format!(
+                "`{other}` is not a rule type; use ip, secret or time"
+            )),
         }
     }
 }
@@ -126,7 +131,11 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// `Ok` when the visitor may pass, `Err(why)` when a list stops it.
-pub fn decide(allow: &[AccessRule], deny: &[AccessRule], v: &Visitor<'_>) -> Result<(), &'static str> {
+pub fn decide(
+    allow: &[AccessRule],
+    deny: &[AccessRule],
+    v: &Visitor<'_>,
+) -> Result<(), &'static str> {
     if !allow.is_empty() {
         return if allow.iter().any(|r| r.matches(v)) {
             Ok(())
@@ -164,7 +173,15 @@ mod tests {
         assert!("secret:^test-".parse::<AccessRule>().is_ok());
         assert!("time:08:00-20:00".parse::<AccessRule>().is_ok());
         assert!("time:22:00-06:00+08:00".parse::<AccessRule>().is_ok());
-        for bad in ["ip:10.0.0.0/33", "secret:(", "time:8-20", "time:25:00-26:00", "time:08:00-08:00", "host:x", "ip"] {
+        for bad in [
+            "ip:10.0.0.0/33",
+            "secret:(",
+            "time:8-20",
+            "time:25:00-26:00",
+            "time:08:00-08:00",
+            "host:x",
+            "ip",
+        ] {
             assert!(bad.parse::<AccessRule>().is_err(), "{bad}");
         }
     }

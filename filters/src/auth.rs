@@ -35,7 +35,9 @@ impl FromStr for KeyPosition {
             }
             "body" => Ok(KeyPosition::Body(name.to_string())),
             "arg" => Ok(KeyPosition::Arg(name.to_string())),
-            other => Err(format!("`{other}` is not a key position; use header, body or arg")),
+            other => Err(format!(
+                "`{other}` is not a key position; use header, body or arg"
+            )),
         }
     }
 }
@@ -137,11 +139,16 @@ impl JwtVerifier {
                 "HS512" => Algorithm::HS512,
                 "RS256" => Algorithm::RS256,
                 "ES256" => Algorithm::ES256,
-                other => return Err(format!("algorithms: `{other}` is not one of HS256, HS384, HS512, RS256, ES256")),
+                other => {
+                    return Err(format!(
+                        "algorithms: `{other}` is not one of HS256, HS384, HS512, RS256, ES256"
+                    ))
+                }
             };
             algs.push(alg);
         }
-        let hmac = |a: &Algorithm| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+        let hmac =
+            |a: &Algorithm| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
         let key = match (s.secret, s.public_key_pem) {
             (Some(secret), None) => {
                 if !algs.iter().all(hmac) {
@@ -162,13 +169,19 @@ impl JwtVerifier {
                     return Err("algorithms: one public key is RSA or EC, not both".into());
                 }
                 if rsa {
-                    DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| format!("public_key: not an RSA public key in PEM ({e})"))?
+                    DecodingKey::from_rsa_pem(pem.as_bytes())
+                        .map_err(|e| format!("public_key: not an RSA public key in PEM ({e})"))?
                 } else {
-                    DecodingKey::from_ec_pem(pem.as_bytes()).map_err(|e| format!("public_key: not an EC public key in PEM ({e})"))?
+                    DecodingKey::from_ec_pem(pem.as_bytes())
+                        .map_err(|e| format!("public_key: not an EC public key in PEM ({e})"))?
                 }
             }
-            (Some(_), Some(_)) => return Err("give either `secret` or `public_key`, not both".into()),
-            (None, None) => return Err("give a `secret` (HS*) or a `public_key` (RS256/ES256)".into()),
+            (Some(_), Some(_)) => {
+                return Err("give either `secret` or `public_key`, not both".into())
+            }
+            (None, None) => {
+                return Err("give a `secret` (HS*) or a `public_key` (RS256/ES256)".into())
+            }
         };
         let mut validation = Validation::new(algs[0]);
         validation.algorithms = algs;
@@ -188,8 +201,12 @@ impl JwtVerifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<JwtIdentity, String> {
-        let data = jsonwebtoken::decode::<HashMap<String, serde_json::Value>>(token, &self.key, &self.validation)
-            .map_err(|e| format!("invalid token: {e}"))?;
+        let data = jsonwebtoken::decode::<HashMap<String, serde_json::Value>>(
+            token,
+            &self.key,
+            &self.validation,
+        )
+        .map_err(|e| format!("invalid token: {e}"))?;
         let claim = |name: &str| match data.claims.get(name) {
             Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(serde_json::Value::Number(n)) => Some(n.to_string()),
@@ -230,14 +247,28 @@ mod tests {
     }
 
     fn token(alg: Algorithm, claims: serde_json::Value, secret: &str) -> String {
-        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
     }
 
     #[test]
     fn parses_key_positions() {
-        assert_eq!("header:Authorization".parse::<KeyPosition>().unwrap(), KeyPosition::Header("authorization".into()));
-        assert_eq!("body:user_id".parse::<KeyPosition>().unwrap(), KeyPosition::Body("user_id".into()));
-        assert_eq!("arg:token".parse::<KeyPosition>().unwrap(), KeyPosition::Arg("token".into()));
+        assert_eq!(
+            "header:Authorization".parse::<KeyPosition>().unwrap(),
+            KeyPosition::Header("authorization".into())
+        );
+        assert_eq!(
+            "body:user_id".parse::<KeyPosition>().unwrap(),
+            KeyPosition::Body("user_id".into())
+        );
+        assert_eq!(
+            "arg:token".parse::<KeyPosition>().unwrap(),
+            KeyPosition::Arg("token".into())
+        );
         assert!("cookie:x".parse::<KeyPosition>().is_err());
         assert!("header:".parse::<KeyPosition>().is_err());
         assert!("header:bad name".parse::<KeyPosition>().is_err());
@@ -248,7 +279,10 @@ mod tests {
         assert_eq!(strip_bearer("Bearer sk-1"), "sk-1");
         assert_eq!(strip_bearer("bearer  sk-1 "), "sk-1");
         assert_eq!(strip_bearer("sk-1"), "sk-1");
-        assert_eq!(query_param("a=1&token=x%2By&b=2", "token").as_deref(), Some("x+y"));
+        assert_eq!(
+            query_param("a=1&token=x%2By&b=2", "token").as_deref(),
+            Some("x+y")
+        );
         assert_eq!(remove_query_param("a=1&token=x&b=2", "token"), "a=1&b=2");
         assert_eq!(remove_query_param("token=x", "token"), "");
     }
@@ -258,21 +292,46 @@ mod tests {
         let (a, b) = (generate_key(), generate_key());
         assert_ne!(a, b);
         assert_eq!(a.len(), 51);
-        assert_eq!(hash_key("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
     fn good_expired_future_tampered_and_none_tokens() {
         let v = hs256();
-        let good = token(Algorithm::HS256, json!({"sub": "alice", "team": "red", "exp": now() + 60}), SECRET);
-        assert_eq!(v.verify(&good).unwrap(), JwtIdentity { identity: "alice".into(), group: Some("red".into()) });
-        let expired = token(Algorithm::HS256, json!({"sub": "alice", "exp": now() - 10}), SECRET);
+        let good = token(
+            Algorithm::HS256,
+            json!({"sub": "alice", "team": "red", "exp": now() + 60}),
+            SECRET,
+        );
+        assert_eq!(
+            v.verify(&good).unwrap(),
+            JwtIdentity {
+                identity: "alice".into(),
+                group: Some("red".into())
+            }
+        );
+        let expired = token(
+            Algorithm::HS256,
+            json!({"sub": "alice", "exp": now() - 10}),
+            SECRET,
+        );
         assert!(v.verify(&expired).unwrap_err().contains("Expired"));
-        let early = token(Algorithm::HS256, json!({"sub": "alice", "exp": now() + 60, "nbf": now() + 30}), SECRET);
+        let early = token(
+            Algorithm::HS256,
+            json!({"sub": "alice", "exp": now() + 60, "nbf": now() + 30}),
+            SECRET,
+        );
         assert!(v.verify(&early).is_err());
         let no_exp = token(Algorithm::HS256, json!({"sub": "alice"}), SECRET);
         assert!(v.verify(&no_exp).is_err());
-        let wrong_secret = token(Algorithm::HS256, json!({"sub": "alice", "exp": now() + 60}), "another-secret-of-32-bytes-long!");
+        let wrong_secret = token(
+            Algorithm::HS256,
+            json!({"sub": "alice", "exp": now() + 60}),
+            "another-secret-of-32-bytes-long!",
+        );
         assert!(v.verify(&wrong_secret).is_err());
         // Tampered payload: same signature, other claims.
         let parts: Vec<&str> = good.split('.').collect();
@@ -287,20 +346,48 @@ mod tests {
         let none = format!("{none_header}.{}.", parts[1]);
         assert!(v.verify(&none).is_err());
         // A pinned HS256 verifier refuses HS512 tokens even with the right secret.
-        let hs512 = token(Algorithm::HS512, json!({"sub": "alice", "exp": now() + 60}), SECRET);
+        let hs512 = token(
+            Algorithm::HS512,
+            json!({"sub": "alice", "exp": now() + 60}),
+            SECRET,
+        );
         assert!(v.verify(&hs512).is_err());
     }
 
     #[test]
     fn config_refuses_algorithm_confusion() {
         let rs = ["RS256".to_string()];
-        let e = JwtVerifier::new(&JwtSettings { secret: Some(SECRET), public_key_pem: None, algorithms: &rs, identity_claim: "sub", group_claim: None, leeway_secs: 0 }).unwrap_err();
+        let e = JwtVerifier::new(&JwtSettings {
+            secret: Some(SECRET),
+            public_key_pem: None,
+            algorithms: &rs,
+            identity_claim: "sub",
+            group_claim: None,
+            leeway_secs: 0,
+        })
+        .unwrap_err();
         assert!(e.contains("HS256"), "{e}");
         let hs = ["HS256".to_string()];
-        let e = JwtVerifier::new(&JwtSettings { secret: None, public_key_pem: Some("-----BEGIN PUBLIC KEY-----"), algorithms: &hs, identity_claim: "sub", group_claim: None, leeway_secs: 0 }).unwrap_err();
+        let e = JwtVerifier::new(&JwtSettings {
+            secret: None,
+            public_key_pem: Some("-----BEGIN PUBLIC KEY-----"),
+            algorithms: &hs,
+            identity_claim: "sub",
+            group_claim: None,
+            leeway_secs: 0,
+        })
+        .unwrap_err();
         assert!(e.contains("never an HMAC"), "{e}");
         let none = ["none".to_string()];
-        assert!(JwtVerifier::new(&JwtSettings { secret: Some(SECRET), public_key_pem: None, algorithms: &none, identity_claim: "sub", group_claim: None, leeway_secs: 0 }).is_err());
+        assert!(JwtVerifier::new(&JwtSettings {
+            secret: Some(SECRET),
+            public_key_pem: None,
+            algorithms: &none,
+            identity_claim: "sub",
+            group_claim: None,
+            leeway_secs: 0
+        })
+        .is_err());
     }
 
     /// Unpadded base64url, enough to forge test tokens.
@@ -309,7 +396,11 @@ mod tests {
             const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             let mut out = String::new();
             for chunk in data.chunks(3) {
-                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
                 let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
                 for i in 0..=chunk.len() {
                     out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GatewayError {
     #[error("{0}")]
     BadRequest(String),
@@ -42,6 +42,29 @@ pub enum GatewayError {
     UpstreamTimeout { model: String, detail: String },
     #[error("admin authentication failed: {0}")]
     AdminUnauthorized(String),
+    /// No key, or a key that is wrong, expired or disabled.
+    #[error("{0}")]
+    InvalidKey(String),
+    /// The caller is known but this is not theirs to do.
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    #[error("rate limit reached: {rule}; retry after {retry_after_secs}s")]
+    RateLimited {
+        rule: String,
+        retry_after_secs: u64,
+        limit: u64,
+        reset_secs: u64,
+    },
+    #[error("gateway `{gateway}` used its token quota of {quota}")]
+    QuotaExceeded { gateway: String, quota: u64 },
+    #[error("this key spent its monthly budget of {budget:.2}")]
+    BudgetExceeded { budget: f64 },
+    #[error("this key's balance is used up ({balance:.4}); top it up to continue")]
+    InsufficientBalance { balance: f64 },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -65,9 +88,12 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             BadRequest(_) | InvalidJson(_) => 400,
-            AdminUnauthorized(_) => 401,
-            GatewayInactive(_) | GatewayExpired(_) => 403,
-            RouteNotFound { .. } | ModelNotFound(_) => 404,
+            AdminUnauthorized(_) | InvalidKey(_) => 401,
+            InsufficientBalance { .. } => 402,
+            GatewayInactive(_) | GatewayExpired(_) | Forbidden { .. } => 403,
+            RouteNotFound { .. } | ModelNotFound(_) | NotFound(_) => 404,
+            Conflict(_) => 409,
+            RateLimited { .. } | QuotaExceeded { .. } | BudgetExceeded { .. } => 429,
             MethodNotAllowed { .. } => 405,
             BodyTooLarge { .. } => 413,
             UpstreamRateLimited { .. } => 429,
@@ -87,10 +113,15 @@ impl GatewayError {
             | BodyTooLarge { .. }
             | RouteNotFound { .. }
             | MethodNotAllowed { .. }
-            | ModelNotFound(_) => "invalid_request_error",
-            AdminUnauthorized(_) => "authentication_error",
-            GatewayInactive(_) | GatewayExpired(_) => "permission_error",
-            UpstreamRateLimited { .. } => "rate_limit_error",
+            | ModelNotFound(_)
+            | NotFound(_)
+            | Conflict(_) => "invalid_request_error",
+            AdminUnauthorized(_) | InvalidKey(_) => "authentication_error",
+            GatewayInactive(_) | GatewayExpired(_) | Forbidden { .. } => "permission_error",
+            UpstreamRateLimited { .. } | RateLimited { .. } => "rate_limit_error",
+            QuotaExceeded { .. } | BudgetExceeded { .. } | InsufficientBalance { .. } => {
+                "insufficient_quota"
+            }
             NoChannelAvailable { .. } | UpstreamFailed { .. } | UpstreamTimeout { .. } => {
                 "upstream_error"
             }
@@ -115,6 +146,14 @@ impl GatewayError {
             UpstreamRateLimited { .. } => "upstream_rate_limited",
             UpstreamTimeout { .. } => "upstream_timeout",
             AdminUnauthorized(_) => "invalid_admin_key",
+            InvalidKey(_) => "invalid_api_key",
+            Forbidden { code, .. } => code,
+            RateLimited { .. } => "rate_limit_exceeded",
+            QuotaExceeded { .. } => "token_quota_exceeded",
+            BudgetExceeded { .. } => "budget_exceeded",
+            InsufficientBalance { .. } => "insufficient_balance",
+            NotFound(_) => "not_found",
+            Conflict(_) => "conflict",
             Internal(_) => "internal_error",
         }
     }
@@ -134,8 +173,25 @@ impl GatewayError {
             }
             | GatewayError::UpstreamRateLimited {
                 retry_after_secs, ..
+            }
+            | GatewayError::RateLimited {
+                retry_after_secs, ..
             } => Some((*retry_after_secs).max(1)),
             _ => None,
+        }
+    }
+
+    /// `x-ratelimit-*` headers (OpenAI's names) for a rate-limit refusal.
+    pub fn rate_limit_headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            GatewayError::RateLimited {
+                limit, reset_secs, ..
+            } => vec![
+                ("x-ratelimit-limit-requests", limit.to_string()),
+                ("x-ratelimit-remaining-requests", "0".to_string()),
+                ("x-ratelimit-reset-requests", format!("{reset_secs}s")),
+            ],
+            _ => Vec::new(),
         }
     }
 

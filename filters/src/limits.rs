@@ -52,7 +52,8 @@ pub struct RateRule {
 impl FromStr for RateRule {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}` is not `ingress:N/minute|hour|day` or `secret:N/minute|hour|day`");
+        let bad =
+            || format!("`{s}` is not `ingress:N/minute|hour|day` or `secret:N/minute|hour|day`");
         let (scope, rest) = s.trim().split_once(':').ok_or_else(bad)?;
         let scope = match scope {
             "ingress" => Scope::Ingress,
@@ -62,7 +63,9 @@ impl FromStr for RateRule {
         let (n, window) = rest.split_once('/').ok_or_else(bad)?;
         let limit: u64 = n.trim().parse().map_err(|_| bad())?;
         if limit == 0 {
-            return Err(format!("`{s}`: a limit of 0 would refuse everything; set `active: false` instead"));
+            return Err(format!(
+                "`{s}`: a limit of 0 would refuse everything; set `active: false` instead"
+            ));
         }
         let window = match window.trim() {
             "minute" => Window::Minute,
@@ -70,7 +73,11 @@ impl FromStr for RateRule {
             "day" => Window::Day,
             _ => return Err(bad()),
         };
-        Ok(RateRule { scope, limit, window })
+        Ok(RateRule {
+            scope,
+            limit,
+            window,
+        })
     }
 }
 
@@ -103,7 +110,13 @@ pub fn sliding_count(prev: f64, curr: f64, elapsed_fraction: f64) -> f64 {
 }
 
 /// How long until a sliding count drops below `limit`.
-pub fn sliding_wait(limit: u64, prev: f64, curr: f64, elapsed_fraction: f64, interval: Duration) -> Duration {
+pub fn sliding_wait(
+    limit: u64,
+    prev: f64,
+    curr: f64,
+    elapsed_fraction: f64,
+    interval: Duration,
+) -> Duration {
     let limit = limit as f64;
     let f = elapsed_fraction.clamp(0.0, 1.0);
     let secs = interval.as_secs_f64();
@@ -127,13 +140,34 @@ mod tests {
 
     #[test]
     fn parses_rules() {
-        assert_eq!("ingress:600/minute".parse::<RateRule>().unwrap(), RateRule { scope: Scope::Ingress, limit: 600, window: Window::Minute });
-        assert_eq!("secret:5/day".parse::<RateRule>().unwrap().window, Window::Day);
-        for bad in ["ingress:0/minute", "key:5/minute", "secret:5/week", "secret:x/day", "secret:5"] {
+        assert_eq!(
+            "ingress:600/minute".parse::<RateRule>().unwrap(),
+            RateRule {
+                scope: Scope::Ingress,
+                limit: 600,
+                window: Window::Minute
+            }
+        );
+        assert_eq!(
+            "secret:5/day".parse::<RateRule>().unwrap().window,
+            Window::Day
+        );
+        for bad in [
+            "ingress:0/minute",
+            "key:5/minute",
+            "secret:5/week",
+            "secret:x/day",
+            "secret:5",
+        ] {
             assert!(bad.parse::<RateRule>().is_err(), "{bad}");
         }
         assert!(parse_rules(&["no-limit".into()]).unwrap().is_empty());
-        assert_eq!(parse_rules(&["secret:1/hour".into(), "bad".into()]).unwrap_err().0, 1);
+        assert_eq!(
+            parse_rules(&["secret:1/hour".into(), "bad".into()])
+                .unwrap_err()
+                .0,
+            1
+        );
     }
 
     #[test]

@@ -88,6 +88,13 @@ impl JsonBody {
         Ok(())
     }
 
+    /// Removes a top-level field and returns it when it was a string (a key in the
+    /// body must not travel upstream, whatever its type).
+    pub fn take_string(&mut self, key: &str) -> Option<String> {
+        let raw = self.fields.shift_remove(key)?;
+        serde_json::from_str::<String>(raw.get()).ok()
+    }
+
     /// Makes a streaming request report usage in its last chunk (P9), keeping any
     /// other `stream_options` the client sent.
     pub fn ensure_stream_usage(&mut self) -> Result<(), GatewayError> {

@@ -1,5 +1,7 @@
 //! Per-request context shared by the phases of one request.
 
+use super::admission::Caller;
+use crate::accounts::RateHeadroom;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_filters::config::Runtime;
@@ -32,6 +34,12 @@ pub struct Ctx {
     pub client_gone: bool,
     /// Counted in `weir_requests_in_flight` (undone in `logging`).
     pub in_flight: bool,
+    /// Who called, once authenticated.
+    pub caller: Option<Caller>,
+    pub key_id: Option<i64>,
+    pub identity: Option<String>,
+    /// The tightest rate limit, for `x-ratelimit-*` response headers.
+    pub rate: Option<RateHeadroom>,
 }
 
 impl Ctx {
@@ -54,6 +62,10 @@ impl Ctx {
             broken: false,
             client_gone: false,
             in_flight: false,
+            caller: None,
+            key_id: None,
+            identity: None,
+            rate: None,
         }
     }
 }

@@ -2,8 +2,50 @@
 //! Usage is logged here per request; the accounting store arrives with access control.
 
 use super::ctx::Ctx;
+use crate::accounts::now_unix;
 use crate::metrics::status_class;
 use crate::state::AppState;
+use crate::store::UsageEvent;
+use std::time::Duration;
+use weir_filters::usage::cost;
+
+/// Bills a routed request (K5) and queues its usage row: the ledger at once, so the
+/// next request already sees the spend; the store within `flush_interval`.
+fn account(state: &AppState, ctx: &Ctx, gateway: &str, status: u16, elapsed: Duration) {
+    if ctx.model_label == "-" {
+        return;
+    }
+    let Some(snap) = &ctx.snapshot else {
+        return;
+    };
+    let usage = ctx.usage.unwrap_or_default();
+    let (price_in, price_out) = state.accounts.price(snap, &ctx.model_label);
+    let cost = cost(&usage, price_in, price_out);
+    let now = now_unix();
+    let tokens = usage.prompt_tokens + usage.completion_tokens;
+    state
+        .accounts
+        .charge(ctx.key_id, gateway, tokens, cost, now);
+    state.store.record(UsageEvent {
+        ts: now,
+        key_id: ctx.key_id,
+        identity: if ctx.key_id.is_some() {
+            None
+        } else {
+            ctx.identity.clone()
+        },
+        gateway: gateway.to_string(),
+        model: ctx.model_label.clone(),
+        channel: ctx.channel.clone(),
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        cost,
+        estimated: usage.estimated,
+        status,
+        latency_ms: elapsed.as_millis() as u64,
+        stream: ctx.stream,
+    });
+}
 
 pub fn record(state: &AppState, ctx: &Ctx, pingora_error: Option<&pingora_error::Error>) {
     let m = &state.metrics;
@@ -47,6 +89,7 @@ pub fn record(state: &AppState, ctx: &Ctx, pingora_error: Option<&pingora_error:
             ])
             .inc_by(u.completion_tokens);
     }
+    account(state, ctx, gateway, status, elapsed);
     let (prompt, completion, estimated) = ctx
         .usage
         .map(|u| (u.prompt_tokens, u.completion_tokens, u.estimated))

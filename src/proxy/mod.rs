@@ -1,6 +1,7 @@
 //! The Pingora `ProxyHttp` implementation. Each phase delegates to the file named
 //! after it; the logic those files apply lives in `weir_filters`.
 
+mod admission;
 pub mod ctx;
 mod logging;
 mod request_filter;

@@ -2,6 +2,7 @@
 //! body, then run the failover loop (upstream_peer) and relay the answer
 //! (response_body). Weir answers every request here and returns `Ok(true)`.
 
+use super::admission::{admit, authenticate, key_from_request, Caller};
 use super::ctx::Ctx;
 use super::response_body::{relay, RelayPlan};
 use super::upstream_peer::{
@@ -16,15 +17,13 @@ use rand::SeedableRng;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use weir_filters::auth::{remove_query_param, KeyPosition};
 use weir_filters::config::{Gateway, Runtime};
 use weir_filters::health::Admission;
 use weir_filters::request_body::JsonBody;
 use weir_filters::route::{classify, Endpoint};
 use weir_filters::upstream_peer::{BackoffPolicy, Failover, Target, Verdict};
 use weir_filters::GatewayError;
-
-/// The group of a caller until access control assigns groups.
-const CALLER_GROUP: &str = "default";
 
 pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> Result<(), Failure> {
     let snap = state.snapshot();
@@ -48,7 +47,38 @@ pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> R
     }
     let endpoint = classify(&method, rest, &path)?;
     ctx.endpoint = Some(endpoint);
+
+    // Authentication, unless the key travels in the body (then after it is read).
+    let client_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let body_key = match &gateway.auth {
+        Some(auth) => match &auth.position {
+            KeyPosition::Body(field) => Some(field.clone()),
+            _ => {
+                let key = key_from_request(auth, &session.req_header().headers, query.as_deref());
+                let caller = authenticate(state, auth, key.as_deref())?;
+                ctx.identity.clone_from(&caller.identity);
+                ctx.key_id = caller.key.as_ref().map(|k| k.id);
+                ctx.rate = admit(state, gateway, &caller, key.as_deref(), client_ip)?;
+                ctx.caller = Some(caller);
+                None
+            }
+        },
+        None => {
+            let caller = Caller::anonymous();
+            ctx.rate = admit(state, gateway, &caller, None, client_ip)?;
+            ctx.caller = Some(caller);
+            None
+        }
+    };
     match endpoint {
+        Endpoint::ListModels | Endpoint::GetModel if body_key.is_some() => Err(GatewayError::InvalidKey(
+            "this gateway takes its key from the request body; list models with a POST-less client is not possible"
+                .into(),
+        )
+        .into()),
         Endpoint::ListModels => list_models(session, ctx, &snap, gateway).await,
         Endpoint::GetModel => {
             let id = rest.trim_end_matches('/').trim_start_matches("/models/");
@@ -56,18 +86,51 @@ pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> R
         }
         _ => {
             let mut rest_q = rest.to_string();
-            if let Some(q) = &query {
+            // A key passed as a query parameter never travels upstream.
+            let upstream_query = match (&query, gateway.auth.as_ref().map(|a| &a.position)) {
+                (Some(q), Some(KeyPosition::Arg(name))) => Some(remove_query_param(q, name)),
+                (q, _) => q.clone(),
+            };
+            if let Some(q) = upstream_query.filter(|q| !q.is_empty()) {
                 rest_q.push('?');
-                rest_q.push_str(q);
+                rest_q.push_str(&q);
             }
             let raw = read_body(session, snap.server().max_body.0).await?;
-            proxy(state, session, ctx, &snap, gateway, endpoint, &rest_q, raw).await
+            let request = Request {
+                gateway,
+                endpoint,
+                rest: &rest_q,
+                body_key: body_key.as_deref(),
+                client_ip,
+            };
+            proxy(state, session, ctx, &snap, request, raw).await
         }
     }
 }
 
+/// What `proxy` needs to know about the request beyond its body.
+struct Request<'a> {
+    gateway: &'a Gateway,
+    endpoint: Endpoint,
+    /// Path after `/v1`, with the query to forward.
+    rest: &'a str,
+    /// The body field that carries the key, for `body:` gateways.
+    body_key: Option<&'a str>,
+    client_ip: Option<std::net::IpAddr>,
+}
+
 fn model_object(id: &str) -> serde_json::Value {
     serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "weir"})
+}
+
+/// The models this caller may use on this gateway.
+fn visible_models(snap: &Runtime, gateway: &Gateway, caller: Option<&Caller>) -> Vec<String> {
+    let group = caller.map(|c| c.group.as_str()).unwrap_or("default");
+    let mut models = snap.list_models(gateway, group);
+    if let Some(c) = caller {
+        models.retain(|m| c.may_use(m, m));
+    }
+    models
 }
 
 async fn list_models(
@@ -76,8 +139,7 @@ async fn list_models(
     snap: &Runtime,
     gateway: &Gateway,
 ) -> Result<(), Failure> {
-    let data: Vec<serde_json::Value> = snap
-        .list_models(gateway, CALLER_GROUP)
+    let data: Vec<serde_json::Value> = visible_models(snap, gateway, ctx.caller.as_ref())
         .iter()
         .map(|m| model_object(m))
         .collect();
@@ -95,8 +157,7 @@ async fn get_model(
     gateway: &Gateway,
     id: &str,
 ) -> Result<(), Failure> {
-    if !snap
-        .list_models(gateway, CALLER_GROUP)
+    if !visible_models(snap, gateway, ctx.caller.as_ref())
         .iter()
         .any(|m| m == id)
     {
@@ -194,24 +255,56 @@ async fn proxy(
     session: &mut Session,
     ctx: &mut Ctx,
     snap: &Arc<Runtime>,
-    gateway: &Gateway,
-    endpoint: Endpoint,
-    rest: &str,
+    req: Request<'_>,
     raw: Bytes,
 ) -> Result<(), Failure> {
+    let Request {
+        gateway,
+        endpoint,
+        rest,
+        body_key,
+        client_ip,
+    } = req;
     let mut parsed = JsonBody::parse(&raw)?;
+    let mut rewritten = false;
+    if let Some(field) = body_key {
+        // G2 `body:FIELD`: the key is taken out before the body goes upstream.
+        let key = parsed.take_string(field);
+        rewritten = true;
+        let auth = gateway
+            .auth
+            .as_ref()
+            .ok_or_else(|| GatewayError::Internal("body key without auth".into()))?;
+        let caller = authenticate(state, auth, key.as_deref())?;
+        ctx.identity.clone_from(&caller.identity);
+        ctx.key_id = caller.key.as_ref().map(|k| k.id);
+        ctx.rate = admit(state, gateway, &caller, key.as_deref(), client_ip)?;
+        ctx.caller = Some(caller);
+    }
+    let caller = ctx.caller.clone().unwrap_or_else(Caller::anonymous);
     let facts = parsed.facts()?;
     ctx.stream = facts.stream;
     let (routes, label) = snap
-        .routes(gateway, &facts.model, CALLER_GROUP)
+        .routes(gateway, &facts.model, &caller.group)
         .ok_or_else(|| GatewayError::ModelNotFound(facts.model.clone()))?;
+    if !caller.may_use(&facts.model, &label) {
+        return Err(GatewayError::Forbidden {
+            code: "model_not_allowed",
+            message: format!(
+                "this key may not use the model `{}`; an admin can grant it to the key or its group",
+                facts.model
+            ),
+        }
+        .into());
+    }
     ctx.model_label = label;
 
     // P9: a stream always asks for usage; the client sees it only if it asked too.
     let ask_usage = facts.stream && endpoint.streams_chunks();
-    let rewritten = ask_usage && !facts.client_wants_usage;
-    if rewritten {
+    let strip_usage = ask_usage && !facts.client_wants_usage;
+    if strip_usage {
         parsed.ensure_stream_usage()?;
+        rewritten = true;
     }
     let mut bodies = Bodies {
         raw,
@@ -356,7 +449,7 @@ async fn proxy(
                 let verdict = judge(state, &policy, backoff.max, channel, key, &answer);
                 if matches!(verdict, Verdict::Success | Verdict::Final) {
                     let plan = RelayPlan {
-                        strip_usage: rewritten,
+                        strip_usage,
                         expect_done: endpoint.streams_chunks(),
                         deadline: started + channel.total_timeout,
                         request: &bodies.parsed,

@@ -39,5 +39,9 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &GatewayError) -> Re
     if let Some(secs) = e.retry_after() {
         extra.push(("retry-after", secs.to_string()));
     }
+    extra.extend(e.rate_limit_headers());
+    if e.status() == 401 {
+        extra.push(("www-authenticate", "Bearer".to_string()));
+    }
     json(session, ctx, e.status(), e.to_json(), &extra).await
 }

@@ -113,6 +113,16 @@ pub async fn relay(
         }
     };
     ctx.status = status;
+    let mut header = header;
+    if let Some(r) = ctx.rate {
+        for (name, value) in [
+            ("x-ratelimit-limit-requests", r.limit.to_string()),
+            ("x-ratelimit-remaining-requests", r.remaining.to_string()),
+            ("x-ratelimit-reset-requests", format!("{}s", r.reset_secs)),
+        ] {
+            header.insert_header(name, value).map_err(Failure::Abort)?;
+        }
+    }
     if let Err(e) = session.write_response_header(Box::new(header), false).await {
         ctx.client_gone = true;
         shutdown(source).await;

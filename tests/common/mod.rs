@@ -350,9 +350,16 @@ pub fn free_port() -> u16 {
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 
 /// The `server:` section on the given ports, then `body`.
-pub fn render_config(port: u16, admin_port: u16, body: &str, server_extra: &str) -> String {
+pub fn render_config(
+    port: u16,
+    admin_port: u16,
+    dir: &std::path::Path,
+    body: &str,
+    server_extra: &str,
+) -> String {
     format!(
-        "server:\n  listen: 127.0.0.1:{port}\n  admin_listen: 127.0.0.1:{admin_port}\n  admin_key: {ADMIN_KEY}\n  threads: 2\n  backoff: {{base: 10ms, max: 100ms}}\n{server_extra}\n{body}"
+        "server:\n  listen: 127.0.0.1:{port}\n  admin_listen: 127.0.0.1:{admin_port}\n  admin_key: {ADMIN_KEY}\n  threads: 2\n  backoff: {{base: 10ms, max: 100ms}}\n{server_extra}\nstorage:\n  sqlite: '{}'\n  flush_interval: 50ms\n{body}",
+        dir.join("weir.db").display()
     )
 }
 
@@ -402,7 +409,7 @@ impl Weir {
         let log_path = dir.path().join("weir.log");
         write_atomically(
             &config_path,
-            &render_config(port, admin_port, body, server_extra),
+            &render_config(port, admin_port, dir.path(), body, server_extra),
         );
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -429,7 +436,13 @@ impl Weir {
     pub fn write_config(&self, body: &str, server_extra: &str) {
         write_atomically(
             &self.config_path,
-            &render_config(self.port, self.admin_port, body, server_extra),
+            &render_config(
+                self.port,
+                self.admin_port,
+                self.dir.path(),
+                body,
+                server_extra,
+            ),
         );
     }
 
@@ -591,4 +604,19 @@ pub async fn raw_request(port: u16, head: &str, body: &[u8]) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (status, text)
+}
+
+impl Weir {
+    /// Waits until the log contains `needle` (log lines follow the metrics by a moment).
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the log never said {needle:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

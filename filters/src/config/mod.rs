@@ -477,7 +477,10 @@ impl Runtime {
                 Vec::new()
             });
             let mut lists = [Vec::new(), Vec::new()];
-            for (list, (name, lines)) in lists.iter_mut().zip([("allow", &g.allow), ("deny", &g.deny)]) {
+            for (list, (name, lines)) in lists
+                .iter_mut()
+                .zip([("allow", &g.allow), ("deny", &g.deny)])
+            {
                 for (i, line) in lines.iter().enumerate() {
                     match line.parse::<AccessRule>() {
                         Ok(r) => list.push(r),
@@ -486,8 +489,13 @@ impl Runtime {
                 }
             }
             let [allow, deny] = lists;
-            let needs_key = rate_rules.iter().any(|r| r.scope == crate::limits::Scope::Secret)
-                || allow.iter().chain(&deny).any(|r| matches!(r, AccessRule::Secret(_)));
+            let needs_key = rate_rules
+                .iter()
+                .any(|r| r.scope == crate::limits::Scope::Secret)
+                || allow
+                    .iter()
+                    .chain(&deny)
+                    .any(|r| matches!(r, AccessRule::Secret(_)));
             if needs_key && auth.is_none() && g.auth.is_none() {
                 problems.push(format!(
                     "{at}.auth: `secret:` rules need callers with keys; add an `auth` section"
@@ -537,7 +545,9 @@ impl Runtime {
         if file.storage.sqlite.trim().is_empty() {
             problems.push("storage.sqlite: name the database file".into());
         }
-        if file.storage.flush_interval.0 > Duration::from_secs(10) || file.storage.flush_interval.0.is_zero() {
+        if file.storage.flush_interval.0 > Duration::from_secs(10)
+            || file.storage.flush_interval.0.is_zero()
+        {
             problems.push("storage.flush_interval: must be between 1ms and 10s".into());
         }
 
@@ -679,7 +689,8 @@ fn compile_auth(a: &AuthConfig) -> Result<GatewayAuth, (&'static str, String)> {
             // Anchored: the whole key must match, not a part of it.
             let anchored = format!("^(?:{})$", re.trim_start_matches('^').trim_end_matches('$'));
             AuthCheck::Regex(
-                regex::Regex::new(&anchored).map_err(|e| (".regex", format!("`{re}` is not a regular expression: {e}")))?,
+                regex::Regex::new(&anchored)
+                    .map_err(|e| (".regex", format!("`{re}` is not a regular expression: {e}")))?,
             )
         }
         AuthMethod::Jwt => {

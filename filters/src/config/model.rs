@@ -276,7 +276,9 @@ impl<'de> Deserialize<'de> for Quota {
             Raw::N(n) => Ok(Quota::Tokens(n)),
             Raw::S(s) if s == "no-limit" => Ok(Quota::NoLimit),
             Raw::S(s) => s.parse().map(Quota::Tokens).map_err(|_| {
-                serde::de::Error::custom(format!("`{s}` is neither a number of tokens nor `no-limit`"))
+                serde::de::Error::custom(format!(
+                    "`{s}` is neither a number of tokens nor `no-limit`"
+                ))
             }),
         }
     }

@@ -1,0 +1,161 @@
+//! Who is calling and may they (G1–G5, K4, K5): the key from where the gateway
+//! says it is, checked by the gateway's method; then the allow/deny lists, rate
+//! limits, token quota, budget and balance, all before any upstream call. The
+//! rules themselves are `weir_filters::{auth, access, limits}`.
+
+use crate::accounts::{now_unix, KeyRecord, RateHeadroom};
+use crate::state::AppState;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use weir_filters::access::{self, Visitor};
+use weir_filters::auth::{hash_key, strip_bearer, KeyPosition};
+use weir_filters::config::{AuthCheck, Gateway, GatewayAuth};
+use weir_filters::GatewayError;
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Names the caller for `secret:` limits and usage: `key:<id>` for stored keys,
+    /// the identity claim for JWTs, a hash prefix of the key for regex gateways.
+    pub identity: Option<String>,
+    pub key: Option<Arc<KeyRecord>>,
+    pub group: String,
+    /// Models the caller may use; `None`: all the gateway serves.
+    pub granted: Option<HashSet<String>>,
+}
+
+impl Caller {
+    /// The caller of an open gateway.
+    pub fn anonymous() -> Caller {
+        Caller {
+            identity: None,
+            key: None,
+            group: "default".into(),
+            granted: None,
+        }
+    }
+
+    pub fn may_use(&self, requested: &str, label: &str) -> bool {
+        match &self.granted {
+            None => true,
+            Some(g) => g.contains(requested) || g.contains(label),
+        }
+    }
+}
+
+/// The key as sent in a header or a query parameter (`None` for `body:` positions,
+/// which are read from the parsed body).
+pub fn key_from_request(
+    auth: &GatewayAuth,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+) -> Option<String> {
+    match &auth.position {
+        KeyPosition::Header(name) => headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(|v| strip_bearer(v).to_string()),
+        KeyPosition::Arg(name) => query.and_then(|q| weir_filters::auth::query_param(q, name)),
+        KeyPosition::Body(_) => None,
+    }
+    .filter(|k| !k.is_empty())
+}
+
+fn missing(auth: &GatewayAuth) -> GatewayError {
+    let hint = match &auth.position {
+        KeyPosition::Header(h) if h == "authorization" => {
+            "send it as `Authorization: Bearer <key>`".to_string()
+        }
+        KeyPosition::Header(h) => format!("send it in the `{h}` header"),
+        KeyPosition::Body(f) => format!("send it in the JSON body's `{f}` field"),
+        KeyPosition::Arg(a) => format!("send it as the `{a}` query parameter"),
+    };
+    GatewayError::InvalidKey(format!("missing API key: {hint}"))
+}
+
+/// Checks the key with the gateway's method.
+pub fn authenticate(
+    state: &AppState,
+    auth: &GatewayAuth,
+    key: Option<&str>,
+) -> Result<Caller, GatewayError> {
+    let key = key.ok_or_else(|| missing(auth))?;
+    match &auth.method {
+        AuthCheck::Database => {
+            let snap = state.accounts.snapshot();
+            let record = snap
+                .keys_by_hash
+                .get(&hash_key(key))
+                .cloned()
+                .ok_or_else(|| GatewayError::InvalidKey("invalid API key".into()))?;
+            if !record.active {
+                return Err(GatewayError::InvalidKey("this API key is disabled".into()));
+            }
+            if record.expires_at.is_some_and(|t| t <= now_unix()) {
+                return Err(GatewayError::InvalidKey("this API key expired".into()));
+            }
+            Ok(Caller {
+                identity: Some(format!("key:{}", record.id)),
+                granted: snap.granted(&record),
+                group: record.group.clone(),
+                key: Some(record),
+            })
+        }
+        AuthCheck::Regex(re) => {
+            if !re.is_match(key) {
+                return Err(GatewayError::InvalidKey("invalid API key".into()));
+            }
+            // The key itself is never kept: a prefix of its hash names the caller.
+            Ok(Caller {
+                identity: Some(format!("key#{}", &hash_key(key)[..16])),
+                key: None,
+                group: "default".into(),
+                granted: None,
+            })
+        }
+        AuthCheck::Jwt(verifier) => {
+            let id = verifier.verify(key).map_err(GatewayError::InvalidKey)?;
+            Ok(Caller {
+                identity: Some(id.identity),
+                key: None,
+                group: id.group.unwrap_or_else(|| "default".into()),
+                granted: None,
+            })
+        }
+    }
+}
+
+/// The lists, limits, quota and money checks; `secret` is the raw key for
+/// `secret:` list rules. Counts the request against the rate limits when it passes.
+pub fn admit(
+    state: &AppState,
+    gateway: &Gateway,
+    caller: &Caller,
+    secret: Option<&str>,
+    client_ip: Option<IpAddr>,
+) -> Result<Option<RateHeadroom>, GatewayError> {
+    let now = now_unix();
+    if !gateway.allow.is_empty() || !gateway.deny.is_empty() {
+        let visitor = Visitor {
+            ip: client_ip,
+            secret,
+            minute_utc: ((now.rem_euclid(86_400)) / 60) as u32,
+        };
+        access::decide(&gateway.allow, &gateway.deny, &visitor).map_err(|why| {
+            GatewayError::Forbidden {
+                code: "access_denied",
+                message: format!("access denied: {why}"),
+            }
+        })?;
+    }
+    if let Some(key) = &caller.key {
+        state.accounts.check_money(key, now)?;
+    }
+    state.accounts.check_quota(gateway)?;
+    state.accounts.check_rates(
+        gateway,
+        caller.identity.as_deref().unwrap_or(""),
+        now.max(0) as u64,
+    )
+}

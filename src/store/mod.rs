@@ -1,0 +1,382 @@
+//! The SQLite store (keys, groups, models, usage, counters). One thread owns the
+//! connection and does every write: usage in batches every `flush_interval`, admin
+//! writes as they come (each followed by a fresh snapshot for the proxy), and it
+//! notices writes by other processes (`weir keys`) through `meta.version`.
+//! The request path never waits for it.
+
+pub mod ops;
+pub mod queries;
+pub mod schema;
+
+use crate::accounts::{month_of, now_unix, Accounts, KeyMoney};
+use rusqlite::{params, Connection};
+use std::collections::HashMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use weir_filters::GatewayError;
+
+/// One finished request, as the usage table keeps it.
+#[derive(Debug, Clone)]
+pub struct UsageEvent {
+    pub ts: i64,
+    pub key_id: Option<i64>,
+    /// The caller for regex and JWT gateways (a JWT claim, or a key's hash prefix).
+    pub identity: Option<String>,
+    pub gateway: String,
+    pub model: String,
+    pub channel: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost: f64,
+    pub estimated: bool,
+    pub status: u16,
+    pub latency_ms: u64,
+    pub stream: bool,
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+enum Cmd {
+    Usage(UsageEvent),
+    /// An admin write or read; the snapshot is refreshed after it.
+    Run(Job, bool),
+    Shutdown,
+}
+
+pub struct Store {
+    tx: mpsc::Sender<Cmd>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Usage events per transaction at most.
+const BATCH: usize = 1024;
+
+impl Store {
+    /// Opens (creating and migrating) the database, loads keys, money and counters
+    /// into `accounts`, and starts the store thread.
+    pub fn open(
+        path: &str,
+        flush_interval: Duration,
+        accounts: Arc<Accounts>,
+    ) -> Result<Store, String> {
+        let conn = schema::open(path)?;
+        let mut worker = Worker {
+            conn,
+            accounts,
+            pending: Vec::new(),
+            seen_version: 0,
+            flush_interval,
+            last_prune: Instant::now(),
+        };
+        worker
+            .refresh()
+            .map_err(|e| format!("cannot load {path}: {e}"))?;
+        worker
+            .load_counters()
+            .map_err(|e| format!("cannot load {path}: {e}"))?;
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("weir-store".into())
+            .spawn(move || worker.run(rx))
+            .map_err(|e| format!("cannot start the store thread: {e}"))?;
+        Ok(Store {
+            tx,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues a finished request's usage; never blocks.
+    pub fn record(&self, ev: UsageEvent) {
+        if self.tx.send(Cmd::Usage(ev)).is_err() {
+            tracing::error!("store thread is gone; usage not recorded");
+        }
+    }
+
+    /// Runs `f` on the store's connection (after the queued usage is written).
+    /// `writes`: refresh the proxy's snapshot afterwards.
+    pub async fn call<T, F>(&self, writes: bool, f: F) -> Result<T, GatewayError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, GatewayError> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        });
+        self.tx
+            .send(Cmd::Run(job, writes))
+            .map_err(|_| GatewayError::Internal("the store is shut down".into()))?;
+        answer
+            .await
+            .map_err(|_| GatewayError::Internal("the store dropped the request".into()))?
+    }
+
+    /// Writes everything queued and stops the thread (graceful stop).
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Cmd::Shutdown);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    conn: Connection,
+    accounts: Arc<Accounts>,
+    pending: Vec<UsageEvent>,
+    /// `meta.version` as of the last snapshot.
+    seen_version: i64,
+    flush_interval: Duration,
+    last_prune: Instant,
+}
+
+impl Worker {
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        let mut next_flush = Instant::now() + self.flush_interval;
+        loop {
+            let wait = next_flush.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(Cmd::Usage(ev)) => {
+                    self.pending.push(ev);
+                    if self.pending.len() >= BATCH {
+                        self.flush();
+                    }
+                }
+                Ok(Cmd::Run(job, writes)) => {
+                    self.flush();
+                    job(&mut self.conn);
+                    if writes {
+                        self.refresh_or_log();
+                    }
+                }
+                Ok(Cmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                    // Whatever is still queued goes in too.
+                    while let Ok(Cmd::Usage(ev)) = rx.try_recv() {
+                        self.pending.push(ev);
+                    }
+                    self.flush();
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() >= next_flush {
+                self.flush();
+                self.notice_other_writers();
+                next_flush = Instant::now() + self.flush_interval;
+            }
+        }
+    }
+
+    fn refresh_or_log(&mut self) {
+        if let Err(e) = self.refresh() {
+            tracing::error!(error = %e, "cannot refresh keys from the store");
+        }
+    }
+
+    /// Another process (`weir keys …`) wrote: take its changes in.
+    fn notice_other_writers(&mut self) {
+        match ops::meta_version(&self.conn) {
+            Ok(v) if v != self.seen_version => self.refresh_or_log(),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot read the store version"),
+        }
+    }
+
+    /// Reloads keys, groups and models, and sets the ledger to the stored money plus
+    /// what this process counted and has not written yet.
+    fn refresh(&mut self) -> Result<(), GatewayError> {
+        let version = ops::meta_version(&self.conn)?;
+        let snap = ops::load_snapshot(&self.conn)?;
+        let month = month_of(now_unix());
+        let money = ops::load_money(&self.conn, month)?;
+        {
+            let mut ledger = self
+                .accounts
+                .ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let old = std::mem::take(&mut ledger.keys);
+            for (id, balance) in money.balances {
+                let unflushed = old.get(&id).map(|m| m.unflushed).unwrap_or(0.0);
+                ledger.keys.insert(
+                    id,
+                    KeyMoney {
+                        balance: balance.map(|b| b - unflushed),
+                        month,
+                        spent: money.spent.get(&id).copied().unwrap_or(0.0) + unflushed,
+                        unflushed,
+                    },
+                );
+            }
+            for (g, t) in &mut ledger.gateways {
+                t.used = money.gateway_tokens.get(g).copied().unwrap_or(0) + t.unflushed;
+            }
+            for (g, used) in money.gateway_tokens {
+                ledger
+                    .gateways
+                    .entry(g)
+                    .or_insert(crate::accounts::GatewayTokens { used, unflushed: 0 });
+            }
+        }
+        self.accounts.replace(snap);
+        self.seen_version = version;
+        Ok(())
+    }
+
+    fn load_counters(&mut self) -> Result<(), GatewayError> {
+        let rows = ops::load_counters(&self.conn, now_unix() - 2 * 86_400)?;
+        let mut c = self
+            .accounts
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (scope, start, count) in rows {
+            c.counts.insert((scope, start), count);
+        }
+        Ok(())
+    }
+
+    /// Writes queued usage and changed counters in one transaction.
+    fn flush(&mut self) {
+        let dirty: Vec<(String, u64, u64)> = {
+            let mut c = self
+                .accounts
+                .counters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let dirty = std::mem::take(&mut c.dirty);
+            dirty
+                .into_iter()
+                .filter_map(|k| c.counts.get(&k).map(|n| (k.0, k.1, *n)))
+                .collect()
+        };
+        if self.pending.is_empty() && dirty.is_empty() {
+            self.prune();
+            return;
+        }
+        let events = std::mem::take(&mut self.pending);
+        match write_batch(&mut self.conn, &events, &dirty) {
+            Ok(()) => {
+                // Written: no longer "unflushed" in the ledger.
+                let mut per_key: HashMap<i64, f64> = HashMap::new();
+                let mut per_gateway: HashMap<&str, u64> = HashMap::new();
+                for ev in &events {
+                    if let Some(id) = ev.key_id {
+                        *per_key.entry(id).or_default() += ev.cost;
+                    }
+                    *per_gateway.entry(ev.gateway.as_str()).or_default() +=
+                        ev.prompt_tokens + ev.completion_tokens;
+                }
+                let mut ledger = self
+                    .accounts
+                    .ledger
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                for (id, c) in per_key {
+                    if let Some(m) = ledger.keys.get_mut(&id) {
+                        m.unflushed = (m.unflushed - c).max(0.0);
+                    }
+                }
+                for (g, t) in per_gateway {
+                    if let Some(x) = ledger.gateways.get_mut(g) {
+                        x.unflushed = x.unflushed.saturating_sub(t);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = events.len(), "cannot write usage; will retry");
+                self.pending = events;
+                let mut c = self
+                    .accounts
+                    .counters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                c.dirty.extend(dirty.into_iter().map(|(k, s, _)| (k, s)));
+            }
+        }
+        self.prune();
+    }
+
+    /// Drops counters of windows long gone, hourly.
+    fn prune(&mut self) {
+        if self.last_prune.elapsed() < Duration::from_secs(3600) {
+            return;
+        }
+        self.last_prune = Instant::now();
+        let horizon = (now_unix() - 2 * 86_400).max(0) as u64;
+        self.accounts
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .counts
+            .retain(|(_, start), _| *start >= horizon);
+        if let Err(e) = self.conn.execute(
+            "DELETE FROM counters WHERE window_start < ?1",
+            [horizon as i64],
+        ) {
+            tracing::warn!(error = %e, "cannot prune counters");
+        }
+    }
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    events: &[UsageEvent],
+    counters: &[(String, u64, u64)],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO usage (ts, key_id, identity, gateway, model, channel, prompt_tokens, completion_tokens, cost, estimated, status, latency_ms, stream)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        let mut spend = tx.prepare_cached(
+            "INSERT INTO spend (key_id, month, cost) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key_id, month) DO UPDATE SET cost = cost + excluded.cost",
+        )?;
+        let mut balance = tx.prepare_cached(
+            "UPDATE keys SET balance = balance - ?1 WHERE id = ?2 AND balance IS NOT NULL",
+        )?;
+        let mut tokens = tx.prepare_cached(
+            "INSERT INTO gateway_tokens (gateway, tokens) VALUES (?1, ?2)
+             ON CONFLICT (gateway) DO UPDATE SET tokens = tokens + excluded.tokens",
+        )?;
+        for ev in events {
+            insert.execute(params![
+                ev.ts,
+                ev.key_id,
+                ev.identity,
+                ev.gateway,
+                ev.model,
+                ev.channel,
+                ev.prompt_tokens as i64,
+                ev.completion_tokens as i64,
+                ev.cost,
+                ev.estimated,
+                ev.status,
+                ev.latency_ms as i64,
+                ev.stream
+            ])?;
+            if let Some(id) = ev.key_id {
+                if ev.cost > 0.0 {
+                    spend.execute(params![id, month_of(ev.ts), ev.cost])?;
+                    balance.execute(params![ev.cost, id])?;
+                }
+            }
+            let t = ev.prompt_tokens + ev.completion_tokens;
+            if t > 0 {
+                tokens.execute(params![ev.gateway, t as i64])?;
+            }
+        }
+        let mut counter = tx.prepare_cached(
+            "INSERT INTO counters (scope, window_start, count) VALUES (?1, ?2, ?3)
+             ON CONFLICT (scope, window_start) DO UPDATE SET count = excluded.count",
+        )?;
+        for (scope, start, count) in counters {
+            counter.execute(params![scope, *start as i64, *count as i64])?;
+        }
+    }
+    tx.commit()
+}

@@ -1,0 +1,469 @@
+//! Admin writes and the snapshot load, as plain functions on a connection: the
+//! store's thread runs them for the admin API, `weir keys` runs them directly.
+
+use crate::accounts::{AccountsSnapshot, KeyRecord, ModelRecord};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::collections::HashMap;
+use std::sync::Arc;
+use weir_admin::api::{check_money, check_name, KeyPatch, ModelDef, NewGroup, NewKey, Role};
+use weir_filters::auth::{generate_key, hash_key};
+use weir_filters::GatewayError;
+
+pub type OpResult<T> = Result<T, GatewayError>;
+
+/// Store errors never carry a key: statements only ever bind hashes.
+pub fn db_err(e: rusqlite::Error) -> GatewayError {
+    GatewayError::Internal(format!("store: {e}"))
+}
+
+/// Every write bumps this so other processes (and `weir keys`) notice it.
+fn bump(tx: &Transaction<'_>) -> OpResult<()> {
+    tx.execute(
+        "UPDATE meta SET value = value + 1 WHERE key = 'version'",
+        [],
+    )
+    .map(drop)
+    .map_err(db_err)
+}
+
+pub fn meta_version(conn: &Connection) -> OpResult<i64> {
+    conn.query_row("SELECT value FROM meta WHERE key = 'version'", [], |r| {
+        r.get(0)
+    })
+    .map_err(db_err)
+}
+
+fn parse_expiry(v: &str) -> OpResult<i64> {
+    weir_admin::api::parse_time(v)
+}
+
+fn group_exists(tx: &Transaction<'_>, name: &str) -> OpResult<()> {
+    let found: Option<String> = tx
+        .query_row("SELECT name FROM groups WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(db_err)?;
+    found.map(drop).ok_or_else(|| {
+        GatewayError::BadRequest(format!("group `{name}` does not exist; create it first"))
+    })
+}
+
+fn set_key_models(tx: &Transaction<'_>, id: i64, models: &[String]) -> OpResult<()> {
+    tx.execute("DELETE FROM key_models WHERE key_id = ?1", [id])
+        .map_err(db_err)?;
+    for m in models {
+        check_name("a model name", m)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO key_models (key_id, model) VALUES (?1, ?2)",
+            params![id, m],
+        )
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// The first characters of a key, safe to show.
+fn prefix_of(key: &str) -> String {
+    key.chars().take(7).collect()
+}
+
+/// Creates a key; returns its id and the secret, which is shown this once only.
+pub fn create_key(conn: &mut Connection, new: &NewKey, now: i64) -> OpResult<(i64, String)> {
+    check_name("name", &new.name)?;
+    if let Some(b) = new.monthly_budget {
+        check_money("monthly_budget", b)?;
+    }
+    if let Some(b) = new.balance {
+        check_money("balance", b)?;
+    }
+    let expires = new.expires_at.as_deref().map(parse_expiry).transpose()?;
+    let secret = generate_key();
+    let tx = conn.transaction().map_err(db_err)?;
+    group_exists(&tx, &new.group)?;
+    tx.execute(
+        "INSERT INTO keys (name, key_hash, prefix, role, group_name, email, monthly_budget, balance, expires_at, active, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10)",
+        params![new.name, hash_key(&secret), prefix_of(&secret), new.role.as_str(), new.group, new.email, new.monthly_budget, new.balance, expires, now],
+    )
+    .map_err(db_err)?;
+    let id = tx.last_insert_rowid();
+    set_key_models(&tx, id, &new.models)?;
+    bump(&tx)?;
+    tx.commit().map_err(db_err)?;
+    Ok((id, secret))
+}
+
+fn key_exists(tx: &Transaction<'_>, id: i64) -> OpResult<()> {
+    let found: Option<i64> = tx
+        .query_row("SELECT id FROM keys WHERE id = ?1", [id], |r| r.get(0))
+        .optional()
+        .map_err(db_err)?;
+    found
+        .map(drop)
+        .ok_or_else(|| GatewayError::NotFound(format!("no key with id {id}")))
+}
+
+pub fn update_key(conn: &mut Connection, id: i64, p: &KeyPatch) -> OpResult<()> {
+    let tx = conn.transaction().map_err(db_err)?;
+    key_exists(&tx, id)?;
+    if let Some(name) = &p.name {
+        check_name("name", name)?;
+        tx.execute("UPDATE keys SET name = ?1 WHERE id = ?2", params![name, id])
+            .map_err(db_err)?;
+    }
+    if let Some(role) = p.role {
+        tx.execute(
+            "UPDATE keys SET role = ?1 WHERE id = ?2",
+            params![role.as_str(), id],
+        )
+        .map_err(db_err)?;
+    }
+    if let Some(group) = &p.group {
+        group_exists(&tx, group)?;
+        tx.execute(
+            "UPDATE keys SET group_name = ?1 WHERE id = ?2",
+            params![group, id],
+        )
+        .map_err(db_err)?;
+    }
+    if let Some(email) = &p.email {
+        tx.execute(
+            "UPDATE keys SET email = ?1 WHERE id = ?2",
+            params![email, id],
+        )
+        .map_err(db_err)?;
+    }
+    if let Some(budget) = p.monthly_budget {
+        if let Some(b) = budget {
+            check_money("monthly_budget", b)?;
+        }
+        tx.execute(
+            "UPDATE keys SET monthly_budget = ?1 WHERE id = ?2",
+            params![budget, id],
+        )
+        .map_err(db_err)?;
+    }
+    if let Some(expiry) = &p.expires_at {
+        let t = expiry.as_deref().map(parse_expiry).transpose()?;
+        tx.execute(
+            "UPDATE keys SET expires_at = ?1 WHERE id = ?2",
+            params![t, id],
+        )
+        .map_err(db_err)?;
+    }
+    if let Some(active) = p.active {
+        tx.execute(
+            "UPDATE keys SET active = ?1 WHERE id = ?2",
+            params![active, id],
+        )
+        .map_err(db_err)?;
+    }
+    if let Some(models) = &p.models {
+        set_key_models(&tx, id, models)?;
+    }
+    bump(&tx)?;
+    tx.commit().map_err(db_err)
+}
+
+/// A new secret for a key; the old one stops working with the next snapshot.
+pub fn reset_key(conn: &mut Connection, id: i64) -> OpResult<String> {
+    let secret = generate_key();
+    let tx = conn.transaction().map_err(db_err)?;
+    key_exists(&tx, id)?;
+    tx.execute(
+        "UPDATE keys SET key_hash = ?1, prefix = ?2 WHERE id = ?3",
+        params![hash_key(&secret), prefix_of(&secret), id],
+    )
+    .map_err(db_err)?;
+    bump(&tx)?;
+    tx.commit().map_err(db_err)?;
+    Ok(secret)
+}
+
+/// Adds to a key's balance (a key without one starts at 0); returns the new balance.
+pub fn top_up(conn: &mut Connection, id: i64, amount: f64) -> OpResult<f64> {
+    if !amount.is_finite() || amount <= 0.0 {
+        return Err(GatewayError::BadRequest(
+            "amount must be a positive number".into(),
+        ));
+    }
+    let tx = conn.transaction().map_err(db_err)?;
+    key_exists(&tx, id)?;
+    tx.execute(
+        "UPDATE keys SET balance = COALESCE(balance, 0) + ?1 WHERE id = ?2",
+        params![amount, id],
+    )
+    .map_err(db_err)?;
+    let balance: f64 = tx
+        .query_row("SELECT balance FROM keys WHERE id = ?1", [id], |r| r.get(0))
+        .map_err(db_err)?;
+    bump(&tx)?;
+    tx.commit().map_err(db_err)?;
+    Ok(balance)
+}
+
+pub fn delete_key(conn: &mut Connection, id: i64) -> OpResult<()> {
+    let tx = conn.transaction().map_err(db_err)?;
+    key_exists(&tx, id)?;
+    tx.execute("DELETE FROM keys WHERE id = ?1", [id])
+        .map_err(db_err)?;
+    bump(&tx)?;
+    tx.commit().map_err(db_err)
+}
+
+pub fn create_group(conn: &mut Connection, g: &NewGroup) -> OpResult<()> {
+    check_name("name", &g.name)?;
+    let tx = conn.transaction().map_err(db_err)?;
+    let inserted = tx
+        .execute(
+            "INSERT OR IGNORE INTO groups (name, description) VALUES (?1, ?2)",
+            params![g.name, g.description],
+        )
+        .map_err(db_err)?;
+    if inserted == 0 {
+        return Err(GatewayError::Conflict(format!(
+            "group `{}` exists already",
+            g.name
+        )));
+    }
+    set_group_models_tx(&tx, &g.name, &g.models)?;
+    bump(&tx)?;
+    tx.commit().map_err(db_err)
+}
+
+fn set_group_models_tx(tx: &Transaction<'_>, name: &str, models: &[String]) -> OpResult<()> {
+    tx.execute("DELETE FROM group_models WHERE group_name = ?1", [name])
+        .map_err(db_err)?;
+    for m in models {
+        check_name("a model name", m)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO group_models (group_name, model) VALUES (?1, ?2)",
+            params![name, m],
+        )
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+pub fn set_group_models(conn: &mut Connection, name: &str, models: &[String]) -> OpResult<()> {
+    let tx = conn.transaction().map_err(db_err)?;
+    group_exists(&tx, name).map_err(|_| GatewayError::NotFound(format!("no group `{name}`")))?;
+    set_group_models_tx(&tx, name, models)?;
+    bump(&tx)?;
+    tx.commit().map_err(db_err)
+}
+
+pub fn delete_group(conn: &mut Connection, name: &str) -> OpResult<()> {
+    if name == "default" {
+        return Err(GatewayError::BadRequest(
+            "the `default` group cannot be deleted".into(),
+        ));
+    }
+    let tx = conn.transaction().map_err(db_err)?;
+    group_exists(&tx, name).map_err(|_| GatewayError::NotFound(format!("no group `{name}`")))?;
+    let members: i64 = tx
+        .query_row(
+            "SELECT COUNT(*) FROM keys WHERE group_name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    if members > 0 {
+        return Err(GatewayError::Conflict(format!(
+            "group `{name}` still has {members} keys; move them first"
+        )));
+    }
+    tx.execute("DELETE FROM groups WHERE name = ?1", [name])
+        .map_err(db_err)?;
+    bump(&tx)?;
+    tx.commit().map_err(db_err)
+}
+
+pub fn upsert_model(conn: &mut Connection, m: &ModelDef) -> OpResult<()> {
+    check_name("name", &m.name)?;
+    check_money("price_in", m.price_in)?;
+    check_money("price_out", m.price_out)?;
+    let config = m.config.as_ref().map(|c| c.to_string());
+    let tx = conn.transaction().map_err(db_err)?;
+    tx.execute(
+        "INSERT INTO models (name, price_in, price_out, multimodal, config) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (name) DO UPDATE SET price_in = excluded.price_in, price_out = excluded.price_out,
+           multimodal = excluded.multimodal, config = excluded.config",
+        params![m.name, m.price_in, m.price_out, m.multimodal, config],
+    )
+    .map_err(db_err)?;
+    bump(&tx)?;
+    tx.commit().map_err(db_err)
+}
+
+pub fn delete_model(conn: &mut Connection, name: &str) -> OpResult<()> {
+    let tx = conn.transaction().map_err(db_err)?;
+    let n = tx
+        .execute("DELETE FROM models WHERE name = ?1", [name])
+        .map_err(db_err)?;
+    if n == 0 {
+        return Err(GatewayError::NotFound(format!(
+            "no model `{name}` in the registry"
+        )));
+    }
+    bump(&tx)?;
+    tx.commit().map_err(db_err)
+}
+
+/// Money figures of every key as stored: balance and this month's spend.
+pub struct StoredMoney {
+    pub balances: HashMap<i64, Option<f64>>,
+    pub spent: HashMap<i64, f64>,
+    pub gateway_tokens: HashMap<String, u64>,
+}
+
+/// Reads keys, groups, grants and models.
+pub fn load_snapshot(conn: &Connection) -> OpResult<AccountsSnapshot> {
+    let mut key_models: HashMap<i64, Vec<String>> = HashMap::new();
+    let mut stmt = conn
+        .prepare("SELECT key_id, model FROM key_models ORDER BY model")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .map_err(db_err)?;
+    for row in rows {
+        let (id, m) = row.map_err(db_err)?;
+        key_models.entry(id).or_default().push(m);
+    }
+    let mut snap = AccountsSnapshot::default();
+    let mut stmt = conn
+        .prepare("SELECT id, name, key_hash, prefix, role, group_name, email, monthly_budget, expires_at, active, created_at FROM keys")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(2)?,
+                KeyRecord {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    prefix: r.get(3)?,
+                    role: Role::parse(&r.get::<_, String>(4)?).unwrap_or(Role::User),
+                    group: r.get(5)?,
+                    email: r.get(6)?,
+                    monthly_budget: r.get(7)?,
+                    expires_at: r.get(8)?,
+                    active: r.get(9)?,
+                    created_at: r.get(10)?,
+                    models: Vec::new(),
+                },
+            ))
+        })
+        .map_err(db_err)?;
+    for row in rows {
+        let (hash, mut key) = row.map_err(db_err)?;
+        key.models = key_models.remove(&key.id).unwrap_or_default();
+        let key = Arc::new(key);
+        snap.keys_by_id.insert(key.id, key.clone());
+        snap.keys_by_hash.insert(hash, key);
+    }
+    let mut stmt = conn
+        .prepare("SELECT name, description FROM groups")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })
+        .map_err(db_err)?;
+    for row in rows {
+        let (name, desc) = row.map_err(db_err)?;
+        snap.groups.insert(name.clone(), Vec::new());
+        snap.group_descriptions.insert(name, desc);
+    }
+    let mut stmt = conn
+        .prepare("SELECT group_name, model FROM group_models ORDER BY model")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(db_err)?;
+    for row in rows {
+        let (g, m) = row.map_err(db_err)?;
+        snap.groups.entry(g).or_default().push(m);
+    }
+    let mut stmt = conn
+        .prepare("SELECT name, price_in, price_out, multimodal, config FROM models")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(ModelRecord {
+                name: r.get(0)?,
+                price_in: r.get(1)?,
+                price_out: r.get(2)?,
+                multimodal: r.get(3)?,
+                config: r
+                    .get::<_, Option<String>>(4)?
+                    .and_then(|c| serde_json::from_str(&c).ok()),
+            })
+        })
+        .map_err(db_err)?;
+    for row in rows {
+        let m = row.map_err(db_err)?;
+        snap.models.insert(m.name.clone(), m);
+    }
+    Ok(snap)
+}
+
+pub fn load_money(conn: &Connection, month: u32) -> OpResult<StoredMoney> {
+    let mut balances = HashMap::new();
+    let mut stmt = conn
+        .prepare("SELECT id, balance FROM keys")
+        .map_err(db_err)?;
+    for row in stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<f64>>(1)?))
+        })
+        .map_err(db_err)?
+    {
+        let (id, b) = row.map_err(db_err)?;
+        balances.insert(id, b);
+    }
+    let mut spent = HashMap::new();
+    let mut stmt = conn
+        .prepare("SELECT key_id, cost FROM spend WHERE month = ?1")
+        .map_err(db_err)?;
+    for row in stmt
+        .query_map([month], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?)))
+        .map_err(db_err)?
+    {
+        let (id, c) = row.map_err(db_err)?;
+        spent.insert(id, c);
+    }
+    let mut gateway_tokens = HashMap::new();
+    let mut stmt = conn
+        .prepare("SELECT gateway, tokens FROM gateway_tokens")
+        .map_err(db_err)?;
+    for row in stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(db_err)?
+    {
+        let (g, t) = row.map_err(db_err)?;
+        gateway_tokens.insert(g, t.max(0) as u64);
+    }
+    Ok(StoredMoney {
+        balances,
+        spent,
+        gateway_tokens,
+    })
+}
+
+/// Fixed-window counts still current (the last two days).
+pub fn load_counters(conn: &Connection, since: i64) -> OpResult<Vec<(String, u64, u64)>> {
+    let mut stmt = conn
+        .prepare("SELECT scope, window_start, count FROM counters WHERE window_start >= ?1")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([since], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?.max(0) as u64,
+                r.get::<_, i64>(2)?.max(0) as u64,
+            ))
+        })
+        .map_err(db_err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+}

@@ -1,0 +1,114 @@
+//! The SQLite schema, migrated forward by `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: keys, groups, models, grants, usage, counters, spend.
+    r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('version', 1);
+    CREATE TABLE groups (
+        name TEXT PRIMARY KEY,
+        description TEXT
+    );
+    INSERT INTO groups (name, description) VALUES ('default', 'keys without another group');
+    CREATE TABLE keys (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'user')),
+        group_name TEXT NOT NULL REFERENCES groups(name) ON UPDATE CASCADE,
+        email TEXT,
+        monthly_budget REAL,
+        balance REAL,
+        expires_at INTEGER,
+        active INTEGER NOT NULL DEFAULT 1,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE models (
+        name TEXT PRIMARY KEY,
+        price_in REAL NOT NULL DEFAULT 0,
+        price_out REAL NOT NULL DEFAULT 0,
+        multimodal INTEGER NOT NULL DEFAULT 0,
+        config TEXT
+    );
+    CREATE TABLE group_models (
+        group_name TEXT NOT NULL REFERENCES groups(name) ON DELETE CASCADE ON UPDATE CASCADE,
+        model TEXT NOT NULL,
+        PRIMARY KEY (group_name, model)
+    );
+    CREATE TABLE key_models (
+        key_id INTEGER NOT NULL REFERENCES keys(id) ON DELETE CASCADE,
+        model TEXT NOT NULL,
+        PRIMARY KEY (key_id, model)
+    );
+    CREATE TABLE usage (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,
+        key_id INTEGER,
+        identity TEXT,
+        gateway TEXT NOT NULL,
+        model TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cost REAL NOT NULL,
+        estimated INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        stream INTEGER NOT NULL
+    );
+    CREATE INDEX usage_ts ON usage (ts);
+    CREATE INDEX usage_key_ts ON usage (key_id, ts);
+    CREATE INDEX usage_gateway_ts ON usage (gateway, ts);
+    CREATE TABLE spend (
+        key_id INTEGER NOT NULL,
+        month INTEGER NOT NULL,
+        cost REAL NOT NULL,
+        PRIMARY KEY (key_id, month)
+    );
+    CREATE TABLE gateway_tokens (
+        gateway TEXT PRIMARY KEY,
+        tokens INTEGER NOT NULL
+    );
+    CREATE TABLE counters (
+        scope TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (scope, window_start)
+    );
+    "#,
+];
+
+/// Opens (creating) the database, in WAL mode, migrated to the current schema.
+pub fn open(path: &str) -> Result<Connection, String> {
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+    }
+    let mut conn = Connection::open(path).map_err(|e| format!("cannot open {path}: {e}"))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+    )
+    .map_err(|e| format!("cannot set up {path}: {e}"))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| format!("cannot read {path}: {e}"))?;
+    if version as usize > MIGRATIONS.len() {
+        return Err(format!(
+            "{path} has schema version {version}, newer than this weir ({}); upgrade weir",
+            MIGRATIONS.len()
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(sql)
+            .and_then(|_| tx.pragma_update(None, "user_version", (i + 1) as i64))
+            .and_then(|_| tx.commit())
+            .map_err(|e| format!("cannot migrate {path} to version {}: {e}", i + 1))?;
+    }
+    Ok(conn)
+}
