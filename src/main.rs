@@ -11,7 +11,7 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Config file (for `serve` when no command is given).
+    /// Config file.
     #[arg(short, long, default_value = "conf/weir.yaml", global = true)]
     config: PathBuf,
 }
@@ -22,6 +22,12 @@ enum Command {
     Serve,
     /// Validate a config file and print every problem found.
     Check,
+    /// Manage API keys in the store named by the config (works while weir runs:
+    /// the running gateway picks changes up within a second).
+    Keys {
+        #[command(subcommand)]
+        action: weir::cli::KeysAction,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +52,16 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Keys { action } => match weir::cli::keys(&cli.config, action) {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weir keys: {e}");
                 ExitCode::from(1)
             }
         },

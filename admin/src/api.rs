@@ -275,3 +275,228 @@ mod tests {
         assert!(serde_json::from_str::<KeyPatch>(r#"{"colour": 1}"#).is_err());
     }
 }
+
+/// Everything the admin API can be asked to do.
+#[derive(Debug, Clone)]
+pub enum Command {
+    Reload,
+    Channels,
+    Config,
+    CreateKey(NewKey),
+    ListKeys,
+    GetKey(i64),
+    UpdateKey(i64, KeyPatch),
+    ResetKey(i64),
+    TopUp(i64, f64),
+    DeleteKey(i64),
+    ListGroups,
+    CreateGroup(NewGroup),
+    DeleteGroup(String),
+    SetGroupModels(String, Vec<String>),
+    ListModels,
+    PutModel(ModelDef),
+    DeleteModel(String),
+    Usage(UsageQuery),
+    Gateways,
+    Me,
+    MyUsage(UsageQuery),
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(GatewayError::BadRequest(
+            "this call needs a JSON body".into(),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| GatewayError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+fn id_of(s: &str) -> Result<i64, GatewayError> {
+    s.parse()
+        .map_err(|_| GatewayError::BadRequest(format!("`{s}` is not a key id")))
+}
+
+fn decode_segment(s: &str) -> String {
+    form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// Maps a request on `/admin/…` to a command, validating its body and query.
+pub fn route(method: &str, path: &str, query: &str, body: &[u8]) -> Result<Command, GatewayError> {
+    let rest = path
+        .trim_end_matches('/')
+        .strip_prefix("/admin")
+        .unwrap_or("");
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let not_found = || GatewayError::RouteNotFound {
+        method: method.to_string(),
+        path: path.to_string(),
+    };
+    let wrong = || GatewayError::MethodNotAllowed {
+        method: method.to_string(),
+        path: path.to_string(),
+    };
+    use Command::*;
+    Ok(match (segs.as_slice(), method) {
+        (["reload"], "POST") => Reload,
+        (["channels"], "GET") => Channels,
+        (["config"], "GET") => Config,
+        (["keys"], "GET") => ListKeys,
+        (["keys"], "POST") => CreateKey(json_body(body)?),
+        (["keys", id], "GET") => GetKey(id_of(id)?),
+        (["keys", id], "PATCH") => UpdateKey(id_of(id)?, json_body(body)?),
+        (["keys", id], "DELETE") => DeleteKey(id_of(id)?),
+        (["keys", id, "reset"], "POST") => ResetKey(id_of(id)?),
+        (["keys", id, "topup"], "POST") => {
+            TopUp(id_of(id)?, json_body::<self::TopUp>(body)?.amount)
+        }
+        (["keys", id, "models"], "PUT") => UpdateKey(
+            id_of(id)?,
+            KeyPatch {
+                models: Some(json_body(body)?),
+                ..KeyPatch::default()
+            },
+        ),
+        (["groups"], "GET") => ListGroups,
+        (["groups"], "POST") => CreateGroup(json_body(body)?),
+        (["groups", name], "DELETE") => DeleteGroup(decode_segment(name)),
+        (["groups", name, "models"], "PUT") => {
+            SetGroupModels(decode_segment(name), json_body(body)?)
+        }
+        (["models"], "GET") => ListModels,
+        (["models"], "POST") => PutModel(json_body(body)?),
+        (["models", name], "PUT") => {
+            let m: ModelDef = json_body(body)?;
+            if m.name != decode_segment(name) {
+                return Err(GatewayError::BadRequest(
+                    "the body's `name` must match the path".into(),
+                ));
+            }
+            PutModel(m)
+        }
+        (["models", name], "DELETE") => DeleteModel(decode_segment(name)),
+        (["usage"], "GET") => Usage(UsageQuery::parse(query)?),
+        (["gateways"], "GET") => Gateways,
+        (["me"], "GET") => Me,
+        (["me", "usage"], "GET") => MyUsage(UsageQuery::parse(query)?),
+        (
+            ["reload"]
+            | ["channels"]
+            | ["config"]
+            | ["keys"]
+            | ["keys", _]
+            | ["keys", _, "reset" | "topup" | "models"]
+            | ["groups"]
+            | ["groups", _]
+            | ["groups", _, "models"]
+            | ["models"]
+            | ["models", _]
+            | ["usage"]
+            | ["gateways"]
+            | ["me"]
+            | ["me", "usage"],
+            _,
+        ) => return Err(wrong()),
+        _ => return Err(not_found()),
+    })
+}
+
+/// Admins may do everything; a user key reads its own data and nothing else.
+pub fn permitted(caller: Caller, cmd: &Command) -> Result<(), GatewayError> {
+    let own = match caller {
+        Caller::Admin { .. } => return Ok(()),
+        Caller::User { key_id } => key_id,
+    };
+    let allowed = match cmd {
+        Command::Me | Command::MyUsage(_) => true,
+        Command::GetKey(id) => *id == own,
+        Command::Usage(q) => q.key_id == Some(own),
+        _ => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(GatewayError::Forbidden {
+            code: "admin_only",
+            message: "a user key may read only its own key and usage (/admin/me, /admin/me/usage)"
+                .into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_validates() {
+        assert!(matches!(
+            route("POST", "/admin/keys", "", br#"{"name":"a"}"#).unwrap(),
+            Command::CreateKey(_)
+        ));
+        assert!(matches!(
+            route("PATCH", "/admin/keys/7", "", br#"{"active":false}"#).unwrap(),
+            Command::UpdateKey(7, _)
+        ));
+        assert!(
+            matches!(route("POST", "/admin/keys/7/topup", "", br#"{"amount":5}"#).unwrap(), Command::TopUp(7, a) if a == 5.0)
+        );
+        assert!(
+            matches!(route("PUT", "/admin/groups/team%20a/models", "", br#"["m"]"#).unwrap(), Command::SetGroupModels(n, _) if n == "team a")
+        );
+        assert_eq!(
+            route("POST", "/admin/keys", "", b"").unwrap_err().status(),
+            400
+        );
+        assert_eq!(
+            route("POST", "/admin/keys", "", br#"{"name":"a","colour":1}"#)
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            route("GET", "/admin/keys/x", "", b"").unwrap_err().status(),
+            400
+        );
+        assert_eq!(
+            route("DELETE", "/admin/keys", "", b"")
+                .unwrap_err()
+                .status(),
+            405
+        );
+        assert_eq!(
+            route("GET", "/admin/nothing", "", b"")
+                .unwrap_err()
+                .status(),
+            404
+        );
+        assert_eq!(
+            route("GET", "/admin/usage", "group_by=week", b"")
+                .unwrap_err()
+                .status(),
+            400
+        );
+    }
+
+    #[test]
+    fn users_see_only_their_own() {
+        let user = Caller::User { key_id: 3 };
+        assert!(permitted(user, &Command::Me).is_ok());
+        assert!(permitted(user, &Command::GetKey(3)).is_ok());
+        assert_eq!(
+            permitted(user, &Command::GetKey(4)).unwrap_err().status(),
+            403
+        );
+        let mine = UsageQuery {
+            key_id: Some(3),
+            ..UsageQuery::default()
+        };
+        assert!(permitted(user, &Command::Usage(mine)).is_ok());
+        assert!(permitted(user, &Command::Usage(UsageQuery::default())).is_err());
+        assert!(permitted(user, &Command::ListKeys).is_err());
+        assert!(permitted(Caller::Admin { key_id: None }, &Command::ListKeys).is_ok());
+    }
+}

@@ -13,14 +13,14 @@ use weir_filters::GatewayError;
 /// What the admin API needs from the running gateway.
 #[async_trait]
 pub trait AdminBackend: Send + Sync + 'static {
-    /// The admin key of the config in use; `None` disables `/admin/*`.
-    fn admin_key(&self) -> Option<String>;
-    /// Re-reads the YAML file; `Ok` carries a JSON report, `Err` the problems found.
-    async fn reload(&self, trigger: &str) -> Result<serde_json::Value, String>;
-    /// Channels with their health.
-    fn channels(&self) -> serde_json::Value;
-    /// The config in use, secrets redacted.
-    fn config(&self) -> serde_json::Value;
+    /// Who holds this bearer token: the bootstrap admin key or a stored key.
+    fn authenticate(&self, token: &str) -> Option<api::Caller>;
+    /// Runs a command the caller is permitted; returns the status and JSON answer.
+    async fn execute(
+        &self,
+        caller: api::Caller,
+        cmd: api::Command,
+    ) -> Result<(u16, serde_json::Value), GatewayError>;
     /// Prometheus text exposition.
     fn metrics(&self) -> Vec<u8>;
 }
@@ -70,28 +70,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Checks `Authorization: Bearer <admin key>`.
-pub fn check_admin(expected: Option<&str>, header: Option<&str>) -> Result<(), GatewayError> {
-    let Some(expected) = expected.filter(|k| !k.is_empty()) else {
-        return Err(GatewayError::AdminUnauthorized(
-            "the admin API is disabled: set server.admin_key".into(),
-        ));
-    };
-    let given = header
-        .map(|h| h.trim())
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .ok_or_else(|| {
-            GatewayError::AdminUnauthorized("missing `Authorization: Bearer <admin key>`".into())
-        })?;
-    if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        Ok(())
-    } else {
-        Err(GatewayError::AdminUnauthorized("invalid admin key".into()))
+/// The bearer token of an `Authorization` header.
+fn bearer(header: Option<&str>) -> Option<&str> {
+    let h = header?.trim();
+    if !h.get(..7)?.eq_ignore_ascii_case("bearer ") {
+        return None;
     }
+    Some(h[7..].trim()).filter(|t| !t.is_empty())
+}
+
+/// Checks a presented token against the bootstrap admin key, in constant time.
+pub fn is_bootstrap_key(expected: Option<&str>, token: &str) -> bool {
+    expected
+        .filter(|k| !k.is_empty())
+        .is_some_and(|k| constant_time_eq(token.as_bytes(), k.as_bytes()))
 }
 
 #[async_trait]
@@ -107,12 +99,12 @@ impl<B: AdminBackend> ServeHttp for AdminApp<B> {
             .map(str::to_string);
 
         // Read (and bound) the body so keep-alive stays correct.
-        let mut read = 0usize;
+        let mut body = Vec::new();
         loop {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
-                    read += chunk.len();
-                    if read > MAX_ADMIN_BODY {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > MAX_ADMIN_BODY {
                         session.set_keepalive(None);
                         return error_response(&GatewayError::BodyTooLarge {
                             limit: MAX_ADMIN_BODY as u64,
@@ -129,28 +121,32 @@ impl<B: AdminBackend> ServeHttp for AdminApp<B> {
             }
         }
 
+        let query = session.req_header().uri.query().unwrap_or("").to_string();
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {
                 respond(200, "text/plain; version=0.0.4", self.backend.metrics())
             }
             ("GET", "/health") => json_response(200, &json!({"status": "ok"})),
             (_, p) if p == "/admin" || p.starts_with("/admin/") => {
-                if let Err(e) = check_admin(self.backend.admin_key().as_deref(), auth.as_deref()) {
-                    return error_response(&e);
+                let Some(token) = bearer(auth.as_deref()) else {
+                    return error_response(&GatewayError::AdminUnauthorized(
+                        "missing `Authorization: Bearer <key>`".into(),
+                    ));
+                };
+                let Some(caller) = self.backend.authenticate(token) else {
+                    return error_response(&GatewayError::AdminUnauthorized(
+                        "invalid admin key".into(),
+                    ));
+                };
+                let result = async {
+                    let cmd = api::route(&method, p, &query, &body)?;
+                    api::permitted(caller, &cmd)?;
+                    self.backend.execute(caller, cmd).await
                 }
-                match (method.as_str(), p.trim_end_matches('/')) {
-                    ("POST", "/admin/reload") => match self.backend.reload("admin").await {
-                        Ok(report) => json_response(200, &report),
-                        Err(problems) => error_response(&GatewayError::BadRequest(format!(
-                            "config rejected, the previous config keeps serving: {problems}"
-                        ))),
-                    },
-                    ("GET", "/admin/channels") => json_response(200, &self.backend.channels()),
-                    ("GET", "/admin/config") => json_response(200, &self.backend.config()),
-                    (_, "/admin/reload" | "/admin/channels" | "/admin/config") => {
-                        error_response(&GatewayError::MethodNotAllowed { method, path })
-                    }
-                    _ => error_response(&GatewayError::RouteNotFound { method, path }),
+                .await;
+                match result {
+                    Ok((status, v)) => json_response(status, &v),
+                    Err(e) => error_response(&e),
                 }
             }
             ("GET", _) | ("POST", _) => {
@@ -166,14 +162,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn admin_key_is_checked() {
-        assert!(check_admin(Some("k-1"), Some("Bearer k-1")).is_ok());
-        assert!(check_admin(Some("k-1"), Some("Bearer k-2")).is_err());
-        assert!(check_admin(Some("k-1"), Some("k-1")).is_err());
-        assert!(check_admin(Some("k-1"), None).is_err());
-        let disabled = check_admin(None, Some("Bearer x")).unwrap_err();
-        assert!(disabled.to_string().contains("disabled"));
-        assert!(check_admin(Some(""), Some("Bearer ")).is_err());
+    fn bearer_tokens_and_the_bootstrap_key() {
+        assert_eq!(bearer(Some("Bearer k-1")), Some("k-1"));
+        assert_eq!(bearer(Some("bearer  k-1 ")), Some("k-1"));
+        assert_eq!(bearer(Some("k-1")), None);
+        assert_eq!(bearer(Some("Bearer ")), None);
+        assert_eq!(bearer(None), None);
+        assert!(is_bootstrap_key(Some("k-1"), "k-1"));
+        assert!(!is_bootstrap_key(Some("k-1"), "k-2"));
+        assert!(!is_bootstrap_key(Some(""), ""));
+        assert!(!is_bootstrap_key(None, "k-1"));
     }
 
     #[test]

@@ -404,7 +404,7 @@ mod tests {
             keys: (0..keys).map(|k| format!("sk-{name}-{k}")).collect(),
             priority,
             weight,
-            groups: vec!["default".into()],
+            groups: None,
             retries,
             connect_timeout: Duration::from_secs(1),
             first_byte_timeout: Duration::from_secs(1),

@@ -36,7 +36,9 @@ pub struct UsageEvent {
     pub stream: bool,
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// Runs on the store thread; what it returns is run after the snapshot refresh
+/// (it sends the answer, so a caller never sees a stale snapshot).
+type Job = Box<dyn FnOnce(&mut Connection) -> Box<dyn FnOnce() + Send> + Send>;
 
 enum Cmd {
     Usage(UsageEvent),
@@ -103,7 +105,10 @@ impl Store {
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let _ = reply.send(f(conn));
+            let result = f(conn);
+            Box::new(move || {
+                let _ = reply.send(result);
+            })
         });
         self.tx
             .send(Cmd::Run(job, writes))
@@ -146,10 +151,11 @@ impl Worker {
                 }
                 Ok(Cmd::Run(job, writes)) => {
                     self.flush();
-                    job(&mut self.conn);
+                    let answer = job(&mut self.conn);
                     if writes {
                         self.refresh_or_log();
                     }
+                    answer();
                 }
                 Ok(Cmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                     // Whatever is still queued goes in too.

@@ -37,6 +37,7 @@ pub enum Reply {
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub path: String,
+    pub query: Option<String>,
     pub authorization: Option<String>,
     pub content_length: usize,
     pub body: Value,
@@ -200,6 +201,7 @@ async fn handle(
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     st.seen.lock().unwrap().push(Seen {
         path: uri.path().to_string(),
+        query: uri.query().map(str::to_string),
         authorization: headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -496,6 +498,80 @@ impl Weir {
             .json()
             .await
             .unwrap()
+    }
+
+    /// Calls the admin API with the bootstrap key (or `key`); returns status and JSON.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.admin_as(ADMIN_KEY, method, path, body).await
+    }
+
+    pub async fn admin_as(
+        &self,
+        key: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = reqwest::Client::new()
+            .request(method, self.admin_url(path))
+            .bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a key through the admin API; returns its id and secret.
+    pub async fn create_key(&self, body: Value) -> (i64, String) {
+        let (status, v) = self.admin("POST", "/admin/keys", Some(body)).await;
+        assert_eq!(status, 201, "{v}");
+        (
+            v["id"].as_i64().unwrap(),
+            v["key"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Stops weir with SIGTERM (graceful) and waits for it to exit.
+    pub fn stop_gracefully(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weir did not stop:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts weir again on the same file, ports and store.
+    pub async fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        self.child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "-c"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn weir");
+        self.wait_ready().await.unwrap();
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("weir.db")
     }
 
     pub async fn metrics(&self) -> String {

@@ -142,13 +142,22 @@ pub struct Channel {
     pub keys: Vec<String>,
     pub priority: i32,
     pub weight: u32,
-    pub groups: Vec<String>,
+    /// `None`: every caller group.
+    pub groups: Option<Vec<String>>,
     pub retries: u32,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub total_timeout: Duration,
     /// Client-facing names this channel answers to, in a stable order.
     pub exposed: Vec<String>,
+}
+
+impl Channel {
+    pub fn serves_group(&self, group: &str) -> bool {
+        self.groups
+            .as_ref()
+            .is_none_or(|g| g.iter().any(|x| x == group))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -591,7 +600,7 @@ impl Runtime {
                 return None;
             }
         }
-        let in_group = |r: &Route| self.channels[r.channel].groups.iter().any(|g| g == group);
+        let in_group = |r: &Route| self.channels[r.channel].serves_group(group);
         if let Some(routes) = self.models.get(model) {
             let routes: Vec<Route> = routes.iter().filter(|r| in_group(r)).cloned().collect();
             if !routes.is_empty() {
@@ -618,7 +627,7 @@ impl Runtime {
             .filter(|(_, routes)| {
                 routes
                     .iter()
-                    .any(|r| self.channels[r.channel].groups.iter().any(|g| g == group))
+                    .any(|r| self.channels[r.channel].serves_group(group))
             })
             .map(|(m, _)| m.clone())
             .filter(|m| {

@@ -193,8 +193,9 @@ pub struct ChannelConfig {
     pub priority: i32,
     #[serde(default = "one")]
     pub weight: u32,
-    #[serde(default = "default_groups")]
-    pub groups: Vec<String>,
+    /// Caller groups that may use the channel; absent: every group.
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Extra attempts on this channel after the first.
@@ -361,10 +362,6 @@ fn default_gateways() -> Vec<GatewayConfig> {
         allow: Vec::new(),
         deny: Vec::new(),
     }]
-}
-
-fn default_groups() -> Vec<String> {
-    vec!["default".into()]
 }
 
 fn one() -> u32 {

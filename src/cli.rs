@@ -1,0 +1,101 @@
+//! `weir keys …`: key management from a shell, straight on the store file.
+
+use crate::accounts::now_unix;
+use crate::store::{ops, schema};
+use clap::Subcommand;
+use serde_json::json;
+use std::path::Path;
+use weir_admin::api::{NewKey, Role};
+
+#[derive(Subcommand)]
+pub enum KeysAction {
+    /// Create a key; prints it once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "user", value_parser = ["user", "admin"])]
+        role: String,
+        #[arg(long, default_value = "default")]
+        group: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// Money per calendar month (UTC).
+        #[arg(long)]
+        monthly_budget: Option<f64>,
+        /// Prepaid balance.
+        #[arg(long)]
+        balance: Option<f64>,
+        /// RFC 3339 time or YYYY-MM-DD.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// Models granted to the key, comma-separated (`*` for all).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Give a key a new secret; the old one stops working.
+    Reset { id: i64 },
+    /// Add to a key's balance.
+    Topup { id: i64, amount: f64 },
+}
+
+pub fn keys(config: &Path, action: KeysAction) -> Result<String, String> {
+    let (_, rt) = crate::server::load(config)?;
+    let mut conn = schema::open(&rt.file.storage.sqlite)?;
+    let err = |e: weir_filters::GatewayError| e.to_string();
+    let out = match action {
+        KeysAction::Create {
+            name,
+            role,
+            group,
+            email,
+            monthly_budget,
+            balance,
+            expires_at,
+            models,
+        } => {
+            let new = NewKey {
+                name,
+                role: Role::parse(&role).unwrap_or(Role::User),
+                group,
+                email,
+                monthly_budget,
+                balance,
+                expires_at,
+                models,
+            };
+            let (id, secret) = ops::create_key(&mut conn, &new, now_unix()).map_err(err)?;
+            json!({"id": id, "key": secret, "note": "shown this once; weir keeps only its hash"})
+        }
+        KeysAction::List => {
+            let snap = ops::load_snapshot(&conn).map_err(err)?;
+            let money =
+                ops::load_money(&conn, crate::accounts::month_of(now_unix())).map_err(err)?;
+            let mut keys: Vec<_> = snap.keys_by_id.values().collect();
+            keys.sort_by_key(|k| k.id);
+            let rows: Vec<_> = keys
+                .iter()
+                .map(|k| {
+                    json!({
+                        "id": k.id, "name": k.name, "role": k.role.as_str(), "group": k.group,
+                        "prefix": k.prefix, "active": k.active, "models": k.models,
+                        "monthly_budget": k.monthly_budget,
+                        "spent_this_month": money.spent.get(&k.id).copied().unwrap_or(0.0),
+                        "balance": money.balances.get(&k.id).copied().flatten(),
+                    })
+                })
+                .collect();
+            json!({"keys": rows})
+        }
+        KeysAction::Reset { id } => {
+            let secret = ops::reset_key(&mut conn, id).map_err(err)?;
+            json!({"id": id, "key": secret, "note": "the old key no longer works"})
+        }
+        KeysAction::Topup { id, amount } => {
+            let balance = ops::top_up(&mut conn, id, amount).map_err(err)?;
+            json!({"id": id, "balance": balance})
+        }
+    };
+    serde_json::to_string_pretty(&out).map_err(|e| e.to_string())
+}
