@@ -20,6 +20,7 @@ pub struct Metrics {
     pub channel_state: IntGaugeVec,
     pub key_up: IntGaugeVec,
     pub reloads: IntCounterVec,
+    pub refused: IntCounterVec,
     pub config_version: IntGauge,
     pub in_flight: IntGauge,
 }
@@ -109,6 +110,11 @@ impl Metrics {
             "Config reloads by result.",
             &["result"],
         )?;
+        let refused = counter(
+            "weir_refused_total",
+            "Requests refused before any upstream call, by gateway and error code (invalid_api_key, rate_limit_exceeded, budget_exceeded, access_denied, ...).",
+            &["gateway", "code"],
+        )?;
         let config_version = IntGauge::new(
             "weir_config_version",
             "Number of the config snapshot in use.",
@@ -130,6 +136,7 @@ impl Metrics {
             channel_state,
             key_up,
             reloads,
+            refused,
             config_version,
             in_flight,
         })

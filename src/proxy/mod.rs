@@ -51,6 +51,14 @@ impl ProxyHttp for Weir {
         match request_filter::handle(&self.state, session, ctx).await {
             Ok(()) => Ok(true),
             Err(Failure::Client(e)) => {
+                if matches!(e.status(), 401 | 402 | 403 | 429) {
+                    let gateway = ctx.gateway.as_deref().unwrap_or("-");
+                    self.state
+                        .metrics
+                        .refused
+                        .with_label_values(&[gateway, e.code()])
+                        .inc();
+                }
                 respond::error(session, ctx, &e).await?;
                 Ok(true)
             }
