@@ -111,6 +111,13 @@ pub struct Accounts {
     minute: Rate,
 }
 
+/// What one request counted against the rate limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateCharge {
+    minute: Vec<String>,
+    fixed: Vec<(String, u64)>,
+}
+
 /// The tightest limit that applied to a request, for `x-ratelimit-*` headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateHeadroom {
@@ -171,11 +178,15 @@ impl Accounts {
         self.snapshot.store(Arc::new(snap));
     }
 
-    /// The price of a model by the name it was asked for: the store's registry, then
-    /// the file's `models:`, then the `default` model, then free.
-    pub fn price(&self, rt: &Runtime, model: &str) -> (f64, f64) {
+    /// The price of the first of `names` with one (the store's registry before the
+    /// file's `models:`), then of the `default` model, else free.
+    pub fn price(&self, rt: &Runtime, names: &[&str]) -> (f64, f64) {
         let snap = self.snapshot.load();
-        for name in [model, weir_filters::config::CATCH_ALL_MODEL] {
+        for name in names
+            .iter()
+            .copied()
+            .chain([weir_filters::config::CATCH_ALL_MODEL])
+        {
             if let Some(m) = snap.models.get(name) {
                 return (m.price_in, m.price_out);
             }
@@ -236,15 +247,16 @@ impl Accounts {
     }
 
     /// Checks every rate rule of the gateway for this caller and, when all pass,
-    /// counts the request against each. A refused request counts against none.
+    /// counts the request against each (a refused request counts against none). The
+    /// returned charge can be refunded if the request is refused later on.
     pub fn check_rates(
         &self,
         gateway: &Gateway,
         identity: &str,
         now: u64,
-    ) -> Result<Option<RateHeadroom>, GatewayError> {
+    ) -> Result<(Option<RateHeadroom>, RateCharge), GatewayError> {
         if gateway.rate_rules.is_empty() {
-            return Ok(None);
+            return Ok((None, RateCharge::default()));
         }
         let keys: Vec<String> = gateway
             .rate_rules
@@ -254,19 +266,20 @@ impl Accounts {
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         let mut tightest: Option<RateHeadroom> = None;
         for (rule, key) in gateway.rate_rules.iter().zip(&keys) {
-            let (used, reset) = match rule.window {
+            let (used, reset, wait) = match rule.window {
                 Window::Minute => self.minute.rate_with(key, |rc| {
+                    let (prev, curr) = (rc.prev_samples as f64, rc.curr_samples as f64);
                     let f = rc.current_interval_fraction;
-                    let used =
-                        limits::sliding_count(rc.prev_samples as f64, rc.curr_samples as f64, f);
-                    let wait = limits::sliding_wait(
-                        rule.limit,
-                        rc.prev_samples as f64,
-                        (rc.curr_samples + 1) as f64,
-                        f,
-                        rc.interval,
-                    );
-                    (used.ceil() as u64, wait.as_secs_f64().ceil() as u64)
+                    let used = limits::sliding_count(prev, curr, f).ceil() as u64;
+                    // Admitted while the count is at most limit - 1.
+                    let max = rule.limit as f64 - 1.0;
+                    let wait = limits::sliding_wait(max, prev, curr, f, rc.interval);
+                    let window_left = (1.0 - f) * rc.interval.as_secs_f64();
+                    (
+                        used,
+                        window_left.ceil() as u64,
+                        wait.as_secs_f64().ceil() as u64,
+                    )
                 }),
                 w => {
                     let start = limits::window_start(now, w);
@@ -275,26 +288,11 @@ impl Accounts {
                         .get(&(key.clone(), start))
                         .copied()
                         .unwrap_or(0);
-                    (used, limits::window_reset(now, w))
+                    let reset = limits::window_reset(now, w);
+                    (used, reset, reset)
                 }
             };
             if used >= rule.limit {
-                let wait = if rule.window == Window::Minute {
-                    self.minute
-                        .rate_with(key, |rc| {
-                            limits::sliding_wait(
-                                rule.limit,
-                                rc.prev_samples as f64,
-                                rc.curr_samples as f64,
-                                rc.current_interval_fraction,
-                                rc.interval,
-                            )
-                        })
-                        .as_secs_f64()
-                        .ceil() as u64
-                } else {
-                    reset
-                };
                 let scope = if rule.scope == Scope::Ingress {
                     "ingress"
                 } else {
@@ -316,19 +314,40 @@ impl Accounts {
                 });
             }
         }
+        let mut charge = RateCharge::default();
         for (rule, key) in gateway.rate_rules.iter().zip(keys) {
             match rule.window {
                 Window::Minute => {
                     self.minute.observe(&key, 1);
+                    charge.minute.push(key);
                 }
                 w => {
                     let id = (key, limits::window_start(now, w));
                     *counters.counts.entry(id.clone()).or_insert(0) += 1;
-                    counters.dirty.insert(id);
+                    counters.dirty.insert(id.clone());
+                    charge.fixed.push(id);
                 }
             }
         }
-        Ok(tightest)
+        Ok((tightest, charge))
+    }
+
+    /// Gives back what `check_rates` counted, for a request refused afterwards
+    /// (unknown model, model not granted, bad body): only served requests count.
+    pub fn refund(&self, charge: RateCharge) {
+        for key in charge.minute {
+            self.minute.observe(&key, -1);
+        }
+        if charge.fixed.is_empty() {
+            return;
+        }
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        for id in charge.fixed {
+            if let Some(n) = counters.counts.get_mut(&id) {
+                *n = n.saturating_sub(1);
+                counters.dirty.insert(id);
+            }
+        }
     }
 
     /// Counts a finished request: the key's money and the gateway's tokens. The
@@ -374,7 +393,7 @@ mod tests {
         let g = gateway(&["secret:3/hour", "ingress:100/day"], None);
         let now = 1_767_262_650;
         for i in 0..3 {
-            let h = a.check_rates(&g, "alice", now).unwrap().unwrap();
+            let h = a.check_rates(&g, "alice", now).unwrap().0.unwrap();
             assert_eq!(h.remaining, 2 - i);
         }
         let e = a.check_rates(&g, "alice", now).unwrap_err();
@@ -394,6 +413,13 @@ mod tests {
         assert_eq!(ingress, 4);
         // The next hour starts afresh.
         assert!(a.check_rates(&g, "alice", now + 3600).is_ok());
+        // A refunded request no longer counts.
+        let (_, charge) = a.check_rates(&g, "carol", now).unwrap();
+        a.refund(charge);
+        for _ in 0..3 {
+            assert!(a.check_rates(&g, "carol", now).is_ok());
+        }
+        assert!(a.check_rates(&g, "carol", now).is_err());
     }
 
     #[test]
@@ -404,7 +430,9 @@ mod tests {
             assert!(a.check_rates(&g, "k", 0).is_ok());
         }
         let e = a.check_rates(&g, "k", 0).unwrap_err();
-        assert!(e.retry_after().unwrap() >= 1);
+        // 5 in this minute: wait for it to end, then until the count slides to 4.
+        let wait = e.retry_after().unwrap();
+        assert!((60..=73).contains(&wait), "{wait}");
         assert_eq!(e.rate_limit_headers().len(), 3);
     }
 

@@ -21,6 +21,7 @@ fn rfc3339(unix: i64) -> Option<String> {
 impl AppState {
     /// A key as the admin API shows it: never its secret, with its money.
     pub fn key_view(&self, k: &KeyRecord) -> Value {
+        let month = crate::accounts::month_of(now_unix());
         let (balance, spent) = {
             let ledger = self
                 .accounts
@@ -30,7 +31,7 @@ impl AppState {
             ledger
                 .keys
                 .get(&k.id)
-                .map(|m| (m.balance, m.spent))
+                .map(|m| (m.balance, if m.month == month { m.spent } else { 0.0 }))
                 .unwrap_or((None, 0.0))
         };
         let snap = self.accounts.snapshot();
@@ -72,7 +73,7 @@ impl AppState {
         let day_start = now - now.rem_euclid(86_400);
         let hourly = self
             .store
-            .call(false, move |c| queries::hourly(c, day_start))
+            .read(move |c| queries::hourly(c, day_start))
             .await?;
         let rt = self.snapshot();
         let ledger_tokens: Vec<(String, u64)> = {
@@ -279,7 +280,7 @@ impl AdminBackend for AppState {
                 ok(json!({"deleted": name}))
             }
             Command::Usage(q) => {
-                let rows = store.call(false, move |c| queries::usage(c, &q)).await?;
+                let rows = store.read(move |c| queries::usage(c, &q)).await?;
                 ok(json!({"usage": rows}))
             }
             Command::Gateways => ok(self.gateways_report().await?),
@@ -299,19 +300,19 @@ impl AdminBackend for AppState {
                         ))
                     }
                 };
+                if q.key_id.is_some_and(|k| k != id) {
+                    return Err(GatewayError::Forbidden {
+                        code: "admin_only",
+                        message: "/admin/me/usage shows the calling key's own usage only".into(),
+                    });
+                }
                 let q = UsageQuery {
                     key_id: Some(id),
-                    group_by: if q == UsageQuery::default() {
-                        UsageGroup::Day
-                    } else {
-                        q.group_by
-                    },
+                    group_by: q.group_by.or(Some(UsageGroup::Day)),
                     ..q
                 };
                 let (rows, calls) = store
-                    .call(false, move |c| {
-                        Ok((queries::usage(c, &q)?, queries::recent_calls(c, id, 50)?))
-                    })
+                    .read(move |c| Ok((queries::usage(c, &q)?, queries::recent_calls(c, id, 50)?)))
                     .await?;
                 ok(json!({"key": self.key_by_id(id)?, "usage": rows, "recent_calls": calls}))
             }

@@ -115,9 +115,28 @@ async fn database_keys_live_and_die_at_once() {
     );
     // Keys stay out of the log; only their hashes are stored.
     assert!(!weir.log().contains(&fresh) && !weir.log().contains(&key));
-    let db = std::fs::read(weir.db_path()).unwrap();
-    let db_text = String::from_utf8_lossy(&db);
-    assert!(!db_text.contains(&fresh[3..]));
+    // Only hashes are stored: no column of any key row holds the secret.
+    let conn = rusqlite::Connection::open(weir.db_path()).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT name, key_hash, prefix, role, group_name FROM keys")
+        .unwrap();
+    let cells: Vec<String> = stmt
+        .query_map([], |r| {
+            Ok([
+                r.get::<_, String>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ]
+            .join(" "))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for secret in [&key, &fresh] {
+        assert!(cells.iter().all(|c| !c.contains(&secret[8..])), "{cells:?}");
+    }
     assert_eq!(up.calls(), 3);
 }
 
@@ -379,13 +398,42 @@ async fn jwt_gateways_refuse_expired_tampered_wrong_algorithm_and_none() {
     );
 }
 
+/// Tests of hour and day windows must not straddle a window's edge.
+async fn away_from_window_edges() {
+    let into_hour = now() % 3600;
+    if into_hour > 3590 {
+        tokio::time::sleep(Duration::from_secs(3601 - into_hour)).await;
+    }
+}
+
 #[tokio::test]
 async fn rate_limits_refuse_the_n_plus_first_with_headers() {
+    away_from_window_edges().await;
     let up = Upstream::start("rl").await;
     let weir = Weir::start(&config(&up, "  - {name: default, path: /v1, auth: {method: database}, rate_limits: ['secret:3/minute', 'ingress:5/hour']}\n")).await;
     let (_, a) = weir.create_key(json!({"name": "a", "models": ["*"]})).await;
     let (_, b) = weir.create_key(json!({"name": "b", "models": ["*"]})).await;
     let client = reqwest::Client::new();
+    // Refused requests (unknown model, broken JSON) count against no limit.
+    assert_eq!(
+        call(
+            &weir,
+            "/v1/chat/completions",
+            Some(&a),
+            &chat("nope", false)
+        )
+        .await
+        .0,
+        404
+    );
+    let r = client
+        .post(weir.url("/v1/chat/completions"))
+        .bearer_auth(&a)
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     for i in 0..3 {
         let r = client
             .post(weir.url("/v1/chat/completions"))
@@ -413,7 +461,8 @@ async fn rate_limits_refuse_the_n_plus_first_with_headers() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=60).contains(&retry), "{retry}");
+    // Three in this minute: wait for it to end, then until the count slides to two.
+    assert!((60..=81).contains(&retry), "{retry}");
     assert_eq!(r.headers()["x-ratelimit-limit-requests"], "3");
     assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
     assert_eq!(code(&r.text().await.unwrap()), "rate_limit_exceeded");
@@ -438,6 +487,7 @@ async fn rate_limits_refuse_the_n_plus_first_with_headers() {
 
 #[tokio::test]
 async fn hour_and_day_windows_survive_a_restart() {
+    away_from_window_edges().await;
     let up = Upstream::start("persist").await;
     let mut weir = Weir::start_with_server(
         &config(&up, "  - {name: default, path: /v1, auth: {method: database}, rate_limits: ['secret:2/day']}\n"),
@@ -470,7 +520,7 @@ async fn hour_and_day_windows_survive_a_restart() {
 #[tokio::test]
 async fn allow_beats_deny_and_lists_see_ip_secret_and_time() {
     let up = Upstream::start("lists").await;
-    let gws = "  - {name: both, path: /both/v1, auth: {method: database}, allow: ['ip:127.0.0.0/8'], deny: ['secret:.*']}\n  - {name: deny, path: /deny/v1, auth: {method: database}, deny: ['ip:127.0.0.1']}\n  - {name: other, path: /other/v1, auth: {method: database}, allow: ['ip:10.0.0.0/8']}\n  - {name: never, path: /never/v1, allow: ['time:HOUR:00-HOUR:59']}\n  - {name: denyk, path: /denyk/v1, auth: {method: database}, deny: ['secret:^sk-A']}\n";
+    let gws = "  - {name: both, path: /both/v1, auth: {method: database}, allow: ['ip:127.0.0.0/8'], deny: ['secret:.*']}\n  - {name: deny, path: /deny/v1, auth: {method: database}, deny: ['ip:127.0.0.1']}\n  - {name: other, path: /other/v1, auth: {method: database}, allow: ['ip:10.0.0.0/8']}\n  - {name: never, path: /never/v1, allow: ['time:HOUR:00-HOUR:59']}\n  - {name: denyk, path: /denyk/v1, auth: {method: database}, deny: ['secret:^DENIED$']}\n";
     // An hour that is not now, so the time rule cannot match.
     let hour = (now() / 3600 + 12) % 24;
     let gws = gws.replace("HOUR", &format!("{hour:02}"));
@@ -692,6 +742,68 @@ async fn budgets_balances_and_quotas_stop_before_the_upstream() {
         5,
         "refused requests must not reach the upstream"
     );
+}
+
+#[tokio::test]
+async fn catch_all_requests_are_priced_by_the_model_asked_for_and_aborts_are_billed() {
+    let up = Upstream::start("any").await;
+    up.set_chunk_delay(Duration::from_millis(300));
+    let cfg = format!(
+        "channels:\n  - {{name: any, type: openai, base_url: '{}', models: [default]}}\ngateways:\n  - {{name: default, path: /v1, auth: {{method: database}}}}\n",
+        up.url()
+    );
+    let weir = Weir::start(&cfg).await;
+    let (s, _) = weir
+        .admin(
+            "POST",
+            "/admin/models",
+            Some(json!({"name": "gpt-4o", "price_in": 1000000, "price_out": 1000000})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (id, key) = weir
+        .create_key(json!({"name": "k", "models": ["*"], "balance": 1000}))
+        .await;
+    assert_eq!(
+        call(
+            &weir,
+            "/v1/chat/completions",
+            Some(&key),
+            &chat("gpt-4o", false)
+        )
+        .await
+        .0,
+        200
+    );
+    // A stream the client walks away from after its first chunk is still billed.
+    let mut r = reqwest::Client::new()
+        .post(weir.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat("gpt-4o", true))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.chunk().await.unwrap().is_some());
+    drop(r);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = weir
+            .admin(
+                "GET",
+                &format!("/admin/usage?key_id={id}&group_by=model"),
+                None,
+            )
+            .await;
+        let row = &v["usage"][0];
+        if row["calls"] == 2 {
+            assert_eq!(row["group"], "gpt-4o", "{v}");
+            // 9 tokens of the first answer at $1 each, and the abandoned stream's share.
+            assert!(row["cost"].as_f64().unwrap() > 9.0, "{v}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

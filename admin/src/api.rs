@@ -136,7 +136,8 @@ pub struct NewGroup {
 /// Query of `GET /admin/usage`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageQuery {
-    pub group_by: UsageGroup,
+    /// `None`: not given (each report has its default).
+    pub group_by: Option<UsageGroup>,
     pub key_id: Option<i64>,
     pub gateway: Option<String>,
     pub model: Option<String>,
@@ -164,7 +165,7 @@ impl UsageQuery {
         for (k, v) in form_urlencoded_pairs(query) {
             match k.as_str() {
                 "group_by" | "by" => {
-                    q.group_by = match v.as_str() {
+                    q.group_by = Some(match v.as_str() {
                         "key" => UsageGroup::Key,
                         "gateway" => UsageGroup::Gateway,
                         "model" => UsageGroup::Model,
@@ -175,7 +176,7 @@ impl UsageQuery {
                                 "group_by `{other}`: use key, gateway, model, day or hour"
                             )))
                         }
-                    }
+                    })
                 }
                 "key_id" => {
                     q.key_id = Some(v.parse().map_err(|_| {
@@ -203,9 +204,12 @@ fn form_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `YYYY-MM-DD` (midnight UTC) or unix seconds.
+/// `YYYY-MM-DD` (midnight UTC), RFC 3339, or unix seconds (years 1970 to 9999).
 pub fn parse_time(v: &str) -> Result<i64, GatewayError> {
     if let Ok(n) = v.parse::<i64>() {
+        if !(0..=253_402_300_799).contains(&n) {
+            return Err(GatewayError::BadRequest(format!("`{v}` is out of range")));
+        }
         return Ok(n);
     }
     let with_time = if v.len() == 10 {
@@ -251,7 +255,7 @@ mod tests {
     #[test]
     fn usage_queries_parse() {
         let q = UsageQuery::parse("group_by=model&key_id=3&from=2026-11-01&to=1800000000").unwrap();
-        assert_eq!(q.group_by, UsageGroup::Model);
+        assert_eq!(q.group_by, Some(UsageGroup::Model));
         assert_eq!(q.key_id, Some(3));
         assert_eq!(q.from, Some(1_793_491_200));
         assert_eq!(q.to, Some(1_800_000_000));
@@ -351,7 +355,13 @@ pub fn route(method: &str, path: &str, query: &str, body: &[u8]) -> Result<Comma
         (["keys", id], "DELETE") => DeleteKey(id_of(id)?),
         (["keys", id, "reset"], "POST") => ResetKey(id_of(id)?),
         (["keys", id, "topup"], "POST") => {
-            TopUp(id_of(id)?, json_body::<self::TopUp>(body)?.amount)
+            let amount = json_body::<self::TopUp>(body)?.amount;
+            if !(amount.is_finite() && amount > 0.0 && amount <= 1e12) {
+                return Err(GatewayError::BadRequest(
+                    "amount must be a positive number up to 1e12".into(),
+                ));
+            }
+            TopUp(id_of(id)?, amount)
         }
         (["keys", id, "models"], "PUT") => UpdateKey(
             id_of(id)?,

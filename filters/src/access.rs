@@ -1,6 +1,10 @@
 //! Allow and deny lists (G5), one rule a line: `ip:CIDR`, `secret:REGEX`,
 //! `time:HH:MM-HH:MM` (UTC, or with an offset such as `+08:00`). When an allow list
 //! is set only what matches it passes, and it takes precedence over the deny list.
+//!
+//! An allow list with rules of several types asks for each type: `["ip:10.0.0.0/8",
+//! "ip:192.168.0.0/16", "time:08:00-20:00"]` lets in either network, during office
+//! hours. A deny list refuses whatever matches any one rule.
 
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -91,21 +95,30 @@ fn split_offset(v: &str) -> Result<(&str, i64), String> {
     if let Some(r) = v.strip_suffix('Z').or_else(|| v.strip_suffix("UTC")) {
         return Ok((r.trim(), 0));
     }
-    // The range itself is `HH:MM-HH:MM` (11 chars); anything after is the offset.
-    if v.len() > 11 {
-        let (range, off) = v.split_at(11);
-        let off = off.trim();
-        let sign = match off.as_bytes().first() {
-            Some(b'+') => 1,
-            Some(b'-') => -1,
-            _ => return Err(format!("`{v}`: the offset must look like +08:00")),
-        };
-        return Ok((range, sign * i64::from(hhmm(&off[1..])?)));
+    // After the range's own `-`, a further `+` or `-` starts the offset.
+    let dash = v
+        .find('-')
+        .ok_or_else(|| format!("`{v}` is not `HH:MM-HH:MM`"))?;
+    match v[dash + 1..].find(['+', '-']) {
+        None => Ok((v, 0)),
+        Some(i) => {
+            let at = dash + 1 + i;
+            let (range, off) = (&v[..at], &v[at..]);
+            let sign = if off.starts_with('+') { 1 } else { -1 };
+            Ok((range, sign * i64::from(hhmm(&off[1..])?)))
+        }
     }
-    Ok((v, 0))
 }
 
 impl AccessRule {
+    fn kind(&self) -> u8 {
+        match self {
+            AccessRule::Ip(_) => 0,
+            AccessRule::Secret(_) => 1,
+            AccessRule::Time { .. } => 2,
+        }
+    }
+
     pub fn matches(&self, v: &Visitor<'_>) -> bool {
         match self {
             AccessRule::Ip(net) => v.ip.is_some_and(|ip| net.contains(&canonical(ip))),
@@ -137,7 +150,12 @@ pub fn decide(
     v: &Visitor<'_>,
 ) -> Result<(), &'static str> {
     if !allow.is_empty() {
-        return if allow.iter().any(|r| r.matches(v)) {
+        // Every type of rule present must be satisfied by one of its rules.
+        let passes = (0..3u8).all(|kind| {
+            let mut of_kind = allow.iter().filter(|r| r.kind() == kind).peekable();
+            of_kind.peek().is_none() || of_kind.any(|r| r.matches(v))
+        });
+        return if passes {
             Ok(())
         } else {
             Err("not on the gateway's allow list")
@@ -195,6 +213,16 @@ mod tests {
         assert!(decide(&[], &deny, &visitor("11.1.2.3", "test-key", 0)).is_err());
         assert!(decide(&[], &deny, &visitor("11.1.2.3", "good-key", 0)).is_ok());
         assert!(decide(&allow, &[], &visitor("::ffff:10.0.0.1", "k", 0)).is_ok());
+    }
+
+    #[test]
+    fn mixed_allow_lists_need_every_kind() {
+        let allow = rules(&["ip:10.0.0.0/8", "ip:192.168.0.0/16", "time:08:00-20:00"]);
+        assert!(decide(&allow, &[], &visitor("10.1.1.1", "k", 12 * 60)).is_ok());
+        assert!(decide(&allow, &[], &visitor("192.168.1.1", "k", 12 * 60)).is_ok());
+        // The right network at night, or the wrong network by day: out.
+        assert!(decide(&allow, &[], &visitor("10.1.1.1", "k", 3 * 60)).is_err());
+        assert!(decide(&allow, &[], &visitor("1.2.3.4", "k", 12 * 60)).is_err());
     }
 
     #[test]

@@ -72,10 +72,12 @@ pub fn remove_query_param(query: &str, name: &str) -> String {
 /// How API keys are stored: SHA-256, hex. Keys are random and long, so a fast hash
 /// is the right one (a password hash would only slow every request).
 pub fn hash_key(key: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(key.as_bytes());
     let mut out = String::with_capacity(64);
     for b in digest {
-        out.push_str(&format!("{b:02x}"));
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
     }
     out
 }
@@ -124,6 +126,8 @@ pub struct JwtSettings<'a> {
     pub identity_claim: &'a str,
     pub group_claim: Option<&'a str>,
     pub leeway_secs: u64,
+    pub audience: Option<&'a str>,
+    pub issuer: Option<&'a str>,
 }
 
 impl JwtVerifier {
@@ -189,6 +193,14 @@ impl JwtVerifier {
         validation.validate_nbf = true;
         validation.leeway = s.leeway_secs;
         validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
+        match s.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            // Identity-provider tokens carry `aud`; unpinned, it is not checked.
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = s.issuer {
+            validation.set_issuer(&[iss]);
+        }
         if s.identity_claim.is_empty() {
             return Err("identity_claim: name the claim that identifies the caller".into());
         }
@@ -242,6 +254,8 @@ mod tests {
             identity_claim: "sub",
             group_claim: Some("team"),
             leeway_secs: 0,
+            audience: None,
+            issuer: None,
         })
         .unwrap()
     }
@@ -355,6 +369,42 @@ mod tests {
     }
 
     #[test]
+    fn audience_and_issuer() {
+        let v = hs256();
+        // An identity provider's token carries `aud`; unpinned, it is accepted.
+        let t = token(
+            Algorithm::HS256,
+            json!({"sub": "a", "aud": "my-app", "exp": now() + 60}),
+            SECRET,
+        );
+        assert!(v.verify(&t).is_ok());
+        let pinned = JwtVerifier::new(&JwtSettings {
+            secret: Some(SECRET),
+            public_key_pem: None,
+            algorithms: &["HS256".to_string()],
+            identity_claim: "sub",
+            group_claim: None,
+            leeway_secs: 0,
+            audience: Some("weir"),
+            issuer: Some("https://idp"),
+        })
+        .unwrap();
+        assert!(pinned.verify(&t).is_err());
+        let ok = token(
+            Algorithm::HS256,
+            json!({"sub": "a", "aud": "weir", "iss": "https://idp", "exp": now() + 60}),
+            SECRET,
+        );
+        assert!(pinned.verify(&ok).is_ok());
+        let wrong_iss = token(
+            Algorithm::HS256,
+            json!({"sub": "a", "aud": "weir", "iss": "https://evil", "exp": now() + 60}),
+            SECRET,
+        );
+        assert!(pinned.verify(&wrong_iss).is_err());
+    }
+
+    #[test]
     fn config_refuses_algorithm_confusion() {
         let rs = ["RS256".to_string()];
         let e = JwtVerifier::new(&JwtSettings {
@@ -364,6 +414,8 @@ mod tests {
             identity_claim: "sub",
             group_claim: None,
             leeway_secs: 0,
+            audience: None,
+            issuer: None,
         })
         .unwrap_err();
         assert!(e.contains("HS256"), "{e}");
@@ -375,6 +427,8 @@ mod tests {
             identity_claim: "sub",
             group_claim: None,
             leeway_secs: 0,
+            audience: None,
+            issuer: None,
         })
         .unwrap_err();
         assert!(e.contains("never an HMAC"), "{e}");
@@ -385,28 +439,17 @@ mod tests {
             algorithms: &none,
             identity_claim: "sub",
             group_claim: None,
-            leeway_secs: 0
+            leeway_secs: 0,
+            audience: None,
+            issuer: None,
         })
         .is_err());
     }
 
-    /// Unpadded base64url, enough to forge test tokens.
     mod base64_like {
+        use base64::Engine;
         pub fn encode_url(data: &[u8]) -> String {
-            const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-            let mut out = String::new();
-            for chunk in data.chunks(3) {
-                let b = [
-                    chunk[0],
-                    *chunk.get(1).unwrap_or(&0),
-                    *chunk.get(2).unwrap_or(&0),
-                ];
-                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-                for i in 0..=chunk.len() {
-                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                }
-            }
-            out
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
         }
     }
 }

@@ -109,29 +109,50 @@ pub fn sliding_count(prev: f64, curr: f64, elapsed_fraction: f64) -> f64 {
     prev * (1.0 - elapsed_fraction.clamp(0.0, 1.0)) + curr
 }
 
-/// How long until a sliding count drops below `limit`.
+/// How long until a sliding count drops to `max_allowed` or below (a request is
+/// admitted while the count is at most `limit - 1`).
 pub fn sliding_wait(
-    limit: u64,
+    max_allowed: f64,
     prev: f64,
     curr: f64,
     elapsed_fraction: f64,
     interval: Duration,
 ) -> Duration {
-    let limit = limit as f64;
     let f = elapsed_fraction.clamp(0.0, 1.0);
     let secs = interval.as_secs_f64();
-    if curr < limit {
+    if curr <= max_allowed {
         if prev <= 0.0 {
             return Duration::ZERO;
         }
-        // prev * (1 - f') + curr < limit  ⇔  f' > 1 - (limit - curr) / prev
-        let need = (1.0 - (limit - curr) / prev).clamp(0.0, 1.0);
+        // prev * (1 - f') + curr <= max  ⇔  f' >= 1 - (max - curr) / prev
+        let need = (1.0 - (max_allowed - curr) / prev).clamp(0.0, 1.0);
         return Duration::from_secs_f64(((need - f) * secs).max(0.0));
     }
     // Wait for this window to end; then `curr` becomes the previous window.
     let rest = (1.0 - f) * secs;
-    let need_next = (1.0 - limit / curr).clamp(0.0, 1.0);
+    let need_next = (1.0 - max_allowed / curr).clamp(0.0, 1.0);
     Duration::from_secs_f64(rest + need_next * secs)
+}
+
+/// Refuses two rules of the same scope and window (they would share one count).
+pub fn check_distinct(rules: &[RateRule]) -> Result<(), String> {
+    for (i, a) in rules.iter().enumerate() {
+        if rules[..i]
+            .iter()
+            .any(|b| b.scope == a.scope && b.window == a.window)
+        {
+            return Err(format!(
+                "two `{}` rules per {}; keep the one you mean",
+                if a.scope == Scope::Ingress {
+                    "ingress"
+                } else {
+                    "secret"
+                },
+                a.window.as_str()
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -162,6 +183,8 @@ mod tests {
             assert!(bad.parse::<RateRule>().is_err(), "{bad}");
         }
         assert!(parse_rules(&["no-limit".into()]).unwrap().is_empty());
+        let dup = parse_rules(&["secret:5/minute".into(), "secret:100/minute".into()]).unwrap();
+        assert!(check_distinct(&dup).is_err());
         assert_eq!(
             parse_rules(&["secret:1/hour".into(), "bad".into()])
                 .unwrap_err()
@@ -184,12 +207,16 @@ mod tests {
     fn sliding_counts_and_waits() {
         assert_eq!(sliding_count(10.0, 2.0, 0.25), 9.5);
         let i = Duration::from_secs(60);
-        assert_eq!(sliding_wait(10, 0.0, 3.0, 0.5, i), Duration::ZERO);
-        // Full now: wait out the 30 s left, then until 10 of 20 have slid out.
-        let w = sliding_wait(10, 0.0, 20.0, 0.5, i);
-        assert!((w.as_secs_f64() - 60.0).abs() < 1e-6, "{w:?}");
-        // Under the limit now but the previous minute still counts.
-        let w = sliding_wait(10, 10.0, 5.0, 0.25, i);
-        assert!((w.as_secs_f64() - 15.0).abs() < 1e-6, "{w:?}");
+        assert_eq!(sliding_wait(9.0, 0.0, 3.0, 0.5, i), Duration::ZERO);
+        // Full now (limit 10: at most 9 counted): wait out the 30 s left, then until
+        // the count of 20 has slid down to 9.
+        let w = sliding_wait(9.0, 0.0, 20.0, 0.5, i);
+        assert!((w.as_secs_f64() - 63.0).abs() < 1e-6, "{w:?}");
+        // Under the limit in this minute, but the previous one still counts.
+        let w = sliding_wait(9.0, 10.0, 5.0, 0.25, i);
+        assert!((w.as_secs_f64() - 21.0).abs() < 1e-6, "{w:?}");
+        // At that moment a request is admitted: ceil(count) <= limit - 1.
+        let at = 0.25 + w.as_secs_f64() / 60.0;
+        assert!(sliding_count(10.0, 5.0, at).ceil() <= 9.0 + 1e-9);
     }
 }

@@ -3,7 +3,7 @@
 //! limits, token quota, budget and balance, all before any upstream call. The
 //! rules themselves are `weir_filters::{auth, access, limits}`.
 
-use crate::accounts::{now_unix, KeyRecord, RateHeadroom};
+use crate::accounts::{now_unix, KeyRecord, RateCharge, RateHeadroom};
 use crate::state::AppState;
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -116,11 +116,21 @@ pub fn authenticate(
         }
         AuthCheck::Jwt(verifier) => {
             let id = verifier.verify(key).map_err(GatewayError::InvalidKey)?;
+            let group = id.group.unwrap_or_else(|| "default".into());
+            // A group with grants in the store limits its callers to them; otherwise
+            // (no such group, or no grants yet) the gateway's models are theirs.
+            let granted = state
+                .accounts
+                .snapshot()
+                .groups
+                .get(&group)
+                .map(|models| models.iter().cloned().collect::<HashSet<String>>())
+                .filter(|g| !g.is_empty() && !g.contains(crate::accounts::ALL_MODELS));
             Ok(Caller {
                 identity: Some(id.identity),
                 key: None,
-                group: id.group.unwrap_or_else(|| "default".into()),
-                granted: None,
+                group,
+                granted,
             })
         }
     }
@@ -134,7 +144,7 @@ pub fn admit(
     caller: &Caller,
     secret: Option<&str>,
     client_ip: Option<IpAddr>,
-) -> Result<Option<RateHeadroom>, GatewayError> {
+) -> Result<(Option<RateHeadroom>, RateCharge), GatewayError> {
     let now = now_unix();
     if !gateway.allow.is_empty() || !gateway.deny.is_empty() {
         let visitor = Visitor {

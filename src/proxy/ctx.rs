@@ -1,7 +1,7 @@
 //! Per-request context shared by the phases of one request.
 
 use super::admission::Caller;
-use crate::accounts::RateHeadroom;
+use crate::accounts::{RateCharge, RateHeadroom};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_filters::config::Runtime;
@@ -40,6 +40,10 @@ pub struct Ctx {
     pub identity: Option<String>,
     /// The tightest rate limit, for `x-ratelimit-*` response headers.
     pub rate: Option<RateHeadroom>,
+    /// What this request counted against rate limits (refunded if it is refused).
+    pub rate_charge: RateCharge,
+    /// The model name the client asked for (prices and usage rows use it).
+    pub requested_model: Option<String>,
 }
 
 impl Ctx {
@@ -66,6 +70,8 @@ impl Ctx {
             key_id: None,
             identity: None,
             rate: None,
+            rate_charge: RateCharge::default(),
+            requested_model: None,
         }
     }
 }

@@ -19,7 +19,10 @@ fn account(state: &AppState, ctx: &Ctx, gateway: &str, status: u16, elapsed: Dur
         return;
     };
     let usage = ctx.usage.unwrap_or_default();
-    let (price_in, price_out) = state.accounts.price(snap, &ctx.model_label);
+    // Priced by the name the client asked for (`gpt-4o` served through a catch-all
+    // channel is still `gpt-4o`), then by the configured name it routed to.
+    let model = ctx.requested_model.as_deref().unwrap_or(&ctx.model_label);
+    let (price_in, price_out) = state.accounts.price(snap, &[model, &ctx.model_label]);
     let cost = cost(&usage, price_in, price_out);
     let now = now_unix();
     let tokens = usage.prompt_tokens + usage.completion_tokens;
@@ -35,7 +38,7 @@ fn account(state: &AppState, ctx: &Ctx, gateway: &str, status: u16, elapsed: Dur
             ctx.identity.clone()
         },
         gateway: gateway.to_string(),
-        model: ctx.model_label.clone(),
+        model: model.to_string(),
         channel: ctx.channel.clone(),
         prompt_tokens: usage.prompt_tokens,
         completion_tokens: usage.completion_tokens,

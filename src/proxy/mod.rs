@@ -51,6 +51,13 @@ impl ProxyHttp for Weir {
         match request_filter::handle(&self.state, session, ctx).await {
             Ok(()) => Ok(true),
             Err(Failure::Client(e)) => {
+                // Refused after the limits counted it (unknown or forbidden model, bad
+                // body): it was never served, so it does not count.
+                if matches!(e.status(), 400 | 403 | 404 | 405 | 413) {
+                    self.state
+                        .accounts
+                        .refund(std::mem::take(&mut ctx.rate_charge));
+                }
                 if matches!(e.status(), 401 | 402 | 403 | 429) {
                     let gateway = ctx.gateway.as_deref().unwrap_or("-");
                     self.state
@@ -90,6 +97,13 @@ impl ProxyHttp for Weir {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// What Pingora prints about a request in its own error lines: never the query,
+    /// which may carry a key (`arg:` positions).
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {

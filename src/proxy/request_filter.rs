@@ -61,14 +61,15 @@ pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> R
                 let caller = authenticate(state, auth, key.as_deref())?;
                 ctx.identity.clone_from(&caller.identity);
                 ctx.key_id = caller.key.as_ref().map(|k| k.id);
-                ctx.rate = admit(state, gateway, &caller, key.as_deref(), client_ip)?;
+                (ctx.rate, ctx.rate_charge) =
+                    admit(state, gateway, &caller, key.as_deref(), client_ip)?;
                 ctx.caller = Some(caller);
                 None
             }
         },
         None => {
             let caller = Caller::anonymous();
-            ctx.rate = admit(state, gateway, &caller, None, client_ip)?;
+            (ctx.rate, ctx.rate_charge) = admit(state, gateway, &caller, None, client_ip)?;
             ctx.caller = Some(caller);
             None
         }
@@ -278,12 +279,13 @@ async fn proxy(
         let caller = authenticate(state, auth, key.as_deref())?;
         ctx.identity.clone_from(&caller.identity);
         ctx.key_id = caller.key.as_ref().map(|k| k.id);
-        ctx.rate = admit(state, gateway, &caller, key.as_deref(), client_ip)?;
+        (ctx.rate, ctx.rate_charge) = admit(state, gateway, &caller, key.as_deref(), client_ip)?;
         ctx.caller = Some(caller);
     }
     let caller = ctx.caller.clone().unwrap_or_else(Caller::anonymous);
     let facts = parsed.facts()?;
     ctx.stream = facts.stream;
+    ctx.requested_model = Some(facts.model.clone());
     let (routes, label) = snap
         .routes(gateway, &facts.model, &caller.group)
         .ok_or_else(|| GatewayError::ModelNotFound(facts.model.clone()))?;

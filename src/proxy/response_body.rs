@@ -131,11 +131,50 @@ pub async fn relay(
 
     let mut tap = SseTap::new(plan.strip_usage && is_sse);
     let mut kept: Vec<u8> = Vec::new();
+    let pumped = pump(
+        state,
+        session,
+        ctx,
+        &mut source,
+        &mut tap,
+        &mut kept,
+        &plan,
+        status,
+        is_sse,
+        is_json,
+    )
+    .await;
+    match &pumped {
+        Ok(()) => finish(state, source).await,
+        Err(_) => shutdown(source).await,
+    }
+    // Bill what was answered, also when the client left or the answer broke midway:
+    // the upstream spent those tokens either way.
+    if status < 300 {
+        ctx.usage = Some(usage_of(is_sse, tap, &kept, plan.request).await);
+    }
+    pumped
+}
+
+/// Moves the answer's body from the source to the client, then ends it.
+#[allow(clippy::too_many_arguments)]
+async fn pump(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    source: &mut Source,
+    tap: &mut SseTap,
+    kept: &mut Vec<u8>,
+    plan: &RelayPlan<'_>,
+    status: u16,
+    is_sse: bool,
+    is_json: bool,
+) -> Result<(), Failure> {
     // Only a JSON answer has a `usage` to read; audio and files just pass.
     let mut keep_json = status < 300 && is_json;
     let mut broken: Option<String> = None;
     loop {
-        let next = match &mut source {
+        let next = match source {
             Source::Mock(chunks) => Ok(chunks.next()),
             Source::Upstream { up, .. } => {
                 match tokio::time::timeout_at(plan.deadline.into(), up.read_response_body()).await {
@@ -161,7 +200,7 @@ pub async fn relay(
                     kept.extend_from_slice(&chunk);
                 } else {
                     keep_json = false;
-                    kept = Vec::new();
+                    kept.clear();
                 }
             }
             chunk
@@ -174,7 +213,6 @@ pub async fn relay(
         }
         if let Err(e) = session.write_response_body(Some(out), false).await {
             ctx.client_gone = true;
-            shutdown(source).await;
             return Err(Failure::Abort(e));
         }
     }
@@ -210,7 +248,6 @@ pub async fn relay(
         let tail = (!tail.is_empty()).then(|| Bytes::from(tail));
         if let Err(e) = session.write_response_body(tail, true).await {
             ctx.client_gone = true;
-            shutdown(source).await;
             return Err(Failure::Abort(e));
         }
     } else if let Some(why) = broken {
@@ -225,21 +262,15 @@ pub async fn relay(
             .stream_errors
             .with_label_values(&[plan.gateway, ctx.channel.as_str()])
             .inc();
-        shutdown(source).await;
         return Err(Failure::Abort(pingora_error::Error::explain(
             pingora_error::ErrorType::ReadError,
             "upstream answer broke mid-body",
         )));
     } else if let Err(e) = session.write_response_body(None, true).await {
         ctx.client_gone = true;
-        shutdown(source).await;
         return Err(Failure::Abort(e));
     }
 
-    finish(state, source).await;
-    if status < 300 {
-        ctx.usage = Some(usage_of(is_sse, tap, &kept, plan.request).await);
-    }
     Ok(())
 }
 

@@ -50,6 +50,9 @@ enum Cmd {
 pub struct Store {
     tx: mpsc::Sender<Cmd>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// A second connection for reports: long reads never hold up the writer (WAL
+    /// lets them run side by side), so usage keeps being written every interval.
+    reader: Arc<Mutex<Connection>>,
 }
 
 /// Usage events per transaction at most.
@@ -64,6 +67,7 @@ impl Store {
         accounts: Arc<Accounts>,
     ) -> Result<Store, String> {
         let conn = schema::open(path)?;
+        let reader = Arc::new(Mutex::new(schema::open(path)?));
         let mut worker = Worker {
             conn,
             accounts,
@@ -86,6 +90,7 @@ impl Store {
         Ok(Store {
             tx,
             thread: Mutex::new(Some(thread)),
+            reader,
         })
     }
 
@@ -116,6 +121,21 @@ impl Store {
         answer
             .await
             .map_err(|_| GatewayError::Internal("the store dropped the request".into()))?
+    }
+
+    /// Runs a read-only report on the reader connection, off the async workers.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, GatewayError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, GatewayError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| GatewayError::Internal(format!("report failed: {e}")))?
     }
 
     /// Writes everything queued and stops the thread (graceful stop).
@@ -158,9 +178,20 @@ impl Worker {
                     answer();
                 }
                 Ok(Cmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
-                    // Whatever is still queued goes in too.
-                    while let Ok(Cmd::Usage(ev)) = rx.try_recv() {
-                        self.pending.push(ev);
+                    // Whatever is still queued goes in too, admin jobs included.
+                    while let Ok(cmd) = rx.try_recv() {
+                        match cmd {
+                            Cmd::Usage(ev) => self.pending.push(ev),
+                            Cmd::Run(job, writes) => {
+                                self.flush();
+                                let answer = job(&mut self.conn);
+                                if writes {
+                                    self.refresh_or_log();
+                                }
+                                answer();
+                            }
+                            Cmd::Shutdown => {}
+                        }
                     }
                     self.flush();
                     return;

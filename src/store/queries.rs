@@ -8,8 +8,8 @@ use weir_admin::api::{UsageGroup, UsageQuery};
 
 /// Calls, tokens and cost grouped as asked.
 pub fn usage(conn: &Connection, q: &UsageQuery) -> OpResult<Vec<Value>> {
-    let group = match q.group_by {
-        UsageGroup::Key => "COALESCE(CAST(key_id AS TEXT), identity, '-')",
+    let group = match q.group_by.unwrap_or(UsageGroup::Key) {
+        UsageGroup::Key => "COALESCE('key:' || key_id, identity, '-')",
         UsageGroup::Gateway => "gateway",
         UsageGroup::Model => "model",
         UsageGroup::Day => "strftime('%Y-%m-%d', ts, 'unixepoch')",

@@ -485,6 +485,9 @@ impl Runtime {
                 problems.push(format!("{at}.rate_limits[{i}]: {e}"));
                 Vec::new()
             });
+            if let Err(e) = crate::limits::check_distinct(&rate_rules) {
+                problems.push(format!("{at}.rate_limits: {e}"));
+            }
             let mut lists = [Vec::new(), Vec::new()];
             for (list, (name, lines)) in lists
                 .iter_mut()
@@ -554,10 +557,11 @@ impl Runtime {
         if file.storage.sqlite.trim().is_empty() {
             problems.push("storage.sqlite: name the database file".into());
         }
-        if file.storage.flush_interval.0 > Duration::from_secs(10)
+        // At most a second of usage may be lost to `kill -9`.
+        if file.storage.flush_interval.0 > Duration::from_secs(1)
             || file.storage.flush_interval.0.is_zero()
         {
-            problems.push("storage.flush_interval: must be between 1ms and 10s".into());
+            problems.push("storage.flush_interval: must be between 1ms and 1s".into());
         }
 
         if !problems.is_empty() {
@@ -695,8 +699,9 @@ fn compile_auth(a: &AuthConfig) -> Result<GatewayAuth, (&'static str, String)> {
                 .regex
                 .as_deref()
                 .ok_or((".regex", "the regex method needs a `regex`".to_string()))?;
-            // Anchored: the whole key must match, not a part of it.
-            let anchored = format!("^(?:{})$", re.trim_start_matches('^').trim_end_matches('$'));
+            // Anchored: the whole key must match, not a part of it (extra anchors
+            // inside the group are harmless).
+            let anchored = format!("^(?:{re})$");
             AuthCheck::Regex(
                 regex::Regex::new(&anchored)
                     .map_err(|e| (".regex", format!("`{re}` is not a regular expression: {e}")))?,
@@ -722,6 +727,8 @@ fn compile_auth(a: &AuthConfig) -> Result<GatewayAuth, (&'static str, String)> {
                 identity_claim: &j.identity_claim,
                 group_claim: j.group_claim.as_deref(),
                 leeway_secs: j.leeway.map(|d| d.0.as_secs()).unwrap_or(0),
+                audience: j.audience.as_deref(),
+                issuer: j.issuer.as_deref(),
             })
             .map_err(|e| (".jwt", e))?;
             AuthCheck::Jwt(Arc::new(verifier))

@@ -342,6 +342,12 @@ pub struct JwtConfig {
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(default)]
     pub leeway: Option<Dur>,
+    /// When set, the token's `aud` must contain it; when not, `aud` is not checked.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// When set, the token's `iss` must equal it.
+    #[serde(default)]
+    pub issuer: Option<String>,
 }
 
 fn default_identity_claim() -> String {
