@@ -15,6 +15,7 @@
 //! | `mock` | the built-in `mock` channel |
 
 pub mod access;
+pub mod adapters;
 pub mod auth;
 pub mod config;
 pub mod error;

@@ -115,6 +115,139 @@ impl JsonBody {
         self.set("stream_options", &opts)
     }
 
+    /// The value at a dotted path (`temperature`, `response_format.type`,
+    /// `messages.0.role`).
+    pub fn get_path(&self, path: &str) -> Option<serde_json::Value> {
+        let mut segs = path.split('.');
+        let top = segs.next()?;
+        let mut v: serde_json::Value = serde_json::from_str(self.get(top)?.get()).ok()?;
+        for seg in segs {
+            v = match v {
+                serde_json::Value::Object(mut m) => m.remove(seg)?,
+                serde_json::Value::Array(mut a) => {
+                    let i: usize = seg.parse().ok()?;
+                    (i < a.len()).then(|| a.swap_remove(i))?
+                }
+                _ => return None,
+            };
+        }
+        Some(v)
+    }
+
+    /// Sets the value at a dotted path, creating objects on the way.
+    pub fn set_path(&mut self, path: &str, value: serde_json::Value) -> Result<(), GatewayError> {
+        let mut segs: Vec<&str> = path.split('.').collect();
+        let top = segs.remove(0);
+        if segs.is_empty() {
+            return self.set(top, &value);
+        }
+        let mut root: serde_json::Value = match self.get(top) {
+            Some(raw) => serde_json::from_str(raw.get()).unwrap_or(serde_json::Value::Null),
+            None => serde_json::Value::Null,
+        };
+        let mut cur = &mut root;
+        for seg in segs {
+            if !cur.is_object() && !cur.is_array() {
+                *cur = serde_json::Value::Object(serde_json::Map::new());
+            }
+            cur = match cur {
+                serde_json::Value::Array(a) => match seg.parse::<usize>() {
+                    Ok(i) if i < a.len() => &mut a[i],
+                    _ => {
+                        return Err(GatewayError::Internal(format!(
+                            "`{path}`: `{seg}` is not an index of that array"
+                        )))
+                    }
+                },
+                serde_json::Value::Object(m) => m.entry(seg.to_string()).or_insert(serde_json::Value::Null),
+                _ => unreachable_value(),
+            };
+        }
+        *cur = value;
+        self.set(top, &root)
+    }
+
+    /// G7 `param_map`: where the value at a path equals `old`, it becomes `new`.
+    pub fn map_params<'a>(
+        &mut self,
+        map: impl IntoIterator<Item = (&'a String, &'a (serde_json::Value, serde_json::Value))>,
+    ) -> Result<(), GatewayError> {
+        for (path, (old, new)) in map {
+            if self.get_path(path).as_ref() == Some(old) {
+                self.set_path(path, new.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// G7 `param_fixed`: the value at each path is set, whatever it was.
+    pub fn fix_params<'a>(
+        &mut self,
+        fixed: impl IntoIterator<Item = (&'a String, &'a serde_json::Value)>,
+    ) -> Result<(), GatewayError> {
+        for (path, v) in fixed {
+            self.set_path(path, v.clone())?;
+        }
+        Ok(())
+    }
+
+    /// G6: the last user message becomes `template` with `{{query}}` replaced by its
+    /// text. In multimodal content the text parts become one templated text part
+    /// (where the first was); images and other parts stay. Legacy completions
+    /// template their `prompt`. Returns whether anything was templated.
+    pub fn apply_template(&mut self, template: &str) -> Result<bool, GatewayError> {
+        let fill = |q: &str| template.replace("{{query}}", q);
+        if let Some(raw) = self.get("messages") {
+            let mut messages: Vec<serde_json::Value> = serde_json::from_str(raw.get())
+                .map_err(|_| GatewayError::BadRequest("`messages` must be an array".into()))?;
+            let Some(last_user) = messages
+                .iter_mut()
+                .rev()
+                .find(|m| m.get("role").and_then(|r| r.as_str()) == Some("user"))
+            else {
+                return Ok(false);
+            };
+            let content = last_user.get_mut("content");
+            match content {
+                Some(serde_json::Value::String(text)) => *text = fill(text),
+                Some(serde_json::Value::Array(parts)) => {
+                    let is_text = |p: &serde_json::Value| p.get("type").and_then(|t| t.as_str()) == Some("text");
+                    let query: Vec<String> = parts
+                        .iter()
+                        .filter(|p| is_text(p))
+                        .filter_map(|p| p.get("text").and_then(|t| t.as_str()).map(str::to_string))
+                        .collect();
+                    let templated = serde_json::json!({"type": "text", "text": fill(&query.join("\n"))});
+                    match parts.iter().position(is_text) {
+                        Some(first) => {
+                            let mut i = 0;
+                            parts.retain(|p| {
+                                let keep = i == first || !is_text(p);
+                                i += 1;
+                                keep
+                            });
+                            let at = parts.iter().position(is_text).unwrap_or(0);
+                            if let Some(slot) = parts.get_mut(at) {
+                                *slot = templated;
+                            }
+                        }
+                        None => parts.insert(0, templated),
+                    }
+                }
+                _ => return Ok(false),
+            }
+            self.set("messages", &messages)?;
+            return Ok(true);
+        }
+        if let Some(raw) = self.get("prompt") {
+            if let Ok(prompt) = serde_json::from_str::<String>(raw.get()) {
+                self.set("prompt", &fill(&prompt))?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The body as bytes to send upstream.
     pub fn to_bytes(&self) -> Bytes {
         let len: usize = self
@@ -138,6 +271,11 @@ impl JsonBody {
         out.push(b'}');
         Bytes::from(out)
     }
+}
+
+/// Only reached for values that were just made an object or array.
+fn unreachable_value<'a>() -> &'a mut serde_json::Value {
+    unreachable!("set_path makes every intermediate value an object or an array")
 }
 
 /// The text a tokenizer estimate counts for the prompt: every string in `messages`
@@ -247,6 +385,55 @@ mod tests {
         b.ensure_stream_usage().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&b.to_bytes()).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn templates_the_last_user_message() {
+        let mut b = JsonBody::parse(br#"{"model":"a","messages":[{"role":"user","content":"first"},{"role":"assistant","content":"ok"},{"role":"user","content":"what is weir?"}]}"#).unwrap();
+        assert!(b.apply_template("Answer as an expert. Question: {{query}}").unwrap());
+        let v: serde_json::Value = serde_json::from_slice(&b.to_bytes()).unwrap();
+        assert_eq!(v["messages"][0]["content"], "first");
+        assert_eq!(v["messages"][2]["content"], "Answer as an expert. Question: what is weir?");
+    }
+
+    #[test]
+    fn templates_text_parts_of_multimodal_content() {
+        let mut b = JsonBody::parse(br#"{"model":"a","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"u"}},{"type":"text","text":"what"},{"type":"text","text":"is this?"}]}]}"#).unwrap();
+        assert!(b.apply_template("Q: {{query}}").unwrap());
+        let v: serde_json::Value = serde_json::from_slice(&b.to_bytes()).unwrap();
+        let parts = v["messages"][0]["content"].as_array().unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0]["type"], "image_url");
+        assert_eq!(parts[1]["text"], "Q: what\nis this?");
+        let mut legacy = JsonBody::parse(br#"{"model":"a","prompt":"hi"}"#).unwrap();
+        assert!(legacy.apply_template("<{{query}}>").unwrap());
+        assert_eq!(legacy.get_path("prompt").unwrap(), "<hi>");
+    }
+
+    #[test]
+    fn maps_and_fixes_params_at_dotted_paths() {
+        let mut b = JsonBody::parse(br#"{"model":"deepseek","temperature":0.9,"response_format":{"type":"text"}}"#).unwrap();
+        let map: indexmap::IndexMap<String, (serde_json::Value, serde_json::Value)> = [
+            ("model".to_string(), (serde_json::json!("deepseek"), serde_json::json!("qwen2-7b"))),
+            ("response_format.type".to_string(), (serde_json::json!("text"), serde_json::json!("json_object"))),
+            ("top_p".to_string(), (serde_json::json!(1), serde_json::json!(0.5))),
+        ]
+        .into_iter()
+        .collect();
+        b.map_params(&map).unwrap();
+        let fixed: indexmap::IndexMap<String, serde_json::Value> = [
+            ("temperature".to_string(), serde_json::json!(0.2)),
+            ("metadata.team".to_string(), serde_json::json!("a")),
+        ]
+        .into_iter()
+        .collect();
+        b.fix_params(&fixed).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&b.to_bytes()).unwrap();
+        assert_eq!(v["model"], "qwen2-7b");
+        assert_eq!(v["response_format"]["type"], "json_object");
+        assert!(v.get("top_p").is_none());
+        assert_eq!(v["temperature"], 0.2);
+        assert_eq!(v["metadata"]["team"], "a");
     }
 
     #[test]

@@ -410,6 +410,8 @@ mod tests {
             first_byte_timeout: Duration::from_secs(1),
             total_timeout: Duration::from_secs(1),
             exposed: vec!["m".into()],
+            api_version: None,
+            default_max_tokens: None,
         }
     }
 

@@ -150,6 +150,10 @@ pub struct Channel {
     pub total_timeout: Duration,
     /// Client-facing names this channel answers to, in a stable order.
     pub exposed: Vec<String>,
+    /// `azure`: `api-version`.
+    pub api_version: Option<String>,
+    /// `anthropic`: `max_tokens` when a request names none.
+    pub default_max_tokens: Option<u32>,
 }
 
 impl Channel {
@@ -175,6 +179,17 @@ pub struct Gateway {
     pub rate_rules: Vec<RateRule>,
     pub allow: Vec<AccessRule>,
     pub deny: Vec<AccessRule>,
+    /// G6: contains `{{query}}`.
+    pub prompt_template: Option<String>,
+    pub param_map: indexmap::IndexMap<String, (serde_json::Value, serde_json::Value)>,
+    pub param_fixed: indexmap::IndexMap<String, serde_json::Value>,
+}
+
+impl Gateway {
+    /// Whether the gateway rewrites request bodies (G6, G7).
+    pub fn rewrites(&self) -> bool {
+        self.prompt_template.is_some() || !self.param_map.is_empty() || !self.param_fixed.is_empty()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +232,38 @@ pub struct Runtime {
     catch_all: Vec<(usize, Option<String>)>,
     /// Prices from the file's `models:` (the store may add and override).
     pub prices: HashMap<String, ModelPrice>,
+    /// `None`: the cache is off.
+    pub cache: Option<CachePolicy>,
+}
+
+/// Which answers are cached, and how (P10).
+#[derive(Debug, Clone)]
+pub struct CachePolicy {
+    pub models: CacheModels,
+    /// Models with `cache: true` in `models:`.
+    pub flagged: HashSet<String>,
+    pub ttl: Duration,
+    pub max_per_request: u32,
+    pub max_bytes: u64,
+    pub max_entry_bytes: u64,
+}
+
+fn compile_cache(file: &FileConfig, problems: &mut Vec<String>) -> Option<CachePolicy> {
+    let c = &file.cache;
+    if c.max_per_request == 0 || c.max_per_request > 16 {
+        problems.push("cache.max_per_request: must be between 1 and 16".into());
+    }
+    check_duration("cache.ttl", c.ttl, Duration::from_secs(30 * 86_400), problems);
+    let flagged: HashSet<String> = file.models.iter().filter(|m| m.cache).map(|m| m.name.clone()).collect();
+    let off = matches!(&c.models, CacheModels::Names(n) if n.is_empty()) && flagged.is_empty();
+    (!off).then(|| CachePolicy {
+        models: c.models.clone(),
+        flagged,
+        ttl: c.ttl.0,
+        max_per_request: c.max_per_request.clamp(1, 16),
+        max_bytes: c.max_bytes.0,
+        max_entry_bytes: c.max_entry_bytes.0,
+    })
 }
 
 /// The parsed `a>b` / `!a>b` line of a channel's `model_mapping`.
@@ -286,28 +333,29 @@ impl Runtime {
             }
             let upstream = match c.kind {
                 ChannelType::Mock => None,
-                ChannelType::Openai => {
-                    let url = c
-                        .base_url
-                        .as_deref()
-                        .or(c.kind.default_base_url())
-                        .unwrap_or_default();
-                    match Upstream::parse(url) {
+                kind => match c.base_url.as_deref().or(kind.default_base_url()) {
+                    None => {
+                        problems.push(format!(
+                            "{at}.base_url: a `{}` channel needs its endpoint, e.g. https://NAME.openai.azure.com",
+                            kind.as_str()
+                        ));
+                        None
+                    }
+                    Some(url) => match Upstream::parse(url) {
                         Ok(u) => Some(u),
                         Err(e) => {
                             problems.push(format!("{at}.base_url: {e}"));
                             None
                         }
-                    }
-                }
-                other => {
-                    problems.push(format!(
-                        "{at}.type: `{}` has no adapter in this build yet; use `openai` (any OpenAI-compatible server) or `mock`",
-                        other.as_str()
-                    ));
-                    None
-                }
+                    },
+                },
             };
+            if c.api_version.is_some() && c.kind != ChannelType::Azure {
+                problems.push(format!("{at}.api_version: only `azure` channels use it"));
+            }
+            if c.default_max_tokens.is_some() && c.kind != ChannelType::Anthropic {
+                problems.push(format!("{at}.default_max_tokens: only `anthropic` channels use it"));
+            }
             for (k, key) in c.keys.iter().enumerate() {
                 if key.trim().is_empty() {
                     problems.push(format!("{at}.keys[{k}]: a key must not be empty"));
@@ -397,6 +445,8 @@ impl Runtime {
                 first_byte_timeout: c.timeouts.first_byte.0,
                 total_timeout: c.timeouts.total.0,
                 exposed: exposed.into_iter().map(|(from, _)| from).collect(),
+                api_version: c.api_version.clone(),
+                default_max_tokens: c.default_max_tokens,
             });
         }
 
@@ -508,6 +558,23 @@ impl Runtime {
                     .iter()
                     .chain(&deny)
                     .any(|r| matches!(r, AccessRule::Secret(_)));
+            if let Some(t) = &g.prompt_template {
+                if !t.contains("{{query}}") {
+                    problems.push(format!(
+                        "{at}.prompt_template: must contain `{{{{query}}}}`, where the user's question goes"
+                    ));
+                }
+            }
+            for (what, keys) in [
+                ("param_map", g.param_map.keys().collect::<Vec<_>>()),
+                ("param_fixed", g.param_fixed.keys().collect::<Vec<_>>()),
+            ] {
+                for k in keys {
+                    if k.is_empty() || k.split('.').any(str::is_empty) {
+                        problems.push(format!("{at}.{what}: `{k}` is not a key or a dotted path"));
+                    }
+                }
+            }
             if needs_key && auth.is_none() && g.auth.is_none() {
                 problems.push(format!(
                     "{at}.auth: `secret:` rules need callers with keys; add an `auth` section"
@@ -525,6 +592,9 @@ impl Runtime {
                 rate_rules,
                 allow,
                 deny,
+                prompt_template: g.prompt_template.clone(),
+                param_map: g.param_map.clone(),
+                param_fixed: g.param_fixed.clone(),
             });
         }
         gateways.sort_by_key(|g| std::cmp::Reverse(g.path.len()));
@@ -567,6 +637,10 @@ impl Runtime {
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
+        let cache = compile_cache(&file, &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
         Ok(Runtime {
             file,
             gateways,
@@ -574,6 +648,7 @@ impl Runtime {
             models,
             catch_all,
             prices,
+            cache,
         })
     }
 
@@ -925,8 +1000,10 @@ gateways:
                 .starts_with("channels[0].timeouts.total: must not exceed"),
             "{e}"
         );
-        let e = load("channels:\n  - {name: a, type: anthropic, models: [m]}\n").unwrap_err();
-        assert!(e.to_string().starts_with("channels[0].type"), "{e}");
+        let e = load("channels:\n  - {name: a, type: azure, models: [m]}\n").unwrap_err();
+        assert!(e.to_string().starts_with("channels[0].base_url"), "{e}");
+        let e = load("gateways:\n  - {name: g, path: /v1, prompt_template: 'no placeholder'}\n").unwrap_err();
+        assert!(e.to_string().starts_with("gateways[0].prompt_template"), "{e}");
         let e = load("channels:\n  - {name: a, type: mock, models: [m], keys: ['${NOPE}']}\n")
             .unwrap_err();
         assert!(e.to_string().contains("NOPE"), "{e}");

@@ -18,6 +18,72 @@ pub struct FileConfig {
     pub channels: Vec<ChannelConfig>,
     #[serde(default = "default_gateways")]
     pub gateways: Vec<GatewayConfig>,
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// The exact-match response cache (P10).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// `[]` (off), `"*"` (every model), `"free"` (models priced 0), or model names;
+    /// models with `cache: true` in `models:` are cached too.
+    pub models: CacheModels,
+    pub ttl: Dur,
+    /// Different answers kept per request; a request gets one of them at random.
+    pub max_per_request: u32,
+    /// Memory for cached answers; the least recently used go first.
+    pub max_bytes: Size,
+    /// Answers larger than this are not cached.
+    pub max_entry_bytes: Size,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            models: CacheModels::Names(Vec::new()),
+            ttl: Dur::secs(3600),
+            max_per_request: 1,
+            max_bytes: Size(64 * 1024 * 1024),
+            max_entry_bytes: Size(1024 * 1024),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheModels {
+    All,
+    Free,
+    Names(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for CacheModels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::One(s) if s == "*" => Ok(CacheModels::All),
+            Raw::One(s) if s == "free" => Ok(CacheModels::Free),
+            Raw::One(s) => Err(serde::de::Error::custom(format!(
+                "`{s}`: use \"*\", \"free\" or a list of model names"
+            ))),
+            Raw::Many(v) => Ok(CacheModels::Names(v)),
+        }
+    }
+}
+
+impl Serialize for CacheModels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CacheModels::All => s.serialize_str("*"),
+            CacheModels::Free => s.serialize_str("free"),
+            CacheModels::Names(v) => v.serialize(s),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -203,6 +269,12 @@ pub struct ChannelConfig {
     pub retries: u32,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// `azure`: the `api-version` query parameter.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// `anthropic`: `max_tokens` when the request names none (the Messages API needs it).
+    #[serde(default)]
+    pub default_max_tokens: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -256,6 +328,16 @@ pub struct GatewayConfig {
     pub allow: Vec<String>,
     #[serde(default)]
     pub deny: Vec<String>,
+    /// The last user message becomes this text with `{{query}}` replaced by it.
+    #[serde(default)]
+    pub prompt_template: Option<String>,
+    /// `"key": [old, new]`: where the body's value at `key` (dotted for nested
+    /// fields) is `old`, it becomes `new`.
+    #[serde(default)]
+    pub param_map: indexmap::IndexMap<String, (serde_json::Value, serde_json::Value)>,
+    /// `"key": value`: the body's value at `key` is set to `value`.
+    #[serde(default)]
+    pub param_fixed: indexmap::IndexMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -367,6 +449,9 @@ fn default_gateways() -> Vec<GatewayConfig> {
         rate_limits: Vec::new(),
         allow: Vec::new(),
         deny: Vec::new(),
+        prompt_template: None,
+        param_map: indexmap::IndexMap::new(),
+        param_fixed: indexmap::IndexMap::new(),
     }]
 }
 

@@ -1,0 +1,85 @@
+//! Splitting a provider's SSE stream into events as chunks arrive.
+
+/// One event: its `event:` name (if any) and its `data:` payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub name: Option<String>,
+    pub data: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Splitter {
+    buf: Vec<u8>,
+}
+
+impl Splitter {
+    /// Complete events in what has arrived so far.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Event> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some((end, skip)) = find_blank_line(&self.buf) {
+            let raw: Vec<u8> = self.buf.drain(..end + skip).collect();
+            if let Some(ev) = parse(&raw[..end]) {
+                out.push(ev);
+            }
+        }
+        out
+    }
+
+    /// An event the stream ended without its blank line.
+    pub fn rest(&mut self) -> Option<Event> {
+        let raw = std::mem::take(&mut self.buf);
+        parse(&raw)
+    }
+}
+
+fn find_blank_line(b: &[u8]) -> Option<(usize, usize)> {
+    (0..b.len()).find_map(|i| {
+        if b[i..].starts_with(b"\n\n") {
+            Some((i, 2))
+        } else if b[i..].starts_with(b"\r\n\r\n") {
+            Some((i, 4))
+        } else {
+            None
+        }
+    })
+}
+
+fn parse(raw: &[u8]) -> Option<Event> {
+    let text = String::from_utf8_lossy(raw);
+    let mut name = None;
+    let mut data: Option<String> = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            name = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("data:") {
+            let v = v.strip_prefix(' ').unwrap_or(v);
+            match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(v);
+                }
+                None => data = Some(v.to_string()),
+            }
+        }
+    }
+    data.map(|data| Event { name, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_across_chunks() {
+        let mut s = Splitter::default();
+        assert!(s.push(b"event: ping\ndata: {\"a\"").is_empty());
+        let evs = s.push(b":1}\n\ndata: x\r\n\r\n: comment\n\n");
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[0].name.as_deref(), Some("ping"));
+        assert_eq!(evs[0].data, "{\"a\":1}");
+        assert_eq!(evs[1].data, "x");
+        assert!(s.push(b"data: tail").is_empty());
+        assert_eq!(s.rest().unwrap().data, "tail");
+    }
+}
