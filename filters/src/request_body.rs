@@ -159,7 +159,9 @@ impl JsonBody {
                         )))
                     }
                 },
-                serde_json::Value::Object(m) => m.entry(seg.to_string()).or_insert(serde_json::Value::Null),
+                serde_json::Value::Object(m) => {
+                    m.entry(seg.to_string()).or_insert(serde_json::Value::Null)
+                }
                 _ => unreachable_value(),
             };
         }
@@ -211,13 +213,16 @@ impl JsonBody {
             match content {
                 Some(serde_json::Value::String(text)) => *text = fill(text),
                 Some(serde_json::Value::Array(parts)) => {
-                    let is_text = |p: &serde_json::Value| p.get("type").and_then(|t| t.as_str()) == Some("text");
+                    let is_text = |p: &serde_json::Value| {
+                        p.get("type").and_then(|t| t.as_str()) == Some("text")
+                    };
                     let query: Vec<String> = parts
                         .iter()
                         .filter(|p| is_text(p))
                         .filter_map(|p| p.get("text").and_then(|t| t.as_str()).map(str::to_string))
                         .collect();
-                    let templated = serde_json::json!({"type": "text", "text": fill(&query.join("\n"))});
+                    let templated =
+                        serde_json::json!({"type": "text", "text": fill(&query.join("\n"))});
                     match parts.iter().position(is_text) {
                         Some(first) => {
                             let mut i = 0;
@@ -390,10 +395,15 @@ mod tests {
     #[test]
     fn templates_the_last_user_message() {
         let mut b = JsonBody::parse(br#"{"model":"a","messages":[{"role":"user","content":"first"},{"role":"assistant","content":"ok"},{"role":"user","content":"what is weir?"}]}"#).unwrap();
-        assert!(b.apply_template("Answer as an expert. Question: {{query}}").unwrap());
+        assert!(b
+            .apply_template("Answer as an expert. Question: {{query}}")
+            .unwrap());
         let v: serde_json::Value = serde_json::from_slice(&b.to_bytes()).unwrap();
         assert_eq!(v["messages"][0]["content"], "first");
-        assert_eq!(v["messages"][2]["content"], "Answer as an expert. Question: what is weir?");
+        assert_eq!(
+            v["messages"][2]["content"],
+            "Answer as an expert. Question: what is weir?"
+        );
     }
 
     #[test]
@@ -412,11 +422,23 @@ mod tests {
 
     #[test]
     fn maps_and_fixes_params_at_dotted_paths() {
-        let mut b = JsonBody::parse(br#"{"model":"deepseek","temperature":0.9,"response_format":{"type":"text"}}"#).unwrap();
+        let mut b = JsonBody::parse(
+            br#"{"model":"deepseek","temperature":0.9,"response_format":{"type":"text"}}"#,
+        )
+        .unwrap();
         let map: indexmap::IndexMap<String, (serde_json::Value, serde_json::Value)> = [
-            ("model".to_string(), (serde_json::json!("deepseek"), serde_json::json!("qwen2-7b"))),
-            ("response_format.type".to_string(), (serde_json::json!("text"), serde_json::json!("json_object"))),
-            ("top_p".to_string(), (serde_json::json!(1), serde_json::json!(0.5))),
+            (
+                "model".to_string(),
+                (serde_json::json!("deepseek"), serde_json::json!("qwen2-7b")),
+            ),
+            (
+                "response_format.type".to_string(),
+                (serde_json::json!("text"), serde_json::json!("json_object")),
+            ),
+            (
+                "top_p".to_string(),
+                (serde_json::json!(1), serde_json::json!(0.5)),
+            ),
         ]
         .into_iter()
         .collect();

@@ -27,6 +27,9 @@ pub enum Verdict {
     },
     /// 401/403: this key is refused; the next key or channel, at once.
     KeyRejected,
+    /// The channel cannot serve this request at all (its provider lacks the
+    /// endpoint): the next channel, at once, nothing learned about health.
+    Unserved,
 }
 
 /// Classifies an upstream status.
@@ -192,6 +195,9 @@ impl Failover {
                 self.enter_channel(0, routes, channels, admit, rng, false)
             }
             None | Some(Verdict::Success) | Some(Verdict::Final) => None,
+            Some(Verdict::Unserved) => {
+                self.enter_channel(self.pos + 1, routes, channels, admit, rng, true)
+            }
             Some(Verdict::KeyRejected) => {
                 let route = self.order.get(self.pos).copied()?;
                 let channel = routes[route].channel;

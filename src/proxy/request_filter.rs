@@ -17,6 +17,7 @@ use rand::SeedableRng;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use weir_filters::adapters;
 use weir_filters::auth::{remove_query_param, KeyPosition};
 use weir_filters::config::{Gateway, Runtime};
 use weir_filters::health::Admission;
@@ -227,15 +228,20 @@ async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, Failure> {
 
 /// The upstream body for one upstream model name: the client's bytes untouched when
 /// nothing changes, otherwise the rewritten body, made once per distinct model.
-struct Bodies {
+///
+/// Order of rewrites: the key field out (G2), the prompt template (G6), usage asked
+/// for (P9), then per upstream model: the model name (P6), `param_map`, then
+/// `param_fixed` (G7), so a gateway can still map or pin the model a channel chose.
+struct Bodies<'a> {
     raw: Bytes,
     parsed: JsonBody,
     client_model: String,
     rewritten: bool,
     made: Vec<(String, Bytes)>,
+    gateway: &'a Gateway,
 }
 
-impl Bodies {
+impl Bodies<'_> {
     fn for_model(&mut self, model: &str) -> Result<Bytes, GatewayError> {
         if !self.rewritten && model == self.client_model {
             return Ok(self.raw.clone());
@@ -244,6 +250,8 @@ impl Bodies {
             return Ok(b.clone());
         }
         self.parsed.set("model", &model)?;
+        self.parsed.map_params(&self.gateway.param_map)?;
+        self.parsed.fix_params(&self.gateway.param_fixed)?;
         let b = self.parsed.to_bytes();
         self.made.push((model.to_string(), b.clone()));
         Ok(b)
@@ -301,6 +309,11 @@ async fn proxy(
     }
     ctx.model_label = label;
 
+    if let Some(template) = &gateway.prompt_template {
+        rewritten |= parsed.apply_template(template)?;
+    }
+    rewritten |= !gateway.param_map.is_empty() || !gateway.param_fixed.is_empty();
+
     // P9: a stream always asks for usage; the client sees it only if it asked too.
     let ask_usage = facts.stream && endpoint.streams_chunks();
     let strip_usage = ask_usage && !facts.client_wants_usage;
@@ -314,6 +327,7 @@ async fn proxy(
         client_model: facts.model.clone(),
         rewritten,
         made: Vec::new(),
+        gateway,
     };
     let accept = session
         .req_header()
@@ -341,6 +355,8 @@ async fn proxy(
     // What the client is told was tried, and the fuller story for the log.
     let mut tried = String::new();
     let mut tried_log = String::new();
+    // Set while every attempt so far found a channel that cannot serve the endpoint.
+    let mut refused: Option<GatewayError> = None;
     let (mut all_rate_limited, mut all_timeouts, mut any_attempt) = (true, true, false);
     let mut shortest_wait: Option<Duration> = None;
 
@@ -441,6 +457,7 @@ async fn proxy(
             rest,
             body: bodies.for_model(&routes[attempt.route].upstream_model)?,
             accept: accept.as_deref(),
+            upstream_model: &routes[attempt.route].upstream_model,
         };
         let started = Instant::now();
         let key_label = key
@@ -448,6 +465,7 @@ async fn proxy(
             .unwrap_or_default();
         match exchange(state, session, channel, key, &out, server.dns_ttl.0).await {
             Ok(answer) => {
+                refused = None;
                 let verdict = judge(state, &policy, backoff.max, channel, key, &answer);
                 if matches!(verdict, Verdict::Success | Verdict::Final) {
                     let plan = RelayPlan {
@@ -457,6 +475,8 @@ async fn proxy(
                         request: &bodies.parsed,
                         gateway: &gateway.name,
                         health: &policy,
+                        translate: adapters::translates(channel.kind).then_some(channel.kind),
+                        model: &facts.model,
                     };
                     return relay(state, session, ctx, answer, plan).await;
                 }
@@ -491,7 +511,14 @@ async fn proxy(
                 ctx.client_gone = true;
                 return Err(client_left());
             }
+            Err(AttemptError::Refused(e)) => {
+                // This channel's provider lacks the endpoint: try another channel; if
+                // none can, the client gets this answer.
+                refused.get_or_insert(e);
+                last = Some(Verdict::Unserved);
+            }
             Err(e) => {
+                refused = None;
                 all_rate_limited = false;
                 if !matches!(e, AttemptError::Timeout(_)) {
                     all_timeouts = false;
@@ -534,6 +561,9 @@ async fn proxy(
     let retry_after_secs = shortest_wait
         .map(|d| d.as_secs_f64().ceil() as u64)
         .unwrap_or(1);
+    if let Some(e) = refused {
+        return Err(e.into());
+    }
     let e = if !any_attempt {
         GatewayError::NoChannelAvailable {
             model,
@@ -576,5 +606,6 @@ fn short(e: &AttemptError) -> &'static str {
         AttemptError::Timeout(_) => "timed out",
         AttemptError::Io(_) => "connection broke before the answer",
         AttemptError::ClientGone => "client went away",
+        AttemptError::Refused(_) => "cannot serve this endpoint",
     }
 }

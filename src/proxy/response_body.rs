@@ -12,6 +12,8 @@ use bytes::Bytes;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::time::Instant;
+use weir_filters::adapters::{self, StreamTranslator};
+use weir_filters::config::ChannelType;
 use weir_filters::health::HealthPolicy;
 use weir_filters::request_body::{prompt_text, JsonBody};
 use weir_filters::response_body::{json_usage, SseTap};
@@ -43,6 +45,10 @@ pub struct RelayPlan<'a> {
     pub request: &'a JsonBody,
     pub gateway: &'a str,
     pub health: &'a HealthPolicy,
+    /// The channel's type when its answers are not OpenAI's (Anthropic, Gemini).
+    pub translate: Option<ChannelType>,
+    /// The model name the client asked for, as translated answers name it.
+    pub model: &'a str,
 }
 
 fn downstream_header(
@@ -85,6 +91,16 @@ pub async fn relay(
     plan: RelayPlan<'_>,
 ) -> Result<(), Failure> {
     let status = answer.status();
+    if let (Some(kind), Answer::Upstream { header, .. }) = (plan.translate, &answer) {
+        let ct = header
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct.starts_with("text/event-stream") {
+            return relay_translated_json(state, session, ctx, answer, &plan, kind).await;
+        }
+    }
     let (header, mut source, is_sse, is_json) = match answer {
         Answer::Upstream { up, peer, header } => {
             let ct = header
@@ -131,6 +147,9 @@ pub async fn relay(
 
     let mut tap = SseTap::new(plan.strip_usage && is_sse);
     let mut kept: Vec<u8> = Vec::new();
+    let mut translator = plan
+        .translate
+        .and_then(|kind| adapters::stream_translator(kind, plan.model, true));
     let pumped = pump(
         state,
         session,
@@ -138,6 +157,7 @@ pub async fn relay(
         &mut source,
         &mut tap,
         &mut kept,
+        &mut translator,
         &plan,
         status,
         is_sse,
@@ -165,6 +185,7 @@ async fn pump(
     source: &mut Source,
     tap: &mut SseTap,
     kept: &mut Vec<u8>,
+    translator: &mut Option<Box<dyn StreamTranslator>>,
     plan: &RelayPlan<'_>,
     status: u16,
     is_sse: bool,
@@ -193,7 +214,10 @@ async fn pump(
             }
         };
         let out = if is_sse {
-            tap.feed(chunk)
+            match translator.as_mut() {
+                Some(t) => tap.feed(Bytes::from(t.feed(&chunk))),
+                None => tap.feed(chunk),
+            }
         } else {
             if keep_json {
                 if kept.len() + chunk.len() <= MAX_JSON_KEPT {
@@ -219,9 +243,14 @@ async fn pump(
 
     // The stream is over, one way or another.
     if is_sse {
-        let rest = tap.finish();
+        let mut rest = Vec::new();
+        if let (Some(t), None) = (translator.as_mut(), &broken) {
+            // What a translated stream still owes once its provider ended cleanly.
+            rest.extend_from_slice(&tap.feed(Bytes::from(t.finish())));
+        }
+        rest.extend_from_slice(&tap.finish());
         let complete = !plan.expect_done || tap.completed() || tap.saw_error || status >= 300;
-        let mut tail = rest.to_vec();
+        let mut tail = rest;
         if broken.is_some() || !complete {
             let why = broken
                 .clone()
@@ -272,6 +301,72 @@ async fn pump(
     }
 
     Ok(())
+}
+
+/// A provider's complete JSON answer (or error), read whole, translated into
+/// OpenAI's shape and sent with its new length.
+async fn relay_translated_json(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    answer: Answer,
+    plan: &RelayPlan<'_>,
+    kind: ChannelType,
+) -> Result<(), Failure> {
+    let Answer::Upstream {
+        mut up,
+        peer,
+        header,
+    } = answer
+    else {
+        return Err(Failure::Client(GatewayError::Internal(
+            "nothing to translate".into(),
+        )));
+    };
+    let status = header.status.as_u16();
+    let mut body = Vec::new();
+    let read = async {
+        while let Some(chunk) = up.read_response_body().await.map_err(|e| e.to_string())? {
+            if body.len() + chunk.len() > MAX_JSON_KEPT {
+                return Err("the answer is too large to translate".to_string());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    let read = match tokio::time::timeout_at(plan.deadline.into(), read).await {
+        Ok(r) => r,
+        Err(_) => Err("the channel's total timeout ran out".to_string()),
+    };
+    if let Err(why) = read {
+        up.shutdown().await;
+        state
+            .health
+            .failure(&HealthId::channel(&ctx.channel), plan.health, &why);
+        return Err(Failure::Client(GatewayError::UpstreamFailed {
+            model: plan.model.to_string(),
+            detail: format!("channel `{}`: {why}", ctx.channel),
+        }));
+    }
+    finish(state, Source::Upstream { up, peer }).await;
+    let out = adapters::translate_json(kind, status, &body, plan.model);
+    let h = downstream_header(status, None, "application/json", Some(out.len()))
+        .map_err(Failure::Abort)?;
+    ctx.status = status;
+    if status < 300 {
+        ctx.usage = Some(usage_of(false, SseTap::default(), &out, plan.request).await);
+    }
+    let written = async {
+        session.write_response_header(Box::new(h), false).await?;
+        ctx.first_byte = Some(ctx.started.elapsed());
+        session
+            .write_response_body(Some(Bytes::from(out)), true)
+            .await
+    };
+    written.await.map_err(|e| {
+        ctx.client_gone = true;
+        Failure::Abort(e)
+    })
 }
 
 /// The upstream's usage, or a tokenizer estimate counted off the async workers.

@@ -14,6 +14,7 @@ use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::time::{Duration, Instant};
+use weir_filters::adapters::{self, Outgoing};
 use weir_filters::config::{Channel, ChannelType};
 use weir_filters::health::HealthPolicy;
 use weir_filters::mock::{self, MockAnswer};
@@ -59,6 +60,8 @@ pub enum AttemptError {
     /// The connection broke before a response header arrived.
     Io(String),
     ClientGone,
+    /// The channel cannot take this request at all (an endpoint its provider lacks).
+    Refused(weir_filters::GatewayError),
 }
 
 impl AttemptError {
@@ -68,6 +71,7 @@ impl AttemptError {
             AttemptError::Timeout(_) => "timeout",
             AttemptError::Io(_) => "server_error",
             AttemptError::ClientGone => "client_gone",
+            AttemptError::Refused(_) => "refused",
         }
     }
 
@@ -77,6 +81,7 @@ impl AttemptError {
             AttemptError::Timeout(e) => format!("timed out ({e})"),
             AttemptError::Io(e) => format!("connection broke ({e})"),
             AttemptError::ClientGone => "client went away".into(),
+            AttemptError::Refused(e) => e.to_string(),
         }
     }
 }
@@ -86,8 +91,11 @@ pub struct Outbound<'a> {
     pub endpoint: Endpoint,
     /// Path and query after `/v1`, e.g. `/chat/completions?x=1`.
     pub rest: &'a str,
+    /// The OpenAI body after every rewrite; adapters turn it into the provider's.
     pub body: Bytes,
     pub accept: Option<&'a str>,
+    /// The model name the upstream is asked for (an Azure deployment, a Gemini model).
+    pub upstream_model: &'a str,
 }
 
 fn classify_error(e: &pingora_error::Error) -> AttemptError {
@@ -149,7 +157,16 @@ pub async fn exchange(
     peer.options.write_timeout = Some(channel.first_byte_timeout);
     peer.options.idle_timeout = Some(Duration::from_secs(60));
 
-    let path = format!("{}/v1{}", upstream.base_path, out.rest);
+    // The provider's path, headers (its way of sending the key) and body.
+    let call = adapters::prepare(
+        channel,
+        out.endpoint,
+        out.rest,
+        out.body.clone(),
+        out.upstream_model,
+        key,
+    )
+    .map_err(AttemptError::Refused)?;
     let wait = channel.first_byte_timeout.min(channel.total_timeout);
     let deadline = Instant::now() + wait;
     let mut stale = 0;
@@ -159,12 +176,12 @@ pub async fn exchange(
             .get_http_session(&peer)
             .await
             .map_err(|e| classify_error(&e))?;
-        let req = request_header(&path, upstream.authority.as_str(), key, out)?;
+        let req = request_header(upstream.authority.as_str(), &call, out.accept)?;
         up.set_read_timeout(Some(channel.first_byte_timeout));
 
         let sent = async {
             up.write_request_header(Box::new(req)).await?;
-            up.write_request_body(out.body.clone(), true).await?;
+            up.write_request_body(call.body.clone(), true).await?;
             up.finish_request_body().await?;
             up.read_response_header().await
         };
@@ -204,19 +221,18 @@ pub async fn exchange(
 }
 
 fn request_header(
-    path: &str,
     authority: &str,
-    key: Option<&str>,
-    out: &Outbound<'_>,
+    call: &Outgoing,
+    accept: Option<&str>,
 ) -> Result<RequestHeader, AttemptError> {
     let bad = |e: Box<pingora_error::Error>| AttemptError::Io(e.to_string());
-    let mut req = RequestHeader::build("POST", path.as_bytes(), Some(8)).map_err(bad)?;
+    let mut req = RequestHeader::build("POST", call.path.as_bytes(), Some(8)).map_err(bad)?;
     req.insert_header("host", authority).map_err(bad)?;
     req.insert_header("content-type", "application/json")
         .map_err(bad)?;
     req.insert_header(
         "accept",
-        out.accept.unwrap_or("application/json, text/event-stream"),
+        accept.unwrap_or("application/json, text/event-stream"),
     )
     .map_err(bad)?;
     // Usage and SSE are read as they pass: no compressed answers.
@@ -224,11 +240,12 @@ fn request_header(
         .map_err(bad)?;
     req.insert_header("user-agent", concat!("weir/", env!("CARGO_PKG_VERSION")))
         .map_err(bad)?;
-    req.insert_header("content-length", out.body.len().to_string())
+    req.insert_header("content-length", call.body.len().to_string())
         .map_err(bad)?;
-    if let Some(k) = key {
-        req.insert_header("authorization", format!("Bearer {k}"))
-            .map_err(|_| AttemptError::Io("the channel key is not a valid header value".into()))?;
+    for (name, value) in &call.headers {
+        req.insert_header(*name, value.as_str()).map_err(|_| {
+            AttemptError::Io("a channel key or setting is not a valid header value".into())
+        })?;
     }
     Ok(req)
 }
@@ -269,12 +286,14 @@ pub async fn discard(state: &AppState, answer: Answer) -> Option<String> {
         code: Option<serde_json::Value>,
         #[serde(rename = "type")]
         kind: Option<String>,
+        /// Gemini's name for the error.
+        status: Option<String>,
     }
     let e: E = serde_json::from_slice(&body).ok()?;
     match e.error.code {
         Some(serde_json::Value::String(s)) if s.len() <= 64 => Some(s),
         Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-        _ => e.error.kind.filter(|k| k.len() <= 64),
+        _ => e.error.kind.or(e.error.status).filter(|k| k.len() <= 64),
     }
 }
 
@@ -339,6 +358,8 @@ pub fn judge(
             }
             "rate_limited"
         }
+        // Never made from a status code.
+        (Verdict::Unserved, _) => "refused",
         (Verdict::Retryable { .. }, _) => {
             h.failure(&channel_id, policy, &reason);
             if let Some(id) = &key_id {

@@ -38,6 +38,8 @@ pub enum Reply {
 pub struct Seen {
     pub path: String,
     pub query: Option<String>,
+    /// Every request header, lower-case names.
+    pub headers: std::collections::HashMap<String, String>,
     pub authorization: Option<String>,
     pub content_length: usize,
     pub body: Value,
@@ -202,6 +204,10 @@ async fn handle(
     st.seen.lock().unwrap().push(Seen {
         path: uri.path().to_string(),
         query: uri.query().map(str::to_string),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect(),
         authorization: headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -222,10 +228,11 @@ async fn handle(
         }
         other => other,
     };
+    let provider = Provider::of(uri.path());
     match reply {
         Reply::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap();
-            (status, axum::Json(error_body(code))).into_response()
+            (status, axum::Json(provider.error(code))).into_response()
         }
         Reply::RateLimited { retry_after } => {
             let mut r =
@@ -234,10 +241,185 @@ async fn handle(
                 .insert("retry-after", retry_after.to_string().parse().unwrap());
             r
         }
-        Reply::Ok | Reply::NoUsage | Reply::Cut { .. } | Reply::Delay(_) => {
-            answer(&st, &parsed, body.len(), &reply, uri.path())
+        Reply::Ok | Reply::NoUsage | Reply::Cut { .. } | Reply::Delay(_) => match provider {
+            Provider::Anthropic => anthropic_answer(&st, &parsed, body.len(), &reply),
+            Provider::Gemini { stream } => gemini_answer(&st, body.len(), stream, &reply),
+            Provider::OpenAi => answer(&st, &parsed, body.len(), &reply, uri.path()),
+        },
+    }
+}
+
+/// Which provider's wire format a request path speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Provider {
+    OpenAi,
+    Anthropic,
+    Gemini { stream: bool },
+}
+
+impl Provider {
+    fn of(path: &str) -> Provider {
+        if path.ends_with("/v1/messages") {
+            Provider::Anthropic
+        } else if path.contains(":generateContent") || path.contains(":streamGenerateContent") {
+            Provider::Gemini {
+                stream: path.contains(":streamGenerateContent"),
+            }
+        } else {
+            Provider::OpenAi
         }
     }
+
+    /// The provider's own error body, as its API reference shows it.
+    fn error(self, code: u16) -> Value {
+        match self {
+            Provider::OpenAi => error_body(code),
+            Provider::Anthropic => {
+                let kind = match code {
+                    400 => "invalid_request_error",
+                    401 => "authentication_error",
+                    429 => "rate_limit_error",
+                    529 => "overloaded_error",
+                    _ => "api_error",
+                };
+                json!({"type": "error", "error": {"type": kind, "message": format!("anthropic mock says {code}")}})
+            }
+            Provider::Gemini { .. } => {
+                let status = match code {
+                    400 => "INVALID_ARGUMENT",
+                    401 => "UNAUTHENTICATED",
+                    403 => "PERMISSION_DENIED",
+                    429 => "RESOURCE_EXHAUSTED",
+                    _ => "INTERNAL",
+                };
+                json!({"error": {"code": code, "message": format!("gemini mock says {code}"), "status": status}})
+            }
+        }
+    }
+}
+
+fn sse_response(events: Vec<String>, cut: Option<usize>, delay: Duration) -> Response {
+    let stream = futures_util::stream::unfold(
+        (events.into_iter(), cut, false),
+        move |(mut it, cut, done)| async move {
+            if done {
+                return None;
+            }
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            match it.next() {
+                Some(ev) => Some((
+                    Ok::<Bytes, std::io::Error>(Bytes::from(ev)),
+                    (it, cut, false),
+                )),
+                None if cut.is_some() => Some((Err(std::io::Error::other("cut")), (it, cut, true))),
+                None => None,
+            }
+        },
+    );
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    r
+}
+
+/// Anthropic Messages API answers, JSON or SSE, shaped as its reference documents.
+fn anthropic_answer(
+    st: &Arc<UpstreamState>,
+    req: &Value,
+    body_len: usize,
+    reply: &Reply,
+) -> Response {
+    let (prompt, completion) = usage_for(body_len);
+    let words = ["Hello", " from", " upstream", &format!(" {}", st.name)].map(|s| s.to_string());
+    let model = req["model"].as_str().unwrap_or("?").to_string();
+    if !req["stream"].as_bool().unwrap_or(false) {
+        st.prompt_sent.fetch_add(prompt, Ordering::SeqCst);
+        st.completion_sent.fetch_add(completion, Ordering::SeqCst);
+        return axum::Json(json!({
+            "id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": words.concat()}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": prompt, "output_tokens": completion},
+        }))
+        .into_response();
+    }
+    let ev = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
+    let mut events = vec![
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": model, "stop_reason": null, "usage": {"input_tokens": prompt, "output_tokens": 1}}}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        ev("ping", json!({"type": "ping"})),
+    ];
+    for w in &words {
+        events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}})));
+    }
+    events.push(ev(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": completion}})));
+    events.push(ev("message_stop", json!({"type": "message_stop"})));
+    let cut = match reply {
+        Reply::Cut { after } => Some(*after),
+        _ => None,
+    };
+    if let Some(after) = cut {
+        events.truncate(after);
+    } else {
+        st.prompt_sent.fetch_add(prompt, Ordering::SeqCst);
+        st.completion_sent.fetch_add(completion, Ordering::SeqCst);
+    }
+    sse_response(events, cut, *st.chunk_delay.lock().unwrap())
+}
+
+/// Gemini `generateContent` / `streamGenerateContent?alt=sse` answers.
+fn gemini_answer(
+    st: &Arc<UpstreamState>,
+    body_len: usize,
+    stream: bool,
+    reply: &Reply,
+) -> Response {
+    let (prompt, completion) = usage_for(body_len);
+    let words = ["Hello", " from", " upstream", &format!(" {}", st.name)].map(|s| s.to_string());
+    let usage = json!({"promptTokenCount": prompt, "candidatesTokenCount": completion, "totalTokenCount": prompt + completion});
+    if !stream {
+        st.prompt_sent.fetch_add(prompt, Ordering::SeqCst);
+        st.completion_sent.fetch_add(completion, Ordering::SeqCst);
+        return axum::Json(json!({
+            "candidates": [{"content": {"parts": [{"text": words.concat()}], "role": "model"}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": usage, "modelVersion": "gemini-2.5-flash", "responseId": "resp-1",
+        }))
+        .into_response();
+    }
+    let mut events: Vec<String> = Vec::new();
+    for (i, w) in words.iter().enumerate() {
+        let last = i + 1 == words.len();
+        let mut cand = json!({"content": {"parts": [{"text": w}], "role": "model"}, "index": 0});
+        if last {
+            cand["finishReason"] = json!("STOP");
+        }
+        let partial = json!({"promptTokenCount": prompt, "candidatesTokenCount": i as u64 + 1});
+        let v = json!({"candidates": [cand], "usageMetadata": if last { usage.clone() } else { partial }, "responseId": "resp-1"});
+        events.push(format!("data: {v}\r\n\r\n"));
+    }
+    let cut = match reply {
+        Reply::Cut { after } => Some(*after),
+        _ => None,
+    };
+    if let Some(after) = cut {
+        events.truncate(after);
+    } else {
+        st.prompt_sent.fetch_add(prompt, Ordering::SeqCst);
+        st.completion_sent.fetch_add(completion, Ordering::SeqCst);
+    }
+    sse_response(events, cut, *st.chunk_delay.lock().unwrap())
 }
 
 /// The deterministic usage of an answer: prompt from the body size, four words out.

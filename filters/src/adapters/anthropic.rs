@@ -9,7 +9,10 @@
 //! `output_tokens`. Stream: `message_start` … `message_stop` become chunks.
 
 use super::sse::Splitter;
-use super::{chunk_event, content_text, data_url, openai_error, parse_json, stop_list, unix_now, unsupported, usage_event, Outgoing, StreamTranslator, DONE};
+use super::{
+    chunk_event, content_text, data_url, openai_error, parse_json, stop_list, unix_now,
+    unsupported, usage_event, Outgoing, StreamTranslator, DONE,
+};
 use crate::config::Channel;
 use crate::route::Endpoint;
 use crate::GatewayError;
@@ -31,7 +34,11 @@ pub fn prepare(
         return Err(unsupported("anthropic", endpoint));
     }
     let req = parse_json(body)?;
-    let out = to_messages_request(&req, model, channel.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS))?;
+    let out = to_messages_request(
+        &req,
+        model,
+        channel.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+    )?;
     let mut headers = vec![("anthropic-version", VERSION.to_string())];
     if let Some(k) = key {
         headers.push(("x-api-key", k.to_string()));
@@ -39,13 +46,17 @@ pub fn prepare(
     Ok(Outgoing {
         path: format!("{base}/v1/messages"),
         headers,
-        body: Bytes::from(serde_json::to_vec(&out).map_err(|e| GatewayError::Internal(e.to_string()))?),
+        body: Bytes::from(
+            serde_json::to_vec(&out).map_err(|e| GatewayError::Internal(e.to_string()))?,
+        ),
     })
 }
 
 fn image_block(url: &str) -> Value {
     match data_url(url) {
-        Some((mime, data)) => json!({"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}}),
+        Some((mime, data)) => {
+            json!({"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}})
+        }
         None => json!({"type": "image", "source": {"type": "url", "url": url}}),
     }
 }
@@ -69,7 +80,11 @@ fn user_blocks(content: Option<&Value>) -> Vec<Value> {
 }
 
 /// The OpenAI chat request as a Messages API request.
-pub fn to_messages_request(req: &Value, model: &str, default_max_tokens: u32) -> Result<Value, GatewayError> {
+pub fn to_messages_request(
+    req: &Value,
+    model: &str,
+    default_max_tokens: u32,
+) -> Result<Value, GatewayError> {
     let messages = req
         .get("messages")
         .and_then(|m| m.as_array())
@@ -89,8 +104,16 @@ pub fn to_messages_request(req: &Value, model: &str, default_max_tokens: u32) ->
                 if !text.is_empty() {
                     blocks.push(json!({"type": "text", "text": text}));
                 }
-                for call in m.get("tool_calls").and_then(|t| t.as_array()).into_iter().flatten() {
-                    let args = call.pointer("/function/arguments").and_then(|a| a.as_str()).unwrap_or("{}");
+                for call in m
+                    .get("tool_calls")
+                    .and_then(|t| t.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    let args = call
+                        .pointer("/function/arguments")
+                        .and_then(|a| a.as_str())
+                        .unwrap_or("{}");
                     blocks.push(json!({
                         "type": "tool_use",
                         "id": call.get("id").cloned().unwrap_or(Value::Null),
@@ -128,9 +151,19 @@ pub fn to_messages_request(req: &Value, model: &str, default_max_tokens: u32) ->
     }
     out.insert(
         "messages".into(),
-        Value::Array(turns.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect()),
+        Value::Array(
+            turns
+                .into_iter()
+                .map(|(role, content)| json!({"role": role, "content": content}))
+                .collect(),
+        ),
     );
-    for (from, to) in [("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"), ("stream", "stream")] {
+    for (from, to) in [
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("top_k", "top_k"),
+        ("stream", "stream"),
+    ] {
         if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
             out.insert(to.into(), v.clone());
         }
@@ -188,19 +221,32 @@ fn finish_reason(stop: Option<&str>) -> &'static str {
 
 /// Input tokens with the prompt-cache reads and writes Anthropic counts apart.
 fn prompt_tokens(usage: &Value) -> u64 {
-    ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"]
-        .iter()
-        .filter_map(|k| usage.get(*k).and_then(|v| v.as_u64()))
-        .sum()
+    [
+        "input_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    ]
+    .iter()
+    .filter_map(|k| usage.get(*k).and_then(|v| v.as_u64()))
+    .sum()
 }
 
 pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
     let Ok(msg) = serde_json::from_slice::<Value>(body) else {
-        return openai_error("the upstream answered with something that is not JSON", "server_error", "bad_upstream_answer");
+        return openai_error(
+            "the upstream answered with something that is not JSON",
+            "server_error",
+            "bad_upstream_answer",
+        );
     };
     let mut text = String::new();
     let mut calls = Vec::new();
-    for block in msg.get("content").and_then(|c| c.as_array()).into_iter().flatten() {
+    for block in msg
+        .get("content")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+    {
         match block.get("type").and_then(|t| t.as_str()) {
             Some("text") => text.push_str(block.get("text").and_then(|t| t.as_str()).unwrap_or("")),
             Some("tool_use") => calls.push(json!({
@@ -216,7 +262,13 @@ pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
         message["tool_calls"] = Value::Array(calls);
     }
     let usage = msg.get("usage").cloned().unwrap_or(Value::Null);
-    let (prompt, completion) = (prompt_tokens(&usage), usage.get("output_tokens").and_then(|v| v.as_u64()).unwrap_or(0));
+    let (prompt, completion) = (
+        prompt_tokens(&usage),
+        usage
+            .get("output_tokens")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0),
+    );
     let out = json!({
         "id": msg.get("id").cloned().unwrap_or_else(|| json!("chatcmpl-anthropic")),
         "object": "chat.completion",
@@ -230,13 +282,18 @@ pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
 
 pub fn translate_error(status: u16, body: &[u8]) -> Vec<u8> {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let kind = v.pointer("/error/type").and_then(|t| t.as_str()).unwrap_or("api_error");
+    let kind = v
+        .pointer("/error/type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("api_error");
     let message = v
         .pointer("/error/message")
         .and_then(|m| m.as_str())
         .unwrap_or("the Anthropic upstream refused the request");
     let openai_type = match kind {
-        "invalid_request_error" | "not_found_error" | "request_too_large" => "invalid_request_error",
+        "invalid_request_error" | "not_found_error" | "request_too_large" => {
+            "invalid_request_error"
+        }
         "authentication_error" => "authentication_error",
         "permission_error" => "permission_error",
         "rate_limit_error" => "rate_limit_error",
@@ -275,7 +332,9 @@ impl Stream {
     }
 
     fn event(&mut self, v: &Value, out: &mut Vec<u8>) {
-        let chunk = |s: &Self, delta: Value, finish: Option<&str>| chunk_event(&s.id, &s.model, s.created, delta, finish);
+        let chunk = |s: &Self, delta: Value, finish: Option<&str>| {
+            chunk_event(&s.id, &s.model, s.created, delta, finish)
+        };
         match v.get("type").and_then(|t| t.as_str()) {
             Some("message_start") => {
                 if let Some(id) = v.pointer("/message/id").and_then(|i| i.as_str()) {
@@ -283,8 +342,15 @@ impl Stream {
                 }
                 let usage = v.pointer("/message/usage").cloned().unwrap_or(Value::Null);
                 self.prompt = prompt_tokens(&usage);
-                self.completion = usage.get("output_tokens").and_then(|o| o.as_u64()).unwrap_or(0);
-                out.extend(chunk(self, json!({"role": "assistant", "content": ""}), None));
+                self.completion = usage
+                    .get("output_tokens")
+                    .and_then(|o| o.as_u64())
+                    .unwrap_or(0);
+                out.extend(chunk(
+                    self,
+                    json!({"role": "assistant", "content": ""}),
+                    None,
+                ));
             }
             Some("content_block_start") => {
                 let block = v.get("content_block").cloned().unwrap_or(Value::Null);
@@ -321,13 +387,20 @@ impl Stream {
                     // Newer streams repeat the final input count here.
                     self.prompt = self.prompt.max(i);
                 }
-                let reason = finish_reason(v.pointer("/delta/stop_reason").and_then(|s| s.as_str()));
+                let reason =
+                    finish_reason(v.pointer("/delta/stop_reason").and_then(|s| s.as_str()));
                 out.extend(chunk(self, json!({}), Some(reason)));
             }
             Some("message_stop") => out.extend(self.close()),
             Some("error") => {
-                let kind = v.pointer("/error/type").and_then(|t| t.as_str()).unwrap_or("api_error");
-                let message = v.pointer("/error/message").and_then(|m| m.as_str()).unwrap_or("upstream error");
+                let kind = v
+                    .pointer("/error/type")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("api_error");
+                let message = v
+                    .pointer("/error/message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("upstream error");
                 out.extend(b"data: ");
                 out.extend(openai_error(message, super::error_type_for(500), kind));
                 out.extend(b"\n\n");
@@ -344,7 +417,13 @@ impl Stream {
         self.done = true;
         let mut out = Vec::new();
         if self.include_usage {
-            out.extend(usage_event(&self.id, &self.model, self.created, self.prompt, self.completion));
+            out.extend(usage_event(
+                &self.id,
+                &self.model,
+                self.created,
+                self.prompt,
+                self.completion,
+            ));
         }
         out.extend(DONE);
         out
@@ -401,15 +480,26 @@ mod tests {
         assert_eq!(out["stop_sequences"], json!(["END"]));
         let msgs = out["messages"].as_array().unwrap();
         assert_eq!(msgs.len(), 3, "{out}");
-        assert_eq!(msgs[0]["content"][1]["source"], json!({"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}));
+        assert_eq!(
+            msgs[0]["content"][1]["source"],
+            json!({"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="})
+        );
         assert_eq!(msgs[1]["content"][0]["type"], "tool_use");
         assert_eq!(msgs[1]["content"][0]["input"], json!({"q": "x"}));
         // The tool result and the next user turn merge into one user turn.
         assert_eq!(msgs[2]["content"][0]["type"], "tool_result");
         assert_eq!(msgs[2]["content"][1]["text"], "thanks");
-        assert_eq!(out["tools"][0]["input_schema"]["properties"]["q"]["type"], "string");
+        assert_eq!(
+            out["tools"][0]["input_schema"]["properties"]["q"]["type"],
+            "string"
+        );
         assert_eq!(out["tool_choice"], json!({"type": "any"}));
-        let plain = to_messages_request(&json!({"messages": [{"role": "user", "content": "hi"}]}), "m", 1024).unwrap();
+        let plain = to_messages_request(
+            &json!({"messages": [{"role": "user", "content": "hi"}]}),
+            "m",
+            1024,
+        )
+        .unwrap();
         assert_eq!(plain["max_tokens"], 1024);
     }
 
@@ -419,14 +509,23 @@ mod tests {
         let body = br#"{"id":"msg_013Zva2CMHLNnXjNJJKqJ2EF","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hi! My name is Claude."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":2095,"output_tokens":503}}"#;
         let out = translate_answer(body, "claude");
         let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["choices"][0]["message"]["content"], "Hi! My name is Claude.");
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            "Hi! My name is Claude."
+        );
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         let (u, _) = json_usage(&out);
-        assert_eq!((u.unwrap().prompt_tokens, u.unwrap().completion_tokens), (2095, 503));
+        assert_eq!(
+            (u.unwrap().prompt_tokens, u.unwrap().completion_tokens),
+            (2095, 503)
+        );
         let tool = br#"{"id":"m","content":[{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{"city":"Paris"}}],"stop_reason":"tool_use","usage":{"input_tokens":5,"output_tokens":7,"cache_read_input_tokens":100}}"#;
         let v: Value = serde_json::from_slice(&translate_answer(tool, "c")).unwrap();
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
-        assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"city\":\"Paris\"}");
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"city\":\"Paris\"}"
+        );
         assert_eq!(v["usage"]["prompt_tokens"], 105);
     }
 
@@ -484,7 +583,12 @@ mod tests {
         .concat();
         let mut s = Stream::new("c", false);
         let out = String::from_utf8(s.feed(stream.as_bytes())).unwrap();
-        assert!(out.contains("\"id\":\"toolu_9\"") && out.contains("\"arguments\":\"1}\"") && out.contains("\"finish_reason\":\"tool_calls\""), "{out}");
+        assert!(
+            out.contains("\"id\":\"toolu_9\"")
+                && out.contains("\"arguments\":\"1}\"")
+                && out.contains("\"finish_reason\":\"tool_calls\""),
+            "{out}"
+        );
         assert!(!out.contains("usage") && out.ends_with("data: [DONE]\n\n"));
     }
 }

@@ -9,14 +9,23 @@
 //! of such answers; it ends with the connection, after a `finishReason`.
 
 use super::sse::Splitter;
-use super::{chunk_event, content_text, data_url, openai_error, parse_json, stop_list, unix_now, unsupported, usage_event, Outgoing, StreamTranslator, DONE};
+use super::{
+    chunk_event, content_text, data_url, openai_error, parse_json, stop_list, unix_now,
+    unsupported, usage_event, Outgoing, StreamTranslator, DONE,
+};
 use crate::route::Endpoint;
 use crate::GatewayError;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
-pub fn prepare(base: &str, endpoint: Endpoint, body: &Bytes, model: &str, key: Option<&str>) -> Result<Outgoing, GatewayError> {
+pub fn prepare(
+    base: &str,
+    endpoint: Endpoint,
+    body: &Bytes,
+    model: &str,
+    key: Option<&str>,
+) -> Result<Outgoing, GatewayError> {
     if endpoint != Endpoint::ChatCompletions {
         return Err(unsupported("gemini", endpoint));
     }
@@ -31,8 +40,12 @@ pub fn prepare(base: &str, endpoint: Endpoint, body: &Bytes, model: &str, key: O
     };
     Ok(Outgoing {
         path,
-        headers: key.map(|k| vec![("x-goog-api-key", k.to_string())]).unwrap_or_default(),
-        body: Bytes::from(serde_json::to_vec(&out).map_err(|e| GatewayError::Internal(e.to_string()))?),
+        headers: key
+            .map(|k| vec![("x-goog-api-key", k.to_string())])
+            .unwrap_or_default(),
+        body: Bytes::from(
+            serde_json::to_vec(&out).map_err(|e| GatewayError::Internal(e.to_string()))?,
+        ),
     })
 }
 
@@ -49,8 +62,13 @@ fn user_parts(content: Option<&Value>) -> Vec<Value> {
         Some(Value::Array(parts)) => parts
             .iter()
             .filter_map(|p| match p.get("type").and_then(|t| t.as_str()) {
-                Some("text") => Some(json!({"text": p.get("text").and_then(|t| t.as_str()).unwrap_or("")})),
-                Some("image_url") => p.pointer("/image_url/url").and_then(|u| u.as_str()).map(media_part),
+                Some("text") => {
+                    Some(json!({"text": p.get("text").and_then(|t| t.as_str()).unwrap_or("")}))
+                }
+                Some("image_url") => p
+                    .pointer("/image_url/url")
+                    .and_then(|u| u.as_str())
+                    .map(media_part),
                 _ => None,
             })
             .collect(),
@@ -80,12 +98,23 @@ pub fn to_generate_request(req: &Value) -> Result<Value, GatewayError> {
                 if !text.is_empty() {
                     parts.push(json!({"text": text}));
                 }
-                for call in m.get("tool_calls").and_then(|t| t.as_array()).into_iter().flatten() {
-                    let name = call.pointer("/function/name").and_then(|n| n.as_str()).unwrap_or("");
+                for call in m
+                    .get("tool_calls")
+                    .and_then(|t| t.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    let name = call
+                        .pointer("/function/name")
+                        .and_then(|n| n.as_str())
+                        .unwrap_or("");
                     if let Some(id) = call.get("id").and_then(|i| i.as_str()) {
                         call_names.insert(id.to_string(), name.to_string());
                     }
-                    let args = call.pointer("/function/arguments").and_then(|a| a.as_str()).unwrap_or("{}");
+                    let args = call
+                        .pointer("/function/arguments")
+                        .and_then(|a| a.as_str())
+                        .unwrap_or("{}");
                     parts.push(json!({"functionCall": {"name": name, "args": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({}))}}));
                 }
                 ("model", parts)
@@ -97,7 +126,12 @@ pub fn to_generate_request(req: &Value) -> Result<Value, GatewayError> {
                     .cloned()
                     .or_else(|| m.get("name").and_then(|n| n.as_str()).map(str::to_string))
                     .unwrap_or_default();
-                ("user", vec![json!({"functionResponse": {"name": name, "response": {"content": content_text(m.get("content"))}}})])
+                (
+                    "user",
+                    vec![
+                        json!({"functionResponse": {"name": name, "response": {"content": content_text(m.get("content"))}}}),
+                    ],
+                )
             }
             _ => ("user", user_parts(m.get("content"))),
         };
@@ -109,24 +143,42 @@ pub fn to_generate_request(req: &Value) -> Result<Value, GatewayError> {
     let mut out = Map::new();
     out.insert(
         "contents".into(),
-        Value::Array(contents.into_iter().map(|(role, parts)| json!({"role": role, "parts": parts})).collect()),
+        Value::Array(
+            contents
+                .into_iter()
+                .map(|(role, parts)| json!({"role": role, "parts": parts}))
+                .collect(),
+        ),
     );
     if !system.is_empty() {
         out.insert("systemInstruction".into(), json!({"parts": system}));
     }
     let mut gen = Map::new();
-    for (from, to) in [("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"), ("n", "candidateCount"), ("seed", "seed")] {
+    for (from, to) in [
+        ("temperature", "temperature"),
+        ("top_p", "topP"),
+        ("top_k", "topK"),
+        ("n", "candidateCount"),
+        ("seed", "seed"),
+    ] {
         if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
             gen.insert(to.into(), v.clone());
         }
     }
-    if let Some(max) = req.get("max_completion_tokens").or_else(|| req.get("max_tokens")).filter(|v| !v.is_null()) {
+    if let Some(max) = req
+        .get("max_completion_tokens")
+        .or_else(|| req.get("max_tokens"))
+        .filter(|v| !v.is_null())
+    {
         gen.insert("maxOutputTokens".into(), max.clone());
     }
     if let Some(stop) = stop_list(req.get("stop")) {
         gen.insert("stopSequences".into(), json!(stop));
     }
-    if let Some("json_object" | "json_schema") = req.pointer("/response_format/type").and_then(|t| t.as_str()) {
+    if let Some("json_object" | "json_schema") = req
+        .pointer("/response_format/type")
+        .and_then(|t| t.as_str())
+    {
         gen.insert("responseMimeType".into(), json!("application/json"));
     }
     if !gen.is_empty() {
@@ -167,7 +219,9 @@ pub fn to_generate_request(req: &Value) -> Result<Value, GatewayError> {
 fn finish_reason(reason: &str, has_calls: bool) -> &'static str {
     match reason {
         "MAX_TOKENS" => "length",
-        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" => "content_filter",
+        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" => {
+            "content_filter"
+        }
         _ if has_calls => "tool_calls",
         _ => "stop",
     }
@@ -176,14 +230,22 @@ fn finish_reason(reason: &str, has_calls: bool) -> &'static str {
 /// Prompt and completion tokens (thinking tokens are output Gemini bills).
 fn usage(meta: &Value) -> (u64, u64) {
     let get = |k: &str| meta.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-    (get("promptTokenCount"), get("candidatesTokenCount") + get("thoughtsTokenCount"))
+    (
+        get("promptTokenCount"),
+        get("candidatesTokenCount") + get("thoughtsTokenCount"),
+    )
 }
 
 /// Text and tool calls of the first candidate.
 fn parts_of(v: &Value, call_base: usize) -> (String, Vec<Value>) {
     let mut text = String::new();
     let mut calls = Vec::new();
-    for p in v.pointer("/candidates/0/content/parts").and_then(|p| p.as_array()).into_iter().flatten() {
+    for p in v
+        .pointer("/candidates/0/content/parts")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+    {
         if p.get("thought").and_then(|t| t.as_bool()) == Some(true) {
             continue;
         }
@@ -205,7 +267,11 @@ fn parts_of(v: &Value, call_base: usize) -> (String, Vec<Value>) {
 
 pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return openai_error("the upstream answered with something that is not JSON", "server_error", "bad_upstream_answer");
+        return openai_error(
+            "the upstream answered with something that is not JSON",
+            "server_error",
+            "bad_upstream_answer",
+        );
     };
     let (text, mut calls) = parts_of(&v, 0);
     for c in &mut calls {
@@ -213,9 +279,17 @@ pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
             o.remove("index");
         }
     }
-    let reason = v.pointer("/candidates/0/finishReason").and_then(|r| r.as_str()).unwrap_or("");
-    let blocked = v.pointer("/promptFeedback/blockReason").is_some() && v.get("candidates").is_none();
-    let finish = if blocked { "content_filter" } else { finish_reason(reason, !calls.is_empty()) };
+    let reason = v
+        .pointer("/candidates/0/finishReason")
+        .and_then(|r| r.as_str())
+        .unwrap_or("");
+    let blocked =
+        v.pointer("/promptFeedback/blockReason").is_some() && v.get("candidates").is_none();
+    let finish = if blocked {
+        "content_filter"
+    } else {
+        finish_reason(reason, !calls.is_empty())
+    };
     let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
@@ -240,9 +314,14 @@ pub fn translate_error(status: u16, body: &[u8]) -> Vec<u8> {
         .pointer("/error/message")
         .and_then(|m| m.as_str())
         .unwrap_or("the Gemini upstream refused the request");
-    let code = v.pointer("/error/status").and_then(|s| s.as_str()).unwrap_or("UNKNOWN");
+    let code = v
+        .pointer("/error/status")
+        .and_then(|s| s.as_str())
+        .unwrap_or("UNKNOWN");
     let kind = match code {
-        "INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "NOT_FOUND" | "OUT_OF_RANGE" => "invalid_request_error",
+        "INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "NOT_FOUND" | "OUT_OF_RANGE" => {
+            "invalid_request_error"
+        }
         "UNAUTHENTICATED" => "authentication_error",
         "PERMISSION_DENIED" => "permission_error",
         "RESOURCE_EXHAUSTED" => "rate_limit_error",
@@ -282,8 +361,14 @@ impl Stream {
 
     fn event(&mut self, v: &Value, out: &mut Vec<u8>) {
         if let Some(e) = v.get("error") {
-            let message = e.get("message").and_then(|m| m.as_str()).unwrap_or("upstream error");
-            let code = e.get("status").and_then(|s| s.as_str()).unwrap_or("UNKNOWN");
+            let message = e
+                .get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or("upstream error");
+            let code = e
+                .get("status")
+                .and_then(|s| s.as_str())
+                .unwrap_or("UNKNOWN");
             out.extend(b"data: ");
             out.extend(openai_error(message, "server_error", code));
             out.extend(b"\n\n");
@@ -309,12 +394,27 @@ impl Stream {
             delta.insert("tool_calls".into(), Value::Array(calls));
         }
         if !delta.is_empty() {
-            out.extend(chunk_event(&self.id, &self.model, self.created, Value::Object(delta), None));
+            out.extend(chunk_event(
+                &self.id,
+                &self.model,
+                self.created,
+                Value::Object(delta),
+                None,
+            ));
         }
-        if let Some(reason) = v.pointer("/candidates/0/finishReason").and_then(|r| r.as_str()) {
+        if let Some(reason) = v
+            .pointer("/candidates/0/finishReason")
+            .and_then(|r| r.as_str())
+        {
             self.finished = true;
             let finish = finish_reason(reason, self.calls > 0);
-            out.extend(chunk_event(&self.id, &self.model, self.created, json!({}), Some(finish)));
+            out.extend(chunk_event(
+                &self.id,
+                &self.model,
+                self.created,
+                json!({}),
+                Some(finish),
+            ));
         }
     }
 }
@@ -341,7 +441,13 @@ impl StreamTranslator for Stream {
         }
         if self.finished {
             if self.include_usage {
-                out.extend(usage_event(&self.id, &self.model, self.created, self.prompt, self.completion));
+                out.extend(usage_event(
+                    &self.id,
+                    &self.model,
+                    self.created,
+                    self.prompt,
+                    self.completion,
+                ));
             }
             out.extend(DONE);
         }
@@ -372,15 +478,34 @@ mod tests {
         assert_eq!(out["systemInstruction"]["parts"][0]["text"], "Be brief.");
         let c = out["contents"].as_array().unwrap();
         assert_eq!(c[0]["role"], "user");
-        assert_eq!(c[0]["parts"][1]["inlineData"], json!({"mimeType": "image/jpeg", "data": "/9j/4AAQ"}));
+        assert_eq!(
+            c[0]["parts"][1]["inlineData"],
+            json!({"mimeType": "image/jpeg", "data": "/9j/4AAQ"})
+        );
         assert_eq!(c[1]["role"], "model");
-        assert_eq!(c[1]["parts"][0]["functionCall"], json!({"name": "find", "args": {"q": 1}}));
+        assert_eq!(
+            c[1]["parts"][0]["functionCall"],
+            json!({"name": "find", "args": {"q": 1}})
+        );
         assert_eq!(c[2]["parts"][0]["functionResponse"]["name"], "find");
-        assert_eq!(out["generationConfig"], json!({"temperature": 0.3, "maxOutputTokens": 100, "stopSequences": ["x"], "responseMimeType": "application/json"}));
+        assert_eq!(
+            out["generationConfig"],
+            json!({"temperature": 0.3, "maxOutputTokens": 100, "stopSequences": ["x"], "responseMimeType": "application/json"})
+        );
         assert_eq!(out["tools"][0]["functionDeclarations"][0]["name"], "find");
         assert_eq!(out["toolConfig"]["functionCallingConfig"]["mode"], "AUTO");
-        let p = prepare("", Endpoint::ChatCompletions, &Bytes::from(req.to_string()), "gemini-2.5-flash", Some("g")).unwrap();
-        assert_eq!(p.path, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse");
+        let p = prepare(
+            "",
+            Endpoint::ChatCompletions,
+            &Bytes::from(req.to_string()),
+            "gemini-2.5-flash",
+            Some("g"),
+        )
+        .unwrap();
+        assert_eq!(
+            p.path,
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+        );
         assert_eq!(p.headers, vec![("x-goog-api-key", "g".to_string())]);
     }
 
@@ -390,16 +515,26 @@ mod tests {
         let body = br#"{"candidates":[{"content":{"parts":[{"text":"AI learns patterns from data."}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":6,"totalTokenCount":14},"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#;
         let out = translate_answer(body, "g");
         let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["choices"][0]["message"]["content"], "AI learns patterns from data.");
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            "AI learns patterns from data."
+        );
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         let (u, _) = json_usage(&out);
         assert_eq!(u.unwrap().total_tokens, 14);
         let call = br#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{"a":1}}}],"role":"model"},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":1,"candidatesTokenCount":2,"thoughtsTokenCount":3}}"#;
         let v: Value = serde_json::from_slice(&translate_answer(call, "g")).unwrap();
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
-        assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
         assert_eq!(v["usage"]["completion_tokens"], 5);
-        let max: Value = serde_json::from_slice(&translate_answer(br#"{"candidates":[{"content":{"parts":[{"text":"x"}]},"finishReason":"MAX_TOKENS"}]}"#, "g")).unwrap();
+        let max: Value = serde_json::from_slice(&translate_answer(
+            br#"{"candidates":[{"content":{"parts":[{"text":"x"}]},"finishReason":"MAX_TOKENS"}]}"#,
+            "g",
+        ))
+        .unwrap();
         assert_eq!(max["choices"][0]["finish_reason"], "length");
     }
 
@@ -407,7 +542,10 @@ mod tests {
     fn errors_map_to_openai_shape() {
         let body = br#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}"#;
         let v: Value = serde_json::from_slice(&translate_error(429, body)).unwrap();
-        assert_eq!((v["error"]["type"].as_str(), v["error"]["code"].as_str()), (Some("rate_limit_error"), Some("RESOURCE_EXHAUSTED")));
+        assert_eq!(
+            (v["error"]["type"].as_str(), v["error"]["code"].as_str()),
+            (Some("rate_limit_error"), Some("RESOURCE_EXHAUSTED"))
+        );
         let v: Value = serde_json::from_slice(&translate_error(400, br#"[{"error":{"code":400,"message":"API key not valid.","status":"INVALID_ARGUMENT"}}]"#)).unwrap();
         assert_eq!(v["error"]["message"], "API key not valid.");
         let v: Value = serde_json::from_slice(&translate_error(500, b"")).unwrap();

@@ -33,15 +33,25 @@ pub fn prepare(
     upstream_model: &str,
     key: Option<&str>,
 ) -> Result<Outgoing, GatewayError> {
-    let base = channel.upstream.as_ref().map(|u| u.base_path.as_str()).unwrap_or("");
+    let base = channel
+        .upstream
+        .as_ref()
+        .map(|u| u.base_path.as_str())
+        .unwrap_or("");
     match channel.kind {
         ChannelType::Openai | ChannelType::Mock => Ok(Outgoing {
             path: format!("{base}/v1{rest}"),
-            headers: key.map(|k| vec![("authorization", format!("Bearer {k}"))]).unwrap_or_default(),
+            headers: key
+                .map(|k| vec![("authorization", format!("Bearer {k}"))])
+                .unwrap_or_default(),
             body,
         }),
-        ChannelType::Azure => azure::prepare(channel, base, endpoint, rest, body, upstream_model, key),
-        ChannelType::Anthropic => anthropic::prepare(channel, base, endpoint, &body, upstream_model, key),
+        ChannelType::Azure => {
+            azure::prepare(channel, base, endpoint, rest, body, upstream_model, key)
+        }
+        ChannelType::Anthropic => {
+            anthropic::prepare(channel, base, endpoint, &body, upstream_model, key)
+        }
         ChannelType::Gemini => gemini::prepare(base, endpoint, &body, upstream_model, key),
     }
 }
@@ -70,7 +80,11 @@ pub trait StreamTranslator: Send {
     fn finish(&mut self) -> Vec<u8>;
 }
 
-pub fn stream_translator(kind: ChannelType, model: &str, include_usage: bool) -> Option<Box<dyn StreamTranslator>> {
+pub fn stream_translator(
+    kind: ChannelType,
+    model: &str,
+    include_usage: bool,
+) -> Option<Box<dyn StreamTranslator>> {
     match kind {
         ChannelType::Anthropic => Some(Box::new(anthropic::Stream::new(model, include_usage))),
         ChannelType::Gemini => Some(Box::new(gemini::Stream::new(model, include_usage))),
@@ -107,7 +121,11 @@ pub(crate) fn unix_now() -> u64 {
 pub(crate) fn stop_list(v: Option<&serde_json::Value>) -> Option<Vec<String>> {
     match v? {
         serde_json::Value::String(s) => Some(vec![s.clone()]),
-        serde_json::Value::Array(a) => Some(a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()),
+        serde_json::Value::Array(a) => Some(
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect(),
+        ),
         _ => None,
     }
 }
@@ -134,7 +152,13 @@ pub(crate) fn data_url(url: &str) -> Option<(&str, &str)> {
 }
 
 /// One OpenAI chunk event.
-pub(crate) fn chunk_event(id: &str, model: &str, created: u64, delta: serde_json::Value, finish: Option<&str>) -> Vec<u8> {
+pub(crate) fn chunk_event(
+    id: &str,
+    model: &str,
+    created: u64,
+    delta: serde_json::Value,
+    finish: Option<&str>,
+) -> Vec<u8> {
     let v = serde_json::json!({
         "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
@@ -142,7 +166,13 @@ pub(crate) fn chunk_event(id: &str, model: &str, created: u64, delta: serde_json
     format!("data: {v}\n\n").into_bytes()
 }
 
-pub(crate) fn usage_event(id: &str, model: &str, created: u64, prompt: u64, completion: u64) -> Vec<u8> {
+pub(crate) fn usage_event(
+    id: &str,
+    model: &str,
+    created: u64,
+    prompt: u64,
+    completion: u64,
+) -> Vec<u8> {
     let v = serde_json::json!({
         "id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},

@@ -253,8 +253,18 @@ fn compile_cache(file: &FileConfig, problems: &mut Vec<String>) -> Option<CacheP
     if c.max_per_request == 0 || c.max_per_request > 16 {
         problems.push("cache.max_per_request: must be between 1 and 16".into());
     }
-    check_duration("cache.ttl", c.ttl, Duration::from_secs(30 * 86_400), problems);
-    let flagged: HashSet<String> = file.models.iter().filter(|m| m.cache).map(|m| m.name.clone()).collect();
+    check_duration(
+        "cache.ttl",
+        c.ttl,
+        Duration::from_secs(30 * 86_400),
+        problems,
+    );
+    let flagged: HashSet<String> = file
+        .models
+        .iter()
+        .filter(|m| m.cache)
+        .map(|m| m.name.clone())
+        .collect();
     let off = matches!(&c.models, CacheModels::Names(n) if n.is_empty()) && flagged.is_empty();
     (!off).then(|| CachePolicy {
         models: c.models.clone(),
@@ -354,7 +364,9 @@ impl Runtime {
                 problems.push(format!("{at}.api_version: only `azure` channels use it"));
             }
             if c.default_max_tokens.is_some() && c.kind != ChannelType::Anthropic {
-                problems.push(format!("{at}.default_max_tokens: only `anthropic` channels use it"));
+                problems.push(format!(
+                    "{at}.default_max_tokens: only `anthropic` channels use it"
+                ));
             }
             for (k, key) in c.keys.iter().enumerate() {
                 if key.trim().is_empty() {
@@ -1002,8 +1014,12 @@ gateways:
         );
         let e = load("channels:\n  - {name: a, type: azure, models: [m]}\n").unwrap_err();
         assert!(e.to_string().starts_with("channels[0].base_url"), "{e}");
-        let e = load("gateways:\n  - {name: g, path: /v1, prompt_template: 'no placeholder'}\n").unwrap_err();
-        assert!(e.to_string().starts_with("gateways[0].prompt_template"), "{e}");
+        let e = load("gateways:\n  - {name: g, path: /v1, prompt_template: 'no placeholder'}\n")
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("gateways[0].prompt_template"),
+            "{e}"
+        );
         let e = load("channels:\n  - {name: a, type: mock, models: [m], keys: ['${NOPE}']}\n")
             .unwrap_err();
         assert!(e.to_string().contains("NOPE"), "{e}");
