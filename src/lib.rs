@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod admin_backend;
+pub mod cache;
 pub mod cli;
 pub mod dns;
 pub mod health;

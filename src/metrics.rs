@@ -21,6 +21,7 @@ pub struct Metrics {
     pub key_up: IntGaugeVec,
     pub reloads: IntCounterVec,
     pub refused: IntCounterVec,
+    pub cache: IntCounterVec,
     pub config_version: IntGauge,
     pub in_flight: IntGauge,
 }
@@ -110,6 +111,11 @@ impl Metrics {
             "Config reloads by result.",
             &["result"],
         )?;
+        let cache = counter(
+            "weir_cache_total",
+            "Response cache lookups and fills by result (hit, miss, stored).",
+            &["gateway", "model", "result"],
+        )?;
         let refused = counter(
             "weir_refused_total",
             "Requests refused before any upstream call, by gateway and error code (invalid_api_key, rate_limit_exceeded, budget_exceeded, access_denied, ...).",
@@ -137,6 +143,7 @@ impl Metrics {
             key_up,
             reloads,
             refused,
+            cache,
             config_version,
             in_flight,
         })

@@ -2,6 +2,7 @@
 //! long-lived parts that must survive a reload (health, DNS, connection pool, metrics).
 
 use crate::accounts::Accounts;
+use crate::cache::{CacheStore, MemoryCache};
 use crate::dns::DnsCache;
 use crate::health::{HealthId, HealthRegistry};
 use crate::metrics::Metrics;
@@ -29,12 +30,18 @@ pub struct AppState {
     /// Keys, money and limiter counters.
     pub accounts: Arc<Accounts>,
     pub store: Store,
+    /// Cached answers (P10); kept across reloads, resized by them.
+    pub cache: Arc<dyn CacheStore>,
 }
 
 #[derive(Debug)]
 pub enum ReloadOutcome {
     Reloaded { version: u64 },
     Unchanged { version: u64 },
+}
+
+fn cache_budget(policy: &Option<weir_filters::config::CachePolicy>) -> u64 {
+    policy.as_ref().map(|p| p.max_bytes).unwrap_or(0)
 }
 
 /// Fields read once at start: say so when a reload changes them.
@@ -62,6 +69,7 @@ impl AppState {
         store: Store,
     ) -> Result<Self, String> {
         let metrics = Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?;
+        let runtime_cache = runtime.cache.clone();
         metrics.config_version.set(1);
         Ok(AppState {
             config_path,
@@ -72,6 +80,7 @@ impl AppState {
             dns: DnsCache::default(),
             connector,
             metrics,
+            cache: Arc::new(MemoryCache::new(cache_budget(&runtime_cache))),
             accounts,
             store,
         })
@@ -118,6 +127,7 @@ impl AppState {
                         }
                     }
                 }
+                self.cache.resize(cache_budget(&runtime.cache));
                 self.config.store(Arc::new(runtime));
                 *loaded = text;
                 let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;

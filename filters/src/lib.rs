@@ -17,6 +17,7 @@
 pub mod access;
 pub mod adapters;
 pub mod auth;
+pub mod cache_key;
 pub mod config;
 pub mod error;
 pub mod health;

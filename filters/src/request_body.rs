@@ -115,6 +115,16 @@ impl JsonBody {
         self.set("stream_options", &opts)
     }
 
+    /// Names of the top-level fields, in order.
+    pub fn field_names(&self) -> impl Iterator<Item = &str> {
+        self.fields.keys().map(String::as_str)
+    }
+
+    /// A top-level field as a JSON value.
+    pub fn get_path_exact(&self, key: &str) -> Option<serde_json::Value> {
+        serde_json::from_str(self.get(key)?.get()).ok()
+    }
+
     /// The value at a dotted path (`temperature`, `response_format.type`,
     /// `messages.0.role`).
     pub fn get_path(&self, path: &str) -> Option<serde_json::Value> {

@@ -2,6 +2,7 @@
 
 use super::admission::Caller;
 use crate::accounts::{RateCharge, RateHeadroom};
+use crate::cache::CacheKey;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_filters::config::Runtime;
@@ -44,6 +45,10 @@ pub struct Ctx {
     pub rate_charge: RateCharge,
     /// The model name the client asked for (prices and usage rows use it).
     pub requested_model: Option<String>,
+    /// On a cache miss: where the answer goes once it completed cleanly.
+    pub cache_fill: Option<(CacheKey, u32)>,
+    /// Answered from the cache (not billed).
+    pub cache_hit: bool,
 }
 
 impl Ctx {
@@ -72,6 +77,8 @@ impl Ctx {
             rate: None,
             rate_charge: RateCharge::default(),
             requested_model: None,
+            cache_fill: None,
+            cache_hit: false,
         }
     }
 }

@@ -98,6 +98,13 @@ pub fn record(state: &AppState, ctx: &Ctx, pingora_error: Option<&pingora_error:
         .map(|u| (u.prompt_tokens, u.completion_tokens, u.estimated))
         .unwrap_or((0, 0, false));
     let endpoint = ctx.endpoint.map(|e| e.as_str()).unwrap_or("-");
+    let cache = if ctx.cache_hit {
+        "hit"
+    } else if ctx.cache_fill.is_some() {
+        "miss"
+    } else {
+        "-"
+    };
     let latency_ms = elapsed.as_secs_f64() * 1e3;
     let ttft_ms = ctx.first_byte.map(|d| d.as_secs_f64() * 1e3);
     let error = ctx
@@ -110,14 +117,14 @@ pub fn record(state: &AppState, ctx: &Ctx, pingora_error: Option<&pingora_error:
             target: "weir::access", gateway, endpoint, model = %ctx.model_label, channel = %ctx.channel,
             status, stream = ctx.stream, latency_ms, ttft_ms, attempts = ctx.attempts, retries = ctx.retries,
             failovers = ctx.failovers, prompt_tokens = prompt, completion_tokens = completion, estimated,
-            client_gone = ctx.client_gone, error, "request"
+            client_gone = ctx.client_gone, cache, error, "request"
         );
     } else {
         tracing::info!(
             target: "weir::access", gateway, endpoint, model = %ctx.model_label, channel = %ctx.channel,
             status, stream = ctx.stream, latency_ms, ttft_ms, attempts = ctx.attempts, retries = ctx.retries,
             failovers = ctx.failovers, prompt_tokens = prompt, completion_tokens = completion, estimated,
-            client_gone = ctx.client_gone, error, "request"
+            client_gone = ctx.client_gone, cache, error, "request"
         );
     }
 }

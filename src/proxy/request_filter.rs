@@ -9,16 +9,20 @@ use super::upstream_peer::{
     discard, exchange, judge, judge_error, note_attempt, AttemptError, Outbound,
 };
 use super::{respond, Failure};
+use crate::cache::CachedAnswer;
 use crate::health::HealthId;
 use crate::state::AppState;
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
+use rand::Rng;
 use rand::SeedableRng;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use weir_filters::adapters;
 use weir_filters::auth::{remove_query_param, KeyPosition};
+use weir_filters::cache_key::cache_key;
+use weir_filters::config::{CacheModels, CachePolicy};
 use weir_filters::config::{Gateway, Runtime};
 use weir_filters::health::Admission;
 use weir_filters::request_body::JsonBody;
@@ -309,6 +313,37 @@ async fn proxy(
     }
     ctx.model_label = label;
 
+    // P10: an identical earlier answer, when this model is cached.
+    if let Some(policy) = &snap.cache {
+        if cacheable(
+            state,
+            snap,
+            policy,
+            endpoint,
+            &facts.model,
+            &ctx.model_label,
+        ) {
+            let key = cache_key(&gateway.name, &facts.model, &parsed);
+            let slot = rand::thread_rng().gen_range(0..policy.max_per_request);
+            let labels = [gateway.name.as_str(), ctx.model_label.as_str()];
+            if let Some(hit) = state.cache.get(&key, slot) {
+                state
+                    .metrics
+                    .cache
+                    .with_label_values(&[labels[0], labels[1], "hit"])
+                    .inc();
+                ctx.cache_hit = true;
+                return serve_cached(session, ctx, &hit).await;
+            }
+            state
+                .metrics
+                .cache
+                .with_label_values(&[labels[0], labels[1], "miss"])
+                .inc();
+            ctx.cache_fill = Some((key, slot));
+        }
+    }
+
     if let Some(template) = &gateway.prompt_template {
         rewritten |= parsed.apply_template(template)?;
     }
@@ -476,6 +511,7 @@ async fn proxy(
                         gateway: &gateway.name,
                         health: &policy,
                         translate: adapters::translates(channel.kind).then_some(channel.kind),
+                        cache: snap.cache.as_ref(),
                         model: &facts.model,
                     };
                     return relay(state, session, ctx, answer, plan).await;
@@ -582,6 +618,69 @@ async fn proxy(
         GatewayError::UpstreamFailed { model, detail }
     };
     Err(e.into())
+}
+
+/// Whether answers for this request may be cached: chat, completions and
+/// embeddings of a model the cache policy names (or `*`, or `free` ones priced 0).
+fn cacheable(
+    state: &AppState,
+    snap: &Runtime,
+    policy: &CachePolicy,
+    endpoint: Endpoint,
+    requested: &str,
+    label: &str,
+) -> bool {
+    if !matches!(
+        endpoint,
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
+    ) {
+        return false;
+    }
+    if policy.flagged.contains(requested) || policy.flagged.contains(label) {
+        return true;
+    }
+    match &policy.models {
+        CacheModels::All => true,
+        CacheModels::Free => state.accounts.price(snap, &[requested, label]) == (0.0, 0.0),
+        CacheModels::Names(names) => names.iter().any(|n| n == requested || n == label),
+    }
+}
+
+/// Answers from the cache: the stored bytes, replayed as SSE or JSON, not billed.
+async fn serve_cached(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    hit: &CachedAnswer,
+) -> Result<(), Failure> {
+    let build = || -> pingora_error::Result<pingora_http::ResponseHeader> {
+        let mut h = pingora_http::ResponseHeader::build(200, Some(6))?;
+        h.insert_header("content-type", hit.content_type.as_str())?;
+        h.insert_header("x-weir-cache", "hit")?;
+        if hit.stream {
+            h.insert_header("transfer-encoding", "chunked")?;
+        } else {
+            h.insert_header("content-length", hit.body.len().to_string())?;
+        }
+        if let Some(r) = ctx.rate {
+            h.insert_header("x-ratelimit-limit-requests", r.limit.to_string())?;
+            h.insert_header("x-ratelimit-remaining-requests", r.remaining.to_string())?;
+            h.insert_header("x-ratelimit-reset-requests", format!("{}s", r.reset_secs))?;
+        }
+        Ok(h)
+    };
+    let h = build().map_err(Failure::Abort)?;
+    ctx.status = 200;
+    let written = async {
+        session.write_response_header(Box::new(h), false).await?;
+        session
+            .write_response_body(Some(hit.body.clone()), true)
+            .await
+    };
+    ctx.first_byte = Some(ctx.started.elapsed());
+    written.await.map_err(|e| {
+        ctx.client_gone = true;
+        Failure::Abort(e)
+    })
 }
 
 fn client_left() -> Failure {

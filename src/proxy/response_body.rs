@@ -6,6 +6,7 @@
 use super::ctx::Ctx;
 use super::upstream_peer::Answer;
 use super::Failure;
+use crate::cache::CachedAnswer;
 use crate::health::HealthId;
 use crate::state::AppState;
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::time::Instant;
 use weir_filters::adapters::{self, StreamTranslator};
-use weir_filters::config::ChannelType;
+use weir_filters::config::{CachePolicy, ChannelType};
 use weir_filters::health::HealthPolicy;
 use weir_filters::request_body::{prompt_text, JsonBody};
 use weir_filters::response_body::{json_usage, SseTap};
@@ -49,6 +50,8 @@ pub struct RelayPlan<'a> {
     pub translate: Option<ChannelType>,
     /// The model name the client asked for, as translated answers name it.
     pub model: &'a str,
+    /// The cache's policy, for storing this answer (when `ctx.cache_fill` says where).
+    pub cache: Option<&'a CachePolicy>,
 }
 
 fn downstream_header(
@@ -139,6 +142,18 @@ pub async fn relay(
             header.insert_header(name, value).map_err(Failure::Abort)?;
         }
     }
+    let fill = ctx.cache_fill.filter(|_| status == 200).zip(plan.cache);
+    if fill.is_some() {
+        header
+            .insert_header("x-weir-cache", "miss")
+            .map_err(Failure::Abort)?;
+    }
+    let content_type = header
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
     if let Err(e) = session.write_response_header(Box::new(header), false).await {
         ctx.client_gone = true;
         shutdown(source).await;
@@ -150,6 +165,7 @@ pub async fn relay(
     let mut translator = plan
         .translate
         .and_then(|kind| adapters::stream_translator(kind, plan.model, true));
+    let mut capture = fill.map(|_| Vec::new());
     let pumped = pump(
         state,
         session,
@@ -158,6 +174,7 @@ pub async fn relay(
         &mut tap,
         &mut kept,
         &mut translator,
+        &mut capture,
         &plan,
         status,
         is_sse,
@@ -167,6 +184,24 @@ pub async fn relay(
     match &pumped {
         Ok(()) => finish(state, source).await,
         Err(_) => shutdown(source).await,
+    }
+    // Only an answer that ended cleanly is cached.
+    if let (Ok(()), Some(((key, slot), policy)), Some(body)) = (&pumped, fill, capture) {
+        if !ctx.broken && (!is_sse || tap.completed()) {
+            let answer = CachedAnswer {
+                content_type,
+                body: Bytes::from(body),
+                stream: is_sse,
+            };
+            state
+                .cache
+                .put(key, slot, policy.max_per_request, answer, policy.ttl);
+            state
+                .metrics
+                .cache
+                .with_label_values(&[plan.gateway, ctx.model_label.as_str(), "stored"])
+                .inc();
+        }
     }
     // Bill what was answered, also when the client left or the answer broke midway:
     // the upstream spent those tokens either way.
@@ -186,6 +221,7 @@ async fn pump(
     tap: &mut SseTap,
     kept: &mut Vec<u8>,
     translator: &mut Option<Box<dyn StreamTranslator>>,
+    capture: &mut Option<Vec<u8>>,
     plan: &RelayPlan<'_>,
     status: u16,
     is_sse: bool,
@@ -232,6 +268,7 @@ async fn pump(
         if out.is_empty() {
             continue;
         }
+        keep(capture, &out, plan);
         if ctx.first_byte.is_none() {
             ctx.first_byte = Some(ctx.started.elapsed());
         }
@@ -274,6 +311,7 @@ async fn pump(
                 .with_label_values(&[plan.gateway, ctx.channel.as_str()])
                 .inc();
         }
+        keep(capture, &tail, plan);
         let tail = (!tail.is_empty()).then(|| Bytes::from(tail));
         if let Err(e) = session.write_response_body(tail, true).await {
             ctx.client_gone = true;
@@ -367,6 +405,18 @@ async fn relay_translated_json(
         ctx.client_gone = true;
         Failure::Abort(e)
     })
+}
+
+/// Adds to the copy kept for the cache, giving up on answers too large to keep.
+fn keep(capture: &mut Option<Vec<u8>>, bytes: &[u8], plan: &RelayPlan<'_>) {
+    let max = plan.cache.map(|c| c.max_entry_bytes).unwrap_or(0) as usize;
+    if let Some(buf) = capture {
+        if buf.len() + bytes.len() > max {
+            *capture = None;
+        } else {
+            buf.extend_from_slice(bytes);
+        }
+    }
 }
 
 /// The upstream's usage, or a tokenizer estimate counted off the async workers.
