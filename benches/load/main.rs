@@ -1,0 +1,400 @@
+//! The load benchmark: a canned upstream, a bare Pingora hop and weir on loopback,
+//! driven by wrk at several concurrencies, JSON and SSE; then 1,000 open streams and a
+//! soak run for memory. Prints one table and writes benches/RESULTS.md.
+//!
+//! Run through `benches/load/run.sh` (it builds the release binaries and installs wrk).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Opts {
+    duration: u64,
+    conns: Vec<u32>,
+    streams: usize,
+    soak: u64,
+    out: Option<PathBuf>,
+    bin_dir: PathBuf,
+}
+
+fn opts() -> Opts {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let quick = args.iter().any(|a| a == "--quick");
+    Opts {
+        duration: arg("--duration").and_then(|v| v.parse().ok()).unwrap_or(if quick { 3 } else { 10 }),
+        conns: arg("--conns")
+            .map(|v| v.split(',').filter_map(|c| c.parse().ok()).collect())
+            .unwrap_or_else(|| vec![1, 16, 64, 256]),
+        streams: arg("--streams").and_then(|v| v.parse().ok()).unwrap_or(1000),
+        soak: arg("--soak").and_then(|v| v.parse().ok()).unwrap_or(if quick { 20 } else { 300 }),
+        out: arg("--out").map(PathBuf::from),
+        bin_dir: std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("target/release")),
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(bin: &Path, args: &[&str], log: &Path) -> Proc {
+    let log = std::fs::File::create(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    let child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::from(log.try_clone().unwrap_or_else(|e| panic!("{e}"))))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    Proc(child)
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// (utime + stime) in seconds and RSS in KiB, from /proc.
+fn proc_stats(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // After the command name: state is field 0, utime 11, stime 12.
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (cpu, rss)
+}
+
+#[derive(Clone, Copy, Default)]
+struct Run {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    requests: f64,
+    errors: f64,
+}
+
+fn to_us(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n,
+        "ms" => n * 1e3,
+        "s" => n * 1e6,
+        _ => n,
+    }
+}
+
+fn wrk(port: u16, lua: &Path, conns: u32, secs: u64) -> Run {
+    let threads = conns.min(2);
+    let out = Command::new("wrk")
+        .args(["-t", &threads.to_string(), "-c", &conns.to_string(), "-d", &format!("{secs}s"), "--latency", "-s"])
+        .arg(lua)
+        .arg(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .output()
+        .unwrap_or_else(|e| panic!("wrk: {e} (run benches/load/run.sh, which installs it)"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut r = Run::default();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            r.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("50%") {
+            r.p50_us = to_us(v.trim());
+        } else if let Some(v) = t.strip_prefix("99%") {
+            r.p99_us = to_us(v.trim());
+        } else if t.contains("requests in") {
+            r.requests = t.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
+        } else if t.starts_with("Non-2xx") || t.starts_with("Socket errors") {
+            r.errors += t
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+    }
+    r
+}
+
+fn lua(dir: &Path, name: &str, key: Option<&str>, stream: bool) -> PathBuf {
+    let body = format!(
+        r#"{{"model":"bench","stream":{stream},"messages":[{{"role":"system","content":"You are terse."}},{{"role":"user","content":"Write one sentence about foxes and dogs, please."}}]}}"#
+    );
+    let auth = key.map(|k| format!("wrk.headers[\"Authorization\"] = \"Bearer {k}\"\n")).unwrap_or_default();
+    let path = dir.join(format!("{name}.lua"));
+    let script = format!("wrk.method = \"POST\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n{auth}");
+    std::fs::write(&path, script).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+/// Median time to the first response byte over sequential requests.
+fn ttfb(port: u16, key: Option<&str>, stream: bool, n: usize) -> f64 {
+    use std::io::Read;
+    let body = format!(r#"{{"model":"bench","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#);
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
+    let _ = s.set_nodelay(true);
+    let mut times = Vec::with_capacity(n);
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..n {
+        let t = Instant::now();
+        s.write_all(req.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let mut got = s.read(&mut buf).unwrap_or(0);
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+        // Read the rest of this answer (ends with a chunked terminator or a JSON body).
+        let mut all = buf[..got].to_vec();
+        while !(all.ends_with(b"0\r\n\r\n") || (!stream && all.ends_with(b"}"))) && got > 0 {
+            got = s.read(&mut buf).unwrap_or(0);
+            all.extend_from_slice(&buf[..got]);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn main() {
+    let o = opts();
+    let dir = tempdir();
+    let bins = &o.bin_dir;
+    let (up_port, slow_port, bare_port, weir_port, admin_port) = (18900, 18905, 18901, 18902, 18903);
+    let _up = spawn(&bins.join("weir-bench-upstream"), &["--port", &up_port.to_string()], &dir.join("upstream.log"));
+    let _slow = spawn(&bins.join("weir-bench-upstream"), &["--port", &slow_port.to_string(), "--slow-ms", "1000"], &dir.join("slow.log"));
+    let _bare = spawn(
+        &bins.join("weir-bench-bare"),
+        &["--listen", &format!("127.0.0.1:{bare_port}"), "--upstream", &format!("127.0.0.1:{up_port}")],
+        &dir.join("bare.log"),
+    );
+    let config = dir.join("weir.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server:\n  listen: 127.0.0.1:{weir_port}\n  admin_listen: 127.0.0.1:{admin_port}\n  threads: 2\n  grace_period: 1s\nstorage:\n  sqlite: {db}\nmodels:\n  - {{name: bench, price_in: 0.5, price_out: 1.5}}\nchannels:\n  - {{name: bench, type: openai, base_url: 'http://127.0.0.1:{up_port}', keys: [sk-upstream-bench-key], models: [bench]}}\n  - {{name: slow, type: openai, base_url: 'http://127.0.0.1:{slow_port}', models: [slow], timeouts: {{first_byte: 120s, total: 1h}}}}\ngateways:\n  - name: default\n    path: /v1\n    auth: {{method: database}}\n    rate_limits: ['secret:100000000/minute']\n",
+            db = dir.join("weir.db").display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let weir_bin = bins.join("weir");
+    let created = Command::new(&weir_bin)
+        .args(["keys", "create", "--name", "bench", "--models", "*", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap_or_else(|e| panic!("weir keys create: {e}"));
+    let key = created["key"].as_str().unwrap_or_default().to_string();
+    let weir = spawn(&weir_bin, &["serve", "-c", config.to_str().unwrap_or_default()], &dir.join("weir.log"));
+    let weir_pid = weir.0.id();
+    for p in [up_port, slow_port, bare_port, weir_port] {
+        wait_port(p);
+    }
+
+    let mut table = String::new();
+    let _ = writeln!(table, "| mode | conns | upstream rps | bare rps | weir rps | weir/bare | bare p50 | weir p50 | bare p99 | weir p99 | weir CPU/req | weir RSS |");
+    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut summary = Vec::new();
+    for stream in [false, true] {
+        let mode = if stream { "stream" } else { "json" };
+        let direct_lua = lua(&dir, &format!("direct-{mode}"), None, stream);
+        let weir_lua = lua(&dir, &format!("weir-{mode}"), Some(&key), stream);
+        // Warm pools and caches.
+        wrk(weir_port, &weir_lua, 16, 2);
+        wrk(bare_port, &direct_lua, 16, 2);
+        for &c in &o.conns {
+            let direct = wrk(up_port, &direct_lua, c, o.duration);
+            let bare = wrk(bare_port, &direct_lua, c, o.duration);
+            let (cpu0, _) = proc_stats(weir_pid);
+            let w = wrk(weir_port, &weir_lua, c, o.duration);
+            let (cpu1, rss) = proc_stats(weir_pid);
+            let cpu_per_req = if w.requests > 0.0 { (cpu1 - cpu0) / w.requests * 1e6 } else { f64::NAN };
+            let ratio = w.rps / bare.rps;
+            let _ = writeln!(
+                table,
+                "| {mode} | {c} | {:.0} | {:.0} | {:.0} | {ratio:.2} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {cpu_per_req:.0} µs | {:.1} MiB |",
+                direct.rps, bare.rps, w.rps, bare.p50_us, w.p50_us, bare.p99_us, w.p99_us, rss as f64 / 1024.0
+            );
+            if w.errors > 0.0 || bare.errors > 0.0 {
+                let _ = writeln!(table, "|  | errors: bare {} weir {} |  |  |  |  |  |  |  |  |  |  |", bare.errors, w.errors);
+            }
+            summary.push((mode, c, ratio, w.p50_us - bare.p50_us));
+            eprintln!("{mode} c={c}: bare {:.0} rps, weir {:.0} rps ({ratio:.2}), p50 {:.0}/{:.0} µs", bare.rps, w.rps, bare.p50_us, w.p50_us);
+        }
+    }
+    let mut ttfb_text = String::new();
+    for stream in [false, true] {
+        let bare = ttfb(bare_port, None, stream, 2000);
+        let w = ttfb(weir_port, Some(&key), stream, 2000);
+        let _ = writeln!(
+            ttfb_text,
+            "- {}: time to first byte at one connection, median of 2,000: bare {bare:.0} µs, weir {w:.0} µs (+{:.0} µs)",
+            if stream { "stream" } else { "json" },
+            w - bare
+        );
+    }
+
+    // Memory: many streams held open by the slow upstream.
+    let (_, rss_before) = proc_stats(weir_pid);
+    let rss_streams = hold_streams(weir_port, &key, o.streams, weir_pid);
+    // Soak: JSON at 64 connections; RSS sampled as it runs.
+    let soak_lua = lua(&dir, "soak", Some(&key), false);
+    let mut samples = Vec::new();
+    let soak_start = Instant::now();
+    let mut soak_child = Command::new("wrk")
+        .args(["-t", "2", "-c", "64", "-d", &format!("{}s", o.soak)])
+        .arg(&soak_lua)
+        .arg(format!("http://127.0.0.1:{weir_port}/v1/chat/completions"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("wrk: {e}"));
+    while soak_start.elapsed() < Duration::from_secs(o.soak) {
+        std::thread::sleep(Duration::from_secs((o.soak / 10).max(1)));
+        samples.push(proc_stats(weir_pid).1);
+    }
+    let _ = soak_child.wait();
+    let soak_text = format!(
+        "- soak: {} s of JSON at 64 connections, RSS sampled every {} s: {} MiB",
+        o.soak,
+        (o.soak / 10).max(1),
+        samples.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(", ")
+    );
+
+    let machine = machine();
+    let verdict: Vec<String> = summary
+        .iter()
+        .filter(|(_, c, _, _)| *c == 16 || *c == 64)
+        .map(|(m, c, r, _)| format!("{m}@{c}: {r:.2}× {}", if *r >= 0.9 { "(≥ 0.9, met)" } else { "(< 0.9, NOT met)" }))
+        .collect();
+    let p50_one: Vec<String> = summary
+        .iter()
+        .filter(|(_, c, _, _)| *c == 1)
+        .map(|(m, _, _, d)| format!("{m}: +{d:.0} µs {}", if *d <= 50.0 { "(≤ 50, met)" } else { "(> 50, NOT met)" }))
+        .collect();
+    let report = format!(
+        "# Load benchmark results\n\nRun: {date}, {dur} s per cell, wrk with `-t min(c,2)`.\n\n{machine}\n\n{table}\n{ttfb_text}- memory: weir RSS {before:.1} MiB idle, {streams_rss:.1} MiB with {n} streams open at once\n{soak_text}\n\nBudget (weir/bare throughput at 16 and 64 connections): {verdict}.\n\np50 at one connection, weir minus bare: {p50}.\n",
+        date = date(),
+        dur = o.duration,
+        before = rss_before as f64 / 1024.0,
+        streams_rss = rss_streams as f64 / 1024.0,
+        n = o.streams,
+        verdict = verdict.join("; "),
+        p50 = p50_one.join("; "),
+    );
+    println!("{report}");
+    if let Some(path) = &o.out {
+        std::fs::write(path, &report).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        eprintln!("wrote {}", path.display());
+    }
+    drop(weir);
+}
+
+/// Opens `n` streaming requests to the slow model at once and returns weir's
+/// highest RSS while they are open.
+fn hold_streams(port: u16, key: &str, n: usize, pid: u32) -> u64 {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = r#"{"model":"slow","stream":true,"messages":[{"role":"user","content":"hold"}]}"#;
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let req = req.clone();
+            tasks.push(tokio::spawn(async move {
+                let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                    return 0usize;
+                };
+                if s.write_all(req.as_bytes()).await.is_err() {
+                    return 0;
+                }
+                let mut buf = vec![0u8; 4096];
+                let mut total = 0;
+                // Read for up to 15 s: the streams stay open meanwhile.
+                let _ = tokio::time::timeout(Duration::from_secs(15), async {
+                    while let Ok(k) = s.read(&mut buf).await {
+                        if k == 0 {
+                            break;
+                        }
+                        total += k;
+                    }
+                })
+                .await;
+                total
+            }));
+        }
+        let mut peak = 0;
+        for _ in 0..12 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            peak = peak.max(proc_stats(pid).1);
+        }
+        let mut open = 0;
+        for t in tasks {
+            if t.await.unwrap_or(0) > 0 {
+                open += 1;
+            }
+        }
+        eprintln!("{open} of {n} streams received data");
+        peak
+    })
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("weir-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    dir
+}
+
+fn date() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    format!(
+        "Machine: {cores} cores, {cpu}, Linux {}, {}. The upstream, the bare proxy, weir and wrk share these cores: only ratios taken in one run mean anything.",
+        kernel.trim(),
+        mem.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+    )
+}
