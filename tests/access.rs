@@ -526,6 +526,11 @@ async fn allow_beats_deny_and_lists_see_ip_secret_and_time() {
     let gws = gws.replace("HOUR", &format!("{hour:02}"));
     let weir = Weir::start(&config(&up, &gws)).await;
     let (_, key) = weir.create_key(json!({"name": "k", "models": ["*"]})).await;
+    // The `secret:` deny rule names this key's own first characters.
+    let text = std::fs::read_to_string(&weir.config_path).unwrap();
+    let text = text.replace("^DENIED$", &format!("^{}", &key[..12]));
+    write_atomically(&weir.config_path, &text);
+    assert_eq!(weir.admin("POST", "/admin/reload", None).await.0, 200);
     assert_eq!(
         call(
             &weir,
@@ -562,16 +567,26 @@ async fn allow_beats_deny_and_lists_see_ip_secret_and_time() {
             .0,
         403
     );
-    let denied = key.starts_with("sk-A");
-    let (s, _) = call(
+    let (s, b) = call(
         &weir,
         "/denyk/v1/chat/completions",
         Some(&key),
         &chat("m", false),
     )
     .await;
-    assert_eq!(s, if denied { 403 } else { 200 });
-    assert_eq!(up.calls(), if denied { 1 } else { 2 });
+    assert_eq!((s, code(&b).as_str()), (403, "access_denied"));
+    let (_, other) = weir
+        .create_key(json!({"name": "other", "models": ["*"]}))
+        .await;
+    let (s, _) = call(
+        &weir,
+        "/denyk/v1/chat/completions",
+        Some(&other),
+        &chat("m", false),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(up.calls(), 2);
 }
 
 #[tokio::test]

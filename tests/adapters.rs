@@ -169,6 +169,63 @@ async fn gemini_generate_content() {
 }
 
 #[tokio::test]
+async fn a_gemini_key_it_calls_invalid_hands_over_to_the_next_key() {
+    let up = Upstream::start("gemini").await;
+    let cfg = format!(
+        "channels:\n  - {{name: g, type: gemini, base_url: '{}', keys: [gemini-bad-key-00000001, gemini-good-key-0000002], models: [m], retries: 0}}\n",
+        up.url()
+    );
+    let weir = Weir::start(&cfg).await;
+    // Gemini answers a bad API key with 400 API_KEY_INVALID, not 401.
+    up.script(&[Reply::BadKey]);
+    let (s, text) = post(
+        &reqwest::Client::new(),
+        &weir.url("/v1/chat/completions"),
+        &chat("m", false),
+    )
+    .await;
+    assert_eq!(s, 200, "{text}");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert_ne!(
+        seen[0].headers["x-goog-api-key"],
+        seen[1].headers["x-goog-api-key"]
+    );
+    weir.wait_metric(
+        "weir_upstream_attempts_total",
+        &[("outcome", "key_rejected")],
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn translated_answers_are_cached_like_any_other() {
+    let up = Upstream::start("anthropic").await;
+    let weir = Weir::start(&format!(
+        "{}cache: {{models: '*'}}\n",
+        channel_of("anthropic", &up, "")
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    for (i, want) in ["miss", "hit"].iter().enumerate() {
+        let r = client
+            .post(weir.url("/v1/chat/completions"))
+            .json(&chat("m", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-weir-cache"], *want, "request {i}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            "Hello from upstream anthropic"
+        );
+    }
+    assert_eq!(up.calls(), 1);
+}
+
+#[tokio::test]
 async fn azure_deployments() {
     let up = Upstream::start("azure").await;
     let cfg = format!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 fn config(up: &Upstream, cache: &str) -> String {
     format!(
-        "models:\n  - {{name: paid, price_in: 1000000, price_out: 1000000}}\n  - {{name: flagged, cache: true}}\nchannels:\n  - {{name: up, type: openai, base_url: '{}', models: [m, paid, free, flagged], retries: 0}}\ncache: {cache}\n",
+        "models:\n  - {{name: paid, price_in: 1000000, price_out: 1000000}}\n  - {{name: flagged, price_in: 1, price_out: 1, cache: true}}\nchannels:\n  - {{name: up, type: openai, base_url: '{}', models: [m, paid, free, flagged], retries: 0}}\ncache: {cache}\n",
         up.url()
     )
 }
@@ -91,6 +91,25 @@ async fn streams_are_replayed_as_sse_and_broken_ones_are_not_kept() {
     assert_eq!(up.calls(), 3);
     assert_eq!(ask(&weir, &other).await.1.as_deref(), Some("hit"));
     assert_eq!(up.calls(), 3);
+}
+
+#[tokio::test]
+async fn answers_are_kept_apart_by_endpoint() {
+    let up = Upstream::start("e").await;
+    let weir = Weir::start(&config(&up, "{models: '*'}")).await;
+    let client = reqwest::Client::new();
+    let body = chat("m", false);
+    // The same body to /v1/completions must not plant an answer for chat.
+    let r = client
+        .post(weir.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-weir-cache"], "miss");
+    let (_, cache, _) = ask(&weir, &body).await;
+    assert_eq!(cache.as_deref(), Some("miss"));
+    assert_eq!(up.calls(), 2);
 }
 
 #[tokio::test]

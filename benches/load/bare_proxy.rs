@@ -19,7 +19,11 @@ impl ProxyHttp for Bare {
     type CTX = ();
     fn new_ctx(&self) {}
 
-    async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> pingora_error::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _s: &mut Session,
+        _c: &mut (),
+    ) -> pingora_error::Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
     }
 }
@@ -34,7 +38,9 @@ fn main() {
             .unwrap_or_else(|| default.to_string())
     };
     let listen = arg("--listen", "127.0.0.1:18901");
-    let upstream: SocketAddr = arg("--upstream", "127.0.0.1:18900").parse().unwrap_or_else(|e| panic!("--upstream: {e}"));
+    let upstream: SocketAddr = arg("--upstream", "127.0.0.1:18900")
+        .parse()
+        .unwrap_or_else(|e| panic!("--upstream: {e}"));
     let threads: usize = arg("--threads", "2").parse().unwrap_or(2);
     let conf = ServerConf {
         threads,

@@ -21,15 +21,26 @@ struct Opts {
 
 fn opts() -> Opts {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let quick = args.iter().any(|a| a == "--quick");
     Opts {
-        duration: arg("--duration").and_then(|v| v.parse().ok()).unwrap_or(if quick { 3 } else { 10 }),
+        duration: arg("--duration")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if quick { 3 } else { 10 }),
         conns: arg("--conns")
             .map(|v| v.split(',').filter_map(|c| c.parse().ok()).collect())
             .unwrap_or_else(|| vec![1, 16, 64, 256]),
-        streams: arg("--streams").and_then(|v| v.parse().ok()).unwrap_or(1000),
-        soak: arg("--soak").and_then(|v| v.parse().ok()).unwrap_or(if quick { 20 } else { 300 }),
+        streams: arg("--streams")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000),
+        soak: arg("--soak")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if quick { 20 } else { 300 }),
         out: arg("--out").map(PathBuf::from),
         bin_dir: std::env::current_exe()
             .ok()
@@ -51,7 +62,9 @@ fn spawn(bin: &Path, args: &[&str], log: &Path) -> Proc {
     let log = std::fs::File::create(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
     let child = Command::new(bin)
         .args(args)
-        .stdout(Stdio::from(log.try_clone().unwrap_or_else(|e| panic!("{e}"))))
+        .stdout(Stdio::from(
+            log.try_clone().unwrap_or_else(|e| panic!("{e}")),
+        ))
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
@@ -71,7 +84,12 @@ fn proc_stats(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // After the command name: state is field 0, utime 11, stime 12.
     let cpu = (ticks(11) + ticks(12)) / 100.0;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -107,7 +125,16 @@ fn to_us(v: &str) -> f64 {
 fn wrk(port: u16, lua: &Path, conns: u32, secs: u64) -> Run {
     let threads = conns.min(2);
     let out = Command::new("wrk")
-        .args(["-t", &threads.to_string(), "-c", &conns.to_string(), "-d", &format!("{secs}s"), "--latency", "-s"])
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-c",
+            &conns.to_string(),
+            "-d",
+            &format!("{secs}s"),
+            "--latency",
+            "-s",
+        ])
         .arg(lua)
         .arg(format!("http://127.0.0.1:{port}/v1/chat/completions"))
         .output()
@@ -123,7 +150,11 @@ fn wrk(port: u16, lua: &Path, conns: u32, secs: u64) -> Run {
         } else if let Some(v) = t.strip_prefix("99%") {
             r.p99_us = to_us(v.trim());
         } else if t.contains("requests in") {
-            r.requests = t.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
+            r.requests = t
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0);
         } else if t.starts_with("Non-2xx") || t.starts_with("Socket errors") {
             r.errors += t
                 .split(|c: char| !c.is_ascii_digit())
@@ -138,7 +169,9 @@ fn lua(dir: &Path, name: &str, key: Option<&str>, stream: bool) -> PathBuf {
     let body = format!(
         r#"{{"model":"bench","stream":{stream},"messages":[{{"role":"system","content":"You are terse."}},{{"role":"user","content":"Write one sentence about foxes and dogs, please."}}]}}"#
     );
-    let auth = key.map(|k| format!("wrk.headers[\"Authorization\"] = \"Bearer {k}\"\n")).unwrap_or_default();
+    let auth = key
+        .map(|k| format!("wrk.headers[\"Authorization\"] = \"Bearer {k}\"\n"))
+        .unwrap_or_default();
     let path = dir.join(format!("{name}.lua"));
     let script = format!("wrk.method = \"POST\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n{auth}");
     std::fs::write(&path, script).unwrap_or_else(|e| panic!("{e}"));
@@ -148,8 +181,12 @@ fn lua(dir: &Path, name: &str, key: Option<&str>, stream: bool) -> PathBuf {
 /// Median time to the first response byte over sequential requests.
 fn ttfb(port: u16, key: Option<&str>, stream: bool, n: usize) -> f64 {
     use std::io::Read;
-    let body = format!(r#"{{"model":"bench","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#);
-    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let body = format!(
+        r#"{{"model":"bench","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
         body.len()
@@ -160,7 +197,8 @@ fn ttfb(port: u16, key: Option<&str>, stream: bool, n: usize) -> f64 {
     let mut buf = vec![0u8; 64 * 1024];
     for _ in 0..n {
         let t = Instant::now();
-        s.write_all(req.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        s.write_all(req.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut got = s.read(&mut buf).unwrap_or(0);
         times.push(t.elapsed().as_secs_f64() * 1e6);
         // Read the rest of this answer (ends with a chunked terminator or a JSON body).
@@ -178,12 +216,26 @@ fn main() {
     let o = opts();
     let dir = tempdir();
     let bins = &o.bin_dir;
-    let (up_port, slow_port, bare_port, weir_port, admin_port) = (18900, 18905, 18901, 18902, 18903);
-    let _up = spawn(&bins.join("weir-bench-upstream"), &["--port", &up_port.to_string()], &dir.join("upstream.log"));
-    let _slow = spawn(&bins.join("weir-bench-upstream"), &["--port", &slow_port.to_string(), "--slow-ms", "1000"], &dir.join("slow.log"));
+    let (up_port, slow_port, bare_port, weir_port, admin_port) =
+        (18900, 18905, 18901, 18902, 18903);
+    let _up = spawn(
+        &bins.join("weir-bench-upstream"),
+        &["--port", &up_port.to_string()],
+        &dir.join("upstream.log"),
+    );
+    let _slow = spawn(
+        &bins.join("weir-bench-upstream"),
+        &["--port", &slow_port.to_string(), "--slow-ms", "1000"],
+        &dir.join("slow.log"),
+    );
     let _bare = spawn(
         &bins.join("weir-bench-bare"),
-        &["--listen", &format!("127.0.0.1:{bare_port}"), "--upstream", &format!("127.0.0.1:{up_port}")],
+        &[
+            "--listen",
+            &format!("127.0.0.1:{bare_port}"),
+            "--upstream",
+            &format!("127.0.0.1:{up_port}"),
+        ],
         &dir.join("bare.log"),
     );
     let config = dir.join("weir.yaml");
@@ -201,9 +253,14 @@ fn main() {
         .arg(&config)
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
-    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap_or_else(|e| panic!("weir keys create: {e}"));
+    let created: serde_json::Value =
+        serde_json::from_slice(&created.stdout).unwrap_or_else(|e| panic!("weir keys create: {e}"));
     let key = created["key"].as_str().unwrap_or_default().to_string();
-    let weir = spawn(&weir_bin, &["serve", "-c", config.to_str().unwrap_or_default()], &dir.join("weir.log"));
+    let weir = spawn(
+        &weir_bin,
+        &["serve", "-c", config.to_str().unwrap_or_default()],
+        &dir.join("weir.log"),
+    );
     let weir_pid = weir.0.id();
     for p in [up_port, slow_port, bare_port, weir_port] {
         wait_port(p);
@@ -226,7 +283,11 @@ fn main() {
             let (cpu0, _) = proc_stats(weir_pid);
             let w = wrk(weir_port, &weir_lua, c, o.duration);
             let (cpu1, rss) = proc_stats(weir_pid);
-            let cpu_per_req = if w.requests > 0.0 { (cpu1 - cpu0) / w.requests * 1e6 } else { f64::NAN };
+            let cpu_per_req = if w.requests > 0.0 {
+                (cpu1 - cpu0) / w.requests * 1e6
+            } else {
+                f64::NAN
+            };
             let ratio = w.rps / bare.rps;
             let _ = writeln!(
                 table,
@@ -234,10 +295,17 @@ fn main() {
                 direct.rps, bare.rps, w.rps, bare.p50_us, w.p50_us, bare.p99_us, w.p99_us, rss as f64 / 1024.0
             );
             if w.errors > 0.0 || bare.errors > 0.0 {
-                let _ = writeln!(table, "|  | errors: bare {} weir {} |  |  |  |  |  |  |  |  |  |  |", bare.errors, w.errors);
+                let _ = writeln!(
+                    table,
+                    "|  | errors: bare {} weir {} |  |  |  |  |  |  |  |  |  |  |",
+                    bare.errors, w.errors
+                );
             }
             summary.push((mode, c, ratio, w.p50_us - bare.p50_us));
-            eprintln!("{mode} c={c}: bare {:.0} rps, weir {:.0} rps ({ratio:.2}), p50 {:.0}/{:.0} µs", bare.rps, w.rps, bare.p50_us, w.p50_us);
+            eprintln!(
+                "{mode} c={c}: bare {:.0} rps, weir {:.0} rps ({ratio:.2}), p50 {:.0}/{:.0} µs",
+                bare.rps, w.rps, bare.p50_us, w.p50_us
+            );
         }
     }
     let mut ttfb_text = String::new();
@@ -275,19 +343,41 @@ fn main() {
         "- soak: {} s of JSON at 64 connections, RSS sampled every {} s: {} MiB",
         o.soak,
         (o.soak / 10).max(1),
-        samples.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(", ")
+        samples
+            .iter()
+            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     let machine = machine();
     let verdict: Vec<String> = summary
         .iter()
         .filter(|(_, c, _, _)| *c == 16 || *c == 64)
-        .map(|(m, c, r, _)| format!("{m}@{c}: {r:.2}× {}", if *r >= 0.9 { "(≥ 0.9, met)" } else { "(< 0.9, NOT met)" }))
+        .map(|(m, c, r, _)| {
+            format!(
+                "{m}@{c}: {r:.2}× {}",
+                if *r >= 0.9 {
+                    "(≥ 0.9, met)"
+                } else {
+                    "(< 0.9, NOT met)"
+                }
+            )
+        })
         .collect();
     let p50_one: Vec<String> = summary
         .iter()
         .filter(|(_, c, _, _)| *c == 1)
-        .map(|(m, _, _, d)| format!("{m}: +{d:.0} µs {}", if *d <= 50.0 { "(≤ 50, met)" } else { "(> 50, NOT met)" }))
+        .map(|(m, _, _, d)| {
+            format!(
+                "{m}: +{d:.0} µs {}",
+                if *d <= 50.0 {
+                    "(≤ 50, met)"
+                } else {
+                    "(> 50, NOT met)"
+                }
+            )
+        })
         .collect();
     let report = format!(
         "# Load benchmark results\n\nRun: {date}, {dur} s per cell, wrk with `-t min(c,2)`.\n\n{machine}\n\n{table}\n{ttfb_text}- memory: weir RSS {before:.1} MiB idle, {streams_rss:.1} MiB with {n} streams open at once\n{soak_text}\n\nBudget (weir/bare throughput at 16 and 64 connections): {verdict}.\n\np50 at one connection, weir minus bare: {p50}.\n",
@@ -382,9 +472,14 @@ fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mem = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()

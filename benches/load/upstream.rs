@@ -41,7 +41,12 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let port: u16 = arg("--port").and_then(|p| p.parse().ok()).unwrap_or(18900);
     let slow_ms: u64 = arg("--slow-ms").and_then(|p| p.parse().ok()).unwrap_or(0);
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
@@ -50,14 +55,20 @@ async fn main() -> std::io::Result<()> {
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{JSON}",
         JSON.len()
     ));
-    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+    let head =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
     let sse_plain = Arc::new([head.as_bytes(), &chunked(&sse_events(false))].concat());
     let sse_usage = Arc::new([head.as_bytes(), &chunked(&sse_events(true))].concat());
     eprintln!("bench upstream on 127.0.0.1:{port} (slow {slow_ms} ms)");
     loop {
         let (mut sock, _) = listener.accept().await?;
         let _ = sock.set_nodelay(true);
-        let (json_resp, sse_plain, sse_usage, served) = (json_resp.clone(), sse_plain.clone(), sse_usage.clone(), served.clone());
+        let (json_resp, sse_plain, sse_usage, served) = (
+            json_resp.clone(),
+            sse_plain.clone(),
+            sse_usage.clone(),
+            served.clone(),
+        );
         tokio::spawn(async move {
             let mut buf = Vec::with_capacity(16 * 1024);
             let mut tmp = vec![0u8; 64 * 1024];
@@ -75,7 +86,10 @@ async fn main() -> std::io::Result<()> {
                 let header = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
                 let len: usize = header
                     .lines()
-                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                    .find_map(|l| {
+                        l.strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
                     .unwrap_or(0);
                 while buf.len() < end + len {
                     match sock.read(&mut tmp).await {
@@ -89,7 +103,9 @@ async fn main() -> std::io::Result<()> {
                 let ok = if !stream {
                     sock.write_all(json_resp.as_bytes()).await.is_ok()
                 } else if slow_ms == 0 {
-                    sock.write_all(if usage { &sse_usage } else { &sse_plain }).await.is_ok()
+                    sock.write_all(if usage { &sse_usage } else { &sse_plain })
+                        .await
+                        .is_ok()
                 } else {
                     let mut ok = sock.write_all(head.as_bytes()).await.is_ok();
                     for e in sse_events(usage) {
@@ -97,7 +113,10 @@ async fn main() -> std::io::Result<()> {
                             break;
                         }
                         tokio::time::sleep(std::time::Duration::from_millis(slow_ms)).await;
-                        ok = sock.write_all(format!("{:x}\r\n{e}\r\n", e.len()).as_bytes()).await.is_ok();
+                        ok = sock
+                            .write_all(format!("{:x}\r\n{e}\r\n", e.len()).as_bytes())
+                            .await
+                            .is_ok();
                     }
                     ok && sock.write_all(b"0\r\n\r\n").await.is_ok()
                 };

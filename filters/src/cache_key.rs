@@ -6,16 +6,36 @@ use sha2::{Digest, Sha256};
 /// Fields that do not change the answer.
 const IGNORED: &[&str] = &["user"];
 
-/// A digest over the gateway (templates and parameter rules differ per gateway), the
-/// model asked for, and the body in a canonical form: every field that changes the
-/// answer, objects with sorted keys, no whitespace. `stream` and `stream_options` are
-/// part of it: a stream and a JSON answer are cached apart.
-pub fn cache_key(gateway: &str, model: &str, body: &JsonBody) -> [u8; 32] {
+/// Everything besides the body that decides what answer a request gets.
+pub struct KeyContext<'a> {
+    /// The gateway (its template and parameter rules shape the request).
+    pub gateway: &'a str,
+    /// A digest of the gateway's rewrite rules, so a reload that changes them
+    /// stops serving answers to the old rules.
+    pub rewrites: &'a str,
+    /// The endpoint and the query forwarded with it.
+    pub endpoint: &'a str,
+    pub query: &'a str,
+    pub model: &'a str,
+    /// The channels and upstream models that may answer (they differ by caller group).
+    pub routes: &'a [(&'a str, &'a str)],
+}
+
+/// A digest over the request's context and its body in a canonical form: every field
+/// that changes the answer, objects with sorted keys, no whitespace. `stream` and
+/// `stream_options` are part of it: a stream and a JSON answer are cached apart.
+pub fn cache_key(cx: &KeyContext<'_>, body: &JsonBody) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(gateway.as_bytes());
-    h.update([0]);
-    h.update(model.as_bytes());
-    h.update([0]);
+    for part in [cx.gateway, cx.rewrites, cx.endpoint, cx.query, cx.model] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    for (channel, model) in cx.routes {
+        h.update(channel.as_bytes());
+        h.update([1]);
+        h.update(model.as_bytes());
+        h.update([0]);
+    }
     let mut fields: Vec<(&str, serde_json::Value)> = body
         .field_names()
         .filter(|k| !IGNORED.contains(k))
@@ -37,7 +57,19 @@ mod tests {
     use super::*;
 
     fn key(gw: &str, body: &str) -> [u8; 32] {
-        cache_key(gw, "m", &JsonBody::parse(body.as_bytes()).unwrap())
+        keyed(gw, "chat_completions", &[("c", "m")], body)
+    }
+
+    fn keyed(gw: &str, endpoint: &str, routes: &[(&str, &str)], body: &str) -> [u8; 32] {
+        let cx = KeyContext {
+            gateway: gw,
+            rewrites: "",
+            endpoint,
+            query: "",
+            model: "m",
+            routes,
+        };
+        cache_key(&cx, &JsonBody::parse(body.as_bytes()).unwrap())
     }
 
     #[test]

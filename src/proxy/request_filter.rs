@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use weir_filters::adapters;
 use weir_filters::auth::{remove_query_param, KeyPosition};
-use weir_filters::cache_key::cache_key;
+use weir_filters::cache_key::{cache_key, KeyContext};
 use weir_filters::config::{CacheModels, CachePolicy};
 use weir_filters::config::{Gateway, Runtime};
 use weir_filters::health::Admission;
@@ -241,24 +241,32 @@ struct Bodies<'a> {
     parsed: JsonBody,
     client_model: String,
     rewritten: bool,
-    made: Vec<(String, Bytes)>,
+    made: Vec<(String, Bytes, String)>,
     gateway: &'a Gateway,
 }
 
 impl Bodies<'_> {
-    fn for_model(&mut self, model: &str) -> Result<Bytes, GatewayError> {
+    /// The body for a channel's upstream model, and the model it finally names
+    /// (`param_map`/`param_fixed` may have changed it; adapters put it in URLs).
+    fn for_model(&mut self, model: &str) -> Result<(Bytes, String), GatewayError> {
         if !self.rewritten && model == self.client_model {
-            return Ok(self.raw.clone());
+            return Ok((self.raw.clone(), model.to_string()));
         }
-        if let Some((_, b)) = self.made.iter().find(|(m, _)| m == model) {
-            return Ok(b.clone());
+        if let Some((_, b, m)) = self.made.iter().find(|(m, _, _)| m == model) {
+            return Ok((b.clone(), m.clone()));
         }
         self.parsed.set("model", &model)?;
         self.parsed.map_params(&self.gateway.param_map)?;
         self.parsed.fix_params(&self.gateway.param_fixed)?;
+        let effective = self
+            .parsed
+            .get_path("model")
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| model.to_string());
         let b = self.parsed.to_bytes();
-        self.made.push((model.to_string(), b.clone()));
-        Ok(b)
+        self.made
+            .push((model.to_string(), b.clone(), effective.clone()));
+        Ok((b, effective))
     }
 }
 
@@ -298,9 +306,19 @@ async fn proxy(
     let facts = parsed.facts()?;
     ctx.stream = facts.stream;
     ctx.requested_model = Some(facts.model.clone());
-    let (routes, label) = snap
+    let (mut routes, label) = snap
         .routes(gateway, &facts.model, &caller.group)
         .ok_or_else(|| GatewayError::ModelNotFound(facts.model.clone()))?;
+    // Only channels whose provider has this endpoint (Anthropic and Gemini serve chat).
+    routes.retain(|r| adapters::supports(snap.channels[r.channel].kind, endpoint));
+    if routes.is_empty() {
+        return Err(GatewayError::BadRequest(format!(
+            "`{}` is not served for the model `{}`: its channels' providers serve chat completions only",
+            endpoint.as_str(),
+            facts.model
+        ))
+        .into());
+    }
     if !caller.may_use(&facts.model, &label) {
         return Err(GatewayError::Forbidden {
             code: "model_not_allowed",
@@ -323,10 +341,27 @@ async fn proxy(
             &facts.model,
             &ctx.model_label,
         ) {
-            let key = cache_key(&gateway.name, &facts.model, &parsed);
+            let route_names: Vec<(&str, &str)> = routes
+                .iter()
+                .map(|r| {
+                    (
+                        snap.channels[r.channel].name.as_str(),
+                        r.upstream_model.as_str(),
+                    )
+                })
+                .collect();
+            let cx = KeyContext {
+                gateway: &gateway.name,
+                rewrites: &gateway.rewrite_digest,
+                endpoint: endpoint.as_str(),
+                query: rest.split_once('?').map(|(_, q)| q).unwrap_or(""),
+                model: &facts.model,
+                routes: &route_names,
+            };
+            let key = cache_key(&cx, &parsed);
             let slot = rand::thread_rng().gen_range(0..policy.max_per_request);
             let labels = [gateway.name.as_str(), ctx.model_label.as_str()];
-            if let Some(hit) = state.cache.get(&key, slot) {
+            if let Some(hit) = state.cache.get(&key, slot).await {
                 state
                     .metrics
                     .cache
@@ -487,12 +522,14 @@ async fn proxy(
         }
         note_attempt(ctx, channel);
         any_attempt = true;
+        let (body, upstream_model) = bodies.for_model(&routes[attempt.route].upstream_model)?;
         let out = Outbound {
             endpoint,
             rest,
-            body: bodies.for_model(&routes[attempt.route].upstream_model)?,
+            body,
             accept: accept.as_deref(),
-            upstream_model: &routes[attempt.route].upstream_model,
+            upstream_model: &upstream_model,
+            client_model: &facts.model,
         };
         let started = Instant::now();
         let key_label = key
@@ -549,7 +586,13 @@ async fn proxy(
             }
             Err(AttemptError::Refused(e)) => {
                 // This channel's provider lacks the endpoint: try another channel; if
-                // none can, the client gets this answer.
+                // none can, the client gets this answer. Nothing was learned.
+                state
+                    .health
+                    .release_trial(&HealthId::channel(&channel.name));
+                if let Some(k) = key {
+                    state.health.release_trial(&HealthId::key(&channel.name, k));
+                }
                 refused.get_or_insert(e);
                 last = Some(Verdict::Unserved);
             }

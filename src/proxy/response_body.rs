@@ -94,16 +94,6 @@ pub async fn relay(
     plan: RelayPlan<'_>,
 ) -> Result<(), Failure> {
     let status = answer.status();
-    if let (Some(kind), Answer::Upstream { header, .. }) = (plan.translate, &answer) {
-        let ct = header
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !ct.starts_with("text/event-stream") {
-            return relay_translated_json(state, session, ctx, answer, &plan, kind).await;
-        }
-    }
     let (header, mut source, is_sse, is_json) = match answer {
         Answer::Upstream { up, peer, header } => {
             let ct = header
@@ -123,7 +113,7 @@ pub async fn relay(
             let h = downstream_header(status, Some(&header), "", len).map_err(Failure::Abort)?;
             (h, Source::Upstream { up, peer }, is_sse, is_json)
         }
-        Answer::Mock(m) => {
+        Answer::Mock(m) | Answer::Translated { answer: m, .. } => {
             let is_sse = m.content_type == "text/event-stream";
             let len = (!is_sse).then(|| m.chunks.iter().map(|c| c.len()).sum());
             let h =
@@ -195,7 +185,8 @@ pub async fn relay(
             };
             state
                 .cache
-                .put(key, slot, policy.max_per_request, answer, policy.ttl);
+                .put(key, slot, policy.max_per_request, answer, policy.ttl)
+                .await;
             state
                 .metrics
                 .cache
@@ -339,72 +330,6 @@ async fn pump(
     }
 
     Ok(())
-}
-
-/// A provider's complete JSON answer (or error), read whole, translated into
-/// OpenAI's shape and sent with its new length.
-async fn relay_translated_json(
-    state: &AppState,
-    session: &mut Session,
-    ctx: &mut Ctx,
-    answer: Answer,
-    plan: &RelayPlan<'_>,
-    kind: ChannelType,
-) -> Result<(), Failure> {
-    let Answer::Upstream {
-        mut up,
-        peer,
-        header,
-    } = answer
-    else {
-        return Err(Failure::Client(GatewayError::Internal(
-            "nothing to translate".into(),
-        )));
-    };
-    let status = header.status.as_u16();
-    let mut body = Vec::new();
-    let read = async {
-        while let Some(chunk) = up.read_response_body().await.map_err(|e| e.to_string())? {
-            if body.len() + chunk.len() > MAX_JSON_KEPT {
-                return Err("the answer is too large to translate".to_string());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(())
-    };
-    let read = match tokio::time::timeout_at(plan.deadline.into(), read).await {
-        Ok(r) => r,
-        Err(_) => Err("the channel's total timeout ran out".to_string()),
-    };
-    if let Err(why) = read {
-        up.shutdown().await;
-        state
-            .health
-            .failure(&HealthId::channel(&ctx.channel), plan.health, &why);
-        return Err(Failure::Client(GatewayError::UpstreamFailed {
-            model: plan.model.to_string(),
-            detail: format!("channel `{}`: {why}", ctx.channel),
-        }));
-    }
-    finish(state, Source::Upstream { up, peer }).await;
-    let out = adapters::translate_json(kind, status, &body, plan.model);
-    let h = downstream_header(status, None, "application/json", Some(out.len()))
-        .map_err(Failure::Abort)?;
-    ctx.status = status;
-    if status < 300 {
-        ctx.usage = Some(usage_of(false, SseTap::default(), &out, plan.request).await);
-    }
-    let written = async {
-        session.write_response_header(Box::new(h), false).await?;
-        ctx.first_byte = Some(ctx.started.elapsed());
-        session
-            .write_response_body(Some(Bytes::from(out)), true)
-            .await
-    };
-    written.await.map_err(|e| {
-        ctx.client_gone = true;
-        Failure::Abort(e)
-    })
 }
 
 /// Adds to the copy kept for the cache, giving up on answers too large to keep.

@@ -30,13 +30,19 @@ pub enum Answer {
         header: Box<ResponseHeader>,
     },
     Mock(MockAnswer),
+    /// A provider's complete JSON answer (or error), already in OpenAI's shape.
+    Translated {
+        answer: MockAnswer,
+        /// The provider said the key is the problem (Gemini's 400 `API_KEY_INVALID`).
+        key_rejected: bool,
+    },
 }
 
 impl Answer {
     pub fn status(&self) -> u16 {
         match self {
             Answer::Upstream { header, .. } => header.status.as_u16(),
-            Answer::Mock(m) => m.status,
+            Answer::Mock(m) | Answer::Translated { answer: m, .. } => m.status,
         }
     }
 
@@ -47,7 +53,7 @@ impl Answer {
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after),
-            Answer::Mock(_) => None,
+            Answer::Mock(_) | Answer::Translated { .. } => None,
         }
     }
 }
@@ -96,6 +102,8 @@ pub struct Outbound<'a> {
     pub accept: Option<&'a str>,
     /// The model name the upstream is asked for (an Azure deployment, a Gemini model).
     pub upstream_model: &'a str,
+    /// The model name the client asked for (translated answers carry it).
+    pub client_model: &'a str,
 }
 
 fn classify_error(e: &pingora_error::Error) -> AttemptError {
@@ -140,6 +148,16 @@ pub async fn exchange(
             facts.client_wants_usage,
         )));
     };
+    // The provider's path, headers (its way of sending the key) and body.
+    let call = adapters::prepare(
+        channel,
+        out.endpoint,
+        out.rest,
+        out.body.clone(),
+        out.upstream_model,
+        key,
+    )
+    .map_err(AttemptError::Refused)?;
     let resolve = state.dns.resolve(&upstream.host, upstream.port, dns_ttl);
     let addr = match tokio::time::timeout(channel.connect_timeout, resolve).await {
         Ok(r) => r.map_err(AttemptError::Connect)?,
@@ -157,16 +175,6 @@ pub async fn exchange(
     peer.options.write_timeout = Some(channel.first_byte_timeout);
     peer.options.idle_timeout = Some(Duration::from_secs(60));
 
-    // The provider's path, headers (its way of sending the key) and body.
-    let call = adapters::prepare(
-        channel,
-        out.endpoint,
-        out.rest,
-        out.body.clone(),
-        out.upstream_model,
-        key,
-    )
-    .map_err(AttemptError::Refused)?;
     let wait = channel.first_byte_timeout.min(channel.total_timeout);
     let deadline = Instant::now() + wait;
     let mut stale = 0;
@@ -199,6 +207,24 @@ pub async fn exchange(
                 let Some(header) = up.response_header().cloned() else {
                     return Err(AttemptError::Io("no response header".into()));
                 };
+                let sse = header
+                    .headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|ct| ct.starts_with("text/event-stream"));
+                if adapters::translates(channel.kind) && !sse {
+                    let deadline = Instant::now() + channel.total_timeout;
+                    return read_translated(
+                        state,
+                        up,
+                        &peer,
+                        &header,
+                        channel,
+                        out.client_model,
+                        deadline,
+                    )
+                    .await;
+                }
                 return Ok(Answer::Upstream {
                     up: Box::new(up),
                     peer: Box::new(peer),
@@ -218,6 +244,66 @@ pub async fn exchange(
             }
         }
     }
+}
+
+/// Reads a provider's whole JSON answer and turns it into OpenAI's shape.
+async fn read_translated(
+    state: &AppState,
+    mut up: HttpSession,
+    peer: &HttpPeer,
+    header: &ResponseHeader,
+    channel: &Channel,
+    model: &str,
+    deadline: Instant,
+) -> Result<Answer, AttemptError> {
+    const LIMIT: usize = 16 * 1024 * 1024;
+    let status = header.status.as_u16();
+    let mut body = Vec::new();
+    let read = async {
+        while let Some(chunk) = up.read_response_body().await.map_err(|e| e.to_string())? {
+            if body.len() + chunk.len() > LIMIT {
+                return Err("the answer is too large to translate".to_string());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout_at(deadline.into(), read).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            up.shutdown().await;
+            return Err(AttemptError::Io(e));
+        }
+        Err(_) => {
+            up.shutdown().await;
+            return Err(AttemptError::Timeout(
+                "the channel's total timeout ran out".into(),
+            ));
+        }
+    }
+    if up.response_done() {
+        state
+            .connector
+            .release_http_session(up, peer, peer.options.idle_timeout)
+            .await;
+    } else {
+        up.shutdown().await;
+    }
+    if status < 300 && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+        return Err(AttemptError::Io(
+            "the upstream answered 2xx with a body that is not JSON".into(),
+        ));
+    }
+    let key_rejected = adapters::key_rejected(channel.kind, status, &body);
+    let translated = adapters::translate_json(channel.kind, status, &body, model);
+    Ok(Answer::Translated {
+        answer: MockAnswer {
+            status,
+            content_type: "application/json",
+            chunks: vec![Bytes::from(translated)],
+        },
+        key_rejected,
+    })
 }
 
 fn request_header(
@@ -254,6 +340,14 @@ fn request_header(
 /// code (never the message, which may quote the key) for the summary.
 pub async fn discard(state: &AppState, answer: Answer) -> Option<String> {
     let Answer::Upstream { mut up, peer, .. } = answer else {
+        // Local and translated answers were read already; their code is in the body.
+        if let Answer::Translated { answer, .. } = answer {
+            let v: serde_json::Value = serde_json::from_slice(answer.chunks.first()?).ok()?;
+            return v
+                .pointer("/error/code")
+                .and_then(|c| c.as_str())
+                .map(str::to_string);
+        }
         return None;
     };
     const LIMIT: usize = 64 * 1024;
@@ -308,7 +402,12 @@ pub fn judge(
     answer: &Answer,
 ) -> Verdict {
     let status = answer.status();
-    let verdict = verdict_for_status(status, answer.retry_after());
+    let verdict = match answer {
+        Answer::Translated {
+            key_rejected: true, ..
+        } => Verdict::KeyRejected,
+        _ => verdict_for_status(status, answer.retry_after()),
+    };
     let channel_id = HealthId::channel(&channel.name);
     let key_id = key.map(|k| HealthId::key(&channel.name, k));
     let reason = format!("HTTP {status}");

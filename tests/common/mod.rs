@@ -31,6 +31,8 @@ pub enum Reply {
     NoUsage,
     /// Wait this long before answering normally.
     Delay(Duration),
+    /// The provider's answer to an invalid API key (Gemini: 400 `API_KEY_INVALID`).
+    BadKey,
 }
 
 /// One request as the upstream saw it.
@@ -229,6 +231,16 @@ async fn handle(
         other => other,
     };
     let provider = Provider::of(uri.path());
+    if let Reply::BadKey = reply {
+        return match provider {
+            Provider::Gemini { .. } => (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT", "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]}})),
+            )
+                .into_response(),
+            _ => (StatusCode::UNAUTHORIZED, axum::Json(provider.error(401))).into_response(),
+        };
+    }
     match reply {
         Reply::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap();
@@ -241,11 +253,13 @@ async fn handle(
                 .insert("retry-after", retry_after.to_string().parse().unwrap());
             r
         }
-        Reply::Ok | Reply::NoUsage | Reply::Cut { .. } | Reply::Delay(_) => match provider {
-            Provider::Anthropic => anthropic_answer(&st, &parsed, body.len(), &reply),
-            Provider::Gemini { stream } => gemini_answer(&st, body.len(), stream, &reply),
-            Provider::OpenAi => answer(&st, &parsed, body.len(), &reply, uri.path()),
-        },
+        Reply::Ok | Reply::NoUsage | Reply::Cut { .. } | Reply::Delay(_) | Reply::BadKey => {
+            match provider {
+                Provider::Anthropic => anthropic_answer(&st, &parsed, body.len(), &reply),
+                Provider::Gemini { stream } => gemini_answer(&st, body.len(), stream, &reply),
+                Provider::OpenAi => answer(&st, &parsed, body.len(), &reply, uri.path()),
+            }
+        }
     }
 }
 

@@ -63,11 +63,16 @@ fn image_block(url: &str) -> Value {
 
 fn user_blocks(content: Option<&Value>) -> Vec<Value> {
     match content {
+        Some(Value::String(s)) if s.is_empty() => Vec::new(),
         Some(Value::String(s)) => vec![json!({"type": "text", "text": s})],
         Some(Value::Array(parts)) => parts
             .iter()
             .filter_map(|p| match p.get("type").and_then(|t| t.as_str()) {
-                Some("text") => Some(json!({"type": "text", "text": p.get("text").and_then(|t| t.as_str()).unwrap_or("")})),
+                Some("text") => p
+                    .get("text")
+                    .and_then(|t| t.as_str())
+                    .filter(|t| !t.is_empty())
+                    .map(|t| json!({"type": "text", "text": t})),
                 Some("image_url") => {
                     let url = p.pointer("/image_url/url").and_then(|u| u.as_str())?;
                     Some(image_block(url))
@@ -138,6 +143,11 @@ pub fn to_messages_request(
             _ => turns.push((role.to_string(), blocks)),
         }
     }
+    // Anthropic wants tool results first in their turn, and no empty turns.
+    for (_, blocks) in &mut turns {
+        blocks.sort_by_key(|b| b.get("type").and_then(|t| t.as_str()) != Some("tool_result"));
+    }
+    turns.retain(|(_, blocks)| !blocks.is_empty());
     let mut out = Map::new();
     out.insert("model".into(), json!(model));
     let max = req
@@ -275,7 +285,7 @@ pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
         "created": unix_now(),
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(msg.get("stop_reason").and_then(|s| s.as_str()))}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt.saturating_add(completion)},
     });
     serde_json::to_vec(&out).unwrap_or_default()
 }
@@ -311,8 +321,8 @@ pub struct Stream {
     created: u64,
     prompt: u64,
     completion: u64,
-    /// Anthropic block index → OpenAI tool-call index.
-    tools: Vec<(u64, usize)>,
+    /// Anthropic block index → OpenAI tool-call index, and whether arguments came.
+    tools: Vec<(u64, usize, bool)>,
     done: bool,
 }
 
@@ -357,7 +367,7 @@ impl Stream {
                 if block.get("type").and_then(|t| t.as_str()) == Some("tool_use") {
                     let index = v.get("index").and_then(|i| i.as_u64()).unwrap_or(0);
                     let n = self.tools.len();
-                    self.tools.push((index, n));
+                    self.tools.push((index, n, false));
                     let delta = json!({"tool_calls": [{"index": n, "id": block.get("id"), "type": "function", "function": {"name": block.get("name"), "arguments": ""}}]});
                     out.extend(chunk(self, delta, None));
                 }
@@ -371,21 +381,45 @@ impl Stream {
                     }
                     Some("input_json_delta") => {
                         let index = v.get("index").and_then(|i| i.as_u64()).unwrap_or(0);
-                        if let Some((_, n)) = self.tools.iter().find(|(i, _)| *i == index) {
-                            let delta = json!({"tool_calls": [{"index": n, "function": {"arguments": delta.get("partial_json").cloned().unwrap_or(json!(""))}}]});
+                        let partial = delta
+                            .get("partial_json")
+                            .and_then(|p| p.as_str())
+                            .unwrap_or("")
+                            .to_string();
+                        if let Some(tool) = self.tools.iter_mut().find(|(i, _, _)| *i == index) {
+                            tool.2 |= !partial.is_empty();
+                            let n = tool.1;
+                            let delta = json!({"tool_calls": [{"index": n, "function": {"arguments": partial}}]});
                             out.extend(chunk(self, delta, None));
                         }
                     }
                     _ => {}
                 }
             }
+            Some("content_block_stop") => {
+                // A tool called with no arguments still needs valid JSON for them.
+                let index = v.get("index").and_then(|i| i.as_u64()).unwrap_or(0);
+                if let Some(tool) = self
+                    .tools
+                    .iter_mut()
+                    .find(|(i, _, sent)| *i == index && !sent)
+                {
+                    tool.2 = true;
+                    let n = tool.1;
+                    out.extend(chunk(
+                        self,
+                        json!({"tool_calls": [{"index": n, "function": {"arguments": "{}"}}]}),
+                        None,
+                    ));
+                }
+            }
             Some("message_delta") => {
                 if let Some(o) = v.pointer("/usage/output_tokens").and_then(|o| o.as_u64()) {
                     self.completion = o;
                 }
-                if let Some(i) = v.pointer("/usage/input_tokens").and_then(|o| o.as_u64()) {
-                    // Newer streams repeat the final input count here.
-                    self.prompt = self.prompt.max(i);
+                if let Some(usage) = v.get("usage") {
+                    // Newer streams repeat the final input counts here.
+                    self.prompt = self.prompt.max(prompt_tokens(usage));
                 }
                 let reason =
                     finish_reason(v.pointer("/delta/stop_reason").and_then(|s| s.as_str()));
@@ -504,6 +538,22 @@ mod tests {
     }
 
     #[test]
+    fn tool_results_lead_their_turn_and_empty_turns_go() {
+        let req = json!({"messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "", "tool_calls": [{"id": "t1", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "user", "content": "also this"},
+            {"role": "tool", "tool_call_id": "t1", "content": "r"},
+            {"role": "assistant", "content": ""},
+        ]});
+        let out = to_messages_request(&req, "m", 10).unwrap();
+        let msgs = out["messages"].as_array().unwrap();
+        assert_eq!(msgs.len(), 3, "{out}");
+        assert_eq!(msgs[2]["content"][0]["type"], "tool_result");
+        assert_eq!(msgs[2]["content"][1]["text"], "also this");
+    }
+
+    #[test]
     fn answer_maps_to_chat_completion() {
         // The documented example response of the Messages API.
         let body = br#"{"id":"msg_013Zva2CMHLNnXjNJJKqJ2EF","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hi! My name is Claude."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":2095,"output_tokens":503}}"#;
@@ -583,6 +633,14 @@ mod tests {
         .concat();
         let mut s = Stream::new("c", false);
         let out = String::from_utf8(s.feed(stream.as_bytes())).unwrap();
+        let no_args = [
+            ev(json!({"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 3}}})),
+            ev(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "now", "input": {}}})),
+            ev(json!({"type": "content_block_stop", "index": 0})),
+        ]
+        .concat();
+        let args = String::from_utf8(Stream::new("c", false).feed(no_args.as_bytes())).unwrap();
+        assert!(args.contains("\"arguments\":\"{}\""), "{args}");
         assert!(
             out.contains("\"id\":\"toolu_9\"")
                 && out.contains("\"arguments\":\"1}\"")

@@ -58,13 +58,16 @@ fn media_part(url: &str) -> Value {
 
 fn user_parts(content: Option<&Value>) -> Vec<Value> {
     match content {
+        Some(Value::String(s)) if s.is_empty() => Vec::new(),
         Some(Value::String(s)) => vec![json!({"text": s})],
         Some(Value::Array(parts)) => parts
             .iter()
             .filter_map(|p| match p.get("type").and_then(|t| t.as_str()) {
-                Some("text") => {
-                    Some(json!({"text": p.get("text").and_then(|t| t.as_str()).unwrap_or("")}))
-                }
+                Some("text") => p
+                    .get("text")
+                    .and_then(|t| t.as_str())
+                    .filter(|t| !t.is_empty())
+                    .map(|t| json!({"text": t})),
                 Some("image_url") => p
                     .pointer("/image_url/url")
                     .and_then(|u| u.as_str())
@@ -115,7 +118,17 @@ pub fn to_generate_request(req: &Value) -> Result<Value, GatewayError> {
                         .pointer("/function/arguments")
                         .and_then(|a| a.as_str())
                         .unwrap_or("{}");
-                    parts.push(json!({"functionCall": {"name": name, "args": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({}))}}));
+                    let args = serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({}));
+                    let mut part = json!({"functionCall": {"name": name, "args": args}});
+                    // The thought signature Gemini attached to this call travels in its id.
+                    let sig = call
+                        .get("id")
+                        .and_then(|i| i.as_str())
+                        .and_then(signature_of);
+                    if let Some(sig) = sig {
+                        part["thoughtSignature"] = json!(sig);
+                    }
+                    parts.push(part);
                 }
                 ("model", parts)
             }
@@ -140,6 +153,7 @@ pub fn to_generate_request(req: &Value) -> Result<Value, GatewayError> {
             _ => contents.push((role.to_string(), parts)),
         }
     }
+    contents.retain(|(_, parts)| !parts.is_empty());
     let mut out = Map::new();
     out.insert(
         "contents".into(),
@@ -175,11 +189,20 @@ pub fn to_generate_request(req: &Value) -> Result<Value, GatewayError> {
     if let Some(stop) = stop_list(req.get("stop")) {
         gen.insert("stopSequences".into(), json!(stop));
     }
-    if let Some("json_object" | "json_schema") = req
+    match req
         .pointer("/response_format/type")
         .and_then(|t| t.as_str())
     {
-        gen.insert("responseMimeType".into(), json!("application/json"));
+        Some("json_object") => {
+            gen.insert("responseMimeType".into(), json!("application/json"));
+        }
+        Some("json_schema") => {
+            gen.insert("responseMimeType".into(), json!("application/json"));
+            if let Some(schema) = req.pointer("/response_format/json_schema/schema") {
+                gen.insert("responseJsonSchema".into(), schema.clone());
+            }
+        }
+        _ => {}
     }
     if !gen.is_empty() {
         out.insert("generationConfig".into(), Value::Object(gen));
@@ -190,8 +213,9 @@ pub fn to_generate_request(req: &Value) -> Result<Value, GatewayError> {
             .filter_map(|t| t.get("function"))
             .map(|f| {
                 let mut d = json!({"name": f.get("name"), "description": f.get("description").cloned().unwrap_or(json!(""))});
+                // Full JSON Schema (what OpenAI clients send), not Gemini's OpenAPI subset.
                 if let Some(p) = f.get("parameters") {
-                    d["parameters"] = p.clone();
+                    d["parametersJsonSchema"] = p.clone();
                 }
                 d
             })
@@ -232,8 +256,24 @@ fn usage(meta: &Value) -> (u64, u64) {
     let get = |k: &str| meta.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
     (
         get("promptTokenCount"),
-        get("candidatesTokenCount") + get("thoughtsTokenCount"),
+        get("candidatesTokenCount").saturating_add(get("thoughtsTokenCount")),
     )
+}
+
+/// Tool-call ids carry Gemini's thought signature: `call_<n>_ts_<signature>`.
+const SIG_MARK: &str = "_ts_";
+
+fn call_id(n: usize, signature: Option<&str>) -> String {
+    match signature {
+        Some(sig) => format!("call_{n}{SIG_MARK}{sig}"),
+        None => format!("call_{n}"),
+    }
+}
+
+fn signature_of(id: &str) -> Option<&str> {
+    id.split_once(SIG_MARK)
+        .map(|(_, sig)| sig)
+        .filter(|s| !s.is_empty())
 }
 
 /// Text and tool calls of the first candidate.
@@ -254,9 +294,10 @@ fn parts_of(v: &Value, call_base: usize) -> (String, Vec<Value>) {
         }
         if let Some(fc) = p.get("functionCall") {
             let i = call_base + calls.len();
+            let sig = p.get("thoughtSignature").and_then(|s| s.as_str());
             calls.push(json!({
                 "index": i,
-                "id": format!("call_{i}"),
+                "id": call_id(i, sig),
                 "type": "function",
                 "function": {"name": fc.get("name"), "arguments": fc.get("args").map(|a| a.to_string()).unwrap_or_else(|| "{}".into())},
             }));
@@ -283,8 +324,11 @@ pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
         .pointer("/candidates/0/finishReason")
         .and_then(|r| r.as_str())
         .unwrap_or("");
-    let blocked =
-        v.pointer("/promptFeedback/blockReason").is_some() && v.get("candidates").is_none();
+    let no_candidates = v
+        .get("candidates")
+        .and_then(|c| c.as_array())
+        .is_none_or(|c| c.is_empty());
+    let blocked = v.pointer("/promptFeedback/blockReason").is_some() && no_candidates;
     let finish = if blocked {
         "content_filter"
     } else {
@@ -301,7 +345,7 @@ pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
         "created": unix_now(),
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt.saturating_add(completion)},
     });
     serde_json::to_vec(&out).unwrap_or_default()
 }
@@ -402,12 +446,15 @@ impl Stream {
                 None,
             ));
         }
-        if let Some(reason) = v
+        let reason = v
             .pointer("/candidates/0/finishReason")
-            .and_then(|r| r.as_str())
-        {
+            .and_then(|r| r.as_str());
+        if reason.is_some() || v.pointer("/promptFeedback/blockReason").is_some() {
             self.finished = true;
-            let finish = finish_reason(reason, self.calls > 0);
+            let finish = match reason {
+                Some(r) => finish_reason(r, self.calls > 0),
+                None => "content_filter",
+            };
             out.extend(chunk_event(
                 &self.id,
                 &self.model,
@@ -493,6 +540,10 @@ mod tests {
             json!({"temperature": 0.3, "maxOutputTokens": 100, "stopSequences": ["x"], "responseMimeType": "application/json"})
         );
         assert_eq!(out["tools"][0]["functionDeclarations"][0]["name"], "find");
+        assert_eq!(
+            out["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"],
+            json!({"type": "object"})
+        );
         assert_eq!(out["toolConfig"]["functionCallingConfig"]["mode"], "AUTO");
         let p = prepare(
             "",
@@ -536,6 +587,36 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(max["choices"][0]["finish_reason"], "length");
+        let blocked: Value = serde_json::from_slice(&translate_answer(
+            br#"{"candidates":[],"promptFeedback":{"blockReason":"SAFETY"}}"#,
+            "g",
+        ))
+        .unwrap();
+        assert_eq!(blocked["choices"][0]["finish_reason"], "content_filter");
+    }
+
+    #[test]
+    fn thought_signatures_round_trip_through_tool_call_ids() {
+        let answer = br#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{}},"thoughtSignature":"c2lnbmF0dXJl"}],"role":"model"},"finishReason":"STOP"}]}"#;
+        let v: Value = serde_json::from_slice(&translate_answer(answer, "g")).unwrap();
+        let id = v["choices"][0]["message"]["tool_calls"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let next = json!({"messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "tool_calls": [{"id": id, "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": id, "content": "r"},
+        ]});
+        let req = to_generate_request(&next).unwrap();
+        assert_eq!(
+            req["contents"][1]["parts"][0]["thoughtSignature"],
+            "c2lnbmF0dXJl"
+        );
+        assert_eq!(
+            req["contents"][2]["parts"][0]["functionResponse"]["name"],
+            "f"
+        );
     }
 
     #[test]

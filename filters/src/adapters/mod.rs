@@ -56,6 +56,37 @@ pub fn prepare(
     }
 }
 
+/// Whether a channel of this type can serve the endpoint at all.
+pub fn supports(kind: ChannelType, endpoint: Endpoint) -> bool {
+    match kind {
+        ChannelType::Openai | ChannelType::Mock => true,
+        ChannelType::Azure => matches!(
+            endpoint,
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
+        ),
+        ChannelType::Anthropic | ChannelType::Gemini => endpoint == Endpoint::ChatCompletions,
+    }
+}
+
+/// Whether a provider's error answer says the key (not the request) is the problem:
+/// Gemini answers a bad API key with 400 `API_KEY_INVALID`; Anthropic an exhausted
+/// account with 400 "credit balance". Such answers move to the next key.
+pub fn key_rejected(kind: ChannelType, status: u16, body: &[u8]) -> bool {
+    if status != 400 {
+        return false;
+    }
+    let text = String::from_utf8_lossy(body);
+    match kind {
+        ChannelType::Gemini => {
+            text.contains("API_KEY_INVALID")
+                || text.contains("API key not valid")
+                || text.contains("API key expired")
+        }
+        ChannelType::Anthropic => text.contains("credit balance"),
+        _ => false,
+    }
+}
+
 /// Whether answers of this channel type need translating into OpenAI's shapes.
 pub fn translates(kind: ChannelType) -> bool {
     matches!(kind, ChannelType::Anthropic | ChannelType::Gemini)
@@ -175,7 +206,7 @@ pub(crate) fn usage_event(
 ) -> Vec<u8> {
     let v = serde_json::json!({
         "id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt.saturating_add(completion)},
     });
     format!("data: {v}\n\n").into_bytes()
 }

@@ -7,9 +7,14 @@ pub struct Event {
     pub data: String,
 }
 
+/// An event larger than this is dropped unread.
+const MAX_EVENT: usize = 4 * 1024 * 1024;
+
 #[derive(Debug, Default)]
 pub struct Splitter {
     buf: Vec<u8>,
+    /// How far `buf` was already searched for a blank line.
+    scanned: usize,
 }
 
 impl Splitter {
@@ -17,11 +22,18 @@ impl Splitter {
     pub fn push(&mut self, chunk: &[u8]) -> Vec<Event> {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
-        while let Some((end, skip)) = find_blank_line(&self.buf) {
+        while let Some((end, skip)) = find_blank_line(&self.buf, self.scanned) {
             let raw: Vec<u8> = self.buf.drain(..end + skip).collect();
+            self.scanned = 0;
             if let Some(ev) = parse(&raw[..end]) {
                 out.push(ev);
             }
+        }
+        // Resume where this search stopped (less a possible half of `\r\n\r\n`).
+        self.scanned = self.buf.len().saturating_sub(3);
+        if self.buf.len() > MAX_EVENT {
+            self.buf.clear();
+            self.scanned = 0;
         }
         out
     }
@@ -29,12 +41,13 @@ impl Splitter {
     /// An event the stream ended without its blank line.
     pub fn rest(&mut self) -> Option<Event> {
         let raw = std::mem::take(&mut self.buf);
+        self.scanned = 0;
         parse(&raw)
     }
 }
 
-fn find_blank_line(b: &[u8]) -> Option<(usize, usize)> {
-    (0..b.len()).find_map(|i| {
+fn find_blank_line(b: &[u8], from: usize) -> Option<(usize, usize)> {
+    (from..b.len()).find_map(|i| {
         if b[i..].starts_with(b"\n\n") {
             Some((i, 2))
         } else if b[i..].starts_with(b"\r\n\r\n") {

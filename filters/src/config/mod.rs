@@ -183,6 +183,8 @@ pub struct Gateway {
     pub prompt_template: Option<String>,
     pub param_map: indexmap::IndexMap<String, (serde_json::Value, serde_json::Value)>,
     pub param_fixed: indexmap::IndexMap<String, serde_json::Value>,
+    /// The rewrite rules above in one string (part of cache keys).
+    pub rewrite_digest: String,
 }
 
 impl Gateway {
@@ -607,6 +609,8 @@ impl Runtime {
                 prompt_template: g.prompt_template.clone(),
                 param_map: g.param_map.clone(),
                 param_fixed: g.param_fixed.clone(),
+                rewrite_digest: serde_json::json!([g.prompt_template, g.param_map, g.param_fixed])
+                    .to_string(),
             });
         }
         gateways.sort_by_key(|g| std::cmp::Reverse(g.path.len()));
