@@ -9,6 +9,7 @@ pub mod cache;
 pub mod cli;
 pub mod dns;
 pub mod health;
+pub mod logbuf;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

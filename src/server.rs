@@ -38,7 +38,7 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::logbuf::BufferedStderr::global())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -65,6 +65,17 @@ fn take_over_sighup() -> Result<(), String> {
 pub fn serve(path: PathBuf) -> Result<(), String> {
     let (text, rt) = load(&path)?;
     init_logging(rt.server().log_format);
+    // A panic message must not wait behind buffered log lines.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        crate::logbuf::flush();
+        default_hook(info)
+    }));
+    // The tokenizer (tens of MiB) loads when first needed; the mock channel always
+    // needs it, so load it ahead for configs that have one.
+    if rt.channels.iter().any(|c| c.kind == weir_filters::config::ChannelType::Mock) {
+        std::thread::spawn(weir_filters::usage::warm_up);
+    }
     take_over_sighup()?;
     let server_cfg = rt.server().clone();
     let threads = if server_cfg.threads == 0 {
@@ -91,7 +102,6 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
     let storage = rt.file.storage.clone();
     let store = Store::open(&storage.sqlite, storage.flush_interval.0, accounts.clone())?;
     let state = Arc::new(AppState::new(path, text, rt, connector, accounts, store)?);
-    std::thread::spawn(weir_filters::usage::warm_up);
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -121,5 +131,6 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
     // Every request has ended: write the last usage before the process goes.
     state.store.shutdown();
     tracing::info!("weir stopped");
+    crate::logbuf::flush();
     Ok(())
 }

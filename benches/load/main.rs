@@ -243,7 +243,8 @@ fn main() {
         &config,
         format!(
             "server:\n  listen: 127.0.0.1:{weir_port}\n  admin_listen: 127.0.0.1:{admin_port}\n  threads: 2\n  grace_period: 1s\nstorage:\n  sqlite: {db}\nmodels:\n  - {{name: bench, price_in: 0.5, price_out: 1.5}}\nchannels:\n  - {{name: bench, type: openai, base_url: 'http://127.0.0.1:{up_port}', keys: [sk-upstream-bench-key], models: [bench]}}\n  - {{name: slow, type: openai, base_url: 'http://127.0.0.1:{slow_port}', models: [slow], timeouts: {{first_byte: 120s, total: 1h}}}}\ngateways:\n  - name: default\n    path: /v1\n    auth: {{method: database}}\n    rate_limits: ['secret:100000000/minute']\n",
-            db = dir.join("weir.db").display()
+            // Apart from the config: weir watches the config's directory.
+            db = dir.join("db").join("weir.db").display()
         ),
     )
     .unwrap_or_else(|e| panic!("{e}"));

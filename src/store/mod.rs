@@ -41,13 +41,15 @@ pub struct UsageEvent {
 type Job = Box<dyn FnOnce(&mut Connection) -> Box<dyn FnOnce() + Send> + Send>;
 
 enum Cmd {
-    Usage(UsageEvent),
     /// An admin write or read; the snapshot is refreshed after it.
     Run(Job, bool),
     Shutdown,
 }
 
 pub struct Store {
+    /// Finished requests wait here for the next flush: a push takes an uncontended
+    /// lock and never wakes the store thread (a channel send would, per request).
+    queue: Arc<Mutex<Vec<UsageEvent>>>,
     tx: mpsc::Sender<Cmd>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// A second connection for reports: long reads never hold up the writer (WAL
@@ -55,8 +57,8 @@ pub struct Store {
     reader: Arc<Mutex<Connection>>,
 }
 
-/// Usage events per transaction at most.
-const BATCH: usize = 1024;
+/// Usage events the queue starts with room for.
+const BATCH: usize = 4096;
 
 impl Store {
     /// Opens (creating and migrating) the database, loads keys, money and counters
@@ -68,7 +70,9 @@ impl Store {
     ) -> Result<Store, String> {
         let conn = schema::open(path)?;
         let reader = Arc::new(Mutex::new(schema::open(path)?));
+        let queue = Arc::new(Mutex::new(Vec::with_capacity(BATCH)));
         let mut worker = Worker {
+            queue: queue.clone(),
             conn,
             accounts,
             pending: Vec::new(),
@@ -88,17 +92,16 @@ impl Store {
             .spawn(move || worker.run(rx))
             .map_err(|e| format!("cannot start the store thread: {e}"))?;
         Ok(Store {
+            queue,
             tx,
             thread: Mutex::new(Some(thread)),
             reader,
         })
     }
 
-    /// Queues a finished request's usage; never blocks.
+    /// Queues a finished request's usage; written at the next flush.
     pub fn record(&self, ev: UsageEvent) {
-        if self.tx.send(Cmd::Usage(ev)).is_err() {
-            tracing::error!("store thread is gone; usage not recorded");
-        }
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(ev);
     }
 
     /// Runs `f` on the store's connection (after the queued usage is written).
@@ -148,6 +151,7 @@ impl Store {
 }
 
 struct Worker {
+    queue: Arc<Mutex<Vec<UsageEvent>>>,
     conn: Connection,
     accounts: Arc<Accounts>,
     pending: Vec<UsageEvent>,
@@ -163,12 +167,6 @@ impl Worker {
         loop {
             let wait = next_flush.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(Cmd::Usage(ev)) => {
-                    self.pending.push(ev);
-                    if self.pending.len() >= BATCH {
-                        self.flush();
-                    }
-                }
                 Ok(Cmd::Run(job, writes)) => {
                     self.flush();
                     let answer = job(&mut self.conn);
@@ -181,7 +179,6 @@ impl Worker {
                     // Whatever is still queued goes in too, admin jobs included.
                     while let Ok(cmd) = rx.try_recv() {
                         match cmd {
-                            Cmd::Usage(ev) => self.pending.push(ev),
                             Cmd::Run(job, writes) => {
                                 self.flush();
                                 let answer = job(&mut self.conn);
@@ -277,6 +274,14 @@ impl Worker {
 
     /// Writes queued usage and changed counters in one transaction.
     fn flush(&mut self) {
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if self.pending.is_empty() {
+                std::mem::swap(&mut self.pending, &mut *queue);
+            } else {
+                self.pending.append(&mut queue);
+            }
+        }
         let dirty: Vec<(String, u64, u64)> = {
             let mut c = self
                 .accounts
