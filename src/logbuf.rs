@@ -40,6 +40,54 @@ impl BufferedStderr {
     }
 }
 
+/// Appends one access line (text: like the other log lines; json: one object).
+pub fn access(line: &crate::proxy::AccessLine<'_>, format: weir_filters::config::LogFormat) {
+    let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+    let mut out: Vec<u8> = Vec::with_capacity(320);
+    match format {
+        weir_filters::config::LogFormat::Json => {
+            #[derive(serde::Serialize)]
+            struct Json<'a> {
+                timestamp: String,
+                level: &'static str,
+                target: &'static str,
+                message: &'static str,
+                #[serde(flatten)]
+                line: &'a crate::proxy::AccessLine<'a>,
+            }
+            let v = Json {
+                timestamp: now.to_string(),
+                level: "INFO",
+                target: "weir::access",
+                message: "request",
+                line,
+            };
+            if serde_json::to_writer(&mut out, &v).is_err() {
+                return;
+            }
+        }
+        weir_filters::config::LogFormat::Text => {
+            let l = line;
+            let _ = write!(
+                out,
+                "{now}  INFO weir::access: request gateway=\"{}\" endpoint=\"{}\" model={} channel={} status={} stream={} latency_ms={:.3}",
+                l.gateway, l.endpoint, l.model, l.channel, l.status, l.stream, l.latency_ms
+            );
+            if let Some(t) = l.ttft_ms {
+                let _ = write!(out, " ttft_ms={t:.3}");
+            }
+            let _ = write!(
+                out,
+                " attempts={} retries={} failovers={} prompt_tokens={} completion_tokens={} estimated={} client_gone={} cache={} error={:?}",
+                l.attempts, l.retries, l.failovers, l.prompt_tokens, l.completion_tokens, l.estimated, l.client_gone, l.cache, l.error
+            );
+        }
+    }
+    out.push(b'\n');
+    let b = BufferedStderr::global();
+    let _ = Line { buf: b.buf.clone() }.write_all(&out);
+}
+
 /// Writes whatever is buffered (at exit).
 pub fn flush() {
     if let Some(b) = GLOBAL.get() {
@@ -71,6 +119,8 @@ impl Write for Line {
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferedStderr {
     type Writer = Line;
     fn make_writer(&'a self) -> Line {
-        Line { buf: self.buf.clone() }
+        Line {
+            buf: self.buf.clone(),
+        }
     }
 }

@@ -1,4 +1,9 @@
 use clap::{Parser, Subcommand};
+
+/// mimalloc: glibc's allocator spent ~13% of weir's CPU under load (arena locks,
+/// consolidation) in the load benchmark's profile.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -73,7 +73,11 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
     }));
     // The tokenizer (tens of MiB) loads when first needed; the mock channel always
     // needs it, so load it ahead for configs that have one.
-    if rt.channels.iter().any(|c| c.kind == weir_filters::config::ChannelType::Mock) {
+    if rt
+        .channels
+        .iter()
+        .any(|c| c.kind == weir_filters::config::ChannelType::Mock)
+    {
         std::thread::spawn(weir_filters::usage::warm_up);
     }
     take_over_sighup()?;

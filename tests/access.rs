@@ -669,50 +669,37 @@ async fn budgets_balances_and_quotas_stop_before_the_upstream() {
     let up = Upstream::start("money").await;
     // Model m costs $1 per token either way: one request (~10 tokens) is ~$10.
     let weir = Weir::start(&config(&up, "  - {name: default, path: /v1, auth: {method: database}}\n  - {name: q, path: /q/v1, auth: {method: database}, token_quota: 15}\n")).await;
+    // Each request is billed as it ends (just after its last byte): wait for that
+    // before the next one, as a client that is not racing its own requests would.
+    let mut sent = 0.0;
+    let mut ask = |path: &'static str, key: String, model: &'static str| {
+        sent += 1.0;
+        let want = sent;
+        let weir = &weir;
+        async move {
+            let r = call(weir, path, Some(&key), &chat(model, false)).await;
+            weir.wait_metric("weir_requests_total", &[], want).await;
+            r
+        }
+    };
     let (_, budgeted) = weir
         .create_key(json!({"name": "b", "models": ["*"], "monthly_budget": 5}))
         .await;
     assert_eq!(
-        call(
-            &weir,
-            "/v1/chat/completions",
-            Some(&budgeted),
-            &chat("m", false)
-        )
-        .await
-        .0,
+        ask("/v1/chat/completions", budgeted.clone(), "m").await.0,
         200
     );
-    let (s, b) = call(
-        &weir,
-        "/v1/chat/completions",
-        Some(&budgeted),
-        &chat("m", false),
-    )
-    .await;
+    let (s, b) = ask("/v1/chat/completions", budgeted.clone(), "m").await;
     assert_eq!((s, code(&b).as_str()), (429, "budget_exceeded"), "{b}");
 
     let (id, prepaid) = weir
         .create_key(json!({"name": "p", "models": ["*"], "balance": 1}))
         .await;
     assert_eq!(
-        call(
-            &weir,
-            "/v1/chat/completions",
-            Some(&prepaid),
-            &chat("m", false)
-        )
-        .await
-        .0,
+        ask("/v1/chat/completions", prepaid.clone(), "m").await.0,
         200
     );
-    let (s, b) = call(
-        &weir,
-        "/v1/chat/completions",
-        Some(&prepaid),
-        &chat("m", false),
-    )
-    .await;
+    let (s, b) = ask("/v1/chat/completions", prepaid.clone(), "m").await;
     assert_eq!((s, code(&b).as_str()), (402, "insufficient_balance"), "{b}");
     // A top-up lets it through again.
     let (s, v) = weir
@@ -725,32 +712,16 @@ async fn budgets_balances_and_quotas_stop_before_the_upstream() {
     assert_eq!(s, 200);
     assert!(v["balance"].as_f64().unwrap() > 80.0, "{v}");
     assert_eq!(
-        call(
-            &weir,
-            "/v1/chat/completions",
-            Some(&prepaid),
-            &chat("m", false)
-        )
-        .await
-        .0,
+        ask("/v1/chat/completions", prepaid.clone(), "m").await.0,
         200
     );
 
     // Gateway token quota: 15 tokens; each answer here is 4 + 5 + body/100 = 9 tokens.
     let (_, k) = weir.create_key(json!({"name": "q", "models": ["*"]})).await;
-    assert_eq!(
-        call(&weir, "/q/v1/chat/completions", Some(&k), &chat("n", false))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        call(&weir, "/q/v1/chat/completions", Some(&k), &chat("n", false))
-            .await
-            .0,
-        200
-    );
-    let (s, b) = call(&weir, "/q/v1/chat/completions", Some(&k), &chat("n", false)).await;
+    assert_eq!(ask("/q/v1/chat/completions", k.clone(), "n").await.0, 200);
+    assert_eq!(ask("/q/v1/chat/completions", k.clone(), "n").await.0, 200);
+    // 18 of 15 used: the overshoot is bounded by what was in flight.
+    let (s, b) = ask("/q/v1/chat/completions", k.clone(), "n").await;
     assert_eq!((s, code(&b).as_str()), (429, "token_quota_exceeded"), "{b}");
     assert_eq!(
         up.calls(),
@@ -1005,8 +976,9 @@ async fn usage_totals_match_the_upstream_exactly_after_a_streaming_burst() {
                     .send()
                     .await
                     .unwrap();
-                assert_eq!(r.status(), 200);
+                let status = r.status();
                 let text = r.text().await.unwrap();
+                assert_eq!(status, 200, "{text}");
                 assert!(text.ends_with("data: [DONE]\n\n") && !text.contains("\"usage\""));
             })
         })

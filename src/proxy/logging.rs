@@ -119,12 +119,50 @@ pub fn record(state: &AppState, ctx: &Ctx, pingora_error: Option<&pingora_error:
             failovers = ctx.failovers, prompt_tokens = prompt, completion_tokens = completion, estimated,
             client_gone = ctx.client_gone, cache, error, "request"
         );
-    } else {
-        tracing::info!(
-            target: "weir::access", gateway, endpoint, model = %ctx.model_label, channel = %ctx.channel,
-            status, stream = ctx.stream, latency_ms, ttft_ms, attempts = ctx.attempts, retries = ctx.retries,
-            failovers = ctx.failovers, prompt_tokens = prompt, completion_tokens = completion, estimated,
-            client_gone = ctx.client_gone, cache, error, "request"
-        );
+    } else if tracing::enabled!(target: "weir::access", tracing::Level::INFO) {
+        // The common case, written without tracing's field machinery: at 20k
+        // requests/s the generic formatter cost 8% of throughput.
+        let line = AccessLine {
+            gateway,
+            endpoint,
+            model: &ctx.model_label,
+            channel: &ctx.channel,
+            status,
+            stream: ctx.stream,
+            latency_ms,
+            ttft_ms,
+            attempts: ctx.attempts,
+            retries: ctx.retries,
+            failovers: ctx.failovers,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            estimated,
+            client_gone: ctx.client_gone,
+            cache,
+            error,
+        };
+        crate::logbuf::access(&line, state.snapshot().server().log_format);
     }
+}
+
+/// One access log line; field names as in the `tracing` lines for errors.
+#[derive(serde::Serialize)]
+pub struct AccessLine<'a> {
+    pub gateway: &'a str,
+    pub endpoint: &'a str,
+    pub model: &'a str,
+    pub channel: &'a str,
+    pub status: u16,
+    pub stream: bool,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub attempts: u32,
+    pub retries: u32,
+    pub failovers: u32,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub estimated: bool,
+    pub client_gone: bool,
+    pub cache: &'a str,
+    pub error: &'a str,
 }

@@ -4,6 +4,7 @@
 mod admission;
 pub mod ctx;
 mod logging;
+pub use logging::AccessLine;
 mod request_filter;
 mod respond;
 mod response_body;

@@ -101,7 +101,10 @@ impl Store {
 
     /// Queues a finished request's usage; written at the next flush.
     pub fn record(&self, ev: UsageEvent) {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(ev);
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ev);
     }
 
     /// Runs `f` on the store's connection (after the queued usage is written).
