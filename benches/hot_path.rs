@@ -92,4 +92,119 @@ fn channel_pick(c: &mut Criterion) {
 }
 
 criterion_group!(benches, body_rewrite, sse_usage, channel_pick);
-criterion_main!(benches);
+
+/// Key extraction and lookup, JWT verification and the rate-limit check: the
+/// admission work every authenticated request does.
+mod admission {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use std::collections::HashMap;
+    use weir::accounts::Accounts;
+    use weir_filters::auth::{hash_key, strip_bearer, JwtSettings, JwtVerifier};
+
+    pub fn key_lookup(c: &mut Criterion) {
+        let keys: HashMap<String, u64> = (0..10_000u64)
+            .map(|i| (hash_key(&format!("sk-bench-key-{i:040}")), i))
+            .collect();
+        let header = format!("Bearer sk-bench-key-{:040}", 4242);
+        c.bench_function("key_extract_and_lookup_10k_keys", |b| {
+            b.iter(|| {
+                let key = strip_bearer(black_box(&header));
+                black_box(keys.get(&hash_key(key)))
+            })
+        });
+    }
+
+    pub fn jwt_verify(c: &mut Criterion) {
+        let secret = "bench-secret-0123456789abcdef0123";
+        let algs = ["HS256".to_string()];
+        let v = JwtVerifier::new(&JwtSettings {
+            secret: Some(secret),
+            public_key_pem: None,
+            algorithms: &algs,
+            identity_claim: "sub",
+            group_claim: None,
+            leeway_secs: 0,
+            audience: None,
+            issuer: None,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() + 3600)
+            .unwrap_or(0);
+        let token = encode(
+            &Header::default(),
+            &serde_json::json!({"sub": "alice", "exp": exp}),
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        c.bench_function("jwt_verify_hs256", |b| {
+            b.iter(|| black_box(v.verify(black_box(&token))))
+        });
+    }
+
+    pub fn rate_limit(c: &mut Criterion) {
+        let rt = config::parse(
+            "gateways:\n  - {name: g, path: /v1, auth: {method: regex, regex: '.+'}, rate_limits: ['secret:1000000000/minute', 'secret:1000000000/day', 'ingress:1000000000/hour']}\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let accounts = Accounts::default();
+        let gw = &rt.gateways[0];
+        c.bench_function("rate_limit_check_3_rules", |b| {
+            b.iter(|| {
+                black_box(
+                    accounts
+                        .check_rates(gw, black_box("key:42"), 1_767_262_650)
+                        .is_ok(),
+                )
+            })
+        });
+    }
+}
+
+fn shaping(c: &mut Criterion) {
+    let mut g = c.benchmark_group("request_shaping");
+    let map: indexmap::IndexMap<String, (serde_json::Value, serde_json::Value)> = [(
+        "model".to_string(),
+        (serde_json::json!("gpt-4o"), serde_json::json!("qwen2-7b")),
+    )]
+    .into_iter()
+    .collect();
+    let fixed: indexmap::IndexMap<String, serde_json::Value> = [
+        ("temperature".to_string(), serde_json::json!(0.2)),
+        ("metadata.team".to_string(), serde_json::json!("a")),
+    ]
+    .into_iter()
+    .collect();
+    for (name, len) in [("2KB", 2 * 1024), ("1MiB", 1024 * 1024)] {
+        let raw = chat_body(len);
+        g.throughput(Throughput::Bytes(raw.len() as u64));
+        g.bench_with_input(
+            BenchmarkId::new("template_map_fixed", name),
+            &raw,
+            |b, raw| {
+                b.iter(|| {
+                    let mut body =
+                        JsonBody::parse(black_box(raw)).unwrap_or_else(|e| panic!("{e}"));
+                    body.apply_template("Answer as an expert. Question: {{query}}")
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    body.map_params(&map).unwrap_or_else(|e| panic!("{e}"));
+                    body.fix_params(&fixed).unwrap_or_else(|e| panic!("{e}"));
+                    black_box(body.to_bytes())
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(
+    access,
+    admission::key_lookup,
+    admission::jwt_verify,
+    admission::rate_limit,
+    shaping
+);
+
+criterion_main!(benches, access);

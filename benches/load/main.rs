@@ -329,7 +329,7 @@ fn main() {
     let mut samples = Vec::new();
     let soak_start = Instant::now();
     let mut soak_child = Command::new("wrk")
-        .args(["-t", "2", "-c", "64", "-d", &format!("{}s", o.soak)])
+        .args(["-t", "2", "-c", "64", "-d", &format!("{}s", o.soak), "-s"])
         .arg(&soak_lua)
         .arg(format!("http://127.0.0.1:{weir_port}/v1/chat/completions"))
         .stdout(Stdio::null())

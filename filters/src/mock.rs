@@ -244,7 +244,7 @@ mod tests {
             tap.feed(c);
         }
         assert!(tap.saw_done && tap.usage.is_some());
-        assert!(tap.completion_text.contains("ping"));
+        assert!(tap.completion_text().0.contains("ping"));
     }
 
     #[test]

@@ -21,13 +21,14 @@ pub struct SseTap {
     pending: BytesMut,
     /// How far `pending` was already searched for an event end.
     scanned: usize,
-    /// Bytes of answer text seen beyond `MAX_TEXT`.
-    pub text_overflow: usize,
+    /// Data of the events, kept (up to `MAX_TEXT`) to read the answer's text from
+    /// only if no usage comes: reading it from every event costs a JSON parse each.
+    raw: Vec<u8>,
+    /// Event data seen beyond `MAX_TEXT`.
+    raw_overflow: usize,
     /// Remove usage from the stream (the client did not ask for it).
     strip_usage: bool,
     pub usage: Option<Usage>,
-    /// Text of the answer so far, for an estimate when no usage comes.
-    pub completion_text: String,
     pub saw_done: bool,
     pub saw_finish: bool,
     /// The upstream sent an `error` event inside the stream.
@@ -81,6 +82,8 @@ impl SseTap {
 
     /// Takes the next chunk from upstream and returns what the client gets now.
     pub fn feed(&mut self, chunk: Bytes) -> Bytes {
+        let whole_events = self.pending.is_empty();
+        let mut changed = false;
         self.pending.extend_from_slice(&chunk);
         let mut out = BytesMut::new();
         loop {
@@ -94,9 +97,16 @@ impl SseTap {
             let event = self.pending.split_to(end).freeze();
             match self.inspect(&event) {
                 EventAction::Keep => out.extend_from_slice(&event),
-                EventAction::Drop => {}
-                EventAction::Replace(bytes) => out.extend_from_slice(&bytes),
+                EventAction::Drop => changed = true,
+                EventAction::Replace(bytes) => {
+                    changed = true;
+                    out.extend_from_slice(&bytes)
+                }
             }
+        }
+        if whole_events && !changed && self.pending.is_empty() {
+            // The chunk was whole events and all of them stay: pass it as it is.
+            return chunk;
         }
         if self.pending.len() > MAX_EVENT {
             // Not an SSE stream we can read: pass it on unread from here.
@@ -136,12 +146,40 @@ impl SseTap {
         }
     }
 
-    fn push_text(&mut self, t: &str) {
-        if self.completion_text.len() + t.len() <= MAX_TEXT {
-            self.completion_text.push_str(t);
+    fn keep_data(&mut self, data: &[u8]) {
+        if self.raw.len() + data.len() < MAX_TEXT {
+            self.raw.extend_from_slice(data);
+            // JSON text never holds a raw control character: a safe separator.
+            self.raw.push(0x1e);
         } else {
-            self.text_overflow += t.len();
+            self.raw_overflow += data.len();
         }
+    }
+
+    /// The answer's text so far, and an estimate of the text beyond what was kept.
+    pub fn completion_text(&self) -> (String, usize) {
+        let mut text = String::new();
+        for data in self.raw.split(|b| *b == 0x1e).filter(|d| !d.is_empty()) {
+            let Ok(chunk) = serde_json::from_slice::<StreamChunk>(data) else {
+                continue;
+            };
+            for choice in chunk.choices.iter().flatten() {
+                if let Some(d) = &choice.delta {
+                    for t in [&d.content, &d.reasoning_content].into_iter().flatten() {
+                        text.push_str(t);
+                    }
+                }
+                if let Some(t) = &choice.text {
+                    text.push_str(t);
+                }
+            }
+        }
+        let overflow = if self.raw.is_empty() {
+            0
+        } else {
+            self.raw_overflow * text.len() / self.raw.len()
+        };
+        (text, overflow)
     }
 
     /// The stream ended the way a complete answer ends.
@@ -158,6 +196,15 @@ impl SseTap {
             self.saw_done = true;
             return EventAction::Keep;
         }
+        self.keep_data(&data);
+        // Most events are plain content: a byte search tells them apart without
+        // parsing; only usage and error events are parsed.
+        if !contains(&data, b"\"usage\"") && !contains(&data, b"\"error\"") {
+            if finish_reason_set(&data) {
+                self.saw_finish = true;
+            }
+            return EventAction::Keep;
+        }
         let Ok(chunk) = serde_json::from_slice::<StreamChunk>(&data) else {
             return EventAction::Keep;
         };
@@ -167,14 +214,6 @@ impl SseTap {
         let mut has_choices = false;
         for choice in chunk.choices.iter().flatten() {
             has_choices = true;
-            if let Some(d) = &choice.delta {
-                for t in [&d.content, &d.reasoning_content].into_iter().flatten() {
-                    self.push_text(t);
-                }
-            }
-            if let Some(t) = &choice.text {
-                self.push_text(t);
-            }
             if choice.finish_reason.is_some() {
                 self.saw_finish = true;
             }
@@ -204,6 +243,28 @@ impl SseTap {
             Err(_) => EventAction::Keep,
         }
     }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether `"finish_reason"` holds a string (not `null`) somewhere in the event.
+fn finish_reason_set(data: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"finish_reason\"";
+    let mut rest = data;
+    while let Some(i) = rest.windows(KEY.len()).position(|w| w == KEY) {
+        let after = &rest[i + KEY.len()..];
+        let value = after
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b':' | b'\r' | b'\n'))
+            .map(|p| after[p]);
+        if value == Some(b'"') {
+            return true;
+        }
+        rest = after;
+    }
+    false
 }
 
 /// End (exclusive, blank line included) of the first complete event in `buf`,
@@ -311,7 +372,7 @@ mod tests {
         let out = tap.feed(Bytes::from(s.clone()));
         assert_eq!(out, s.as_bytes());
         assert_eq!(tap.usage.unwrap().total_tokens, 14);
-        assert_eq!(tap.completion_text, "Hello");
+        assert_eq!(tap.completion_text().0, "Hello");
         assert!(tap.completed());
     }
 
@@ -390,7 +451,7 @@ mod tests {
         let out = tap.feed(Bytes::from(s));
         assert_eq!(out, s.as_bytes());
         assert!(tap.saw_done);
-        assert_eq!(tap.completion_text, "a");
+        assert_eq!(tap.completion_text().0, "a");
     }
 
     #[test]

@@ -346,15 +346,17 @@ fn keep(capture: &mut Option<Vec<u8>>, bytes: &[u8], plan: &RelayPlan<'_>) {
 
 /// The upstream's usage, or a tokenizer estimate counted off the async workers.
 async fn usage_of(is_sse: bool, tap: SseTap, kept: &[u8], request: &JsonBody) -> Usage {
-    let (reported, text, overflow) = if is_sse {
-        (tap.usage, tap.completion_text, tap.text_overflow)
+    let (text, overflow) = if is_sse {
+        if let Some(u) = tap.usage {
+            return u;
+        }
+        tap.completion_text()
     } else {
-        let (u, t) = json_usage(kept);
-        (u, t, 0)
+        match json_usage(kept) {
+            (Some(u), _) => return u,
+            (None, text) => (text, 0),
+        }
     };
-    if let Some(u) = reported {
-        return u;
-    }
     let (prompt, messages) = prompt_text(request);
     let count = move || estimate_with_overflow(&prompt, messages, &text, overflow);
     match tokio::task::spawn_blocking(count).await {

@@ -410,7 +410,8 @@ pub fn judge(
     };
     let channel_id = HealthId::channel(&channel.name);
     let key_id = key.map(|k| HealthId::key(&channel.name, k));
-    let reason = format!("HTTP {status}");
+    // Only failures need a reason: no allocation on the common path.
+    let reason = || format!("HTTP {status}");
     let h = &state.health;
     let outcome = match (verdict, &key_id) {
         (Verdict::Success | Verdict::Final, _) => {
@@ -427,11 +428,11 @@ pub fn judge(
         // The server answers; the key is what is wrong.
         (Verdict::KeyRejected, Some(id)) => {
             h.success(&channel_id);
-            h.failure(id, policy, &reason);
+            h.failure(id, policy, &reason());
             "key_rejected"
         }
         (Verdict::KeyRejected, None) => {
-            h.failure(&channel_id, policy, &reason);
+            h.failure(&channel_id, policy, &reason());
             "key_rejected"
         }
         (
@@ -450,9 +451,9 @@ pub fn judge(
             };
             match retry_after {
                 // The upstream says how long: believe it rather than hammering.
-                Some(ra) if ra > backoff_max => h.failure_for(id, policy, ra, &reason),
+                Some(ra) if ra > backoff_max => h.failure_for(id, policy, ra, &reason()),
                 _ => {
-                    h.failure(id, policy, &reason);
+                    h.failure(id, policy, &reason());
                 }
             }
             "rate_limited"
@@ -460,7 +461,7 @@ pub fn judge(
         // Never made from a status code.
         (Verdict::Unserved, _) => "refused",
         (Verdict::Retryable { .. }, _) => {
-            h.failure(&channel_id, policy, &reason);
+            h.failure(&channel_id, policy, &reason());
             if let Some(id) = &key_id {
                 h.release_trial(id);
             }

@@ -603,7 +603,7 @@ mod tests {
             out.extend(s.finish());
             let mut tap = SseTap::new(false);
             tap.feed(Bytes::from(out));
-            assert_eq!(tap.completion_text, "Hello!");
+            assert_eq!(tap.completion_text().0, "Hello!");
             assert!(tap.saw_done && tap.saw_finish, "cut {cut}");
             let u = tap.usage.unwrap();
             assert_eq!((u.prompt_tokens, u.completion_tokens), (25, 15));

@@ -648,7 +648,7 @@ mod tests {
             out.extend(s.finish());
             let mut tap = SseTap::new(false);
             tap.feed(Bytes::from(out));
-            assert_eq!(tap.completion_text, "Hello", "cut {cut}");
+            assert_eq!(tap.completion_text().0, "Hello", "cut {cut}");
             assert!(tap.saw_done);
             assert_eq!(tap.usage.unwrap().total_tokens, 6);
         }
