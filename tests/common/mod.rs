@@ -327,6 +327,7 @@ fn sse_response(events: Vec<String>, cut: Option<usize>, delay: Duration) -> Res
                     Ok::<Bytes, std::io::Error>(Bytes::from(ev)),
                     (it, cut, false),
                 )),
+                // A cut: fail the body so the connection drops without the final chunk.
                 None if cut.is_some() => Some((Err(std::io::Error::other("cut")), (it, cut, true))),
                 None => None,
             }
@@ -509,31 +510,7 @@ fn answer(
     if let Some(after) = cut {
         events.truncate(after);
     }
-    let delay = *st.chunk_delay.lock().unwrap();
-    let stream = futures_util::stream::unfold(
-        (events.into_iter(), cut, false),
-        move |(mut it, cut, done)| async move {
-            if done {
-                return None;
-            }
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            match it.next() {
-                Some(ev) => Some((
-                    Ok::<Bytes, std::io::Error>(Bytes::from(ev)),
-                    (it, cut, false),
-                )),
-                // A cut: fail the body so the connection drops without the final chunk.
-                None if cut.is_some() => Some((Err(std::io::Error::other("cut")), (it, cut, true))),
-                None => None,
-            }
-        },
-    );
-    let mut r = Response::new(Body::from_stream(stream));
-    r.headers_mut()
-        .insert("content-type", "text/event-stream".parse().unwrap());
-    r
+    sse_response(events, cut, *st.chunk_delay.lock().unwrap())
 }
 
 /// A free loopback port (bound and released; the tiny race is acceptable in tests).
