@@ -9,7 +9,7 @@ use super::Failure;
 use crate::cache::CachedAnswer;
 use crate::health::HealthId;
 use crate::state::AppState;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::time::Instant;
@@ -232,7 +232,7 @@ async fn pump(
                 }
             }
         };
-        let chunk = match next {
+        let mut chunk = match next {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(e) => {
@@ -240,6 +240,31 @@ async fn pump(
                 break;
             }
         };
+        // Chunks the upstream already sent go out in one write, as Pingora's own proxy
+        // loop does: one flush per upstream chunk cost streams a third of their speed.
+        let mut ended = false;
+        if let Source::Upstream { up, .. } = source {
+            let mut more: Option<BytesMut> = None;
+            for _ in 0..MAX_COALESCED {
+                match ready_now(up.read_response_body()) {
+                    Some(Ok(Some(c))) => more
+                        .get_or_insert_with(|| BytesMut::from(&chunk[..]))
+                        .extend_from_slice(&c),
+                    Some(Ok(None)) => {
+                        ended = true;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        broken = Some(e.to_string());
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if let Some(m) = more {
+                chunk = m.freeze();
+            }
+        }
         let out = if is_sse {
             match translator.as_mut() {
                 Some(t) => tap.feed(Bytes::from(t.feed(&chunk))),
@@ -266,6 +291,9 @@ async fn pump(
         if let Err(e) = session.write_response_body(Some(out), false).await {
             ctx.client_gone = true;
             return Err(Failure::Abort(e));
+        }
+        if ended || broken.is_some() {
+            break;
         }
     }
 
@@ -330,6 +358,21 @@ async fn pump(
     }
 
     Ok(())
+}
+
+/// Upstream chunks taken in one go at most.
+const MAX_COALESCED: usize = 64;
+
+/// Polls a read once: its result when it is ready without waiting, `None` when it
+/// would wait (the read is then dropped; Pingora's body readers are cancel-safe, its
+/// own proxy loop relies on that in its `select!`s).
+fn ready_now<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
 }
 
 /// Adds to the copy kept for the cache, giving up on answers too large to keep.
