@@ -27,6 +27,13 @@ async fn call(weir: &Weir, path: &str, key: Option<&str>, body: &Value) -> (u16,
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// The status of a chat request to `/v1` with `key`.
+async fn status(weir: &Weir, key: &str, model: &str) -> u16 {
+    call(weir, "/v1/chat/completions", Some(key), &chat(model, false))
+        .await
+        .0
+}
+
 fn code(body: &str) -> String {
     serde_json::from_str::<Value>(body).unwrap_or(Value::Null)["error"]["code"]
         .as_str()
@@ -467,18 +474,8 @@ async fn rate_limits_refuse_the_n_plus_first_with_headers() {
     assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
     assert_eq!(code(&r.text().await.unwrap()), "rate_limit_exceeded");
     // The gateway-wide hour: 3 used by a (the refused one did not count), 2 left for b.
-    assert_eq!(
-        call(&weir, "/v1/chat/completions", Some(&b), &chat("m", false))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        call(&weir, "/v1/chat/completions", Some(&b), &chat("m", false))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(status(&weir, &b, "m").await, 200);
+    assert_eq!(status(&weir, &b, "m").await, 200);
     let (s, body) = call(&weir, "/v1/chat/completions", Some(&b), &chat("m", false)).await;
     assert_eq!(s, 429);
     assert!(body.contains("ingress:5/hour"), "{body}");
@@ -495,26 +492,11 @@ async fn hour_and_day_windows_survive_a_restart() {
     )
     .await;
     let (_, key) = weir.create_key(json!({"name": "k", "models": ["*"]})).await;
-    assert_eq!(
-        call(&weir, "/v1/chat/completions", Some(&key), &chat("m", false))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        call(&weir, "/v1/chat/completions", Some(&key), &chat("m", false))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(status(&weir, &key, "m").await, 200);
+    assert_eq!(status(&weir, &key, "m").await, 200);
     assert!(weir.stop_gracefully().success());
     weir.restart().await;
-    assert_eq!(
-        call(&weir, "/v1/chat/completions", Some(&key), &chat("m", false))
-            .await
-            .0,
-        429
-    );
+    assert_eq!(status(&weir, &key, "m").await, 429);
 }
 
 #[tokio::test]
@@ -609,18 +591,8 @@ async fn grants_are_the_union_of_key_and_group_and_models_list_them() {
         .create_key(json!({"name": "k", "group": "team", "models": ["m"]}))
         .await;
     let (_, none) = weir.create_key(json!({"name": "nothing"})).await;
-    assert_eq!(
-        call(&weir, "/v1/chat/completions", Some(&key), &chat("m", false))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        call(&weir, "/v1/chat/completions", Some(&key), &chat("n", false))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(status(&weir, &key, "m").await, 200);
+    assert_eq!(status(&weir, &key, "n").await, 200);
     let (s, b) = call(&weir, "/v1/chat/completions", Some(&key), &chat("o", false)).await;
     assert_eq!((s, code(&b).as_str()), (403, "model_not_allowed"));
     assert_eq!(
@@ -655,12 +627,7 @@ async fn grants_are_the_union_of_key_and_group_and_models_list_them() {
         .admin("PUT", "/admin/groups/team/models", Some(json!(["n", "o"])))
         .await;
     assert_eq!(s, 200);
-    assert_eq!(
-        call(&weir, "/v1/chat/completions", Some(&key), &chat("o", false))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(status(&weir, &key, "o").await, 200);
     assert_eq!(up.calls(), 3);
 }
 
@@ -806,12 +773,7 @@ async fn user_keys_see_only_their_own_data() {
     let (other, other_key) = weir
         .create_key(json!({"name": "other", "models": ["*"]}))
         .await;
-    assert_eq!(
-        call(&weir, "/v1/chat/completions", Some(&key), &chat("m", false))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(status(&weir, &key, "m").await, 200);
     assert_eq!(
         call(
             &weir,
@@ -1022,12 +984,7 @@ async fn usage_totals_match_the_upstream_exactly_after_a_streaming_burst() {
     }
     // A graceful stop loses nothing: every row is in the file afterwards.
     for _ in 0..5 {
-        assert_eq!(
-            call(&weir, "/v1/chat/completions", Some(&key), &chat("n", false))
-                .await
-                .0,
-            200
-        );
+        assert_eq!(status(&weir, &key, "n").await, 200);
     }
     assert!(weir.stop_gracefully().success());
     let conn = rusqlite::Connection::open(weir.db_path()).unwrap();

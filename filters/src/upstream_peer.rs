@@ -169,10 +169,6 @@ impl Failover {
         }
     }
 
-    pub fn attempts(&self) -> u32 {
-        self.total_attempts
-    }
-
     /// The next attempt after `last` (the verdict of the previous attempt, `None` at
     /// the start), or `None` when the request is finished or nothing is left to try.
     /// `admit` asks health whether a channel or key may be used now and returns how

@@ -141,7 +141,13 @@ pub fn record(state: &AppState, ctx: &Ctx, pingora_error: Option<&pingora_error:
             cache,
             error,
         };
-        crate::logbuf::access(&line, state.snapshot().server().log_format);
+        // The request's own snapshot: no second config load per request.
+        let format = ctx
+            .snapshot
+            .as_ref()
+            .map(|s| s.server().log_format)
+            .unwrap_or(weir_filters::config::LogFormat::Text);
+        crate::logbuf::access(&line, format);
     }
 }
 
