@@ -2,9 +2,22 @@ use clap::{Parser, Subcommand};
 
 /// mimalloc: glibc's allocator spent ~13% of weir's CPU under load (arena locks,
 /// consolidation) in the load benchmark's profile.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
+
+/// Runs before any constructor that allocates (the allocator maps its first arena on
+/// the first allocation), so even that arena gets no huge pages.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static NO_HUGE_PAGES: extern "C" fn() = {
+    extern "C" fn no_huge_pages() {
+        weir::server::disable_transparent_huge_pages();
+    }
+    no_huge_pages
+};
 use std::process::ExitCode;
 
 #[derive(Parser)]

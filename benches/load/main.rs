@@ -218,6 +218,8 @@ fn main() {
     let bins = &o.bin_dir;
     let (up_port, slow_port, bare_port, weir_port, admin_port) =
         (18900, 18905, 18901, 18902, 18903);
+    // The reference for the memory run: the bare hop in front of the slow upstream.
+    let bare_slow_port = 18906;
     let _up = spawn(
         &bins.join("weir-bench-upstream"),
         &["--port", &up_port.to_string()],
@@ -237,6 +239,16 @@ fn main() {
             &format!("127.0.0.1:{up_port}"),
         ],
         &dir.join("bare.log"),
+    );
+    let bare_slow = spawn(
+        &bins.join("weir-bench-bare"),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{bare_slow_port}"),
+            "--upstream",
+            &format!("127.0.0.1:{slow_port}"),
+        ],
+        &dir.join("bare-slow.log"),
     );
     let config = dir.join("weir.yaml");
     std::fs::write(
@@ -263,7 +275,7 @@ fn main() {
         &dir.join("weir.log"),
     );
     let weir_pid = weir.0.id();
-    for p in [up_port, slow_port, bare_port, weir_port] {
+    for p in [up_port, slow_port, bare_port, bare_slow_port, weir_port] {
         wait_port(p);
     }
 
@@ -323,7 +335,11 @@ fn main() {
 
     // Memory: many streams held open by the slow upstream.
     let (_, rss_before) = proc_stats(weir_pid);
-    let rss_streams = hold_streams(weir_port, &key, o.streams, weir_pid);
+    let rss_streams = hold_streams(weir_port, Some(&key), o.streams, weir_pid);
+    let bare_slow_pid = bare_slow.0.id();
+    let (_, bare_before) = proc_stats(bare_slow_pid);
+    let bare_streams = hold_streams(bare_slow_port, None, o.streams, bare_slow_pid);
+    drop(bare_slow);
     // Soak: JSON at 64 connections; RSS sampled as it runs.
     let soak_lua = lua(&dir, "soak", Some(&key), false);
     let mut samples = Vec::new();
@@ -381,11 +397,15 @@ fn main() {
         })
         .collect();
     let report = format!(
-        "# Load benchmark results\n\nRun: {date}, {dur} s per cell, wrk with `-t min(c,2)`.\n\n{machine}\n\n{table}\n{ttfb_text}- memory: weir RSS {before:.1} MiB idle, {streams_rss:.1} MiB with {n} streams open at once\n{soak_text}\n\nBudget (weir/bare throughput at 16 and 64 connections): {verdict}.\n\np50 at one connection, weir minus bare: {p50}.\n",
+        "# Load benchmark results\n\nRun: {date}, {dur} s per cell, wrk with `-t min(c,2)`.\n\n{machine}\n\n{table}\n{ttfb_text}- memory, {n} streams open at once: weir RSS {before:.1} MiB idle, {streams_rss:.1} MiB with the streams open ({per_weir:.1} KiB per stream); the bare hop {bare_before:.1} MiB idle, {bare_streams:.1} MiB ({per_bare:.1} KiB per stream)\n{soak_text}\n\nBudget (weir/bare throughput at 16 and 64 connections): {verdict}.\n\np50 at one connection, weir minus bare: {p50}.\n",
         date = date(),
         dur = o.duration,
         before = rss_before as f64 / 1024.0,
         streams_rss = rss_streams as f64 / 1024.0,
+        per_weir = rss_streams.saturating_sub(rss_before) as f64 / o.streams.max(1) as f64,
+        bare_before = bare_before as f64 / 1024.0,
+        bare_streams = bare_streams as f64 / 1024.0,
+        per_bare = bare_streams.saturating_sub(bare_before) as f64 / o.streams.max(1) as f64,
         n = o.streams,
         verdict = verdict.join("; "),
         p50 = p50_one.join("; "),
@@ -400,7 +420,7 @@ fn main() {
 
 /// Opens `n` streaming requests to the slow model at once and returns weir's
 /// highest RSS while they are open.
-fn hold_streams(port: u16, key: &str, n: usize, pid: u32) -> u64 {
+fn hold_streams(port: u16, key: Option<&str>, n: usize, pid: u32) -> u64 {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -409,8 +429,11 @@ fn hold_streams(port: u16, key: &str, n: usize, pid: u32) -> u64 {
     rt.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let body = r#"{"model":"slow","stream":true,"messages":[{"role":"user","content":"hold"}]}"#;
+        let auth = key
+            .map(|k| format!("Authorization: Bearer {k}\r\n"))
+            .unwrap_or_default();
         let req = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         let mut tasks = Vec::new();

@@ -558,7 +558,7 @@ async fn proxy(
                 if status != 429 {
                     all_rate_limited = false;
                 }
-                let code = discard(state, answer).await;
+                let code = Box::pin(discard(state, answer)).await;
                 let _ = write!(tried, "{}{}: HTTP {status}", sep(&tried), channel.name);
                 let _ = write!(
                     tried_log,
