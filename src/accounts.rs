@@ -44,12 +44,12 @@ pub struct ModelRecord {
 /// Keys, groups and models as stored, indexed for the request path.
 #[derive(Debug, Default)]
 pub struct AccountsSnapshot {
-    pub keys_by_hash: HashMap<String, Arc<KeyRecord>>,
-    pub keys_by_id: HashMap<i64, Arc<KeyRecord>>,
+    pub keys_by_hash: crate::FastMap<String, Arc<KeyRecord>>,
+    pub keys_by_id: crate::FastMap<i64, Arc<KeyRecord>>,
     /// Group name → models granted to it.
-    pub groups: HashMap<String, Vec<String>>,
+    pub groups: crate::FastMap<String, Vec<String>>,
     pub group_descriptions: HashMap<String, Option<String>>,
-    pub models: HashMap<String, ModelRecord>,
+    pub models: crate::FastMap<String, ModelRecord>,
 }
 
 /// Grants of `*` mean every model.
@@ -91,15 +91,15 @@ pub struct GatewayTokens {
 
 #[derive(Debug, Default)]
 pub struct Ledger {
-    pub keys: HashMap<i64, KeyMoney>,
-    pub gateways: HashMap<String, GatewayTokens>,
+    pub keys: crate::FastMap<i64, KeyMoney>,
+    pub gateways: crate::FastMap<String, GatewayTokens>,
 }
 
 /// Exact counts of the fixed (hour and day) windows, and which changed since the
 /// store last wrote them.
 #[derive(Debug, Default)]
 pub struct Counters {
-    pub counts: HashMap<(String, u64), u64>,
+    pub counts: crate::FastMap<(String, u64), u64>,
     pub dirty: HashSet<(String, u64)>,
 }
 

@@ -2,14 +2,13 @@
 //! `HttpPeer::new` would call blocking `getaddrinfo` and panic on failure), cached
 //! for `server.dns_ttl`, serving the last good answer when a refresh fails.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 /// Addresses of a `(host, port)` and when they were resolved.
-type Resolved = HashMap<(String, u16), (Vec<SocketAddr>, Instant)>;
+type Resolved = crate::FastMap<(String, u16), (Vec<SocketAddr>, Instant)>;
 
 #[derive(Default)]
 pub struct DnsCache {

@@ -1,7 +1,6 @@
 //! Health of every channel and key, kept outside the config snapshot so that a reload
 //! keeps what was learned (a suspended channel stays suspended across a reload).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use weir_filters::health::{Admission, Health, HealthPolicy, HealthReport};
@@ -39,7 +38,7 @@ pub fn fingerprint(key: &str) -> u64 {
 
 #[derive(Default)]
 pub struct HealthRegistry {
-    entries: RwLock<HashMap<HealthId, Arc<Mutex<Health>>>>,
+    entries: RwLock<crate::FastMap<HealthId, Arc<Mutex<Health>>>>,
 }
 
 impl HealthRegistry {

@@ -2,9 +2,11 @@
 //! names come from the config, never from client input; no per-key labels.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::hash::BuildHasher;
+use std::sync::{Arc, OnceLock, RwLock};
 
 pub struct Metrics {
     registry: Registry,
@@ -24,7 +26,68 @@ pub struct Metrics {
     pub cache: IntCounterVec,
     pub config_version: IntGauge,
     pub in_flight: IntGauge,
+    /// Per-request series by (gateway, model, channel), looked up once per request
+    /// instead of once per metric. Keyed by a hash of the three names; each entry
+    /// keeps the names to tell a collision apart.
+    series: RwLock<crate::FastMap<u64, Arc<Series>>>,
+    series_hasher: foldhash::fast::RandomState,
 }
+
+/// The series one request writes. Each is registered on first use, as
+/// `with_label_values` would, so no empty series appear in the exposition.
+pub struct Series {
+    names: [String; 3],
+    requests: [OnceLock<IntCounter>; 6],
+    duration: OnceLock<Histogram>,
+    ttft: OnceLock<Histogram>,
+    tokens: [OnceLock<IntCounter>; 2],
+}
+
+impl Series {
+    fn new(names: [&str; 3]) -> Series {
+        Series {
+            names: names.map(str::to_string),
+            requests: Default::default(),
+            duration: OnceLock::new(),
+            ttft: OnceLock::new(),
+            tokens: Default::default(),
+        }
+    }
+
+    fn labels(&self) -> [&str; 3] {
+        [&self.names[0], &self.names[1], &self.names[2]]
+    }
+
+    pub fn request(&self, m: &Metrics, status: u16) -> &IntCounter {
+        let class = status_class(status);
+        let i = STATUS_CLASSES.iter().position(|c| *c == class).unwrap_or(5);
+        self.requests[i].get_or_init(|| {
+            let [g, model, c] = self.labels();
+            m.requests.with_label_values(&[g, model, c, class])
+        })
+    }
+
+    pub fn duration(&self, m: &Metrics) -> &Histogram {
+        self.duration
+            .get_or_init(|| m.duration.with_label_values(&self.labels()))
+    }
+
+    pub fn ttft(&self, m: &Metrics) -> &Histogram {
+        self.ttft
+            .get_or_init(|| m.ttft.with_label_values(&self.labels()))
+    }
+
+    /// `out = false`: prompt tokens; `true`: completion tokens.
+    pub fn tokens(&self, m: &Metrics, out: bool) -> &IntCounter {
+        self.tokens[usize::from(out)].get_or_init(|| {
+            let [g, model, c] = self.labels();
+            m.tokens
+                .with_label_values(&[g, model, c, if out { "out" } else { "in" }])
+        })
+    }
+}
+
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -146,7 +209,36 @@ impl Metrics {
             cache,
             config_version,
             in_flight,
+            series: RwLock::new(crate::FastMap::default()),
+            series_hasher: foldhash::fast::RandomState::default(),
         })
+    }
+
+    /// The per-request series for these labels (names from the config, so the map
+    /// stays as small as the config's gateways × models × channels).
+    pub fn series(&self, gateway: &str, model: &str, channel: &str) -> Arc<Series> {
+        let h = self.series_hasher.hash_one((gateway, model, channel));
+        let same = |s: &Series| s.labels() == [gateway, model, channel];
+        if let Some(s) = self
+            .series
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&h)
+            .filter(|s| same(s))
+        {
+            return s.clone();
+        }
+        let mut map = self.series.write().unwrap_or_else(|p| p.into_inner());
+        match map.get(&h) {
+            Some(s) if same(s) => s.clone(),
+            // A hash collision keeps the first entry; this one is built each time.
+            Some(_) => Arc::new(Series::new([gateway, model, channel])),
+            None => {
+                let s = Arc::new(Series::new([gateway, model, channel]));
+                map.insert(h, s.clone());
+                s
+            }
+        }
     }
 
     /// The Prometheus text exposition of everything registered.

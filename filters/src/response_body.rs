@@ -304,12 +304,21 @@ fn event_data(event: &[u8]) -> Option<Vec<u8>> {
     data
 }
 
-/// Usage and answer text from a complete JSON (non-stream) answer.
+/// Usage and answer text from a complete JSON (non-stream) answer. The text (for an
+/// estimate) is only collected when the answer reports no usage.
 pub fn json_usage(body: &[u8]) -> (Option<Usage>, String) {
     #[derive(Deserialize)]
-    struct Answer {
+    struct Reported {
         #[serde(default)]
         usage: Option<WireUsage>,
+    }
+    match serde_json::from_slice::<Reported>(body) {
+        Ok(Reported { usage: Some(u) }) => return (Some(Usage::from(u)), String::new()),
+        Ok(Reported { usage: None }) => {}
+        Err(_) => return (None, String::new()),
+    }
+    #[derive(Deserialize)]
+    struct Answer {
         #[serde(default)]
         choices: Vec<AnswerChoice>,
     }
@@ -336,7 +345,7 @@ pub fn json_usage(body: &[u8]) -> (Option<Usage>, String) {
                     text.push_str(t);
                 }
             }
-            (a.usage.map(Usage::from), text)
+            (None, text)
         }
         Err(_) => (None, String::new()),
     }
@@ -467,7 +476,11 @@ mod tests {
         let body = br#"{"choices":[{"message":{"role":"assistant","content":"hi there"}}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#;
         let (u, text) = json_usage(body);
         assert_eq!(u.unwrap().completion_tokens, 2);
-        assert_eq!(text, "hi there");
+        assert_eq!(text, "", "reported usage needs no text to estimate from");
+        let no_usage = br#"{"choices":[{"message":{"role":"assistant","content":"hi there"}},{"text":" and more"}]}"#;
+        let (u, text) = json_usage(no_usage);
+        assert_eq!(u, None);
+        assert_eq!(text, "hi there and more");
         let (u, _) = json_usage(br#"{"data":[],"usage":{"prompt_tokens":4,"total_tokens":4}}"#);
         assert_eq!(u.unwrap().total_tokens, 4);
         assert_eq!(json_usage(b"not json").0, None);

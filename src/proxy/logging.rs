@@ -3,7 +3,6 @@
 
 use super::ctx::Ctx;
 use crate::accounts::now_unix;
-use crate::metrics::status_class;
 use crate::state::AppState;
 use crate::store::UsageEvent;
 use std::time::Duration;
@@ -59,38 +58,15 @@ pub fn record(state: &AppState, ctx: &Ctx, pingora_error: Option<&pingora_error:
     } else {
         ctx.status
     };
-    let labels = [gateway, ctx.model_label.as_str(), ctx.channel.as_str()];
-    m.requests
-        .with_label_values(&[
-            gateway,
-            ctx.model_label.as_str(),
-            ctx.channel.as_str(),
-            status_class(status),
-        ])
-        .inc();
-    m.duration
-        .with_label_values(&labels)
-        .observe(elapsed.as_secs_f64());
+    let series = m.series(gateway, &ctx.model_label, &ctx.channel);
+    series.request(m, status).inc();
+    series.duration(m).observe(elapsed.as_secs_f64());
     if let Some(fb) = ctx.first_byte {
-        m.ttft.with_label_values(&labels).observe(fb.as_secs_f64());
+        series.ttft(m).observe(fb.as_secs_f64());
     }
     if let Some(u) = &ctx.usage {
-        m.tokens
-            .with_label_values(&[
-                gateway,
-                ctx.model_label.as_str(),
-                ctx.channel.as_str(),
-                "in",
-            ])
-            .inc_by(u.prompt_tokens);
-        m.tokens
-            .with_label_values(&[
-                gateway,
-                ctx.model_label.as_str(),
-                ctx.channel.as_str(),
-                "out",
-            ])
-            .inc_by(u.completion_tokens);
+        series.tokens(m, false).inc_by(u.prompt_tokens);
+        series.tokens(m, true).inc_by(u.completion_tokens);
     }
     account(state, ctx, gateway, status, elapsed);
     let (prompt, completion, estimated) = ctx

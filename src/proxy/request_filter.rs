@@ -532,9 +532,11 @@ async fn proxy(
             client_model: &facts.model,
         };
         let started = Instant::now();
-        let key_label = key
-            .map(|k| format!(" key {}", weir_filters::config::key_hint(k)))
-            .unwrap_or_default();
+        // Named in the log only when the attempt failed.
+        let key_label = || {
+            key.map(|k| format!(" key {}", weir_filters::config::key_hint(k)))
+                .unwrap_or_default()
+        };
         match exchange(state, session, channel, key, &out, server.dns_ttl.0).await {
             Ok(answer) => {
                 refused = None;
@@ -569,7 +571,7 @@ async fn proxy(
                 if let Some(code) = code {
                     let _ = write!(tried_log, " ({code})");
                 }
-                tried_log.push_str(&key_label);
+                tried_log.push_str(&key_label());
                 if let Verdict::Retryable {
                     retry_after: Some(ra),
                     ..
@@ -605,10 +607,11 @@ async fn proxy(
                 let _ = write!(tried, "{}{}: {}", sep(&tried), channel.name, short(&e));
                 let _ = write!(
                     tried_log,
-                    "{}{}: {}{key_label}",
+                    "{}{}: {}{}",
                     sep(&tried_log),
                     channel.name,
-                    e.describe()
+                    e.describe(),
+                    key_label()
                 );
                 last = Some(judge_error(state, &policy, channel, key, &e));
             }
@@ -696,7 +699,7 @@ async fn serve_cached(
     hit: &CachedAnswer,
 ) -> Result<(), Failure> {
     let build = || -> pingora_error::Result<pingora_http::ResponseHeader> {
-        let mut h = pingora_http::ResponseHeader::build(200, Some(6))?;
+        let mut h = pingora_http::ResponseHeader::build_no_case(200, Some(6))?;
         h.insert_header("content-type", hit.content_type.as_str())?;
         h.insert_header("x-weir-cache", "hit")?;
         if hit.stream {
@@ -705,9 +708,7 @@ async fn serve_cached(
             h.insert_header("content-length", hit.body.len().to_string())?;
         }
         if let Some(r) = ctx.rate {
-            h.insert_header("x-ratelimit-limit-requests", r.limit.to_string())?;
-            h.insert_header("x-ratelimit-remaining-requests", r.remaining.to_string())?;
-            h.insert_header("x-ratelimit-reset-requests", format!("{}s", r.reset_secs))?;
+            super::respond::rate_headers(&mut h, &r)?;
         }
         Ok(h)
     };

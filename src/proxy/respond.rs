@@ -1,11 +1,24 @@
 //! Writing gateway-made answers (errors, model lists) to the client.
 
 use super::ctx::Ctx;
+use crate::accounts::RateHeadroom;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use weir_filters::GatewayError;
+
+/// The OpenAI-style headroom headers of the tightest request limit.
+pub fn rate_headers(h: &mut ResponseHeader, r: &RateHeadroom) -> Result<()> {
+    h.insert_header("x-ratelimit-limit-requests", HeaderValue::from(r.limit))?;
+    h.insert_header(
+        "x-ratelimit-remaining-requests",
+        HeaderValue::from(r.remaining),
+    )?;
+    h.insert_header("x-ratelimit-reset-requests", format!("{}s", r.reset_secs))?;
+    Ok(())
+}
 
 pub async fn json(
     session: &mut Session,
@@ -14,9 +27,9 @@ pub async fn json(
     body: Vec<u8>,
     extra: &[(&str, String)],
 ) -> Result<()> {
-    let mut h = ResponseHeader::build(status, Some(4))?;
-    h.insert_header("content-type", "application/json")?;
-    h.insert_header("content-length", body.len().to_string())?;
+    let mut h = ResponseHeader::build_no_case(status, Some(4))?;
+    h.insert_header("content-type", HeaderValue::from_static("application/json"))?;
+    h.insert_header("content-length", HeaderValue::from(body.len()))?;
     for (k, v) in extra {
         h.insert_header(k.to_string(), v.as_str())?;
     }

@@ -10,6 +10,7 @@ use crate::cache::CachedAnswer;
 use crate::health::HealthId;
 use crate::state::AppState;
 use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::time::Instant;
@@ -60,7 +61,8 @@ fn downstream_header(
     content_type: &str,
     known_len: Option<usize>,
 ) -> pingora_error::Result<ResponseHeader> {
-    let mut h = ResponseHeader::build(status, Some(8))?;
+    // No case map: names go out lowercase, and each insert is one map write.
+    let mut h = ResponseHeader::build_no_case(status, Some(8))?;
     if let Some(up) = upstream {
         for (name, value) in up.headers.iter() {
             if PASSED_HEADERS.contains(&name.as_str()) {
@@ -71,8 +73,8 @@ fn downstream_header(
         h.insert_header("content-type", content_type)?;
     }
     match known_len {
-        Some(n) => h.insert_header("content-length", n.to_string())?,
-        None => h.insert_header("transfer-encoding", "chunked")?,
+        Some(n) => h.insert_header("content-length", HeaderValue::from(n))?,
+        None => h.insert_header("transfer-encoding", HeaderValue::from_static("chunked"))?,
     };
     Ok(h)
 }
@@ -124,18 +126,12 @@ pub async fn relay(
     ctx.status = status;
     let mut header = header;
     if let Some(r) = ctx.rate {
-        for (name, value) in [
-            ("x-ratelimit-limit-requests", r.limit.to_string()),
-            ("x-ratelimit-remaining-requests", r.remaining.to_string()),
-            ("x-ratelimit-reset-requests", format!("{}s", r.reset_secs)),
-        ] {
-            header.insert_header(name, value).map_err(Failure::Abort)?;
-        }
+        crate::proxy::respond::rate_headers(&mut header, &r).map_err(Failure::Abort)?;
     }
     let fill = ctx.cache_fill.filter(|_| status == 200).zip(plan.cache);
     if fill.is_some() {
         header
-            .insert_header("x-weir-cache", "miss")
+            .insert_header("x-weir-cache", HeaderValue::from_static("miss"))
             .map_err(Failure::Abort)?;
     }
     let content_type = header

@@ -8,6 +8,7 @@ use super::ctx::Ctx;
 use crate::health::HealthId;
 use crate::state::AppState;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::ErrorType;
@@ -312,21 +313,26 @@ fn request_header(
     accept: Option<&str>,
 ) -> Result<RequestHeader, AttemptError> {
     let bad = |e: Box<pingora_error::Error>| AttemptError::Io(e.to_string());
-    let mut req = RequestHeader::build("POST", call.path.as_bytes(), Some(8)).map_err(bad)?;
+    // No case map: names go out lowercase, and each insert is one map write.
+    let mut req =
+        RequestHeader::build_no_case("POST", call.path.as_bytes(), Some(10)).map_err(bad)?;
     req.insert_header("host", authority).map_err(bad)?;
-    req.insert_header("content-type", "application/json")
+    req.insert_header("content-type", HeaderValue::from_static("application/json"))
+        .map_err(bad)?;
+    let accept = match accept {
+        Some(a) => HeaderValue::from_str(a).map_err(|_| AttemptError::Io("bad accept".into()))?,
+        None => HeaderValue::from_static("application/json, text/event-stream"),
+    };
+    req.insert_header("accept", accept).map_err(bad)?;
+    // Usage and SSE are read as they pass: no compressed answers.
+    req.insert_header("accept-encoding", HeaderValue::from_static("identity"))
         .map_err(bad)?;
     req.insert_header(
-        "accept",
-        accept.unwrap_or("application/json, text/event-stream"),
+        "user-agent",
+        HeaderValue::from_static(concat!("weir/", env!("CARGO_PKG_VERSION"))),
     )
     .map_err(bad)?;
-    // Usage and SSE are read as they pass: no compressed answers.
-    req.insert_header("accept-encoding", "identity")
-        .map_err(bad)?;
-    req.insert_header("user-agent", concat!("weir/", env!("CARGO_PKG_VERSION")))
-        .map_err(bad)?;
-    req.insert_header("content-length", call.body.len().to_string())
+    req.insert_header("content-length", HeaderValue::from(call.body.len()))
         .map_err(bad)?;
     for (name, value) in &call.headers {
         req.insert_header(*name, value.as_str()).map_err(|_| {
