@@ -74,21 +74,61 @@ pub fn access(line: &crate::proxy::AccessLine<'_>, format: weir_filters::config:
                 let us = (v * 1000.0).round().max(0.0) as u64;
                 (us / 1000, us % 1000)
             };
-            let (lat, lat_frac) = ms(l.latency_ms);
-            let _ = write!(
-                out,
-                "{now}  INFO weir::access: request gateway=\"{}\" endpoint=\"{}\" model={} channel={} status={} stream={} latency_ms={lat}.{lat_frac:03}",
-                l.gateway, l.endpoint, l.model, l.channel, l.status, l.stream
-            );
-            if let Some(t) = l.ttft_ms {
-                let (t, frac) = ms(t);
-                let _ = write!(out, " ttft_ms={t}.{frac:03}");
+            // Written piece by piece: `write!` with twenty arguments cost more than
+            // the rest of the line.
+            let mut num = itoa::Buffer::new();
+            let field = |out: &mut Vec<u8>, name: &str, value: &str| {
+                out.push(b' ');
+                out.extend_from_slice(name.as_bytes());
+                out.push(b'=');
+                out.extend_from_slice(value.as_bytes());
+            };
+            let _ = write!(out, "{now}  INFO weir::access: request");
+            for (name, value) in [("gateway", l.gateway), ("endpoint", l.endpoint)] {
+                field(&mut out, name, "\"");
+                out.extend_from_slice(value.as_bytes());
+                out.push(b'"');
             }
-            let _ = write!(
-                out,
-                " attempts={} retries={} failovers={} prompt_tokens={} completion_tokens={} estimated={} client_gone={} cache={} error={:?}",
-                l.attempts, l.retries, l.failovers, l.prompt_tokens, l.completion_tokens, l.estimated, l.client_gone, l.cache, l.error
+            field(&mut out, "model", l.model);
+            field(&mut out, "channel", l.channel);
+            field(&mut out, "status", num.format(l.status));
+            field(&mut out, "stream", if l.stream { "true" } else { "false" });
+            let mut millis = |out: &mut Vec<u8>, name: &str, v: f64| {
+                let (whole, frac) = ms(v);
+                field(out, name, num.format(whole));
+                out.push(b'.');
+                let frac = num.format(frac + 1000);
+                out.extend_from_slice(&frac.as_bytes()[1..]);
+            };
+            millis(&mut out, "latency_ms", l.latency_ms);
+            if let Some(t) = l.ttft_ms {
+                millis(&mut out, "ttft_ms", t);
+            }
+            for (name, v) in [
+                ("attempts", u64::from(l.attempts)),
+                ("retries", u64::from(l.retries)),
+                ("failovers", u64::from(l.failovers)),
+                ("prompt_tokens", l.prompt_tokens),
+                ("completion_tokens", l.completion_tokens),
+            ] {
+                field(&mut out, name, num.format(v));
+            }
+            field(
+                &mut out,
+                "estimated",
+                if l.estimated { "true" } else { "false" },
             );
+            field(
+                &mut out,
+                "client_gone",
+                if l.client_gone { "true" } else { "false" },
+            );
+            field(&mut out, "cache", l.cache);
+            if l.error.is_empty() {
+                field(&mut out, "error", "\"\"");
+            } else {
+                let _ = write!(out, " error={:?}", l.error);
+            }
         }
     }
     out.push(b'\n');

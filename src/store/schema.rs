@@ -79,10 +79,35 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (scope, window_start)
     );
     "#,
-    // 2: every index on `usage` is one more B-tree insert per request (the load
-    // benchmark's profile: ~4k instructions each); reports by gateway and time use
-    // `usage_ts` for the time range and filter the gateway.
-    "DROP INDEX IF EXISTS usage_gateway_ts;",
+    // 2: the call log costs less per request. AUTOINCREMENT rewrote sqlite_sequence
+    // with every row (a rowid is reused only if the newest row is deleted), and every
+    // index is one more B-tree insert (~4k instructions each in the load benchmark's
+    // profile); reports by gateway and time use `usage_ts` and filter the gateway.
+    r#"
+    CREATE TABLE usage_v2 (
+        id INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        key_id INTEGER,
+        identity TEXT,
+        gateway TEXT NOT NULL,
+        model TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cost REAL NOT NULL,
+        estimated INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        stream INTEGER NOT NULL
+    );
+    INSERT INTO usage_v2 SELECT id, ts, key_id, identity, gateway, model, channel,
+        prompt_tokens, completion_tokens, cost, estimated, status, latency_ms, stream FROM usage;
+    DROP TABLE usage;
+    ALTER TABLE usage_v2 RENAME TO usage;
+    DELETE FROM sqlite_sequence WHERE name = 'usage';
+    CREATE INDEX usage_ts ON usage (ts);
+    CREATE INDEX usage_key_ts ON usage (key_id, ts);
+    "#,
 ];
 
 /// Opens (creating) the database, in WAL mode, migrated to the current schema.
@@ -115,4 +140,52 @@ pub fn open(path: &str) -> Result<Connection, String> {
             .map_err(|e| format!("cannot migrate {path} to version {}: {e}", i + 1))?;
     }
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_2_keeps_the_call_log_of_a_version_1_database() {
+        let path = std::env::temp_dir().join(format!("weir-schema-test-{}.db", std::process::id()));
+        let path = path.to_str().unwrap().to_string();
+        let _ = std::fs::remove_file(&path);
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO usage (ts, key_id, gateway, model, channel, prompt_tokens, completion_tokens, cost, estimated, status, latency_ms, stream)
+                 VALUES (5, 1, 'g', 'm', 'c', 1, 2, 0.5, 0, 200, 3, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = open(&path).unwrap();
+        let (id, cost): (i64, f64) = conn
+            .query_row("SELECT id, cost FROM usage", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((id, cost), (1, 0.5));
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'usage'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(!sql.contains("AUTOINCREMENT"), "{sql}");
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'usage' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes, ["usage_key_ts", "usage_ts"]);
+        drop(conn);
+        let _ = std::fs::remove_file(&path);
+    }
 }
