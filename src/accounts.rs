@@ -50,6 +50,9 @@ pub struct AccountsSnapshot {
     pub groups: crate::FastMap<String, Vec<String>>,
     pub group_descriptions: HashMap<String, Option<String>>,
     pub models: crate::FastMap<String, ModelRecord>,
+    /// Each user key's grants (its own and its group's), built once per snapshot
+    /// instead of once per request.
+    pub grants: crate::FastMap<i64, Arc<HashSet<String>>>,
 }
 
 /// Grants of `*` mean every model.
@@ -57,17 +60,35 @@ pub const ALL_MODELS: &str = "*";
 
 impl AccountsSnapshot {
     /// Models a key may use: its own grants and its group's. `None`: all of them.
-    pub fn granted(&self, key: &KeyRecord) -> Option<HashSet<String>> {
+    pub fn granted(&self, key: &KeyRecord) -> Option<Arc<HashSet<String>>> {
         if key.role == Role::Admin {
             return None;
         }
+        let all = match self.grants.get(&key.id) {
+            Some(g) => g.clone(),
+            None => Arc::new(self.grants_of(key)),
+        };
+        (!all.contains(ALL_MODELS)).then_some(all)
+    }
+
+    fn grants_of(&self, key: &KeyRecord) -> HashSet<String> {
         let group = self
             .groups
             .get(&key.group)
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        let all: HashSet<String> = key.models.iter().chain(group).cloned().collect();
-        (!all.contains(ALL_MODELS)).then_some(all)
+        key.models.iter().chain(group).cloned().collect()
+    }
+
+    /// Fills `grants` once keys and groups are loaded.
+    pub fn index_grants(&mut self) {
+        let grants = self
+            .keys_by_id
+            .values()
+            .filter(|k| k.role != Role::Admin)
+            .map(|k| (k.id, Arc::new(self.grants_of(k))))
+            .collect();
+        self.grants = grants;
     }
 }
 

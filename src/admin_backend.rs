@@ -36,7 +36,7 @@ impl AppState {
         };
         let snap = self.accounts.snapshot();
         let granted = snap.granted(k).map(|g| {
-            let mut v: Vec<String> = g.into_iter().collect();
+            let mut v: Vec<String> = g.iter().cloned().collect();
             v.sort();
             v
         });

@@ -21,6 +21,7 @@ pub mod cache_key;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod json_scan;
 pub mod limits;
 pub mod mock;
 pub mod request_body;

@@ -312,9 +312,16 @@ pub fn json_usage(body: &[u8]) -> (Option<Usage>, String) {
         #[serde(default)]
         usage: Option<WireUsage>,
     }
-    match serde_json::from_slice::<Reported>(body) {
-        Ok(Reported { usage: Some(u) }) => return (Some(Usage::from(u)), String::new()),
-        Ok(Reported { usage: None }) => {}
+    let reported = match crate::json_scan::top_level_field(body, "usage") {
+        crate::json_scan::Field::Found(raw) => serde_json::from_slice::<Option<WireUsage>>(raw),
+        crate::json_scan::Field::Absent => Ok(None),
+        crate::json_scan::Field::Unsure => {
+            serde_json::from_slice::<Reported>(body).map(|r| r.usage)
+        }
+    };
+    match reported {
+        Ok(Some(u)) => return (Some(Usage::from(u)), String::new()),
+        Ok(None) => {}
         Err(_) => return (None, String::new()),
     }
     #[derive(Deserialize)]

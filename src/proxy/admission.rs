@@ -22,7 +22,7 @@ pub struct Caller {
     pub key: Option<Arc<KeyRecord>>,
     pub group: String,
     /// Models the caller may use; `None`: all the gateway serves.
-    pub granted: Option<HashSet<String>>,
+    pub granted: Option<Arc<HashSet<String>>>,
 }
 
 impl Caller {
@@ -125,7 +125,8 @@ pub fn authenticate(
                 .groups
                 .get(&group)
                 .map(|models| models.iter().cloned().collect::<HashSet<String>>())
-                .filter(|g| !g.is_empty() && !g.contains(crate::accounts::ALL_MODELS));
+                .filter(|g| !g.is_empty() && !g.contains(crate::accounts::ALL_MODELS))
+                .map(Arc::new);
             Ok(Caller {
                 identity: Some(id.identity),
                 key: None,

@@ -405,6 +405,7 @@ pub fn load_snapshot(conn: &Connection) -> OpResult<AccountsSnapshot> {
         let m = row.map_err(db_err)?;
         snap.models.insert(m.name.clone(), m);
     }
+    snap.index_grants();
     Ok(snap)
 }
 
