@@ -327,7 +327,7 @@ fn main() {
         let w = ttfb(weir_port, Some(&key), stream, 2000);
         let _ = writeln!(
             ttfb_text,
-            "- {}: time to first byte at one connection, median of 2,000: bare {bare:.0} µs, weir {w:.0} µs (+{:.0} µs)",
+            "- {}: time to first byte at one connection, median of 2,000: bare {bare:.0} µs, weir {w:.0} µs ({:+.0} µs)",
             if stream { "stream" } else { "json" },
             w - bare
         );
@@ -387,7 +387,7 @@ fn main() {
         .filter(|(_, c, _, _)| *c == 1)
         .map(|(m, _, _, d)| {
             format!(
-                "{m}: +{d:.0} µs {}",
+                "{m}: {d:+.0} µs {}",
                 if *d <= 50.0 {
                     "(≤ 50, met)"
                 } else {
