@@ -163,6 +163,60 @@ mod tests {
         assert_eq!(found(" {\n} \n"), None);
     }
 
+    /// Random documents, compact and pretty: the scanner agrees with serde_json.
+    #[test]
+    fn agrees_with_serde_on_random_documents() {
+        use rand::{Rng, SeedableRng};
+        use serde_json::{json, Value};
+        fn value(rng: &mut rand::rngs::StdRng, depth: u32) -> Value {
+            let words = ["usage", "a", "}", "]", "\\\"", "{\"usage\":1}", "é", ""];
+            match rng.gen_range(0..if depth > 3 { 4 } else { 6 }) {
+                0 => Value::Null,
+                1 => json!(rng.gen_range(-1000.0..1000.0)),
+                2 => json!(rng.gen_bool(0.5)),
+                3 => json!(words[rng.gen_range(0..words.len())]),
+                4 => Value::Array(
+                    (0..rng.gen_range(0..4))
+                        .map(|_| value(rng, depth + 1))
+                        .collect(),
+                ),
+                _ => Value::Object(
+                    (0..rng.gen_range(0..4))
+                        .map(|_| {
+                            (
+                                words[rng.gen_range(0..words.len())].to_string(),
+                                value(rng, depth + 1),
+                            )
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..2000 {
+            let mut doc = serde_json::Map::new();
+            for _ in 0..rng.gen_range(0..6) {
+                let k = ["usage", "choices", "id", "x"][rng.gen_range(0..4)];
+                doc.insert(k.to_string(), value(&mut rng, 1));
+            }
+            let doc = Value::Object(doc);
+            for text in [doc.to_string(), serde_json::to_string_pretty(&doc).unwrap()] {
+                // Compared with serde's reading of the same text (floats need not
+                // round-trip exactly).
+                let whole: Value = serde_json::from_str(&text).unwrap();
+                match top_level_field(text.as_bytes(), "usage") {
+                    Field::Found(raw) => assert_eq!(
+                        serde_json::from_slice::<Value>(raw).unwrap(),
+                        whole["usage"],
+                        "{text}"
+                    ),
+                    Field::Absent => assert!(doc.get("usage").is_none(), "{text}"),
+                    Field::Unsure => panic!("unsure on valid JSON: {text}"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn unsure_when_it_cannot_walk_with_certainty() {
         for body in [
