@@ -53,6 +53,8 @@ pub struct AccountsSnapshot {
     /// Each user key's grants (its own and its group's), built once per snapshot
     /// instead of once per request.
     pub grants: crate::FastMap<i64, Arc<HashSet<String>>>,
+    /// Each group's grants as a set (JWT callers are granted their group's).
+    pub group_grants: crate::FastMap<String, Arc<HashSet<String>>>,
 }
 
 /// Grants of `*` mean every model.
@@ -80,7 +82,7 @@ impl AccountsSnapshot {
         key.models.iter().chain(group).cloned().collect()
     }
 
-    /// Fills `grants` once keys and groups are loaded.
+    /// Fills `grants` and `group_grants` once keys and groups are loaded.
     pub fn index_grants(&mut self) {
         let grants = self
             .keys_by_id
@@ -89,6 +91,11 @@ impl AccountsSnapshot {
             .map(|k| (k.id, Arc::new(self.grants_of(k))))
             .collect();
         self.grants = grants;
+        self.group_grants = self
+            .groups
+            .iter()
+            .map(|(g, models)| (g.clone(), Arc::new(models.iter().cloned().collect())))
+            .collect();
     }
 }
 

@@ -85,7 +85,8 @@ pub fn access(line: &crate::proxy::AccessLine<'_>, format: weir_filters::config:
             };
             let _ = write!(out, "{now}  INFO weir::access: request");
             for (name, value) in [("gateway", l.gateway), ("endpoint", l.endpoint)] {
-                field(&mut out, name, "\"");
+                field(&mut out, name, "");
+                out.push(b'"');
                 out.extend_from_slice(value.as_bytes());
                 out.push(b'"');
             }

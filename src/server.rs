@@ -49,7 +49,7 @@ fn init_logging(format: LogFormat) {
 /// Transparent huge pages back each allocator region touched by a connection with
 /// 2 MiB: with 1,000 open streams RSS was 230 MiB with them and 96 MiB without (the
 /// load benchmark's memory run). A gateway gains nothing from them worth that.
-/// `main.rs` also calls this before the allocator's first mapping.
+/// `main.rs` calls this from an `.init_array` hook, before the allocator's first mapping.
 pub fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes a flag of
@@ -76,7 +76,6 @@ fn take_over_sighup() -> Result<(), String> {
 
 /// Runs weir on `path` until a signal stops it.
 pub fn serve(path: PathBuf) -> Result<(), String> {
-    disable_transparent_huge_pages();
     let (text, rt) = load(&path)?;
     init_logging(rt.server().log_format);
     // A panic message must not wait behind buffered log lines.

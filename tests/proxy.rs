@@ -519,6 +519,12 @@ async fn the_shipped_config_answers_from_the_mock_channel() {
         .nth(1)
         .expect("shipped config has channels");
     let weir = Weir::start(&format!("channels:{body}")).await;
+    // The process turned transparent huge pages off for itself (they tripled RSS with
+    // many open streams).
+    if cfg!(target_os = "linux") {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", weir.pid())).unwrap();
+        assert!(status.contains("THP_enabled:\t0"), "{status}");
+    }
     let client = reqwest::Client::new();
     let (s, b) = post(
         &client,

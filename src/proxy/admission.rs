@@ -122,11 +122,10 @@ pub fn authenticate(
             let granted = state
                 .accounts
                 .snapshot()
-                .groups
+                .group_grants
                 .get(&group)
-                .map(|models| models.iter().cloned().collect::<HashSet<String>>())
                 .filter(|g| !g.is_empty() && !g.contains(crate::accounts::ALL_MODELS))
-                .map(Arc::new);
+                .cloned();
             Ok(Caller {
                 identity: Some(id.identity),
                 key: None,

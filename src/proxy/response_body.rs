@@ -61,7 +61,8 @@ fn downstream_header(
     content_type: &str,
     known_len: Option<usize>,
 ) -> pingora_error::Result<ResponseHeader> {
-    // No case map: names go out lowercase, and each insert is one map write.
+    // No case map: each insert is one map write (Pingora writes the names it knows
+    // in their usual case, others lowercase).
     let mut h = ResponseHeader::build_no_case(status, Some(8))?;
     if let Some(up) = upstream {
         for (name, value) in up.headers.iter() {

@@ -313,7 +313,8 @@ fn request_header(
     accept: Option<&str>,
 ) -> Result<RequestHeader, AttemptError> {
     let bad = |e: Box<pingora_error::Error>| AttemptError::Io(e.to_string());
-    // No case map: names go out lowercase, and each insert is one map write.
+    // No case map: each insert is one map write (Pingora writes the names it knows
+    // in their usual case, others lowercase).
     let mut req =
         RequestHeader::build_no_case("POST", call.path.as_bytes(), Some(10)).map_err(bad)?;
     req.insert_header("host", authority).map_err(bad)?;

@@ -378,6 +378,10 @@ fn insert_sql(rows: usize) -> String {
     )
 }
 
+static INSERT_MANY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
+static INSERT_ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| insert_sql(1));
+
 /// The call log rows, `ROWS_PER_INSERT` to a statement and the rest one by one (two
 /// statements in rusqlite's small prepared-statement cache, not one per remainder).
 fn insert_rows(tx: &rusqlite::Transaction<'_>, events: &[UsageEvent]) -> rusqlite::Result<()> {
@@ -393,31 +397,36 @@ fn insert_rows(tx: &rusqlite::Transaction<'_>, events: &[UsageEvent]) -> rusqlit
             ]
         })
         .collect();
-    let rows: Vec<(&UsageEvent, &[i64; 3])> = events.iter().zip(&counts).collect();
     let mut values: Vec<&dyn ToSql> = Vec::with_capacity(13 * ROWS_PER_INSERT);
-    let full = rows.len() / ROWS_PER_INSERT * ROWS_PER_INSERT;
-    let (whole, rest) = rows.split_at(full);
-    for rows in whole.chunks(ROWS_PER_INSERT).chain(rest.chunks(1)) {
-        values.clear();
-        for (ev, [prompt, completion, latency]) in rows {
-            values.extend([
-                &ev.ts as &dyn ToSql,
-                &ev.key_id,
-                &ev.identity,
-                &ev.gateway,
-                &ev.model,
-                &ev.channel,
-                prompt,
-                completion,
-                &ev.cost,
-                &ev.estimated,
-                &ev.status,
-                latency,
-                &ev.stream,
-            ]);
+    let full = events.len() / ROWS_PER_INSERT * ROWS_PER_INSERT;
+    let statements = [(0..full, ROWS_PER_INSERT), (full..events.len(), 1)];
+    for (range, per) in statements {
+        let sql: &str = if per == 1 { &INSERT_ONE } else { &INSERT_MANY };
+        let mut stmt = tx.prepare_cached(sql)?;
+        for (rows, counts) in events[range.clone()]
+            .chunks(per)
+            .zip(counts[range].chunks(per))
+        {
+            values.clear();
+            for (ev, [prompt, completion, latency]) in rows.iter().zip(counts) {
+                values.extend([
+                    &ev.ts as &dyn ToSql,
+                    &ev.key_id,
+                    &ev.identity,
+                    &ev.gateway,
+                    &ev.model,
+                    &ev.channel,
+                    prompt,
+                    completion,
+                    &ev.cost,
+                    &ev.estimated,
+                    &ev.status,
+                    latency,
+                    &ev.stream,
+                ]);
+            }
+            stmt.execute(values.as_slice())?;
         }
-        tx.prepare_cached(&insert_sql(rows.len()))?
-            .execute(values.as_slice())?;
     }
     Ok(())
 }
