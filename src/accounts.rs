@@ -532,5 +532,20 @@ mod tests {
         key.models.clear();
         key.role = Role::Admin;
         assert!(snap.granted(&key).is_none());
+        // Indexed once per snapshot: the same answers, from the index.
+        key.role = Role::User;
+        key.models = vec!["b".into()];
+        snap.keys_by_id.insert(1, Arc::new(key.clone()));
+        snap.groups.insert("open".into(), vec![ALL_MODELS.into()]);
+        snap.index_grants();
+        assert_eq!(snap.grants.len(), 1);
+        let g = snap.granted(&key).unwrap();
+        assert!(Arc::ptr_eq(&g, &snap.grants[&1]), "served from the index");
+        assert!(g.contains("a") && g.contains("b") && g.len() == 2);
+        assert_eq!(
+            snap.group_grants["team"].iter().collect::<Vec<_>>(),
+            vec!["a"]
+        );
+        assert!(snap.group_grants["open"].contains(ALL_MODELS));
     }
 }

@@ -227,6 +227,45 @@ fn hs(alg: Algorithm, claims: Value, secret: &str) -> String {
 }
 
 #[tokio::test]
+async fn jwt_callers_get_their_groups_grants() {
+    let up = Upstream::start("jwtgroup").await;
+    let secret = "group-signing-secret-0123456789ab";
+    let weir = Weir::start(&config(
+        &up,
+        &format!("  - {{name: default, path: /v1, auth: {{method: jwt, jwt: {{secret: '{secret}', algorithms: [HS256], group_claim: team}}}}}}\n"),
+    ))
+    .await;
+    let (s, _) = weir
+        .admin(
+            "POST",
+            "/admin/groups",
+            Some(json!({"name": "team-a", "models": ["n"]})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let token = |team: &str| {
+        hs(
+            Algorithm::HS256,
+            json!({"sub": "bob", "team": team, "exp": now() + 300}),
+            secret,
+        )
+    };
+    let a = token("team-a");
+    assert_eq!(status(&weir, &a, "n").await, 200);
+    let (s, b) = call(&weir, "/v1/chat/completions", Some(&a), &chat("m", false)).await;
+    assert_eq!((s, code(&b).as_str()), (403, "model_not_allowed"));
+    // A group the store does not know limits nothing.
+    assert_eq!(status(&weir, &token("team-z"), "m").await, 200);
+    // A grant change counts on the next request.
+    let (s, _) = weir
+        .admin("PUT", "/admin/groups/team-a/models", Some(json!(["m"])))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(status(&weir, &a, "m").await, 200);
+    assert_eq!(status(&weir, &a, "n").await, 403);
+}
+
+#[tokio::test]
 async fn jwt_gateways_refuse_expired_tampered_wrong_algorithm_and_none() {
     let up = Upstream::start("jwt").await;
     let secret = "team-a-signing-secret-0123456789";
