@@ -18,6 +18,9 @@ fn config(up: &Upstream, gateways: &str) -> String {
     )
 }
 
+/// The usual gateway of these tests: `/v1`, keys from the store.
+const DB_GATEWAY: &str = "  - {name: default, path: /v1, auth: {method: database}}\n";
+
 async fn call(weir: &Weir, path: &str, key: Option<&str>, body: &Value) -> (u16, String) {
     let mut req = reqwest::Client::new().post(weir.url(path)).json(body);
     if let Some(k) = key {
@@ -51,11 +54,7 @@ fn now() -> u64 {
 #[tokio::test]
 async fn database_keys_live_and_die_at_once() {
     let up = Upstream::start("db").await;
-    let weir = Weir::start(&config(
-        &up,
-        "  - {name: default, path: /v1, auth: {method: database}}\n",
-    ))
-    .await;
+    let weir = Weir::start(&config(&up, DB_GATEWAY)).await;
     let (id, key) = weir
         .create_key(json!({"name": "alice", "models": ["*"]}))
         .await;
@@ -613,11 +612,7 @@ async fn allow_beats_deny_and_lists_see_ip_secret_and_time() {
 #[tokio::test]
 async fn grants_are_the_union_of_key_and_group_and_models_list_them() {
     let up = Upstream::start("grants").await;
-    let weir = Weir::start(&config(
-        &up,
-        "  - {name: default, path: /v1, auth: {method: database}}\n",
-    ))
-    .await;
+    let weir = Weir::start(&config(&up, DB_GATEWAY)).await;
     let (s, _) = weir
         .admin(
             "POST",
@@ -801,11 +796,7 @@ async fn catch_all_requests_are_priced_by_the_model_asked_for_and_aborts_are_bil
 #[tokio::test]
 async fn user_keys_see_only_their_own_data() {
     let up = Upstream::start("me").await;
-    let weir = Weir::start(&config(
-        &up,
-        "  - {name: default, path: /v1, auth: {method: database}}\n",
-    ))
-    .await;
+    let weir = Weir::start(&config(&up, DB_GATEWAY)).await;
     let (mine, key) = weir
         .create_key(json!({"name": "me", "models": ["*"]}))
         .await;
@@ -872,11 +863,7 @@ async fn user_keys_see_only_their_own_data() {
 #[tokio::test]
 async fn admin_api_refuses_bad_input_clearly() {
     let up = Upstream::start("bad").await;
-    let weir = Weir::start(&config(
-        &up,
-        "  - {name: default, path: /v1, auth: {method: database}}\n",
-    ))
-    .await;
+    let weir = Weir::start(&config(&up, DB_GATEWAY)).await;
     for (method, path, body, status) in [
         ("POST", "/admin/keys", json!({"name": ""}), 400),
         (
@@ -954,14 +941,7 @@ async fn admin_api_refuses_bad_input_clearly() {
 async fn usage_totals_match_the_upstream_exactly_after_a_streaming_burst() {
     let up = Upstream::start("burst").await;
     up.set_chunk_delay(Duration::from_millis(2));
-    let mut weir = Weir::start_with_server(
-        &config(
-            &up,
-            "  - {name: default, path: /v1, auth: {method: database}}\n",
-        ),
-        "  grace_period: 1s",
-    )
-    .await;
+    let mut weir = Weir::start_with_server(&config(&up, DB_GATEWAY), "  grace_period: 1s").await;
     let (id, key) = weir.create_key(json!({"name": "k", "models": ["*"]})).await;
     let tasks: Vec<_> = (0..40)
         .map(|i| {
@@ -1042,11 +1022,7 @@ async fn usage_totals_match_the_upstream_exactly_after_a_streaming_burst() {
 #[tokio::test]
 async fn the_keys_cli_works_beside_a_running_gateway() {
     let up = Upstream::start("cli").await;
-    let weir = Weir::start(&config(
-        &up,
-        "  - {name: default, path: /v1, auth: {method: database}}\n",
-    ))
-    .await;
+    let weir = Weir::start(&config(&up, DB_GATEWAY)).await;
     let run = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["keys"])
