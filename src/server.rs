@@ -6,8 +6,7 @@ use crate::proxy::Weir;
 use crate::reload::Reloader;
 use crate::state::AppState;
 use crate::store::Store;
-use pingora_core::connectors::http::Connector;
-use pingora_core::connectors::ConnectorOptions;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -112,7 +111,7 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), conf);
     server.bootstrap();
 
-    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
+    let connector = TransportConnector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
     let accounts = Arc::new(Accounts::default());

@@ -8,7 +8,7 @@ use crate::health::{HealthId, HealthRegistry};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use arc_swap::ArcSwap;
-use pingora_core::connectors::http::Connector;
+use pingora_core::connectors::TransportConnector;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,8 +24,9 @@ pub struct AppState {
     loaded_text: Mutex<String>,
     pub health: HealthRegistry,
     pub dns: DnsCache,
-    /// One pooled upstream connector for every request: keep-alive across requests.
-    pub connector: Connector,
+    /// One pool of upstream connections for every request: keep-alive across
+    /// requests. Weir speaks HTTP/1.1 on them itself (`proxy::upstream_peer`).
+    pub connector: TransportConnector,
     pub metrics: Metrics,
     /// Keys, money and limiter counters.
     pub accounts: Arc<Accounts>,
@@ -64,7 +65,7 @@ impl AppState {
         config_path: PathBuf,
         text: String,
         runtime: Runtime,
-        connector: Connector,
+        connector: TransportConnector,
         accounts: Arc<Accounts>,
         store: Store,
     ) -> Result<Self, String> {

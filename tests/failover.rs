@@ -411,3 +411,104 @@ async fn a_failed_trial_suspends_again_and_nothing_left_gives_503() {
     assert_eq!(post(&client, &url, &chat("m", false)).await.0, 503);
     assert_eq!(only.calls(), 2);
 }
+
+/// An upstream that answers the first request on each connection and closes the
+/// connection when a second one arrives on it, unanswered: the race every server
+/// that drops idle keep-alive connections loses now and then. Counts the requests
+/// it answered and the ones it dropped.
+async fn closing_upstream() -> (u16, std::sync::Arc<[std::sync::atomic::AtomicUsize; 2]>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let counts = std::sync::Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let counter = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                for nth in 0.. {
+                    // One request: its head, then `content-length` bytes of body.
+                    let body_start = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..body_start]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < body_start + len {
+                        match s.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    }
+                    if nth > 0 {
+                        counter[1].fetch_add(1, Ordering::SeqCst);
+                        return; // closed, nothing answered
+                    }
+                    let body: Value =
+                        serde_json::from_slice(&buf[body_start..body_start + len]).unwrap();
+                    buf.drain(..body_start + len);
+                    counter[0].fetch_add(1, Ordering::SeqCst);
+                    let answer = format!(
+                        r#"{{"id":"x","object":"chat.completion","model":"{}","choices":[{{"index":0,"message":{{"role":"assistant","content":"hi"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}}}"#,
+                        body["model"].as_str().unwrap_or("")
+                    );
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    if s.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, counts)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_dropped_is_replaced_not_failed() {
+    let (port, counts) = closing_upstream().await;
+    let cfg = format!(
+        "channels:\n  - {{name: closer, type: openai, base_url: 'http://127.0.0.1:{port}', models: [m]}}\n"
+    );
+    let weir = Weir::start(&cfg).await;
+    let client = reqwest::Client::new();
+    for i in 0..5 {
+        let (status, text) = post(
+            &client,
+            &weir.url("/v1/chat/completions"),
+            &chat("m", false),
+        )
+        .await;
+        assert_eq!(status, 200, "request {i}: {text}");
+    }
+    let answered = counts[0].load(std::sync::atomic::Ordering::SeqCst);
+    let dropped = counts[1].load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(answered, 5);
+    // Each request after the first found its pooled connection dropped (unless the
+    // pool noticed the close first) and went again on a fresh one.
+    assert!(dropped >= 1, "the stale connection path was never taken");
+    // A stale pooled connection is not the channel's fault: no failed attempt, no
+    // retry, and the channel stays healthy.
+    let metrics = weir
+        .wait_metric("weir_upstream_attempts_total", &[("outcome", "ok")], 5.0)
+        .await;
+    assert_eq!(
+        metric_sum(&metrics, "weir_upstream_attempts_total", &[]),
+        5.0
+    );
+    assert_eq!(metric_sum(&metrics, "weir_retries_total", &[]), 0.0);
+}

@@ -9,6 +9,7 @@
 //! | `limits` | `request_filter`: rate-limit rules and windows |
 //! | `request_body` | `request_body_filter`: parse, map, rewrite |
 //! | `upstream_peer` | `upstream_peer`: channel order, retries, failover |
+//! | `upstream_request` | `upstream_request_filter`: the request's bytes on the wire |
 //! | `health` | passive health of channels and keys |
 //! | `response_body` | `response_body_filter`: SSE tap, usage |
 //! | `usage` | token counts and estimates |
@@ -28,6 +29,7 @@ pub mod request_body;
 pub mod response_body;
 pub mod route;
 pub mod upstream_peer;
+pub mod upstream_request;
 pub mod usage;
 
 pub use error::GatewayError;

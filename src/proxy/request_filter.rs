@@ -412,8 +412,9 @@ async fn proxy(
         base: server.backoff.base.0,
         max: server.backoff.max.0,
     };
-    // A Send rng: the loop awaits. Seeding from the thread rng costs no syscall.
-    let mut rng = rand::rngs::StdRng::from_rng(rand::thread_rng())
+    // A Send rng: the loop awaits. It only spreads load over weighted channels, so a
+    // small fast one, seeded from the thread rng (no syscall), is enough.
+    let mut rng = rand::rngs::SmallRng::from_rng(rand::thread_rng())
         .map_err(|e| GatewayError::Internal(e.to_string()))?;
     let mut failover = Failover::new(
         &routes,
@@ -537,7 +538,18 @@ async fn proxy(
             key.map(|k| format!(" key {}", weir_filters::config::key_hint(k)))
                 .unwrap_or_default()
         };
-        match exchange(state, session, channel, key, &out, server.dns_ttl.0).await {
+        // Boxed, like the connect and release futures: a request's future is kept for
+        // as long as its stream is relayed, and should not reserve room for them.
+        match Box::pin(exchange(
+            state,
+            session,
+            channel,
+            key,
+            &out,
+            server.dns_ttl.0,
+        ))
+        .await
+        {
             Ok(answer) => {
                 refused = None;
                 let verdict = judge(state, &policy, backoff.max, channel, key, &answer);

@@ -82,7 +82,7 @@ fn downstream_header(
 
 enum Source {
     Upstream {
-        up: Box<pingora_core::protocols::http::client::HttpSession>,
+        up: Box<super::upstream_peer::Upstream>,
         peer: Box<pingora_core::upstreams::peer::HttpPeer>,
     },
     Mock(std::vec::IntoIter<Bytes>),
@@ -169,7 +169,9 @@ pub async fn relay(
     )
     .await;
     match &pumped {
-        Ok(()) => finish(state, source).await,
+        // Boxed: its future would otherwise be reserved in every relay for the
+        // whole stream.
+        Ok(()) => Box::pin(finish(state, source)).await,
         Err(_) => shutdown(source).await,
     }
     // Only an answer that ended cleanly is cached.
@@ -222,7 +224,7 @@ async fn pump(
         let next = match source {
             Source::Mock(chunks) => Ok(chunks.next()),
             Source::Upstream { up, .. } => {
-                match tokio::time::timeout_at(plan.deadline.into(), up.read_response_body()).await {
+                match tokio::time::timeout_at(plan.deadline.into(), up.read_body_bytes()).await {
                     Ok(Ok(chunk)) => Ok(chunk),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err("the channel's total timeout ran out".to_string()),
@@ -243,7 +245,7 @@ async fn pump(
         if let Source::Upstream { up, .. } = source {
             let mut more: Option<BytesMut> = None;
             for _ in 0..MAX_COALESCED {
-                match ready_now(up.read_response_body()) {
+                match ready_now(up.read_body_bytes()) {
                     Some(Ok(Some(c))) => more
                         .get_or_insert_with(|| BytesMut::from(&chunk[..]))
                         .extend_from_slice(&c),
@@ -411,11 +413,8 @@ async fn usage_of(is_sse: bool, tap: SseTap, kept: &[u8], request: &JsonBody) ->
 /// Returns a finished upstream connection to the pool.
 async fn finish(state: &AppState, source: Source) {
     if let Source::Upstream { mut up, peer } = source {
-        if up.response_done() {
-            state
-                .connector
-                .release_http_session(*up, peer.as_ref(), peer.options.idle_timeout)
-                .await;
+        if up.is_body_done() {
+            super::upstream_peer::release(state, *up, peer.as_ref()).await;
         } else {
             up.shutdown().await;
         }

@@ -8,25 +8,30 @@ use super::ctx::Ctx;
 use crate::health::HealthId;
 use crate::state::AppState;
 use bytes::Bytes;
-use http::HeaderValue;
-use pingora_core::protocols::http::client::HttpSession;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::ErrorType;
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_core::protocols::Stream;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_error::{ErrorType, RetryType};
+use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::time::{Duration, Instant};
-use weir_filters::adapters::{self, Outgoing};
+use tokio::io::AsyncWriteExt;
+use weir_filters::adapters;
 use weir_filters::config::{Channel, ChannelType};
 use weir_filters::health::HealthPolicy;
 use weir_filters::mock::{self, MockAnswer};
 use weir_filters::request_body::JsonBody;
 use weir_filters::route::Endpoint;
 use weir_filters::upstream_peer::{parse_retry_after, verdict_for_status, Verdict};
+use weir_filters::upstream_request::{self, RequestHead};
+
+/// An HTTP/1.1 session with an upstream. Weir writes the request itself (one
+/// buffer, see `weir_filters::upstream_request`) and lets Pingora read the answer.
+pub type Upstream = pingora_core::protocols::http::v1::client::HttpSession;
 
 /// An upstream that answered with a status line and headers.
 pub enum Answer {
     Upstream {
-        up: Box<HttpSession>,
+        up: Box<Upstream>,
         peer: Box<HttpPeer>,
         header: Box<ResponseHeader>,
     },
@@ -178,21 +183,28 @@ pub async fn exchange(
 
     let wait = channel.first_byte_timeout.min(channel.total_timeout);
     let deadline = Instant::now() + wait;
+    let head = RequestHead {
+        authority: upstream.authority.as_str(),
+        path: &call.path,
+        accept: out.accept,
+        headers: &call.headers,
+    };
+    let mut wire = Vec::new();
+    let inline = upstream_request::encode(&head, &call.body, &mut wire)
+        .map_err(|e| AttemptError::Io(e.to_string()))?;
     let mut stale = 0;
     loop {
         // Boxed: the connect future is ~9 KiB and would otherwise stay reserved in
         // every request's future for as long as its stream is relayed.
-        let (mut up, reused) = Box::pin(state.connector.get_http_session(&peer))
+        let (mut stream, reused) = Box::pin(state.connector.get_stream(&peer))
             .await
             .map_err(|e| classify_error(&e))?;
-        let req = request_header(upstream.authority.as_str(), &call, out.accept)?;
-        up.set_read_timeout(Some(channel.first_byte_timeout));
-
         let sent = async {
-            up.write_request_header(Box::new(req)).await?;
-            up.write_request_body(call.body.clone(), true).await?;
-            up.finish_request_body().await?;
-            up.read_response_header().await
+            write_request(&mut stream, &wire, (!inline).then_some(&call.body[..])).await?;
+            let mut up = Upstream::new_with_options(stream, &peer);
+            up.read_timeout = Some(channel.first_byte_timeout);
+            up.read_response().await?;
+            Ok::<_, Box<pingora_error::Error>>(up)
         };
         // Watch the client while the upstream thinks: if it leaves, stop at once.
         let downstream = session.as_downstream_mut();
@@ -204,8 +216,8 @@ pub async fn exchange(
             _ = downstream.read_body_or_idle(true) => return Err(AttemptError::ClientGone),
         };
         match result {
-            Ok(()) => {
-                let Some(header) = up.response_header().cloned() else {
+            Ok(up) => {
+                let Some(header) = up.resp_header().cloned() else {
                     return Err(AttemptError::Io("no response header".into()));
                 };
                 let sse = header
@@ -247,10 +259,46 @@ pub async fn exchange(
     }
 }
 
+/// Writes the request: the head (with the body, when it was small enough to go
+/// along) in one write, then a large body.
+async fn write_request(
+    stream: &mut Stream,
+    wire: &[u8],
+    body: Option<&[u8]>,
+) -> pingora_error::Result<()> {
+    let failed = |e: std::io::Error| {
+        // An OS error on a pooled connection is most likely the upstream having
+        // closed it while idle, as Pingora judges read errors on reused connections.
+        let stale = e.raw_os_error().is_some();
+        let mut e =
+            pingora_error::Error::because(ErrorType::WriteError, "while writing the request", e);
+        if stale {
+            e.retry = RetryType::ReusedOnly;
+        }
+        e
+    };
+    stream.write_all(wire).await.map_err(failed)?;
+    if let Some(body) = body {
+        stream.write_all(body).await.map_err(failed)?;
+    }
+    stream.flush().await.map_err(failed)
+}
+
+/// Returns a finished upstream connection to the pool, or closes it if it cannot
+/// be reused (unread body, `Connection: close`, HTTP/1.0 without keep-alive).
+pub async fn release(state: &AppState, mut up: Upstream, peer: &HttpPeer) {
+    up.respect_keepalive();
+    if let Some(stream) = up.reuse().await {
+        state
+            .connector
+            .release_stream(stream, peer.reuse_hash(), peer.options.idle_timeout);
+    }
+}
+
 /// Reads a provider's whole JSON answer and turns it into OpenAI's shape.
 async fn read_translated(
     state: &AppState,
-    mut up: HttpSession,
+    mut up: Upstream,
     peer: &HttpPeer,
     header: &ResponseHeader,
     channel: &Channel,
@@ -261,7 +309,7 @@ async fn read_translated(
     let status = header.status.as_u16();
     let mut body = Vec::new();
     let read = async {
-        while let Some(chunk) = up.read_response_body().await.map_err(|e| e.to_string())? {
+        while let Some(chunk) = up.read_body_bytes().await.map_err(|e| e.to_string())? {
             if body.len() + chunk.len() > LIMIT {
                 return Err("the answer is too large to translate".to_string());
             }
@@ -282,11 +330,8 @@ async fn read_translated(
             ));
         }
     }
-    if up.response_done() {
-        state
-            .connector
-            .release_http_session(up, peer, peer.options.idle_timeout)
-            .await;
+    if up.is_body_done() {
+        release(state, up, peer).await;
     } else {
         up.shutdown().await;
     }
@@ -307,42 +352,6 @@ async fn read_translated(
     })
 }
 
-fn request_header(
-    authority: &str,
-    call: &Outgoing,
-    accept: Option<&str>,
-) -> Result<RequestHeader, AttemptError> {
-    let bad = |e: Box<pingora_error::Error>| AttemptError::Io(e.to_string());
-    // No case map: each insert is one map write (Pingora writes the names it knows
-    // in their usual case, others lowercase).
-    let mut req =
-        RequestHeader::build_no_case("POST", call.path.as_bytes(), Some(10)).map_err(bad)?;
-    req.insert_header("host", authority).map_err(bad)?;
-    req.insert_header("content-type", HeaderValue::from_static("application/json"))
-        .map_err(bad)?;
-    let accept = match accept {
-        Some(a) => HeaderValue::from_str(a).map_err(|_| AttemptError::Io("bad accept".into()))?,
-        None => HeaderValue::from_static("application/json, text/event-stream"),
-    };
-    req.insert_header("accept", accept).map_err(bad)?;
-    // Usage and SSE are read as they pass: no compressed answers.
-    req.insert_header("accept-encoding", HeaderValue::from_static("identity"))
-        .map_err(bad)?;
-    req.insert_header(
-        "user-agent",
-        HeaderValue::from_static(concat!("weir/", env!("CARGO_PKG_VERSION"))),
-    )
-    .map_err(bad)?;
-    req.insert_header("content-length", HeaderValue::from(call.body.len()))
-        .map_err(bad)?;
-    for (name, value) in &call.headers {
-        req.insert_header(*name, value.as_str()).map_err(|_| {
-            AttemptError::Io("a channel key or setting is not a valid header value".into())
-        })?;
-    }
-    Ok(req)
-}
-
 /// Reads and drops a failed answer so its connection can be reused; gives the error
 /// code (never the message, which may quote the key) for the summary.
 pub async fn discard(state: &AppState, answer: Answer) -> Option<String> {
@@ -360,7 +369,7 @@ pub async fn discard(state: &AppState, answer: Answer) -> Option<String> {
     const LIMIT: usize = 64 * 1024;
     let mut body = Vec::new();
     let drained = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Ok(Some(chunk)) = up.read_response_body().await {
+        while let Ok(Some(chunk)) = up.read_body_bytes().await {
             if body.len() + chunk.len() > LIMIT {
                 return false;
             }
@@ -370,11 +379,8 @@ pub async fn discard(state: &AppState, answer: Answer) -> Option<String> {
     })
     .await
     .unwrap_or(false);
-    if drained && up.response_done() {
-        state
-            .connector
-            .release_http_session(*up, peer.as_ref(), peer.options.idle_timeout)
-            .await;
+    if drained && up.is_body_done() {
+        release(state, *up, peer.as_ref()).await;
     } else {
         up.shutdown().await;
     }

@@ -1,0 +1,191 @@
+//! The upstream request as it goes on the wire. Weir writes the request line, the
+//! headers and (up to `INLINE_BODY_MAX`) the body from one buffer, so a whole request
+//! leaves in one `send`: Pingora's client session flushes its header on its own and
+//! sends the body in a second segment, which costs a syscall and a wake-up on each
+//! side of the connection for every request.
+
+/// Bodies up to this size are copied behind the header; larger ones are written
+/// after it, where the copy would cost more than the second write.
+pub const INLINE_BODY_MAX: usize = 64 * 1024;
+
+/// What the upstream request carries besides its body.
+pub struct RequestHead<'a> {
+    /// `host[:port]` as the upstream expects it in `Host`.
+    pub authority: &'a str,
+    /// Path and query on the upstream.
+    pub path: &'a str,
+    /// The client's `Accept`, passed on; `None` asks for JSON or SSE.
+    pub accept: Option<&'a str>,
+    /// The provider's authentication and protocol headers (lowercase names).
+    pub headers: &'a [(&'static str, String)],
+}
+
+/// A part of the request that cannot be written without breaking its framing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WireError {
+    /// The path is empty, relative, or holds a space or control byte.
+    Path,
+    /// The named header's value holds a control byte (CR or LF would split it).
+    Value(&'static str),
+    /// A header name is not an HTTP token.
+    Name(&'static str),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::Path => write!(f, "the upstream path is not a valid request target"),
+            WireError::Value(name) => write!(f, "the `{name}` header value is not valid"),
+            WireError::Name(name) => write!(f, "`{name}` is not a valid header name"),
+        }
+    }
+}
+
+const USER_AGENT: &str = concat!("weir/", env!("CARGO_PKG_VERSION"));
+
+/// The request's bytes: head, then the body when it is at most `INLINE_BODY_MAX`.
+/// Returns whether the body is included; if not, the caller writes it next.
+pub fn encode(head: &RequestHead<'_>, body: &[u8], out: &mut Vec<u8>) -> Result<bool, WireError> {
+    if !valid_target(head.path) {
+        return Err(WireError::Path);
+    }
+    let inline = body.len() <= INLINE_BODY_MAX;
+    out.reserve(256 + head.path.len() + if inline { body.len() } else { 0 });
+    out.extend_from_slice(b"POST ");
+    out.extend_from_slice(head.path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    field(out, "Host", head.authority)?;
+    out.extend_from_slice(b"Content-Type: application/json\r\n");
+    field(
+        out,
+        "Accept",
+        head.accept.unwrap_or("application/json, text/event-stream"),
+    )?;
+    // Usage and SSE are read as they pass: no compressed answers.
+    out.extend_from_slice(b"Accept-Encoding: identity\r\nUser-Agent: ");
+    out.extend_from_slice(USER_AGENT.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in head.headers {
+        if name.is_empty() || !name.bytes().all(is_token) {
+            return Err(WireError::Name(name));
+        }
+        field(out, name, value)?;
+    }
+    out.extend_from_slice(b"\r\n");
+    if inline {
+        out.extend_from_slice(body);
+    }
+    Ok(inline)
+}
+
+fn field(out: &mut Vec<u8>, name: &'static str, value: &str) -> Result<(), WireError> {
+    // RFC 9110 §5.5: visible characters, spaces and tabs, and obs-text; no CR, LF, NUL.
+    if !value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    {
+        return Err(WireError::Value(name));
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.trim().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// An origin-form request target: `/` then visible ASCII (RFC 9112 §3.2).
+fn valid_target(path: &str) -> bool {
+    path.starts_with('/') && path.bytes().all(|b| b > 0x20 && b < 0x7f)
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head<'a>(path: &'a str, headers: &'a [(&'static str, String)]) -> RequestHead<'a> {
+        RequestHead {
+            authority: "api.example.com",
+            path,
+            accept: None,
+            headers,
+        }
+    }
+
+    #[test]
+    fn a_small_request_is_one_buffer_that_httparse_reads_back() {
+        let headers = [("authorization", "Bearer sk-1".to_string())];
+        let body = br#"{"model":"m"}"#;
+        let mut out = Vec::new();
+        let inline = encode(&head("/v1/chat/completions?x=1", &headers), body, &mut out);
+        assert_eq!(inline, Ok(true));
+        let mut parsed = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut parsed);
+        let httparse::Status::Complete(n) = req.parse(&out).expect("parses") else {
+            panic!("incomplete head")
+        };
+        assert_eq!(req.method, Some("POST"));
+        assert_eq!(req.path, Some("/v1/chat/completions?x=1"));
+        let get = |name: &str| {
+            req.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| std::str::from_utf8(h.value).expect("utf-8"))
+        };
+        assert_eq!(get("host"), Some("api.example.com"));
+        assert_eq!(get("content-length"), Some("13"));
+        assert_eq!(get("authorization"), Some("Bearer sk-1"));
+        assert_eq!(get("accept-encoding"), Some("identity"));
+        assert_eq!(get("accept"), Some("application/json, text/event-stream"));
+        assert_eq!(&out[n..], body);
+    }
+
+    #[test]
+    fn a_large_body_is_left_for_a_second_write() {
+        let body = vec![b'x'; INLINE_BODY_MAX + 1];
+        let mut out = Vec::new();
+        assert_eq!(
+            encode(&head("/v1/embeddings", &[]), &body, &mut out),
+            Ok(false)
+        );
+        assert!(out.ends_with(b"\r\n\r\n"));
+        let text = String::from_utf8(out).expect("ascii head");
+        assert!(text.contains(&format!("Content-Length: {}\r\n", body.len())));
+    }
+
+    #[test]
+    fn nothing_can_split_the_head() {
+        let mut out = Vec::new();
+        for path in ["", "v1/x", "/a b", "/a\r\nx: y", "/ü"] {
+            assert_eq!(
+                encode(&head(path, &[]), b"{}", &mut out),
+                Err(WireError::Path),
+                "{path:?}"
+            );
+        }
+        let injected = [("x-api-key", "k\r\nx-evil: 1".to_string())];
+        assert_eq!(
+            encode(&head("/v1", &injected), b"{}", &mut out),
+            Err(WireError::Value("x-api-key"))
+        );
+        let bad_name = [("x key", "v".to_string())];
+        assert_eq!(
+            encode(&head("/v1", &bad_name), b"{}", &mut out),
+            Err(WireError::Name("x key"))
+        );
+        let accept = RequestHead {
+            accept: Some("text/event-stream\nx: y"),
+            ..head("/v1", &[])
+        };
+        assert_eq!(
+            encode(&accept, b"{}", &mut out),
+            Err(WireError::Value("Accept"))
+        );
+    }
+}
