@@ -91,7 +91,33 @@ fn channel_pick(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, body_rewrite, sse_usage, channel_pick);
+/// The upstream request's bytes: head with a provider key, and a 2 KB body behind it.
+fn upstream_request(c: &mut Criterion) {
+    use weir_filters::upstream_request::{encode, RequestHead};
+    let headers = [("authorization", "Bearer sk-upstream-bench-key".to_string())];
+    let body = chat_body(2 * 1024);
+    let head = RequestHead {
+        authority: "api.example.com",
+        path: "/v1/chat/completions",
+        accept: Some("text/event-stream"),
+        headers: &headers,
+    };
+    c.bench_function("upstream_request_head_and_2KB_body", |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            let inline = encode(black_box(&head), black_box(&body), &mut out);
+            black_box((inline, out))
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    body_rewrite,
+    sse_usage,
+    channel_pick,
+    upstream_request
+);
 
 /// Key extraction and lookup, JWT verification and the rate-limit check: the
 /// admission work every authenticated request does.

@@ -102,6 +102,21 @@ fn proc_stats(pid: u32) -> (f64, u64) {
     (cpu, rss)
 }
 
+/// Resident memory split as the kernel counts it: anonymous (heap, stacks) and
+/// file-backed (the binary's pages that were read), in KiB.
+fn rss_parts(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("RssAnon:"), field("RssFile:"))
+}
+
 #[derive(Clone, Copy, Default)]
 struct Run {
     rps: f64,
@@ -250,25 +265,31 @@ fn main() {
         ],
         &dir.join("bare-slow.log"),
     );
-    let config = dir.join("weir.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "server:\n  listen: 127.0.0.1:{weir_port}\n  admin_listen: 127.0.0.1:{admin_port}\n  threads: 2\n  grace_period: 1s\nstorage:\n  sqlite: {db}\nmodels:\n  - {{name: bench, price_in: 0.5, price_out: 1.5}}\nchannels:\n  - {{name: bench, type: openai, base_url: 'http://127.0.0.1:{up_port}', keys: [sk-upstream-bench-key], models: [bench]}}\n  - {{name: slow, type: openai, base_url: 'http://127.0.0.1:{slow_port}', models: [slow], timeouts: {{first_byte: 120s, total: 1h}}}}\ngateways:\n  - name: default\n    path: /v1\n    auth: {{method: database}}\n    rate_limits: ['secret:100000000/minute']\n",
-            // Apart from the config: weir watches the config's directory.
-            db = dir.join("db").join("weir.db").display()
-        ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    // weir with a realistic config: database keys, a `secret:` rate limit that does
+    // not trigger, usage accounting, metrics and the access log.
     let weir_bin = bins.join("weir");
-    let created = Command::new(&weir_bin)
-        .args(["keys", "create", "--name", "bench", "--models", "*", "-c"])
-        .arg(&config)
-        .output()
+    let setup = |name: &str, port: u16, admin: u16| -> (PathBuf, String) {
+        let config = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "server:\n  listen: 127.0.0.1:{port}\n  admin_listen: 127.0.0.1:{admin}\n  threads: 2\n  grace_period: 1s\nstorage:\n  sqlite: {db}\nmodels:\n  - {{name: bench, price_in: 0.5, price_out: 1.5}}\nchannels:\n  - {{name: bench, type: openai, base_url: 'http://127.0.0.1:{up_port}', keys: [sk-upstream-bench-key], models: [bench]}}\n  - {{name: slow, type: openai, base_url: 'http://127.0.0.1:{slow_port}', models: [slow], timeouts: {{first_byte: 120s, total: 1h}}}}\ngateways:\n  - name: default\n    path: /v1\n    auth: {{method: database}}\n    rate_limits: ['secret:100000000/minute']\n",
+                // Apart from the config: weir watches the config's directory.
+                db = dir.join(format!("db-{name}")).join("weir.db").display()
+            ),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
-    let created: serde_json::Value =
-        serde_json::from_slice(&created.stdout).unwrap_or_else(|e| panic!("weir keys create: {e}"));
-    let key = created["key"].as_str().unwrap_or_default().to_string();
+        let created = Command::new(&weir_bin)
+            .args(["keys", "create", "--name", "bench", "--models", "*", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let created: serde_json::Value = serde_json::from_slice(&created.stdout)
+            .unwrap_or_else(|e| panic!("weir keys create: {e}"));
+        let key = created["key"].as_str().unwrap_or_default().to_string();
+        (config, key)
+    };
+    let (config, key) = setup("weir", weir_port, admin_port);
     let weir = spawn(
         &weir_bin,
         &["serve", "-c", config.to_str().unwrap_or_default()],
@@ -333,13 +354,27 @@ fn main() {
         );
     }
 
-    // Memory: many streams held open by the slow upstream.
-    let (_, rss_before) = proc_stats(weir_pid);
-    let rss_streams = hold_streams(weir_port, Some(&key), o.streams, weir_pid);
+    // Memory: many streams held open by the slow upstream, through a weir and a bare
+    // hop that both start fresh, then through the weir that ran the cells above.
+    let (mem_port, mem_admin) = (18907, 18908);
+    let (mem_config, mem_key) = setup("weir-mem", mem_port, mem_admin);
+    let weir_mem = spawn(
+        &weir_bin,
+        &["serve", "-c", mem_config.to_str().unwrap_or_default()],
+        &dir.join("weir-mem.log"),
+    );
+    wait_port(mem_port);
+    std::thread::sleep(Duration::from_millis(500));
+    let mem_pid = weir_mem.0.id();
+    let (_, fresh_before) = proc_stats(mem_pid);
+    let fresh = hold_streams(mem_port, Some(&mem_key), o.streams, mem_pid);
+    drop(weir_mem);
     let bare_slow_pid = bare_slow.0.id();
     let (_, bare_before) = proc_stats(bare_slow_pid);
-    let bare_streams = hold_streams(bare_slow_port, None, o.streams, bare_slow_pid);
+    let bare_streams = hold_streams(bare_slow_port, None, o.streams, bare_slow_pid).rss;
     drop(bare_slow);
+    let (_, rss_before) = proc_stats(weir_pid);
+    let rss_streams = hold_streams(weir_port, Some(&key), o.streams, weir_pid).rss;
     // Soak: JSON at 64 connections; RSS sampled as it runs.
     let soak_lua = lua(&dir, "soak", Some(&key), false);
     let mut samples = Vec::new();
@@ -397,12 +432,16 @@ fn main() {
         })
         .collect();
     let report = format!(
-        "# Load benchmark results\n\nRun: {date}, {dur} s per cell, wrk with `-t min(c,2)`.\n\n{machine}\n\n{table}\n{ttfb_text}- memory, {n} streams open at once: weir RSS {before:.1} MiB idle, {streams_rss:.1} MiB with the streams open ({per_weir:.1} KiB per stream); the bare hop {bare_before:.1} MiB idle, {bare_streams:.1} MiB ({per_bare:.1} KiB per stream)\n{soak_text}\n\nBudget (weir/bare throughput at 16 and 64 connections): {verdict}.\n\np50 at one connection, weir minus bare: {p50}.\n",
+        "# Load benchmark results\n\nRun: {date}, {dur} s per cell, wrk with `-t min(c,2)`.\n\n{machine}\n\n{table}\n{ttfb_text}- memory, {n} streams open at once, each process started fresh: weir RSS {fresh_before:.1} MiB idle, {fresh_rss:.1} MiB with the streams open ({per_fresh:.1} KiB per stream; {fresh_anon:.1} MiB anonymous, {fresh_file:.1} MiB pages of the binary); the bare hop {bare_before:.1} MiB idle, {bare_streams:.1} MiB ({per_bare:.1} KiB per stream)\n- memory, the same {n} streams through the weir that ran the cells above: {before:.1} MiB idle, {streams_rss:.1} MiB with the streams open (the allocator keeps pages freed after the 256-connection cells for reuse)\n{soak_text}\n\nBudget (weir/bare throughput at 16 and 64 connections): {verdict}.\n\np50 at one connection, weir minus bare: {p50}.\n",
         date = date(),
         dur = o.duration,
         before = rss_before as f64 / 1024.0,
         streams_rss = rss_streams as f64 / 1024.0,
-        per_weir = rss_streams.saturating_sub(rss_before) as f64 / o.streams.max(1) as f64,
+        fresh_before = fresh_before as f64 / 1024.0,
+        fresh_rss = fresh.rss as f64 / 1024.0,
+        per_fresh = fresh.rss.saturating_sub(fresh_before) as f64 / o.streams.max(1) as f64,
+        fresh_anon = fresh.anon as f64 / 1024.0,
+        fresh_file = fresh.file as f64 / 1024.0,
         bare_before = bare_before as f64 / 1024.0,
         bare_streams = bare_streams as f64 / 1024.0,
         per_bare = bare_streams.saturating_sub(bare_before) as f64 / o.streams.max(1) as f64,
@@ -418,9 +457,19 @@ fn main() {
     drop(weir);
 }
 
-/// Opens `n` streaming requests to the slow model at once and returns weir's
-/// highest RSS while they are open.
-fn hold_streams(port: u16, key: Option<&str>, n: usize, pid: u32) -> u64 {
+/// What a process held with the streams open: highest RSS, and its anonymous and
+/// file-backed parts at that moment (KiB).
+#[derive(Clone, Copy, Default)]
+struct Held {
+    rss: u64,
+    anon: u64,
+    file: u64,
+}
+
+/// Opens `n` streaming requests to the slow model at once (24 chunks a second
+/// apart) and samples the process's RSS while they are all open; the streams then
+/// run to their end, usage chunk included, as clients would.
+fn hold_streams(port: u16, key: Option<&str>, n: usize, pid: u32) -> Held {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -448,8 +497,8 @@ fn hold_streams(port: u16, key: Option<&str>, n: usize, pid: u32) -> u64 {
                 }
                 let mut buf = vec![0u8; 4096];
                 let mut total = 0;
-                // Read for up to 15 s: the streams stay open meanwhile.
-                let _ = tokio::time::timeout(Duration::from_secs(15), async {
+                // To the end of the stream (~24 s), or 40 s at most.
+                let _ = tokio::time::timeout(Duration::from_secs(40), async {
                     while let Ok(k) = s.read(&mut buf).await {
                         if k == 0 {
                             break;
@@ -461,10 +510,15 @@ fn hold_streams(port: u16, key: Option<&str>, n: usize, pid: u32) -> u64 {
                 total
             }));
         }
-        let mut peak = 0;
-        for _ in 0..12 {
+        let mut peak = Held::default();
+        // The first stream ends after ~24 s: sample well before that.
+        for _ in 0..16 {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            peak = peak.max(proc_stats(pid).1);
+            let rss = proc_stats(pid).1;
+            if rss > peak.rss {
+                let (anon, file) = rss_parts(pid);
+                peak = Held { rss, anon, file };
+            }
         }
         let mut open = 0;
         for t in tasks {
