@@ -414,9 +414,12 @@ async fn a_failed_trial_suspends_again_and_nothing_left_gives_503() {
 
 /// An upstream that answers the first request on each connection and closes the
 /// connection when a second one arrives on it, unanswered: the race every server
-/// that drops idle keep-alive connections loses now and then. Counts the requests
-/// it answered and the ones it dropped.
-async fn closing_upstream() -> (u16, std::sync::Arc<[std::sync::atomic::AtomicUsize; 2]>) {
+/// that drops idle keep-alive connections loses now and then. With `early_hints`,
+/// each answer is preceded by a `103 Early Hints`. Counts the requests it answered
+/// and the ones it dropped.
+async fn closing_upstream(
+    early_hints: bool,
+) -> (u16, std::sync::Arc<[std::sync::atomic::AtomicUsize; 2]>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -465,9 +468,17 @@ async fn closing_upstream() -> (u16, std::sync::Arc<[std::sync::atomic::AtomicUs
                         body["model"].as_str().unwrap_or("")
                     );
                     let reply = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Upstream-Internal: 1\r\nContent-Length: {}\r\n\r\n{answer}",
                         answer.len()
                     );
+                    if early_hints {
+                        let hints =
+                            "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n";
+                        if s.write_all(hints.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
                     if s.write_all(reply.as_bytes()).await.is_err() {
                         return;
                     }
@@ -480,7 +491,7 @@ async fn closing_upstream() -> (u16, std::sync::Arc<[std::sync::atomic::AtomicUs
 
 #[tokio::test]
 async fn a_pooled_connection_the_upstream_dropped_is_replaced_not_failed() {
-    let (port, counts) = closing_upstream().await;
+    let (port, counts) = closing_upstream(false).await;
     let cfg = format!(
         "channels:\n  - {{name: closer, type: openai, base_url: 'http://127.0.0.1:{port}', models: [m]}}\n"
     );
@@ -511,4 +522,36 @@ async fn a_pooled_connection_the_upstream_dropped_is_replaced_not_failed() {
         5.0
     );
     assert_eq!(metric_sum(&metrics, "weir_retries_total", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn informational_responses_before_the_answer_are_skipped() {
+    let (port, counts) = closing_upstream(true).await;
+    let cfg = format!(
+        "channels:\n  - {{name: hints, type: openai, base_url: 'http://127.0.0.1:{port}', models: [m]}}\n"
+    );
+    let weir = Weir::start(&cfg).await;
+    let resp = reqwest::Client::new()
+        .post(weir.url("/v1/chat/completions"))
+        .json(&chat("m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // weir's own answer header, not the upstream's bytes passed through behind a 103.
+    assert!(resp.headers().get("x-upstream-internal").is_none());
+    let text = resp.text().await.unwrap();
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "hi");
+    assert_eq!(answer["usage"]["total_tokens"], 4);
+    assert_eq!(counts[0].load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The answer weir judged, billed and logged is the 200, not the 103.
+    let metrics = weir
+        .wait_metric("weir_upstream_attempts_total", &[("outcome", "ok")], 1.0)
+        .await;
+    assert_eq!(
+        metric_sum(&metrics, "weir_upstream_attempts_total", &[]),
+        1.0
+    );
+    weir.wait_log("status=200").await;
 }

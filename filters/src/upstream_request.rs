@@ -27,7 +27,7 @@ pub enum WireError {
     Path,
     /// The named header's value holds a control byte (CR or LF would split it).
     Value(&'static str),
-    /// A header name is not an HTTP token.
+    /// A header name is not an HTTP token, or names a field weir writes itself.
     Name(&'static str),
 }
 
@@ -36,12 +36,28 @@ impl std::fmt::Display for WireError {
         match self {
             WireError::Path => write!(f, "the upstream path is not a valid request target"),
             WireError::Value(name) => write!(f, "the `{name}` header value is not valid"),
-            WireError::Name(name) => write!(f, "`{name}` is not a valid header name"),
+            WireError::Name(name) => {
+                write!(f, "`{name}` is not a header a provider adapter may set")
+            }
         }
     }
 }
 
 const USER_AGENT: &str = concat!("weir/", env!("CARGO_PKG_VERSION"));
+
+/// Fields `encode` writes itself, or that would change the request's framing.
+const RESERVED: &[&str] = &[
+    "host",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "accept",
+    "accept-encoding",
+    "user-agent",
+    "expect",
+    "upgrade",
+];
 
 /// The request's bytes: head, then the body when it is at most `INLINE_BODY_MAX`.
 /// Returns whether the body is included; if not, the caller writes it next.
@@ -68,7 +84,11 @@ pub fn encode(head: &RequestHead<'_>, body: &[u8], out: &mut Vec<u8>) -> Result<
     out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in head.headers {
-        if name.is_empty() || !name.bytes().all(is_token) {
+        // The framing and the fixed fields are weir's: a second one would conflict.
+        if name.is_empty()
+            || !name.bytes().all(is_token)
+            || RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r))
+        {
             return Err(WireError::Name(name));
         }
         field(out, name, value)?;
@@ -90,7 +110,8 @@ fn field(out: &mut Vec<u8>, name: &'static str, value: &str) -> Result<(), WireE
     }
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
-    out.extend_from_slice(value.trim().as_bytes());
+    // Optional whitespace around a value is not part of it (RFC 9110 §5.5).
+    out.extend_from_slice(value.trim_matches([' ', '\t']).as_bytes());
     out.extend_from_slice(b"\r\n");
     Ok(())
 }
@@ -174,11 +195,13 @@ mod tests {
             encode(&head("/v1", &injected), b"{}", &mut out),
             Err(WireError::Value("x-api-key"))
         );
-        let bad_name = [("x key", "v".to_string())];
-        assert_eq!(
-            encode(&head("/v1", &bad_name), b"{}", &mut out),
-            Err(WireError::Name("x key"))
-        );
+        for name in ["x key", "Content-Length", "transfer-encoding", "host"] {
+            let bad_name = [(name, "v".to_string())];
+            assert_eq!(
+                encode(&head("/v1", &bad_name), b"{}", &mut out),
+                Err(WireError::Name(name))
+            );
+        }
         let accept = RequestHead {
             accept: Some("text/event-stream\nx: y"),
             ..head("/v1", &[])

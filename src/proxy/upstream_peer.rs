@@ -128,6 +128,9 @@ fn classify_error(e: &pingora_error::Error) -> AttemptError {
     }
 }
 
+/// Informational (1xx) responses skipped before the answer, at most.
+const MAX_INFORMATIONAL: usize = 8;
+
 /// How many pooled connections found closed by the upstream are replaced before
 /// the failure counts.
 const STALE_REUSE_RETRIES: usize = 3;
@@ -203,8 +206,20 @@ pub async fn exchange(
             write_request(&mut stream, &wire, (!inline).then_some(&call.body[..])).await?;
             let mut up = Upstream::new_with_options(stream, &peer);
             up.read_timeout = Some(channel.first_byte_timeout);
-            up.read_response().await?;
-            Ok::<_, Box<pingora_error::Error>>(up)
+            // `100 Continue` and `103 Early Hints` come before the answer: skip them.
+            for _ in 0..=MAX_INFORMATIONAL {
+                up.read_response().await?;
+                if !up
+                    .resp_header()
+                    .is_some_and(|h| h.status.is_informational())
+                {
+                    return Ok(up);
+                }
+            }
+            Err(pingora_error::Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "the upstream sent only informational responses",
+            ))
         };
         // Watch the client while the upstream thinks: if it leaves, stop at once.
         let downstream = session.as_downstream_mut();
