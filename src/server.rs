@@ -119,12 +119,11 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
     let store = Store::open(&storage.sqlite, storage.flush_interval.0, accounts.clone())?;
     let state = Arc::new(AppState::new(path, text, rt, connector, accounts, store)?);
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
+    let mut proxy = Service::new(
+        "weir proxy".to_string(),
         Weir {
             state: state.clone(),
         },
-        "weir proxy",
     );
     // Plain TCP: Pingora reads headers and bodies into its own buffers, so a 64 KiB L4
     // read buffer per client connection only adds a copy and resident memory.

@@ -288,6 +288,15 @@ async fn bad_input_gets_openai_shaped_errors() {
     let r = client.get(weir.url("/elsewhere")).send().await.unwrap();
     let (s, b) = (r.status().as_u16(), r.text().await.unwrap());
     check(s, &b, 404, "unknown_url");
+    // A request head that is not HTTP gets a JSON 400 too, and the connection closes.
+    let (s, raw) = raw_request(
+        weir.port,
+        "POST /v1/chat/completions HTTP/1.1\r\nBad Header: x",
+        &json,
+    )
+    .await;
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default();
+    check(s, body, 400, "bad_request");
     assert_eq!(up.calls(), 0);
 
     // A 400 from the upstream is the client's problem: returned as it is, not retried.

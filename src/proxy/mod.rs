@@ -1,4 +1,4 @@
-//! The Pingora `ProxyHttp` implementation. Each phase delegates to the file named
+//! The Pingora glue: weir's HTTP application. Each phase delegates to the file named
 //! after it; the logic those files apply lives in `weir_filters`.
 
 mod admission;
@@ -13,12 +13,17 @@ mod upstream_peer;
 use crate::state::AppState;
 use async_trait::async_trait;
 use ctx::Ctx;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_error::{Error, ErrorType};
 use std::sync::Arc;
 use weir_filters::GatewayError;
 
+/// The gateway's HTTP application. Weir answers every request itself (see
+/// `request_filter`), so it is a Pingora `HttpServerApp` rather than a `ProxyHttp`:
+/// pingora-proxy's request future carries its whole proxy state machine (12.5 KiB),
+/// which weir never uses, for as long as each connection lives.
 pub struct Weir {
     pub state: Arc<AppState>,
 }
@@ -39,83 +44,93 @@ impl From<GatewayError> for Failure {
 }
 
 #[async_trait]
-impl ProxyHttp for Weir {
-    type CTX = Ctx;
-
-    fn new_ctx(&self) -> Ctx {
-        Ctx::new()
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+impl HttpServerApp for Weir {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // A keep-alive connection waits here for its next request; a shutdown ends
+        // the wait (a request already arriving is read first).
+        let mut stopping = shutdown.clone();
+        let read = tokio::select! {
+            biased;
+            r = session.read_request() => r,
+            _ = stopping.wait_for(|s| *s) => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    let bad = GatewayError::BadRequest("the request is not valid HTTP".into());
+                    let _ = respond::error(&mut session, &mut Ctx::new(), &bad).await;
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            // Stopping soon: this connection takes no further request.
+            session.set_keepalive(None);
+        }
+        let mut ctx = Ctx::new();
         self.state.metrics.in_flight.inc();
         ctx.in_flight = true;
-        match request_filter::handle(&self.state, session, ctx).await {
-            Ok(()) => Ok(true),
-            Err(Failure::Client(e)) => {
-                // Refused after the limits counted it (unknown or forbidden model, bad
-                // body): it was never served, so it does not count.
-                if matches!(e.status(), 400 | 403 | 404 | 405 | 413) {
-                    self.state
-                        .accounts
-                        .refund(std::mem::take(&mut ctx.rate_charge));
-                }
-                if matches!(e.status(), 401 | 402 | 403 | 429) {
-                    let gateway = ctx.gateway.as_deref().unwrap_or("-");
-                    self.state
-                        .metrics
-                        .refused
-                        .with_label_values(&[gateway, e.code()])
-                        .inc();
-                }
-                respond::error(session, ctx, &e).await?;
-                Ok(true)
+        let failed = serve(&self.state, &mut session, &mut ctx).await;
+        self.state.metrics.in_flight.dec();
+        logging::record(&self.state, &ctx, failed.as_deref());
+        if failed.is_some() {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        session
+            .finish()
+            .await
+            .ok()
+            .flatten()
+            .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+    }
+}
+
+/// One request, answered: `None` when the connection may carry the next one.
+async fn serve(state: &AppState, session: &mut ServerSession, ctx: &mut Ctx) -> Option<Box<Error>> {
+    let e = match request_filter::handle(state, session, ctx).await {
+        Ok(()) => return None,
+        Err(Failure::Client(e)) => {
+            // Refused after the limits counted it (unknown or forbidden model, bad
+            // body): it was never served, so it does not count.
+            if matches!(e.status(), 400 | 403 | 404 | 405 | 413) {
+                state.accounts.refund(std::mem::take(&mut ctx.rate_charge));
             }
-            Err(Failure::Abort(e)) => {
-                session.set_keepalive(None);
-                Err(e)
+            if matches!(e.status(), 401 | 402 | 403 | 429) {
+                let gateway = ctx.gateway.as_deref().unwrap_or("-");
+                state
+                    .metrics
+                    .refused
+                    .with_label_values(&[gateway, e.code()])
+                    .inc();
+            }
+            match respond::error(session, ctx, &e).await {
+                Ok(()) => return None,
+                Err(e) => e,
             }
         }
-    }
-
-    /// Never reached: `request_filter` answers every request (see its module doc).
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        Err(Error::explain(
-            ErrorType::InternalError,
-            "weir relays every request from request_filter",
-        ))
-    }
-
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(c) => *c,
-            _ => 502,
-        };
-        if session.response_written().is_none() && !ctx.client_gone {
-            let err = GatewayError::Internal(format!("proxy error: {}", e.etype().as_str()));
-            let _ = respond::error(session, ctx, &err).await;
+        Err(Failure::Abort(e)) => {
+            session.set_keepalive(None);
+            if session.response_written().is_none() && !ctx.client_gone {
+                let err = GatewayError::Internal(format!("proxy error: {}", e.etype().as_str()));
+                let _ = respond::error(session, ctx, &err).await;
+            }
+            e
         }
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
-    }
-
-    /// What Pingora prints about a request in its own error lines: never the query,
-    /// which may carry a key (`arg:` positions).
-    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+    };
+    // Our own access line says what happened to broken answers and departed
+    // clients; anything else is worth an error line (never with the query, which
+    // may carry a key).
+    if !(ctx.client_gone || ctx.broken) {
         let req = session.req_header();
-        format!("{} {}", req.method, req.uri.path())
+        tracing::error!("request failed: {e}, {} {}", req.method, req.uri.path());
     }
-
-    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
-        // Our own access line already says what happened.
-        ctx.client_gone || ctx.broken
-    }
-
-    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if ctx.in_flight {
-            self.state.metrics.in_flight.dec();
-        }
-        logging::record(&self.state, ctx, e);
-    }
+    Some(e)
 }

@@ -13,7 +13,7 @@ use crate::cache::CachedAnswer;
 use crate::health::HealthId;
 use crate::state::AppState;
 use bytes::{Bytes, BytesMut};
-use pingora_proxy::Session;
+use pingora_core::protocols::http::ServerSession as Session;
 use rand::Rng;
 use rand::SeedableRng;
 use std::fmt::Write as _;
@@ -201,7 +201,7 @@ async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, Failure> {
             .get("expect")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects_continue {
-        if let Err(e) = session.as_downstream_mut().write_continue_response().await {
+        if let Err(e) = session.write_continue_response().await {
             return Err(Failure::Abort(e));
         }
     }
@@ -505,7 +505,7 @@ async fn proxy(
                 .inc();
         }
         if !attempt.delay.is_zero() {
-            let downstream = session.as_downstream_mut();
+            let downstream = &mut *session;
             let gone = tokio::select! {
                 _ = tokio::time::sleep(attempt.delay) => false,
                 _ = downstream.read_body_or_idle(true) => true,
@@ -727,10 +727,8 @@ async fn serve_cached(
     let h = build().map_err(Failure::Abort)?;
     ctx.status = 200;
     let written = async {
-        session.write_response_header(Box::new(h), false).await?;
-        session
-            .write_response_body(Some(hit.body.clone()), true)
-            .await
+        session.write_response_header(Box::new(h)).await?;
+        session.write_response_body(hit.body.clone(), true).await
     };
     ctx.first_byte = Some(ctx.started.elapsed());
     written.await.map_err(|e| {

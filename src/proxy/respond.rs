@@ -4,9 +4,9 @@ use super::ctx::Ctx;
 use crate::accounts::RateHeadroom;
 use bytes::Bytes;
 use http::HeaderValue;
+use pingora_core::protocols::http::ServerSession as Session;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 use weir_filters::GatewayError;
 
 /// The OpenAI-style headroom headers of the tightest request limit.
@@ -34,10 +34,8 @@ pub async fn json(
         h.insert_header(k.to_string(), v.as_str())?;
     }
     ctx.status = status;
-    session.write_response_header(Box::new(h), false).await?;
-    session
-        .write_response_body(Some(Bytes::from(body)), true)
-        .await?;
+    session.write_response_header(Box::new(h)).await?;
+    session.write_response_body(Bytes::from(body), true).await?;
     Ok(())
 }
 

@@ -11,8 +11,8 @@ use crate::health::HealthId;
 use crate::state::AppState;
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
+use pingora_core::protocols::http::ServerSession as Session;
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 use std::time::Instant;
 use weir_filters::adapters::{self, StreamTranslator};
 use weir_filters::config::{CachePolicy, ChannelType};
@@ -141,7 +141,7 @@ pub async fn relay(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    if let Err(e) = session.write_response_header(Box::new(header), false).await {
+    if let Err(e) = session.write_response_header(Box::new(header)).await {
         ctx.client_gone = true;
         shutdown(source).await;
         return Err(Failure::Abort(e));
@@ -287,7 +287,7 @@ async fn pump(
         if ctx.first_byte.is_none() {
             ctx.first_byte = Some(ctx.started.elapsed());
         }
-        if let Err(e) = session.write_response_body(Some(out), false).await {
+        if let Err(e) = session.write_response_body(out, false).await {
             ctx.client_gone = true;
             return Err(Failure::Abort(e));
         }
@@ -331,7 +331,10 @@ async fn pump(
         }
         keep(capture, &tail, plan);
         let tail = (!tail.is_empty()).then(|| Bytes::from(tail));
-        if let Err(e) = session.write_response_body(tail, true).await {
+        if let Err(e) = session
+            .write_response_body(tail.unwrap_or_default(), true)
+            .await
+        {
             ctx.client_gone = true;
             return Err(Failure::Abort(e));
         }
@@ -351,7 +354,7 @@ async fn pump(
             pingora_error::ErrorType::ReadError,
             "upstream answer broke mid-body",
         )));
-    } else if let Err(e) = session.write_response_body(None, true).await {
+    } else if let Err(e) = session.write_response_body(Bytes::new(), true).await {
         ctx.client_gone = true;
         return Err(Failure::Abort(e));
     }

@@ -8,11 +8,11 @@ use super::ctx::Ctx;
 use crate::health::HealthId;
 use crate::state::AppState;
 use bytes::Bytes;
+use pingora_core::protocols::http::ServerSession as Session;
 use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{ErrorType, RetryType};
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use weir_filters::adapters;
@@ -222,7 +222,7 @@ pub async fn exchange(
             ))
         };
         // Watch the client while the upstream thinks: if it leaves, stop at once.
-        let downstream = session.as_downstream_mut();
+        let downstream = &mut *session;
         let result = tokio::select! {
             r = tokio::time::timeout_at(deadline.into(), sent) => match r {
                 Ok(r) => r,
