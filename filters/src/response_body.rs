@@ -12,8 +12,14 @@ use serde::Deserialize;
 
 /// An event larger than this is passed on without being read.
 const MAX_EVENT: usize = 1024 * 1024;
-/// Answer text kept for an estimate; beyond it only its length is counted.
-const MAX_TEXT: usize = 1024 * 1024;
+/// Answer text kept for an estimate; beyond it only its length is counted (the
+/// tokenizer extrapolates past `usage::MAX_COUNTED` anyway).
+const MAX_TEXT: usize = crate::usage::MAX_COUNTED;
+/// Event data waiting to be read for its text. An event's JSON is ~10 times the text
+/// it carries, so a long stream keeps text, not JSON: reading each event as it
+/// comes would cost a parse per event, so they are read in batches of this size
+/// (a short answer, whose usage arrives at its end, is never read at all).
+const RAW_BATCH: usize = 4 * 1024;
 
 #[derive(Debug, Default)]
 pub struct SseTap {
@@ -21,10 +27,13 @@ pub struct SseTap {
     pending: BytesMut,
     /// How far `pending` was already searched for an event end.
     scanned: usize,
-    /// Data of the events, kept (up to `MAX_TEXT`) to read the answer's text from
-    /// only if no usage comes: reading it from every event costs a JSON parse each.
+    /// Data of the latest events, not yet read for their text (up to `RAW_BATCH`).
     raw: Vec<u8>,
-    /// Event data seen beyond `MAX_TEXT`.
+    /// The text of the events read so far (up to `MAX_TEXT`).
+    text: String,
+    /// Event data bytes whose text is in `text`.
+    raw_read: usize,
+    /// Event data seen once `text` was full.
     raw_overflow: usize,
     /// Remove usage from the stream (the client did not ask for it).
     strip_usage: bool,
@@ -63,6 +72,26 @@ struct Delta {
     content: Option<String>,
     #[serde(default)]
     reasoning_content: Option<String>,
+}
+
+/// Appends the text of `0x1e`-separated event data (content, reasoning, legacy
+/// completions' `text`) to `text`.
+fn append_text(raw: &[u8], text: &mut String) {
+    for data in raw.split(|b| *b == 0x1e).filter(|d| !d.is_empty()) {
+        let Ok(chunk) = serde_json::from_slice::<StreamChunk>(data) else {
+            continue;
+        };
+        for choice in chunk.choices.iter().flatten() {
+            if let Some(d) = &choice.delta {
+                for t in [&d.content, &d.reasoning_content].into_iter().flatten() {
+                    text.push_str(t);
+                }
+            }
+            if let Some(t) = &choice.text {
+                text.push_str(t);
+            }
+        }
+    }
 }
 
 /// What to do with one event.
@@ -147,38 +176,28 @@ impl SseTap {
     }
 
     fn keep_data(&mut self, data: &[u8]) {
-        if self.raw.len() + data.len() < MAX_TEXT {
-            self.raw.extend_from_slice(data);
-            // JSON text never holds a raw control character: a safe separator.
-            self.raw.push(0x1e);
-        } else {
+        if self.text.len() >= MAX_TEXT {
             self.raw_overflow += data.len();
+            return;
+        }
+        self.raw.extend_from_slice(data);
+        // JSON text never holds a raw control character: a safe separator.
+        self.raw.push(0x1e);
+        if self.raw.len() >= RAW_BATCH {
+            append_text(&self.raw, &mut self.text);
+            self.raw_read += self.raw.len();
+            self.raw.clear();
         }
     }
 
     /// The answer's text so far, and an estimate of the text beyond what was kept.
     pub fn completion_text(&self) -> (String, usize) {
-        let mut text = String::new();
-        for data in self.raw.split(|b| *b == 0x1e).filter(|d| !d.is_empty()) {
-            let Ok(chunk) = serde_json::from_slice::<StreamChunk>(data) else {
-                continue;
-            };
-            for choice in chunk.choices.iter().flatten() {
-                if let Some(d) = &choice.delta {
-                    for t in [&d.content, &d.reasoning_content].into_iter().flatten() {
-                        text.push_str(t);
-                    }
-                }
-                if let Some(t) = &choice.text {
-                    text.push_str(t);
-                }
-            }
-        }
-        let overflow = if self.raw.is_empty() {
-            0
-        } else {
-            self.raw_overflow * text.len() / self.raw.len()
-        };
+        let mut text = self.text.clone();
+        append_text(&self.raw, &mut text);
+        let read = self.raw_read + self.raw.len();
+        let overflow = (self.raw_overflow * text.len())
+            .checked_div(read)
+            .unwrap_or(0);
         (text, overflow)
     }
 
@@ -379,6 +398,49 @@ mod tests {
             DONE.to_string(),
         ]
         .concat()
+    }
+
+    #[test]
+    fn a_long_stream_keeps_its_text_not_its_json() {
+        let mut tap = SseTap::new(false);
+        let mut want = String::new();
+        let mut json_bytes = 0;
+        for i in 0..3_000 {
+            let piece = format!("tok{i} ");
+            want.push_str(&piece);
+            let event = chunk(&piece);
+            json_bytes += event.len();
+            tap.feed(Bytes::from(event));
+        }
+        let (text, overflow) = tap.completion_text();
+        assert_eq!(text, want);
+        assert_eq!(overflow, 0);
+        // What the tap holds for an estimate is the text and one batch of JSON.
+        let held = tap.text.capacity() + tap.raw.capacity();
+        assert!(
+            held < want.len() * 2 + 2 * RAW_BATCH && held * 5 < json_bytes,
+            "holds {held} bytes for {} of text ({json_bytes} of JSON)",
+            want.len()
+        );
+    }
+
+    #[test]
+    fn text_beyond_the_cap_is_counted_not_kept() {
+        let mut tap = SseTap::new(false);
+        let piece = "x".repeat(100);
+        let mut total = 0;
+        while total < 2 * MAX_TEXT {
+            tap.feed(Bytes::from(chunk(&piece)));
+            total += piece.len();
+        }
+        let (text, overflow) = tap.completion_text();
+        assert!(text.len() <= MAX_TEXT + RAW_BATCH, "{}", text.len());
+        // The part beyond the cap is extrapolated from the part kept.
+        let estimated = text.len() + overflow;
+        assert!(
+            estimated.abs_diff(total) * 100 < total * 2,
+            "estimated {estimated} of {total}"
+        );
     }
 
     #[test]

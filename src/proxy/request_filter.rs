@@ -1,6 +1,7 @@
 //! The `request_filter` phase: route to a gateway and endpoint, read and check the
 //! body, then run the failover loop (upstream_peer) and relay the answer
-//! (response_body). Weir answers every request here and returns `Ok(true)`.
+//! (response_body). Weir answers every request here (`proxy/mod.rs` writes the
+//! access line and keeps the connection alive afterwards).
 
 use super::admission::{admit, authenticate, key_from_request, Caller};
 use super::ctx::Ctx;
