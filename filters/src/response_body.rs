@@ -19,7 +19,7 @@ const MAX_TEXT: usize = crate::usage::MAX_COUNTED;
 /// it carries, so a long stream keeps text, not JSON: reading each event as it
 /// comes would cost a parse per event, so they are read in batches of this size
 /// (a short answer, whose usage arrives at its end, is never read at all).
-const RAW_BATCH: usize = 4 * 1024;
+const RAW_BATCH: usize = 8 * 1024;
 
 #[derive(Debug, Default)]
 pub struct SseTap {
