@@ -180,6 +180,26 @@ fn wrk(port: u16, lua: &Path, conns: u32, secs: u64) -> Run {
     r
 }
 
+impl Run {
+    /// Two runs of the same target as one: rates by total requests over total time,
+    /// p50 averaged, p99 the worse.
+    fn merge(self, o: Run) -> Run {
+        let secs = |r: &Run| if r.rps > 0.0 { r.requests / r.rps } else { 0.0 };
+        let t = secs(&self) + secs(&o);
+        Run {
+            rps: if t > 0.0 {
+                (self.requests + o.requests) / t
+            } else {
+                0.0
+            },
+            p50_us: (self.p50_us + o.p50_us) / 2.0,
+            p99_us: self.p99_us.max(o.p99_us),
+            requests: self.requests + o.requests,
+            errors: self.errors + o.errors,
+        }
+    }
+}
+
 fn lua(dir: &Path, name: &str, key: Option<&str>, stream: bool) -> PathBuf {
     let body = format!(
         r#"{{"model":"bench","stream":{stream},"messages":[{{"role":"system","content":"You are terse."}},{{"role":"user","content":"Write one sentence about foxes and dogs, please."}}]}}"#
@@ -313,12 +333,28 @@ fn main() {
         wrk(bare_port, &direct_lua, 16, 2);
         for &c in &o.conns {
             let direct = wrk(up_port, &direct_lua, c, o.duration);
-            let bare = wrk(bare_port, &direct_lua, c, o.duration);
-            let (cpu0, _) = proc_stats(weir_pid);
-            let w = wrk(weir_port, &weir_lua, c, o.duration);
-            let (cpu1, rss) = proc_stats(weir_pid);
+            // bare, weir, bare, weir, half the cell each: a disturbance on this shared
+            // machine then falls on both sides instead of on one.
+            let half = (o.duration / 2).max(1);
+            let mut bare = Run::default();
+            let mut w = Run::default();
+            let mut cpu = 0.0;
+            let mut rss = 0;
+            for round in 0..2 {
+                let b = wrk(bare_port, &direct_lua, c, half);
+                let (cpu0, _) = proc_stats(weir_pid);
+                let r = wrk(weir_port, &weir_lua, c, half);
+                let (cpu1, now) = proc_stats(weir_pid);
+                cpu += cpu1 - cpu0;
+                rss = now;
+                (bare, w) = if round == 0 {
+                    (b, r)
+                } else {
+                    (bare.merge(b), w.merge(r))
+                };
+            }
             let cpu_per_req = if w.requests > 0.0 {
-                (cpu1 - cpu0) / w.requests * 1e6
+                cpu / w.requests * 1e6
             } else {
                 f64::NAN
             };
@@ -432,7 +468,7 @@ fn main() {
         })
         .collect();
     let report = format!(
-        "# Load benchmark results\n\nRun: {date}, {dur} s per cell, wrk with `-t min(c,2)`.\n\n{machine}\n\n{table}\n{ttfb_text}- memory, {n} streams open at once, each process started fresh: weir RSS {fresh_before:.1} MiB idle, {fresh_rss:.1} MiB with the streams open ({per_fresh:.1} KiB per stream; {fresh_anon:.1} MiB anonymous, {fresh_file:.1} MiB pages of the binary); the bare hop {bare_before:.1} MiB idle, {bare_streams:.1} MiB ({per_bare:.1} KiB per stream)\n- memory, the same {n} streams through the weir that ran the cells above: {before:.1} MiB idle, {streams_rss:.1} MiB with the streams open (the allocator keeps pages freed after the 256-connection cells for reuse)\n{soak_text}\n\nBudget (weir/bare throughput at 16 and 64 connections): {verdict}.\n\np50 at one connection, weir minus bare: {p50}.\n",
+        "# Load benchmark results\n\nRun: {date}, {dur} s per cell (bare and weir alternate in two halves), wrk with `-t min(c,2)`.\n\n{machine}\n\n{table}\n{ttfb_text}- memory, {n} streams open at once, each process started fresh: weir RSS {fresh_before:.1} MiB idle, {fresh_rss:.1} MiB with the streams open ({per_fresh:.1} KiB per stream; {fresh_anon:.1} MiB anonymous, {fresh_file:.1} MiB pages of the binary); the bare hop {bare_before:.1} MiB idle, {bare_streams:.1} MiB ({per_bare:.1} KiB per stream)\n- memory, the same {n} streams through the weir that ran the cells above: {before:.1} MiB idle, {streams_rss:.1} MiB with the streams open (the allocator keeps pages freed after the 256-connection cells for reuse)\n{soak_text}\n\nBudget (weir/bare throughput at 16 and 64 connections): {verdict}.\n\np50 at one connection, weir minus bare: {p50}.\n",
         date = date(),
         dur = o.duration,
         before = rss_before as f64 / 1024.0,
