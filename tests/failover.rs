@@ -489,13 +489,17 @@ async fn closing_upstream(
     (port, counts)
 }
 
+/// The config of one OpenAI channel on a raw upstream at `port`.
+fn raw_channel(name: &str, port: u16) -> String {
+    format!(
+        "channels:\n  - {{name: {name}, type: openai, base_url: 'http://127.0.0.1:{port}', models: [m]}}\n"
+    )
+}
+
 #[tokio::test]
 async fn a_pooled_connection_the_upstream_dropped_is_replaced_not_failed() {
     let (port, counts) = closing_upstream(false).await;
-    let cfg = format!(
-        "channels:\n  - {{name: closer, type: openai, base_url: 'http://127.0.0.1:{port}', models: [m]}}\n"
-    );
-    let weir = Weir::start(&cfg).await;
+    let weir = Weir::start(&raw_channel("closer", port)).await;
     let client = reqwest::Client::new();
     for i in 0..5 {
         let (status, text) = post(
@@ -509,9 +513,13 @@ async fn a_pooled_connection_the_upstream_dropped_is_replaced_not_failed() {
     let answered = counts[0].load(std::sync::atomic::Ordering::SeqCst);
     let dropped = counts[1].load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(answered, 5);
-    // Each request after the first found its pooled connection dropped (unless the
-    // pool noticed the close first) and went again on a fresh one.
-    assert!(dropped >= 1, "the stale connection path was never taken");
+    // Each request after the first found its pooled connection dropped (the upstream
+    // closes only when the request arrives, so the pool cannot notice before) and
+    // went again on a fresh one.
+    assert_eq!(
+        dropped, 4,
+        "the stale connection path was not taken every time"
+    );
     // A stale pooled connection is not the channel's fault: no failed attempt, no
     // retry, and the channel stays healthy.
     let metrics = weir
@@ -527,10 +535,7 @@ async fn a_pooled_connection_the_upstream_dropped_is_replaced_not_failed() {
 #[tokio::test]
 async fn informational_responses_before_the_answer_are_skipped() {
     let (port, counts) = closing_upstream(true).await;
-    let cfg = format!(
-        "channels:\n  - {{name: hints, type: openai, base_url: 'http://127.0.0.1:{port}', models: [m]}}\n"
-    );
-    let weir = Weir::start(&cfg).await;
+    let weir = Weir::start(&raw_channel("hints", port)).await;
     let resp = reqwest::Client::new()
         .post(weir.url("/v1/chat/completions"))
         .json(&chat("m", false))

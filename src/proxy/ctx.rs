@@ -33,8 +33,6 @@ pub struct Ctx {
     /// The answer broke after it started reaching the client.
     pub broken: bool,
     pub client_gone: bool,
-    /// Counted in `weir_requests_in_flight` (undone in `logging`).
-    pub in_flight: bool,
     /// Who called, once authenticated.
     pub caller: Option<Caller>,
     pub key_id: Option<i64>,
@@ -70,7 +68,6 @@ impl Ctx {
             error: None,
             broken: false,
             client_gone: false,
-            in_flight: false,
             caller: None,
             key_id: None,
             identity: None,

@@ -76,7 +76,6 @@ impl HttpServerApp for Weir {
         }
         let mut ctx = Ctx::new();
         self.state.metrics.in_flight.inc();
-        ctx.in_flight = true;
         let failed = serve(&self.state, &mut session, &mut ctx).await;
         self.state.metrics.in_flight.dec();
         logging::record(&self.state, &ctx, failed.as_deref());

@@ -506,10 +506,9 @@ async fn proxy(
                 .inc();
         }
         if !attempt.delay.is_zero() {
-            let downstream = &mut *session;
             let gone = tokio::select! {
                 _ = tokio::time::sleep(attempt.delay) => false,
-                _ = downstream.read_body_or_idle(true) => true,
+                _ = session.read_body_or_idle(true) => true,
             };
             if gone {
                 if let Some((c, k)) = &used {

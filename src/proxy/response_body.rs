@@ -330,11 +330,7 @@ async fn pump(
                 .inc();
         }
         keep(capture, &tail, plan);
-        let tail = (!tail.is_empty()).then(|| Bytes::from(tail));
-        if let Err(e) = session
-            .write_response_body(tail.unwrap_or_default(), true)
-            .await
-        {
+        if let Err(e) = session.write_response_body(Bytes::from(tail), true).await {
             ctx.client_gone = true;
             return Err(Failure::Abort(e));
         }
@@ -415,12 +411,8 @@ async fn usage_of(is_sse: bool, tap: SseTap, kept: &[u8], request: &JsonBody) ->
 
 /// Returns a finished upstream connection to the pool.
 async fn finish(state: &AppState, source: Source) {
-    if let Source::Upstream { mut up, peer } = source {
-        if up.is_body_done() {
-            super::upstream_peer::release(state, *up, peer.as_ref()).await;
-        } else {
-            up.shutdown().await;
-        }
+    if let Source::Upstream { up, peer } = source {
+        super::upstream_peer::release(state, *up, peer.as_ref()).await;
     }
 }
 

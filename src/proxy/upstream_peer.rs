@@ -222,13 +222,12 @@ pub async fn exchange(
             ))
         };
         // Watch the client while the upstream thinks: if it leaves, stop at once.
-        let downstream = &mut *session;
         let result = tokio::select! {
             r = tokio::time::timeout_at(deadline.into(), sent) => match r {
                 Ok(r) => r,
                 Err(_) => return Err(AttemptError::Timeout(format!("no response header within {wait:?}"))),
             },
-            _ = downstream.read_body_or_idle(true) => return Err(AttemptError::ClientGone),
+            _ = session.read_body_or_idle(true) => return Err(AttemptError::ClientGone),
         };
         match result {
             Ok(up) => {
@@ -299,8 +298,9 @@ async fn write_request(
     stream.flush().await.map_err(failed)
 }
 
-/// Returns a finished upstream connection to the pool, or closes it if it cannot
-/// be reused (unread body, `Connection: close`, HTTP/1.0 without keep-alive).
+/// Returns an upstream connection to the pool, or closes it if it cannot be reused
+/// (body not read to its end, `Connection: close`, HTTP/1.0 without keep-alive):
+/// Pingora's `reuse` decides, so callers need not check.
 pub async fn release(state: &AppState, mut up: Upstream, peer: &HttpPeer) {
     up.respect_keepalive();
     if let Some(stream) = up.reuse().await {
@@ -345,11 +345,7 @@ async fn read_translated(
             ));
         }
     }
-    if up.is_body_done() {
-        release(state, up, peer).await;
-    } else {
-        up.shutdown().await;
-    }
+    release(state, up, peer).await;
     if status < 300 && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
         return Err(AttemptError::Io(
             "the upstream answered 2xx with a body that is not JSON".into(),
@@ -383,22 +379,18 @@ pub async fn discard(state: &AppState, answer: Answer) -> Option<String> {
     };
     const LIMIT: usize = 64 * 1024;
     let mut body = Vec::new();
-    let drained = tokio::time::timeout(Duration::from_secs(2), async {
+    // An answer not read to its end (too large, too slow, broken) is closed by
+    // `release`, not pooled.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while let Ok(Some(chunk)) = up.read_body_bytes().await {
             if body.len() + chunk.len() > LIMIT {
-                return false;
+                return;
             }
             body.extend_from_slice(&chunk);
         }
-        true
     })
-    .await
-    .unwrap_or(false);
-    if drained && up.is_body_done() {
-        release(state, *up, peer.as_ref()).await;
-    } else {
-        up.shutdown().await;
-    }
+    .await;
+    release(state, *up, peer.as_ref()).await;
     #[derive(serde::Deserialize)]
     struct E {
         error: Inner,
