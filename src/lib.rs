@@ -13,6 +13,7 @@ pub mod cache;
 pub mod cli;
 pub mod dns;
 pub mod health;
+pub mod listeners;
 pub mod logbuf;
 pub mod metrics;
 pub mod proxy;

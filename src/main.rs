@@ -40,7 +40,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Serve,
+    Serve {
+        /// Once listening, write `{"proxy": ADDR, "admin": ADDR, "pid": N}` here
+        /// (the addresses really bound, e.g. the port the kernel chose for port 0).
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
     /// Validate a config file and print every problem found.
     Check,
     /// Manage API keys in the store named by the config (works while weir runs:
@@ -53,8 +58,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => match weir::server::serve(cli.config) {
+    match cli.command.unwrap_or(Command::Serve { ready_file: None }) {
+        Command::Serve { ready_file } => match weir::server::serve(cli.config, ready_file) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir: {e}");

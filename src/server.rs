@@ -2,6 +2,7 @@
 //! watcher, all sharing one `AppState`.
 
 use crate::accounts::Accounts;
+use crate::listeners::{self, Adopting};
 use crate::proxy::Weir;
 use crate::reload::Reloader;
 use crate::state::AppState;
@@ -73,8 +74,9 @@ fn take_over_sighup() -> Result<(), String> {
     })
 }
 
-/// Runs weir on `path` until a signal stops it.
-pub fn serve(path: PathBuf) -> Result<(), String> {
+/// Runs weir on `path` until a signal stops it; with `ready_file`, writes the
+/// addresses it listens on there once they are bound.
+pub fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), String> {
     let (text, rt) = load(&path)?;
     init_logging(rt.server().log_format);
     // A panic message must not wait behind buffered log lines.
@@ -119,6 +121,15 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
     let store = Store::open(&storage.sqlite, storage.flush_interval.0, accounts.clone())?;
     let state = Arc::new(AppState::new(path, text, rt, connector, accounts, store)?);
 
+    // Bound before anything is served, and exactly as configured: see `listeners`.
+    let proxy_socket = listeners::bind("server.listen", &server_cfg.listen)?;
+    let admin_socket = listeners::bind("server.admin_listen", &server_cfg.admin_listen)?;
+    let ready = listeners::Ready {
+        proxy: proxy_socket.addr,
+        admin: admin_socket.addr,
+        pid: std::process::id(),
+    };
+
     let mut proxy = Service::new(
         "weir proxy".to_string(),
         Weir {
@@ -128,13 +139,16 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
     // Plain TCP: Pingora reads headers and bodies into its own buffers, so a 64 KiB L4
     // read buffer per client connection only adds a copy and resident memory.
     proxy.add_listener(
-        pingora_core::listeners::ListenerConfig::tcp(&server_cfg.listen)
+        proxy_socket
+            .config()
             .l4_buffer(pingora_core::protocols::l4::stream::L4BufferSettings::default().read(0)),
     );
+    let proxy = Adopting::new(proxy, vec![proxy_socket]);
 
     let mut admin = Service::new("weir admin".to_string(), AdminApp::new(state.clone()));
-    admin.add_tcp(&server_cfg.admin_listen);
+    admin.add_listener(admin_socket.config());
     admin.threads = Some(1);
+    let admin = Adopting::new(admin, vec![admin_socket]);
 
     let reloader = background_service(
         "config reload",
@@ -146,7 +160,12 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(reloader);
-    tracing::info!(listen = %server_cfg.listen, admin = %server_cfg.admin_listen, threads, "weir starting");
+    // The sockets already accept connections into their backlog: the addresses are
+    // true from here on, and requests wait only until the services start.
+    tracing::info!(proxy = %ready.proxy, admin = %ready.admin, threads, "weir listening");
+    if let Some(path) = &ready_file {
+        listeners::write_ready_file(path, &ready)?;
+    }
     server.run(RunArgs::default());
     // Every request has ended: write the last usage before the process goes.
     state.store.shutdown();

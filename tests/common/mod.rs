@@ -1,5 +1,5 @@
 //! Test harness: a mock OpenAI-compatible upstream with scripted failures and call
-//! counts, and a real `weir` process started on free loopback ports.
+//! counts, and a real `weir` process on loopback port 0 (it reports the ports it got).
 #![allow(dead_code)]
 
 use axum::body::{Body, Bytes};
@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::io::Write;
-use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -513,27 +512,13 @@ fn answer(
     sse_response(events, cut, *st.chunk_delay.lock().unwrap())
 }
 
-/// A free loopback port (bound and released; the tiny race is acceptable in tests).
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 
-/// The `server:` section on the given ports, then `body`.
-pub fn render_config(
-    port: u16,
-    admin_port: u16,
-    dir: &std::path::Path,
-    body: &str,
-    server_extra: &str,
-) -> String {
+/// The `server:` section (both listeners on port 0: weir reports the ports it got),
+/// then `body`.
+pub fn render_config(dir: &std::path::Path, body: &str, server_extra: &str) -> String {
     format!(
-        "server:\n  listen: 127.0.0.1:{port}\n  admin_listen: 127.0.0.1:{admin_port}\n  admin_key: {ADMIN_KEY}\n  threads: 2\n  backoff: {{base: 10ms, max: 100ms}}\n{server_extra}\nstorage:\n  sqlite: '{}'\n  flush_interval: 50ms\n{body}",
+        "server:\n  listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n  admin_key: {ADMIN_KEY}\n  threads: 2\n  backoff: {{base: 10ms, max: 100ms}}\n{server_extra}\nstorage:\n  sqlite: '{}'\n  flush_interval: 50ms\n{body}",
         dir.join("weir.db").display()
     )
 }
@@ -545,6 +530,36 @@ pub fn write_atomically(path: &std::path::Path, text: &str) {
     f.write_all(text.as_bytes()).unwrap();
     f.sync_all().unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Starts `weir serve` on `config`, logging to `log` (appended), with its ready
+/// file beside the config.
+fn spawn_weir(config: &std::path::Path, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+    let ready = config.with_file_name("ready.json");
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "-c"])
+        .arg(config)
+        .arg("--ready-file")
+        .arg(&ready)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn weir")
+}
+
+/// The proxy and admin ports from a ready file written by the process `pid`.
+fn read_ready(path: &std::path::Path, pid: u32) -> Option<(u16, u16)> {
+    let v: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    if v["pid"].as_u64()? != u64::from(pid) {
+        return None;
+    }
+    let port = |k: &str| -> Option<u16> {
+        let addr: std::net::SocketAddr = v[k].as_str()?.parse().ok()?;
+        Some(addr.port())
+    };
+    Some((port("proxy")?, port("admin")?))
 }
 
 /// A running weir process; killed when dropped.
@@ -564,60 +579,31 @@ impl Weir {
     }
 
     pub async fn start_with_server(body: &str, server_extra: &str) -> Weir {
-        // Ports are picked free and released before weir binds them; another test may
-        // take one in between. Then weir cannot bind: try again on fresh ports.
-        let mut last = String::new();
-        for _ in 0..3 {
-            match Self::try_start(body, server_extra).await {
-                Ok(w) => return w,
-                Err(log) if log.contains("Address already in use") => last = log,
-                Err(log) => panic!("weir did not start:\n{log}"),
-            }
-        }
-        panic!("weir could not bind after 3 tries:\n{last}");
-    }
-
-    async fn try_start(body: &str, server_extra: &str) -> Result<Weir, String> {
         let dir = tempfile::tempdir().unwrap();
-        let (port, admin_port) = (free_port(), free_port());
         let config_path = dir.path().join("weir.yaml");
         let log_path = dir.path().join("weir.log");
-        write_atomically(
-            &config_path,
-            &render_config(port, admin_port, dir.path(), body, server_extra),
-        );
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["serve", "-c"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn weir");
+        write_atomically(&config_path, &render_config(dir.path(), body, server_extra));
+        std::fs::File::create(&log_path).unwrap();
+        let child = spawn_weir(&config_path, &log_path);
         let mut w = Weir {
             child,
-            port,
-            admin_port,
+            port: 0,
+            admin_port: 0,
             dir,
             config_path,
             log_path,
         };
-        w.wait_ready().await?;
-        Ok(w)
+        if let Err(log) = w.wait_ready().await {
+            panic!("weir did not start:\n{log}");
+        }
+        w
     }
 
-    /// Rewrites the config file in place (same ports and admin key), atomically.
+    /// Rewrites the config file in place (same admin key and store), atomically.
     pub fn write_config(&self, body: &str, server_extra: &str) {
         write_atomically(
             &self.config_path,
-            &render_config(
-                self.port,
-                self.admin_port,
-                self.dir.path(),
-                body,
-                server_extra,
-            ),
+            &render_config(self.dir.path(), body, server_extra),
         );
     }
 
@@ -626,6 +612,12 @@ impl Weir {
         std::fs::write(&self.config_path, text).unwrap();
     }
 
+    fn ready_path(&self) -> PathBuf {
+        self.dir.path().join("ready.json")
+    }
+
+    /// Waits for the ready file weir writes once its listeners are bound, takes the
+    /// ports from it, then waits for `/health`.
     async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = reqwest::Client::new();
@@ -633,15 +625,16 @@ impl Weir {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("weir exited with {status}:\n{}", self.log()));
             }
-            let admin = client.get(self.admin_url("/health")).send().await;
-            let proxy = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await;
-            if admin.is_ok() && proxy.is_ok() {
-                return Ok(());
+            if let Some(ready) = read_ready(&self.ready_path(), self.child.id()) {
+                (self.port, self.admin_port) = ready;
+                if client.get(self.admin_url("/health")).send().await.is_ok() {
+                    return Ok(());
+                }
             }
             if Instant::now() > deadline {
                 return Err(format!("weir did not answer within 20 s:\n{}", self.log()));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -726,20 +719,10 @@ impl Weir {
         }
     }
 
-    /// Starts weir again on the same file, ports and store.
+    /// Starts weir again on the same file and store (on new ports).
     pub async fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.log_path)
-            .unwrap();
-        self.child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["serve", "-c"])
-            .arg(&self.config_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn weir");
+        let _ = std::fs::remove_file(self.ready_path());
+        self.child = spawn_weir(&self.config_path, &self.log_path);
         self.wait_ready().await.unwrap();
     }
 

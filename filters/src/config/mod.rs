@@ -864,7 +864,8 @@ fn validate_server(s: &ServerConfig, problems: &mut Vec<String>) {
         ));
     }
     if let (Ok(a), Ok(b)) = (listen, admin) {
-        if a == b {
+        // Port 0 twice is two ports the kernel picks, not one address twice.
+        if a == b && a.port() != 0 {
             problems.push("server.admin_listen: must differ from server.listen".into());
         }
     }
