@@ -6,81 +6,108 @@
 //! merged; `max_tokens` is required, so a default fills in. Answer: text and
 //! `tool_use` blocks become the message and its `tool_calls`; `stop_reason` becomes
 //! `finish_reason`; usage comes from `input_tokens` (+ cache tokens) and
-//! `output_tokens`. Stream: `message_start` … `message_stop` become chunks.
+//! `output_tokens`. Stream: `message_start` … `message_stop` become chunks. Models:
+//! `GET /v1/models` lists them as `data[].id`, as OpenAI does.
 
-use super::sse::Splitter;
-use super::{
-    chunk_event, content_text, data_url, openai_error, parse_json, stop_list, unix_now,
-    unsupported, usage_event, Outgoing, StreamTranslator, DONE,
+use super::answer::{error_fields, error_json, not_json, Completion};
+use super::request::{
+    content_text, copy_options, data_url, functions, max_tokens, messages, stop_list, tool_choice,
+    turns, turns_json, Dialect, ToolChoice,
 };
-use crate::config::Channel;
+use super::stream::{ChunkStream, Chunks, EventMapper};
+use super::{base_path, chat_body, items, says_400, Incoming, Outgoing, Provider, Translation};
+use crate::config::{Channel, Upstream};
 use crate::route::Endpoint;
 use crate::GatewayError;
-use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 pub const VERSION: &str = "2023-06-01";
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
-pub fn prepare(
-    channel: &Channel,
-    base: &str,
-    endpoint: Endpoint,
-    body: &Bytes,
-    model: &str,
-    key: Option<&str>,
-) -> Result<Outgoing, GatewayError> {
-    if endpoint != Endpoint::ChatCompletions {
-        return Err(unsupported("anthropic", endpoint));
+/// The Messages API, for chat completions only.
+pub struct Anthropic;
+
+impl Provider for Anthropic {
+    fn supports(&self, endpoint: Endpoint) -> bool {
+        endpoint == Endpoint::ChatCompletions
     }
-    let req = parse_json(body)?;
-    let out = to_messages_request(
-        &req,
-        model,
-        channel.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-    )?;
+
+    fn prepare(&self, channel: &Channel, req: Incoming) -> Result<Outgoing, GatewayError> {
+        let max_tokens = channel.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+        let out = to_messages_request(
+            &chat_body("anthropic", &req)?,
+            req.upstream_model,
+            max_tokens,
+        )?;
+        let path = format!("{}/v1/messages", base_path(channel));
+        Outgoing::json(path, headers(req.key), &out)
+    }
+
+    fn translation(&self) -> Option<Translation> {
+        Some(TRANSLATION)
+    }
+
+    /// An exhausted account is a 400 that names the credit balance.
+    fn key_rejected(&self, status: u16, body: &[u8]) -> bool {
+        says_400(status, body, &["credit balance"])
+    }
+
+    /// `GET /v1/models`, 1,000 to a page (the API's most; it gives 20 unasked).
+    fn models_request(&self, up: &Upstream, key: Option<&str>) -> Result<Outgoing, GatewayError> {
+        let path = format!("{}/v1/models?limit=1000", up.base_path);
+        Ok(Outgoing::get(path, headers(key)))
+    }
+}
+
+fn headers(key: Option<&str>) -> Vec<(&'static str, String)> {
     let mut headers = vec![("anthropic-version", VERSION.to_string())];
     if let Some(k) = key {
         headers.push(("x-api-key", k.to_string()));
     }
-    Ok(Outgoing {
-        path: format!("{base}/v1/messages"),
-        headers,
-        body: Bytes::from(
-            serde_json::to_vec(&out).map_err(|e| GatewayError::Internal(e.to_string()))?,
-        ),
-    })
+    headers
 }
 
-fn image_block(url: &str) -> Value {
-    match data_url(url) {
-        Some((mime, data)) => {
-            json!({"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}})
-        }
-        None => json!({"type": "image", "source": {"type": "url", "url": url}}),
+/// Messages as content blocks; system texts apart.
+#[derive(Default)]
+struct Blocks {
+    system: Vec<String>,
+}
+
+impl Dialect for Blocks {
+    const ASSISTANT: &'static str = "assistant";
+
+    fn system(&mut self, text: String) {
+        self.system.push(text);
     }
-}
 
-fn user_blocks(content: Option<&Value>) -> Vec<Value> {
-    match content {
-        Some(Value::String(s)) if s.is_empty() => Vec::new(),
-        Some(Value::String(s)) => vec![json!({"type": "text", "text": s})],
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| match p.get("type").and_then(|t| t.as_str()) {
-                Some("text") => p
-                    .get("text")
-                    .and_then(|t| t.as_str())
-                    .filter(|t| !t.is_empty())
-                    .map(|t| json!({"type": "text", "text": t})),
-                Some("image_url") => {
-                    let url = p.pointer("/image_url/url").and_then(|u| u.as_str())?;
-                    Some(image_block(url))
-                }
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
+    fn text(&self, text: &str) -> Value {
+        json!({"type": "text", "text": text})
+    }
+
+    fn image(&self, url: &str) -> Value {
+        match data_url(url) {
+            Some((mime, data)) => {
+                json!({"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}})
+            }
+            None => json!({"type": "image", "source": {"type": "url", "url": url}}),
+        }
+    }
+
+    fn tool_call(&mut self, call: &Value, args: Value) -> Value {
+        json!({
+            "type": "tool_use",
+            "id": call.get("id").cloned().unwrap_or(Value::Null),
+            "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
+            "input": args,
+        })
+    }
+
+    fn tool_result(&self, m: &Value) -> Value {
+        json!({
+            "type": "tool_result",
+            "tool_use_id": m.get("tool_call_id").cloned().unwrap_or(Value::Null),
+            "content": content_text(m.get("content")),
+        })
     }
 }
 
@@ -90,59 +117,8 @@ pub fn to_messages_request(
     model: &str,
     default_max_tokens: u32,
 ) -> Result<Value, GatewayError> {
-    let messages = req
-        .get("messages")
-        .and_then(|m| m.as_array())
-        .ok_or_else(|| GatewayError::BadRequest("`messages` must be an array".into()))?;
-    let mut system: Vec<String> = Vec::new();
-    let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
-    for m in messages {
-        let role = m.get("role").and_then(|r| r.as_str()).unwrap_or("user");
-        let (role, blocks) = match role {
-            "system" | "developer" => {
-                system.push(content_text(m.get("content")));
-                continue;
-            }
-            "assistant" => {
-                let mut blocks = Vec::new();
-                let text = content_text(m.get("content"));
-                if !text.is_empty() {
-                    blocks.push(json!({"type": "text", "text": text}));
-                }
-                for call in m
-                    .get("tool_calls")
-                    .and_then(|t| t.as_array())
-                    .into_iter()
-                    .flatten()
-                {
-                    let args = call
-                        .pointer("/function/arguments")
-                        .and_then(|a| a.as_str())
-                        .unwrap_or("{}");
-                    blocks.push(json!({
-                        "type": "tool_use",
-                        "id": call.get("id").cloned().unwrap_or(Value::Null),
-                        "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
-                        "input": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({})),
-                    }));
-                }
-                ("assistant", blocks)
-            }
-            "tool" | "function" => (
-                "user",
-                vec![json!({
-                    "type": "tool_result",
-                    "tool_use_id": m.get("tool_call_id").cloned().unwrap_or(Value::Null),
-                    "content": content_text(m.get("content")),
-                })],
-            ),
-            _ => ("user", user_blocks(m.get("content"))),
-        };
-        match turns.last_mut() {
-            Some((last, existing)) if last == role => existing.extend(blocks),
-            _ => turns.push((role.to_string(), blocks)),
-        }
-    }
+    let mut blocks = Blocks::default();
+    let mut turns = turns(&mut blocks, messages(req)?);
     // Anthropic wants tool results first in their turn, and no empty turns.
     for (_, blocks) in &mut turns {
         blocks.sort_by_key(|b| b.get("type").and_then(|t| t.as_str()) != Some("tool_result"));
@@ -150,74 +126,47 @@ pub fn to_messages_request(
     turns.retain(|(_, blocks)| !blocks.is_empty());
     let mut out = Map::new();
     out.insert("model".into(), json!(model));
-    let max = req
-        .get("max_completion_tokens")
-        .or_else(|| req.get("max_tokens"))
+    let max = max_tokens(req)
         .and_then(|v| v.as_u64())
         .unwrap_or(u64::from(default_max_tokens));
     out.insert("max_tokens".into(), json!(max));
-    if !system.is_empty() {
-        out.insert("system".into(), json!(system.join("\n\n")));
+    if !blocks.system.is_empty() {
+        out.insert("system".into(), json!(blocks.system.join("\n\n")));
     }
-    out.insert(
-        "messages".into(),
-        Value::Array(
-            turns
-                .into_iter()
-                .map(|(role, content)| json!({"role": role, "content": content}))
-                .collect(),
-        ),
-    );
-    for (from, to) in [
-        ("temperature", "temperature"),
-        ("top_p", "top_p"),
-        ("top_k", "top_k"),
-        ("stream", "stream"),
-    ] {
-        if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
-            out.insert(to.into(), v.clone());
-        }
-    }
+    out.insert("messages".into(), turns_json(turns, "content"));
+    let same = ["temperature", "top_p", "top_k", "stream"].map(|k| (k, k));
+    copy_options(req, &mut out, &same);
     if let Some(stop) = stop_list(req.get("stop")) {
         out.insert("stop_sequences".into(), json!(stop));
     }
     if let Some(user) = req.get("user").and_then(|u| u.as_str()) {
         out.insert("metadata".into(), json!({"user_id": user}));
     }
-    if let Some(tools) = req.get("tools").and_then(|t| t.as_array()) {
-        let tools: Vec<Value> = tools
-            .iter()
-            .filter_map(|t| t.get("function"))
-            .map(|f| {
-                json!({
-                    "name": f.get("name").cloned().unwrap_or(Value::Null),
-                    "description": f.get("description").cloned().unwrap_or(json!("")),
-                    "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-                })
-            })
-            .collect();
-        if !tools.is_empty() {
-            out.insert("tools".into(), Value::Array(tools));
-        }
+    let tools: Vec<Value> = functions(req).map(tool_declaration).collect();
+    if !tools.is_empty() {
+        out.insert("tools".into(), Value::Array(tools));
     }
-    match req.get("tool_choice") {
-        Some(Value::String(s)) if s == "auto" => {
-            out.insert("tool_choice".into(), json!({"type": "auto"}));
-        }
-        Some(Value::String(s)) if s == "required" => {
-            out.insert("tool_choice".into(), json!({"type": "any"}));
-        }
-        Some(Value::String(s)) if s == "none" => {
-            out.insert("tool_choice".into(), json!({"type": "none"}));
-        }
-        Some(Value::Object(o)) => {
-            if let Some(name) = o.get("function").and_then(|f| f.get("name")) {
-                out.insert("tool_choice".into(), json!({"type": "tool", "name": name}));
-            }
-        }
-        _ => {}
+    if let Some(choice) = tool_choice(req) {
+        out.insert("tool_choice".into(), tool_choice_json(choice));
     }
     Ok(Value::Object(out))
+}
+
+fn tool_declaration(f: &Value) -> Value {
+    json!({
+        "name": f.get("name").cloned().unwrap_or(Value::Null),
+        "description": f.get("description").cloned().unwrap_or(json!("")),
+        "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+    })
+}
+
+fn tool_choice_json(choice: ToolChoice) -> Value {
+    match choice {
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::Never => json!({"type": "none"}),
+        ToolChoice::Function(name) => json!({"type": "tool", "name": name}),
+    }
 }
 
 fn finish_reason(stop: Option<&str>) -> &'static str {
@@ -241,22 +190,18 @@ fn prompt_tokens(usage: &Value) -> u64 {
     .sum()
 }
 
-pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
-    let Ok(msg) = serde_json::from_slice::<Value>(body) else {
-        return openai_error(
-            "the upstream answered with something that is not JSON",
-            "server_error",
-            "bad_upstream_answer",
-        );
-    };
+fn output_tokens(usage: &Value) -> u64 {
+    usage
+        .get("output_tokens")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
+}
+
+/// The text and the OpenAI tool calls of a message's content blocks.
+fn content_of(msg: &Value) -> (String, Vec<Value>) {
     let mut text = String::new();
     let mut calls = Vec::new();
-    for block in msg
-        .get("content")
-        .and_then(|c| c.as_array())
-        .into_iter()
-        .flatten()
-    {
+    for block in items(msg, "/content") {
         match block.get("type").and_then(|t| t.as_str()) {
             Some("text") => text.push_str(block.get("text").and_then(|t| t.as_str()).unwrap_or("")),
             Some("tool_use") => calls.push(json!({
@@ -267,231 +212,158 @@ pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
             _ => {}
         }
     }
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
-    }
-    let usage = msg.get("usage").cloned().unwrap_or(Value::Null);
-    let (prompt, completion) = (
-        prompt_tokens(&usage),
-        usage
-            .get("output_tokens")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0),
-    );
-    let out = json!({
-        "id": msg.get("id").cloned().unwrap_or_else(|| json!("chatcmpl-anthropic")),
-        "object": "chat.completion",
-        "created": unix_now(),
-        "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(msg.get("stop_reason").and_then(|s| s.as_str()))}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt.saturating_add(completion)},
-    });
-    serde_json::to_vec(&out).unwrap_or_default()
+    (text, calls)
 }
 
-pub fn translate_error(status: u16, body: &[u8]) -> Vec<u8> {
-    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let kind = v
-        .pointer("/error/type")
-        .and_then(|t| t.as_str())
-        .unwrap_or("api_error");
-    let message = v
-        .pointer("/error/message")
-        .and_then(|m| m.as_str())
-        .unwrap_or("the Anthropic upstream refused the request");
-    let openai_type = match kind {
+pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
+    let Ok(msg) = serde_json::from_slice::<Value>(body) else {
+        return not_json();
+    };
+    let (text, calls) = content_of(&msg);
+    let usage = msg.get("usage").unwrap_or(&Value::Null);
+    Completion {
+        id: msg
+            .get("id")
+            .cloned()
+            .unwrap_or_else(|| json!("chatcmpl-anthropic")),
+        model,
+        text,
+        calls,
+        finish: finish_reason(msg.get("stop_reason").and_then(|s| s.as_str())),
+        usage: (prompt_tokens(usage), output_tokens(usage)),
+    }
+    .into_json()
+}
+
+/// Anthropic's error `type` as OpenAI's, where they differ in name only.
+fn openai_type(kind: &str) -> Option<&'static str> {
+    Some(match kind {
         "invalid_request_error" | "not_found_error" | "request_too_large" => {
             "invalid_request_error"
         }
         "authentication_error" => "authentication_error",
         "permission_error" => "permission_error",
         "rate_limit_error" => "rate_limit_error",
-        _ => super::error_type_for(status),
-    };
-    openai_error(message, openai_type, kind)
+        _ => return None,
+    })
 }
+
+pub fn translate_error(status: u16, body: &[u8]) -> Vec<u8> {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let default = "the Anthropic upstream refused the request";
+    let (kind, message) = error_fields(&v, "type", "api_error", default);
+    error_json(status, kind, message, openai_type(kind))
+}
+
+const TRANSLATION: Translation = Translation::new(translate_answer, translate_error, Stream::boxed);
 
 /// `message_start` … `message_stop` → OpenAI chunks.
-pub struct Stream {
-    split: Splitter,
-    model: String,
-    include_usage: bool,
-    id: String,
-    created: u64,
-    prompt: u64,
-    completion: u64,
+pub type Stream = ChunkStream<Events>;
+
+/// What a Messages stream's events mean. A stream is complete only with
+/// `message_stop`: no `[DONE]` is made up for one that just ended, so the relay
+/// reports it broken.
+#[derive(Default)]
+pub struct Events {
     /// Anthropic block index → OpenAI tool-call index, and whether arguments came.
     tools: Vec<(u64, usize, bool)>,
-    done: bool,
 }
 
-impl Stream {
-    pub fn new(model: &str, include_usage: bool) -> Self {
-        Stream {
-            split: Splitter::default(),
-            model: model.to_string(),
-            include_usage,
-            id: "chatcmpl-anthropic".into(),
-            created: unix_now(),
-            prompt: 0,
-            completion: 0,
-            tools: Vec::new(),
-            done: false,
-        }
-    }
+impl EventMapper for Events {
+    const DEFAULT_ID: &'static str = "chatcmpl-anthropic";
+    const ENDS_WITH_RESPONSE: bool = false;
 
-    fn event(&mut self, v: &Value, out: &mut Vec<u8>) {
-        let chunk = |s: &Self, delta: Value, finish: Option<&str>| {
-            chunk_event(&s.id, &s.model, s.created, delta, finish)
-        };
+    fn event(&mut self, v: &Value, out: &mut Chunks) {
         match v.get("type").and_then(|t| t.as_str()) {
             Some("message_start") => {
-                if let Some(id) = v.pointer("/message/id").and_then(|i| i.as_str()) {
-                    self.id = id.to_string();
-                }
-                let usage = v.pointer("/message/usage").cloned().unwrap_or(Value::Null);
-                self.prompt = prompt_tokens(&usage);
-                self.completion = usage
-                    .get("output_tokens")
-                    .and_then(|o| o.as_u64())
-                    .unwrap_or(0);
-                out.extend(chunk(
-                    self,
-                    json!({"role": "assistant", "content": ""}),
-                    None,
-                ));
+                out.set_id(v.pointer("/message/id").and_then(|i| i.as_str()));
+                let usage = v.pointer("/message/usage").unwrap_or(&Value::Null);
+                out.prompt = prompt_tokens(usage);
+                out.completion = output_tokens(usage);
+                out.delta(json!({"content": ""}));
             }
-            Some("content_block_start") => {
-                let block = v.get("content_block").cloned().unwrap_or(Value::Null);
-                if block.get("type").and_then(|t| t.as_str()) == Some("tool_use") {
-                    let index = v.get("index").and_then(|i| i.as_u64()).unwrap_or(0);
-                    let n = self.tools.len();
-                    self.tools.push((index, n, false));
-                    let delta = json!({"tool_calls": [{"index": n, "id": block.get("id"), "type": "function", "function": {"name": block.get("name"), "arguments": ""}}]});
-                    out.extend(chunk(self, delta, None));
-                }
-            }
-            Some("content_block_delta") => {
-                let delta = v.get("delta").cloned().unwrap_or(Value::Null);
-                match delta.get("type").and_then(|t| t.as_str()) {
-                    Some("text_delta") => {
-                        let text = delta.get("text").cloned().unwrap_or(json!(""));
-                        out.extend(chunk(self, json!({"content": text}), None));
-                    }
-                    Some("input_json_delta") => {
-                        let index = v.get("index").and_then(|i| i.as_u64()).unwrap_or(0);
-                        let partial = delta
-                            .get("partial_json")
-                            .and_then(|p| p.as_str())
-                            .unwrap_or("")
-                            .to_string();
-                        if let Some(tool) = self.tools.iter_mut().find(|(i, _, _)| *i == index) {
-                            tool.2 |= !partial.is_empty();
-                            let n = tool.1;
-                            let delta = json!({"tool_calls": [{"index": n, "function": {"arguments": partial}}]});
-                            out.extend(chunk(self, delta, None));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Some("content_block_stop") => {
-                // A tool called with no arguments still needs valid JSON for them.
-                let index = v.get("index").and_then(|i| i.as_u64()).unwrap_or(0);
-                if let Some(tool) = self
-                    .tools
-                    .iter_mut()
-                    .find(|(i, _, sent)| *i == index && !sent)
-                {
-                    tool.2 = true;
-                    let n = tool.1;
-                    out.extend(chunk(
-                        self,
-                        json!({"tool_calls": [{"index": n, "function": {"arguments": "{}"}}]}),
-                        None,
-                    ));
-                }
-            }
+            Some("content_block_start") => self.block_start(v, out),
+            Some("content_block_delta") => self.block_delta(v, out),
+            Some("content_block_stop") => self.block_stop(v, out),
             Some("message_delta") => {
                 if let Some(o) = v.pointer("/usage/output_tokens").and_then(|o| o.as_u64()) {
-                    self.completion = o;
+                    out.completion = o;
                 }
                 if let Some(usage) = v.get("usage") {
                     // Newer streams repeat the final input counts here.
-                    self.prompt = self.prompt.max(prompt_tokens(usage));
+                    out.prompt = out.prompt.max(prompt_tokens(usage));
                 }
-                let reason =
-                    finish_reason(v.pointer("/delta/stop_reason").and_then(|s| s.as_str()));
-                out.extend(chunk(self, json!({}), Some(reason)));
+                out.finish(finish_reason(
+                    v.pointer("/delta/stop_reason").and_then(|s| s.as_str()),
+                ));
             }
-            Some("message_stop") => out.extend(self.close()),
+            Some("message_stop") => out.close(),
             Some("error") => {
-                let kind = v
-                    .pointer("/error/type")
-                    .and_then(|t| t.as_str())
-                    .unwrap_or("api_error");
-                let message = v
-                    .pointer("/error/message")
-                    .and_then(|m| m.as_str())
-                    .unwrap_or("upstream error");
-                out.extend(b"data: ");
-                out.extend(openai_error(message, super::error_type_for(500), kind));
-                out.extend(b"\n\n");
-                self.done = true;
+                let (kind, message) = error_fields(v, "type", "api_error", "upstream error");
+                out.error(message, kind);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Events {
+    fn block_start(&mut self, v: &Value, out: &mut Chunks) {
+        let block = v.get("content_block").unwrap_or(&Value::Null);
+        if block.get("type").and_then(|t| t.as_str()) == Some("tool_use") {
+            let n = self.tools.len();
+            self.tools.push((block_index(v), n, false));
+            out.delta(json!({"tool_calls": [{"index": n, "id": block.get("id"), "type": "function", "function": {"name": block.get("name"), "arguments": ""}}]}));
+        }
+    }
+
+    fn block_delta(&mut self, v: &Value, out: &mut Chunks) {
+        let delta = v.get("delta").unwrap_or(&Value::Null);
+        match delta.get("type").and_then(|t| t.as_str()) {
+            Some("text_delta") => {
+                let text = delta.get("text").cloned().unwrap_or(json!(""));
+                out.delta(json!({"content": text}));
+            }
+            Some("input_json_delta") => {
+                let partial = delta
+                    .get("partial_json")
+                    .and_then(|p| p.as_str())
+                    .unwrap_or("");
+                let index = block_index(v);
+                if let Some(tool) = self.tools.iter_mut().find(|(i, _, _)| *i == index) {
+                    tool.2 |= !partial.is_empty();
+                    out.delta(json!({"tool_calls": [{"index": tool.1, "function": {"arguments": partial}}]}));
+                }
             }
             _ => {}
         }
     }
 
-    fn close(&mut self) -> Vec<u8> {
-        if self.done {
-            return Vec::new();
+    fn block_stop(&mut self, v: &Value, out: &mut Chunks) {
+        // A tool called with no arguments still needs valid JSON for them.
+        let index = block_index(v);
+        if let Some(tool) = self
+            .tools
+            .iter_mut()
+            .find(|(i, _, sent)| *i == index && !sent)
+        {
+            tool.2 = true;
+            out.delta(json!({"tool_calls": [{"index": tool.1, "function": {"arguments": "{}"}}]}));
         }
-        self.done = true;
-        let mut out = Vec::new();
-        if self.include_usage {
-            out.extend(usage_event(
-                &self.id,
-                &self.model,
-                self.created,
-                self.prompt,
-                self.completion,
-            ));
-        }
-        out.extend(DONE);
-        out
     }
 }
 
-impl StreamTranslator for Stream {
-    fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for ev in self.split.push(chunk) {
-            if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
-                self.event(&v, &mut out);
-            }
-        }
-        out
-    }
-
-    /// A stream is complete only with `message_stop`: no `[DONE]` is made up for one
-    /// that just ended, so the relay reports it broken.
-    fn finish(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if let Some(ev) = self.split.rest() {
-            if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
-                self.event(&v, &mut out);
-            }
-        }
-        out
-    }
+fn block_index(v: &Value) -> u64 {
+    v.get("index").and_then(|i| i.as_u64()).unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::response_body::{json_usage, SseTap};
+    use crate::adapters::answer::read_back;
+    use crate::adapters::stream::tap_cut;
+    use crate::adapters::StreamTranslator;
+    use crate::config::ChannelType;
 
     #[test]
     fn request_follows_the_messages_api() {
@@ -557,26 +429,20 @@ mod tests {
     fn answer_maps_to_chat_completion() {
         // The documented example response of the Messages API.
         let body = br#"{"id":"msg_013Zva2CMHLNnXjNJJKqJ2EF","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hi! My name is Claude."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":2095,"output_tokens":503}}"#;
-        let out = translate_answer(body, "claude");
-        let v: Value = serde_json::from_slice(&out).unwrap();
+        let (choice, u) = read_back(&translate_answer(body, "claude"));
         assert_eq!(
-            v["choices"][0]["message"]["content"],
-            "Hi! My name is Claude."
+            choice,
+            json!({"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hi! My name is Claude."}})
         );
-        assert_eq!(v["choices"][0]["finish_reason"], "stop");
-        let (u, _) = json_usage(&out);
-        assert_eq!(
-            (u.unwrap().prompt_tokens, u.unwrap().completion_tokens),
-            (2095, 503)
-        );
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (2095, 503));
         let tool = br#"{"id":"m","content":[{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{"city":"Paris"}}],"stop_reason":"tool_use","usage":{"input_tokens":5,"output_tokens":7,"cache_read_input_tokens":100}}"#;
-        let v: Value = serde_json::from_slice(&translate_answer(tool, "c")).unwrap();
-        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        let (choice, u) = read_back(&translate_answer(tool, "c"));
         assert_eq!(
-            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
-            "{\"city\":\"Paris\"}"
+            choice["message"],
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]})
         );
-        assert_eq!(v["usage"]["prompt_tokens"], 105);
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(u.prompt_tokens, 105);
     }
 
     #[test]
@@ -597,12 +463,7 @@ mod tests {
     #[test]
     fn stream_becomes_chunks_with_usage() {
         for cut in [1, 100, 400, STREAM.len() - 3] {
-            let mut s = Stream::new("claude", true);
-            let mut out = s.feed(&STREAM.as_bytes()[..cut]);
-            out.extend(s.feed(&STREAM.as_bytes()[cut..]));
-            out.extend(s.finish());
-            let mut tap = SseTap::new(false);
-            tap.feed(Bytes::from(out));
+            let tap = tap_cut(&mut Stream::new("claude", true), STREAM.as_bytes(), cut);
             assert_eq!(tap.completion_text().0, "Hello!");
             assert!(tap.saw_done && tap.saw_finish, "cut {cut}");
             let u = tap.usage.unwrap();
@@ -648,5 +509,29 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("usage") && out.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn models_list_asks_for_the_largest_page() {
+        let up = Upstream::parse("https://gw.example/anthropic/").unwrap();
+        let req =
+            super::super::models_request(ChannelType::Anthropic, &up, Some("sk-ant")).unwrap();
+        assert_eq!(req.path, "/anthropic/v1/models?limit=1000");
+        assert_eq!(
+            req.headers,
+            vec![
+                ("anthropic-version", VERSION.to_string()),
+                ("x-api-key", "sk-ant".to_string())
+            ]
+        );
+        assert!(req.body.is_empty());
+        // Shaped as the documented `GET /v1/models` answer.
+        let body = br#"{"data":[{"type":"model","id":"claude-sonnet-4-5-20250929","display_name":"Claude Sonnet 4.5","created_at":"2025-09-29T00:00:00Z"},{"type":"model","id":"claude-3-5-haiku-20241022","display_name":"Claude Haiku 3.5","created_at":"2024-10-22T00:00:00Z"}],"has_more":false,"first_id":"claude-sonnet-4-5-20250929","last_id":"claude-3-5-haiku-20241022"}"#;
+        assert_eq!(
+            super::super::parse_models(ChannelType::Anthropic, body).unwrap(),
+            ["claude-sonnet-4-5-20250929", "claude-3-5-haiku-20241022"]
+        );
+        let refused = br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
+        assert_eq!(Anthropic.parse_models(refused), None);
     }
 }

@@ -6,184 +6,183 @@
 //! results become `functionCall` / `functionResponse` parts; sampling options go to
 //! `generationConfig`. Answer: the first candidate's parts become the message,
 //! `finishReason` the finish reason, `usageMetadata` the usage. A stream is a series
-//! of such answers; it ends with the connection, after a `finishReason`.
+//! of such answers; it ends with the connection, after a `finishReason`. Models:
+//! `GET /v1beta/models` lists them as `models[].name`, `models/…`.
 
-use super::sse::Splitter;
-use super::{
-    chunk_event, content_text, data_url, openai_error, parse_json, stop_list, unix_now,
-    unsupported, usage_event, Outgoing, StreamTranslator, DONE,
+use super::answer::{error_fields, error_json, not_json, Completion};
+use super::request::{
+    content_text, copy_options, data_url, functions, max_tokens, messages, stop_list, tool_choice,
+    turns, turns_json, Dialect, ToolChoice,
 };
+use super::stream::{ChunkStream, Chunks, EventMapper};
+use super::{base_path, chat_body, items, says_400, Incoming, Outgoing, Provider, Translation};
+use crate::config::{Channel, Upstream};
 use crate::route::Endpoint;
 use crate::GatewayError;
-use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
-pub fn prepare(
-    base: &str,
-    endpoint: Endpoint,
-    body: &Bytes,
-    model: &str,
-    key: Option<&str>,
-) -> Result<Outgoing, GatewayError> {
-    if endpoint != Endpoint::ChatCompletions {
-        return Err(unsupported("gemini", endpoint));
+/// The Gemini API, for chat completions only.
+pub struct Gemini;
+
+impl Provider for Gemini {
+    fn supports(&self, endpoint: Endpoint) -> bool {
+        endpoint == Endpoint::ChatCompletions
     }
-    let req = parse_json(body)?;
-    let stream = req.get("stream").and_then(|s| s.as_bool()).unwrap_or(false);
-    let out = to_generate_request(&req)?;
-    let model: String = form_urlencoded::byte_serialize(model.as_bytes()).collect();
-    let path = if stream {
-        format!("{base}/v1beta/models/{model}:streamGenerateContent?alt=sse")
-    } else {
-        format!("{base}/v1beta/models/{model}:generateContent")
-    };
-    Ok(Outgoing {
-        path,
-        headers: key
-            .map(|k| vec![("x-goog-api-key", k.to_string())])
-            .unwrap_or_default(),
-        body: Bytes::from(
-            serde_json::to_vec(&out).map_err(|e| GatewayError::Internal(e.to_string()))?,
-        ),
-    })
+
+    fn prepare(&self, channel: &Channel, req: Incoming) -> Result<Outgoing, GatewayError> {
+        let body = chat_body("gemini", &req)?;
+        let stream = body
+            .get("stream")
+            .and_then(|s| s.as_bool())
+            .unwrap_or(false);
+        let out = to_generate_request(&body)?;
+        let model: String =
+            form_urlencoded::byte_serialize(req.upstream_model.as_bytes()).collect();
+        let base = base_path(channel);
+        let path = if stream {
+            format!("{base}/v1beta/models/{model}:streamGenerateContent?alt=sse")
+        } else {
+            format!("{base}/v1beta/models/{model}:generateContent")
+        };
+        Outgoing::json(path, headers(req.key), &out)
+    }
+
+    fn translation(&self) -> Option<Translation> {
+        Some(TRANSLATION)
+    }
+
+    /// Gemini answers a bad or expired key with 400 `API_KEY_INVALID`.
+    fn key_rejected(&self, status: u16, body: &[u8]) -> bool {
+        says_400(
+            status,
+            body,
+            &["API_KEY_INVALID", "API key not valid", "API key expired"],
+        )
+    }
+
+    /// `GET /v1beta/models`, 1,000 to a page (the API's most; it gives 50 unasked).
+    /// The key goes in its header, as for requests, not in a `?key=` that logs keep.
+    fn models_request(&self, up: &Upstream, key: Option<&str>) -> Result<Outgoing, GatewayError> {
+        let path = format!("{}/v1beta/models?pageSize=1000", up.base_path);
+        Ok(Outgoing::get(path, headers(key)))
+    }
+
+    /// Names without their `models/`, of the models that `generateContent` serves
+    /// (the only method a Gemini channel calls; embedding models are left out).
+    fn parse_models(&self, body: &[u8]) -> Option<Vec<String>> {
+        let v: Value = serde_json::from_slice(body).ok()?;
+        let models = v.get("models")?.as_array()?;
+        Some(models.iter().filter_map(chat_model_name).collect())
+    }
 }
 
-fn media_part(url: &str) -> Value {
-    match data_url(url) {
-        Some((mime, data)) => json!({"inlineData": {"mimeType": mime, "data": data}}),
-        None => json!({"fileData": {"fileUri": url}}),
+fn chat_model_name(m: &Value) -> Option<String> {
+    let methods = m
+        .get("supportedGenerationMethods")
+        .and_then(|s| s.as_array());
+    if methods.is_some_and(|ms| !ms.iter().any(|s| s == "generateContent")) {
+        return None;
     }
+    let name = m.get("name")?.as_str()?;
+    Some(name.strip_prefix("models/").unwrap_or(name).to_string())
 }
 
-fn user_parts(content: Option<&Value>) -> Vec<Value> {
-    match content {
-        Some(Value::String(s)) if s.is_empty() => Vec::new(),
-        Some(Value::String(s)) => vec![json!({"text": s})],
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| match p.get("type").and_then(|t| t.as_str()) {
-                Some("text") => p
-                    .get("text")
-                    .and_then(|t| t.as_str())
-                    .filter(|t| !t.is_empty())
-                    .map(|t| json!({"text": t})),
-                Some("image_url") => p
-                    .pointer("/image_url/url")
-                    .and_then(|u| u.as_str())
-                    .map(media_part),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
+fn headers(key: Option<&str>) -> Vec<(&'static str, String)> {
+    key.map(|k| vec![("x-goog-api-key", k.to_string())])
+        .unwrap_or_default()
+}
+
+/// Messages as `contents` parts; system texts apart.
+#[derive(Default)]
+struct Parts {
+    system: Vec<Value>,
+    /// Gemini answers a function by name; OpenAI by call id.
+    call_names: HashMap<String, String>,
+}
+
+impl Dialect for Parts {
+    const ASSISTANT: &'static str = "model";
+
+    fn system(&mut self, text: String) {
+        self.system.push(json!({ "text": text }));
+    }
+
+    fn text(&self, text: &str) -> Value {
+        json!({ "text": text })
+    }
+
+    fn image(&self, url: &str) -> Value {
+        match data_url(url) {
+            Some((mime, data)) => json!({"inlineData": {"mimeType": mime, "data": data}}),
+            None => json!({"fileData": {"fileUri": url}}),
+        }
+    }
+
+    fn tool_call(&mut self, call: &Value, args: Value) -> Value {
+        let name = call
+            .pointer("/function/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("");
+        let id = call.get("id").and_then(|i| i.as_str());
+        if let Some(id) = id {
+            self.call_names.insert(id.to_string(), name.to_string());
+        }
+        let mut part = json!({"functionCall": {"name": name, "args": args}});
+        // The thought signature Gemini attached to this call travels in its id.
+        if let Some(sig) = id.and_then(signature_of) {
+            part["thoughtSignature"] = json!(sig);
+        }
+        part
+    }
+
+    fn tool_result(&self, m: &Value) -> Value {
+        let id = m.get("tool_call_id").and_then(|i| i.as_str()).unwrap_or("");
+        let name = self
+            .call_names
+            .get(id)
+            .cloned()
+            .or_else(|| m.get("name").and_then(|n| n.as_str()).map(str::to_string))
+            .unwrap_or_default();
+        json!({"functionResponse": {"name": name, "response": {"content": content_text(m.get("content"))}}})
     }
 }
 
 /// The OpenAI chat request as a `generateContent` request.
 pub fn to_generate_request(req: &Value) -> Result<Value, GatewayError> {
-    let messages = req
-        .get("messages")
-        .and_then(|m| m.as_array())
-        .ok_or_else(|| GatewayError::BadRequest("`messages` must be an array".into()))?;
-    let mut system = Vec::new();
-    let mut contents: Vec<(String, Vec<Value>)> = Vec::new();
-    // Gemini answers a function by name; OpenAI by call id.
-    let mut call_names: HashMap<String, String> = HashMap::new();
-    for m in messages {
-        let (role, parts) = match m.get("role").and_then(|r| r.as_str()).unwrap_or("user") {
-            "system" | "developer" => {
-                system.push(json!({"text": content_text(m.get("content"))}));
-                continue;
-            }
-            "assistant" => {
-                let mut parts = Vec::new();
-                let text = content_text(m.get("content"));
-                if !text.is_empty() {
-                    parts.push(json!({"text": text}));
-                }
-                for call in m
-                    .get("tool_calls")
-                    .and_then(|t| t.as_array())
-                    .into_iter()
-                    .flatten()
-                {
-                    let name = call
-                        .pointer("/function/name")
-                        .and_then(|n| n.as_str())
-                        .unwrap_or("");
-                    if let Some(id) = call.get("id").and_then(|i| i.as_str()) {
-                        call_names.insert(id.to_string(), name.to_string());
-                    }
-                    let args = call
-                        .pointer("/function/arguments")
-                        .and_then(|a| a.as_str())
-                        .unwrap_or("{}");
-                    let args = serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({}));
-                    let mut part = json!({"functionCall": {"name": name, "args": args}});
-                    // The thought signature Gemini attached to this call travels in its id.
-                    let sig = call
-                        .get("id")
-                        .and_then(|i| i.as_str())
-                        .and_then(signature_of);
-                    if let Some(sig) = sig {
-                        part["thoughtSignature"] = json!(sig);
-                    }
-                    parts.push(part);
-                }
-                ("model", parts)
-            }
-            "tool" | "function" => {
-                let id = m.get("tool_call_id").and_then(|i| i.as_str()).unwrap_or("");
-                let name = call_names
-                    .get(id)
-                    .cloned()
-                    .or_else(|| m.get("name").and_then(|n| n.as_str()).map(str::to_string))
-                    .unwrap_or_default();
-                (
-                    "user",
-                    vec![
-                        json!({"functionResponse": {"name": name, "response": {"content": content_text(m.get("content"))}}}),
-                    ],
-                )
-            }
-            _ => ("user", user_parts(m.get("content"))),
-        };
-        match contents.last_mut() {
-            Some((last, existing)) if last == role => existing.extend(parts),
-            _ => contents.push((role.to_string(), parts)),
-        }
-    }
+    let mut parts = Parts::default();
+    let mut contents = turns(&mut parts, messages(req)?);
     contents.retain(|(_, parts)| !parts.is_empty());
     let mut out = Map::new();
-    out.insert(
-        "contents".into(),
-        Value::Array(
-            contents
-                .into_iter()
-                .map(|(role, parts)| json!({"role": role, "parts": parts}))
-                .collect(),
-        ),
-    );
-    if !system.is_empty() {
-        out.insert("systemInstruction".into(), json!({"parts": system}));
+    out.insert("contents".into(), turns_json(contents, "parts"));
+    if !parts.system.is_empty() {
+        out.insert("systemInstruction".into(), json!({"parts": parts.system}));
     }
+    let gen = generation_config(req);
+    if !gen.is_empty() {
+        out.insert("generationConfig".into(), Value::Object(gen));
+    }
+    let decls: Vec<Value> = functions(req).map(function_declaration).collect();
+    if !decls.is_empty() {
+        out.insert("tools".into(), json!([{"functionDeclarations": decls}]));
+    }
+    if let Some(cfg) = tool_choice(req).map(calling_config) {
+        out.insert("toolConfig".into(), json!({"functionCallingConfig": cfg}));
+    }
+    Ok(Value::Object(out))
+}
+
+fn generation_config(req: &Value) -> Map<String, Value> {
     let mut gen = Map::new();
-    for (from, to) in [
+    let names = [
         ("temperature", "temperature"),
         ("top_p", "topP"),
         ("top_k", "topK"),
         ("n", "candidateCount"),
         ("seed", "seed"),
-    ] {
-        if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
-            gen.insert(to.into(), v.clone());
-        }
-    }
-    if let Some(max) = req
-        .get("max_completion_tokens")
-        .or_else(|| req.get("max_tokens"))
-        .filter(|v| !v.is_null())
-    {
+    ];
+    copy_options(req, &mut gen, &names);
+    if let Some(max) = max_tokens(req).filter(|v| !v.is_null()) {
         gen.insert("maxOutputTokens".into(), max.clone());
     }
     if let Some(stop) = stop_list(req.get("stop")) {
@@ -204,40 +203,25 @@ pub fn to_generate_request(req: &Value) -> Result<Value, GatewayError> {
         }
         _ => {}
     }
-    if !gen.is_empty() {
-        out.insert("generationConfig".into(), Value::Object(gen));
+    gen
+}
+
+fn function_declaration(f: &Value) -> Value {
+    let mut d = json!({"name": f.get("name"), "description": f.get("description").cloned().unwrap_or(json!(""))});
+    // Full JSON Schema (what OpenAI clients send), not Gemini's OpenAPI subset.
+    if let Some(p) = f.get("parameters") {
+        d["parametersJsonSchema"] = p.clone();
     }
-    if let Some(tools) = req.get("tools").and_then(|t| t.as_array()) {
-        let decls: Vec<Value> = tools
-            .iter()
-            .filter_map(|t| t.get("function"))
-            .map(|f| {
-                let mut d = json!({"name": f.get("name"), "description": f.get("description").cloned().unwrap_or(json!(""))});
-                // Full JSON Schema (what OpenAI clients send), not Gemini's OpenAPI subset.
-                if let Some(p) = f.get("parameters") {
-                    d["parametersJsonSchema"] = p.clone();
-                }
-                d
-            })
-            .collect();
-        if !decls.is_empty() {
-            out.insert("tools".into(), json!([{"functionDeclarations": decls}]));
-        }
+    d
+}
+
+fn calling_config(choice: ToolChoice) -> Value {
+    match choice {
+        ToolChoice::Never => json!({"mode": "NONE"}),
+        ToolChoice::Required => json!({"mode": "ANY"}),
+        ToolChoice::Auto => json!({"mode": "AUTO"}),
+        ToolChoice::Function(name) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
     }
-    let mode = match req.get("tool_choice") {
-        Some(Value::String(s)) if s == "none" => Some(json!({"mode": "NONE"})),
-        Some(Value::String(s)) if s == "required" => Some(json!({"mode": "ANY"})),
-        Some(Value::String(s)) if s == "auto" => Some(json!({"mode": "AUTO"})),
-        Some(Value::Object(o)) => o
-            .get("function")
-            .and_then(|f| f.get("name"))
-            .map(|n| json!({"mode": "ANY", "allowedFunctionNames": [n]})),
-        _ => None,
-    };
-    if let Some(cfg) = mode {
-        out.insert("toolConfig".into(), json!({"functionCallingConfig": cfg}));
-    }
-    Ok(Value::Object(out))
 }
 
 fn finish_reason(reason: &str, has_calls: bool) -> &'static str {
@@ -280,12 +264,7 @@ fn signature_of(id: &str) -> Option<&str> {
 fn parts_of(v: &Value, call_base: usize) -> (String, Vec<Value>) {
     let mut text = String::new();
     let mut calls = Vec::new();
-    for p in v
-        .pointer("/candidates/0/content/parts")
-        .and_then(|p| p.as_array())
-        .into_iter()
-        .flatten()
-    {
+    for p in items(v, "/candidates/0/content/parts") {
         if p.get("thought").and_then(|t| t.as_bool()) == Some(true) {
             continue;
         }
@@ -306,13 +285,18 @@ fn parts_of(v: &Value, call_base: usize) -> (String, Vec<Value>) {
     (text, calls)
 }
 
+fn finish_reason_of(v: &Value) -> Option<&str> {
+    v.pointer("/candidates/0/finishReason")
+        .and_then(|r| r.as_str())
+}
+
+fn prompt_blocked(v: &Value) -> bool {
+    v.pointer("/promptFeedback/blockReason").is_some()
+}
+
 pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return openai_error(
-            "the upstream answered with something that is not JSON",
-            "server_error",
-            "bad_upstream_answer",
-        );
+        return not_json();
     };
     let (text, mut calls) = parts_of(&v, 0);
     for c in &mut calls {
@@ -320,116 +304,80 @@ pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
             o.remove("index");
         }
     }
-    let reason = v
-        .pointer("/candidates/0/finishReason")
-        .and_then(|r| r.as_str())
-        .unwrap_or("");
     let no_candidates = v
         .get("candidates")
         .and_then(|c| c.as_array())
         .is_none_or(|c| c.is_empty());
-    let blocked = v.pointer("/promptFeedback/blockReason").is_some() && no_candidates;
-    let finish = if blocked {
+    let finish = if prompt_blocked(&v) && no_candidates {
         "content_filter"
     } else {
-        finish_reason(reason, !calls.is_empty())
+        finish_reason(finish_reason_of(&v).unwrap_or(""), !calls.is_empty())
     };
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
+    Completion {
+        id: v
+            .get("responseId")
+            .cloned()
+            .unwrap_or_else(|| json!("chatcmpl-gemini")),
+        model,
+        text,
+        calls,
+        finish,
+        usage: usage(v.get("usageMetadata").unwrap_or(&Value::Null)),
     }
-    let (prompt, completion) = usage(v.get("usageMetadata").unwrap_or(&Value::Null));
-    let out = json!({
-        "id": v.get("responseId").cloned().unwrap_or_else(|| json!("chatcmpl-gemini")),
-        "object": "chat.completion",
-        "created": unix_now(),
-        "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt.saturating_add(completion)},
-    });
-    serde_json::to_vec(&out).unwrap_or_default()
+    .into_json()
 }
 
-pub fn translate_error(status: u16, body: &[u8]) -> Vec<u8> {
-    // Errors come as one object, or (from streaming endpoints) a list holding one.
-    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let v = v.get(0).cloned().unwrap_or(v);
-    let message = v
-        .pointer("/error/message")
-        .and_then(|m| m.as_str())
-        .unwrap_or("the Gemini upstream refused the request");
-    let code = v
-        .pointer("/error/status")
-        .and_then(|s| s.as_str())
-        .unwrap_or("UNKNOWN");
-    let kind = match code {
+/// Gemini's error `status` as OpenAI's error type.
+fn openai_type(status: &str) -> Option<&'static str> {
+    Some(match status {
         "INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "NOT_FOUND" | "OUT_OF_RANGE" => {
             "invalid_request_error"
         }
         "UNAUTHENTICATED" => "authentication_error",
         "PERMISSION_DENIED" => "permission_error",
         "RESOURCE_EXHAUSTED" => "rate_limit_error",
-        _ => super::error_type_for(status),
-    };
-    openai_error(message, kind, code)
+        _ => return None,
+    })
 }
 
-pub struct Stream {
-    split: Splitter,
-    model: String,
-    include_usage: bool,
-    id: String,
-    created: u64,
-    started: bool,
+pub fn translate_error(status: u16, body: &[u8]) -> Vec<u8> {
+    // Errors come as one object, or (from streaming endpoints) a list holding one.
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let v = v.get(0).unwrap_or(&v);
+    let default = "the Gemini upstream refused the request";
+    let (code, message) = error_fields(v, "status", "UNKNOWN", default);
+    error_json(status, code, message, openai_type(code))
+}
+
+const TRANSLATION: Translation = Translation::new(translate_answer, translate_error, Stream::boxed);
+
+/// A series of `generateContent` answers → OpenAI chunks.
+pub type Stream = ChunkStream<Events>;
+
+/// What a Gemini stream's answers mean. Gemini ends a stream by ending the
+/// response: complete once a candidate has finished, then usage and `[DONE]` follow.
+#[derive(Default)]
+pub struct Events {
+    /// Tool calls so far, to number the next ones.
     calls: usize,
-    finished: bool,
-    prompt: u64,
-    completion: u64,
 }
 
-impl Stream {
-    pub fn new(model: &str, include_usage: bool) -> Self {
-        Stream {
-            split: Splitter::default(),
-            model: model.to_string(),
-            include_usage,
-            id: "chatcmpl-gemini".into(),
-            created: unix_now(),
-            started: false,
-            calls: 0,
-            finished: false,
-            prompt: 0,
-            completion: 0,
-        }
-    }
+impl EventMapper for Events {
+    const DEFAULT_ID: &'static str = "chatcmpl-gemini";
+    const ENDS_WITH_RESPONSE: bool = true;
 
-    fn event(&mut self, v: &Value, out: &mut Vec<u8>) {
-        if let Some(e) = v.get("error") {
-            let message = e
-                .get("message")
-                .and_then(|m| m.as_str())
-                .unwrap_or("upstream error");
-            let code = e
-                .get("status")
-                .and_then(|s| s.as_str())
-                .unwrap_or("UNKNOWN");
-            out.extend(b"data: ");
-            out.extend(openai_error(message, "server_error", code));
-            out.extend(b"\n\n");
+    fn event(&mut self, v: &Value, out: &mut Chunks) {
+        if v.get("error").is_some() {
+            let (code, message) = error_fields(v, "status", "UNKNOWN", "upstream error");
+            out.error(message, code);
             return;
         }
-        if let Some(id) = v.get("responseId").and_then(|i| i.as_str()) {
-            self.id = id.to_string();
-        }
+        out.set_id(v.get("responseId").and_then(|i| i.as_str()));
         if let Some(meta) = v.get("usageMetadata") {
-            (self.prompt, self.completion) = usage(meta);
+            (out.prompt, out.completion) = usage(meta);
         }
         let (text, calls) = parts_of(v, self.calls);
         let mut delta = Map::new();
-        if !self.started {
-            delta.insert("role".into(), json!("assistant"));
-            self.started = true;
-        }
         if !text.is_empty() {
             delta.insert("content".into(), json!(text));
         }
@@ -437,75 +385,23 @@ impl Stream {
             self.calls += calls.len();
             delta.insert("tool_calls".into(), Value::Array(calls));
         }
-        if !delta.is_empty() {
-            out.extend(chunk_event(
-                &self.id,
-                &self.model,
-                self.created,
-                Value::Object(delta),
-                None,
-            ));
+        out.delta(Value::Object(delta));
+        match finish_reason_of(v) {
+            Some(r) => out.finish(finish_reason(r, self.calls > 0)),
+            None if prompt_blocked(v) => out.finish("content_filter"),
+            None => {}
         }
-        let reason = v
-            .pointer("/candidates/0/finishReason")
-            .and_then(|r| r.as_str());
-        if reason.is_some() || v.pointer("/promptFeedback/blockReason").is_some() {
-            self.finished = true;
-            let finish = match reason {
-                Some(r) => finish_reason(r, self.calls > 0),
-                None => "content_filter",
-            };
-            out.extend(chunk_event(
-                &self.id,
-                &self.model,
-                self.created,
-                json!({}),
-                Some(finish),
-            ));
-        }
-    }
-}
-
-impl StreamTranslator for Stream {
-    fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for ev in self.split.push(chunk) {
-            if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
-                self.event(&v, &mut out);
-            }
-        }
-        out
-    }
-
-    /// Gemini ends a stream by ending the response: complete once a candidate has
-    /// finished, then usage and `[DONE]` follow.
-    fn finish(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if let Some(ev) = self.split.rest() {
-            if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
-                self.event(&v, &mut out);
-            }
-        }
-        if self.finished {
-            if self.include_usage {
-                out.extend(usage_event(
-                    &self.id,
-                    &self.model,
-                    self.created,
-                    self.prompt,
-                    self.completion,
-                ));
-            }
-            out.extend(DONE);
-        }
-        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::response_body::{json_usage, SseTap};
+    use crate::adapters::answer::read_back;
+    use crate::adapters::stream::tap_cut;
+    use crate::adapters::StreamTranslator;
+    use crate::config::ChannelType;
+    use bytes::Bytes;
 
     #[test]
     fn request_follows_generate_content() {
@@ -545,10 +441,13 @@ mod tests {
             json!({"type": "object"})
         );
         assert_eq!(out["toolConfig"]["functionCallingConfig"]["mode"], "AUTO");
-        let p = prepare(
-            "",
+        let rt = crate::config::parse("channels:\n  - {name: g, type: gemini, models: [gemini]}\n")
+            .unwrap();
+        let p = super::super::prepare(
+            &rt.channels[0],
             Endpoint::ChatCompletions,
-            &Bytes::from(req.to_string()),
+            "/chat/completions",
+            Bytes::from(req.to_string()),
             "gemini-2.5-flash",
             Some("g"),
         )
@@ -564,23 +463,23 @@ mod tests {
     fn answer_maps_to_chat_completion() {
         // Shaped as the documented generateContent response.
         let body = br#"{"candidates":[{"content":{"parts":[{"text":"AI learns patterns from data."}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":6,"totalTokenCount":14},"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#;
-        let out = translate_answer(body, "g");
-        let v: Value = serde_json::from_slice(&out).unwrap();
+        let (choice, u) = read_back(&translate_answer(body, "g"));
         assert_eq!(
-            v["choices"][0]["message"]["content"],
-            "AI learns patterns from data."
+            choice,
+            json!({"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "AI learns patterns from data."}})
         );
-        assert_eq!(v["choices"][0]["finish_reason"], "stop");
-        let (u, _) = json_usage(&out);
-        assert_eq!(u.unwrap().total_tokens, 14);
+        assert_eq!(u.total_tokens, 14);
         let call = br#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{"a":1}}}],"role":"model"},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":1,"candidatesTokenCount":2,"thoughtsTokenCount":3}}"#;
-        let v: Value = serde_json::from_slice(&translate_answer(call, "g")).unwrap();
-        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        let (choice, u) = read_back(&translate_answer(call, "g"));
         assert_eq!(
-            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
-            "{\"a\":1}"
+            (&choice["finish_reason"], &choice["message"]["content"]),
+            (&json!("tool_calls"), &Value::Null)
         );
-        assert_eq!(v["usage"]["completion_tokens"], 5);
+        assert_eq!(
+            choice["message"]["tool_calls"],
+            json!([{"id": "call_0", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}])
+        );
+        assert_eq!(u.completion_tokens, 5);
         let max: Value = serde_json::from_slice(&translate_answer(
             br#"{"candidates":[{"content":{"parts":[{"text":"x"}]},"finishReason":"MAX_TOKENS"}]}"#,
             "g",
@@ -642,12 +541,7 @@ mod tests {
         ]
         .concat();
         for cut in [5, 60, stream.len() - 1] {
-            let mut s = Stream::new("g", true);
-            let mut out = s.feed(&stream.as_bytes()[..cut]);
-            out.extend(s.feed(&stream.as_bytes()[cut..]));
-            out.extend(s.finish());
-            let mut tap = SseTap::new(false);
-            tap.feed(Bytes::from(out));
+            let tap = tap_cut(&mut Stream::new("g", true), stream.as_bytes(), cut);
             assert_eq!(tap.completion_text().0, "Hello", "cut {cut}");
             assert!(tap.saw_done);
             assert_eq!(tap.usage.unwrap().total_tokens, 6);
@@ -657,5 +551,23 @@ mod tests {
         let mut out = s.feed(&stream.as_bytes()[..stream.find("\r\n\r\n").unwrap() + 4]);
         out.extend(s.finish());
         assert!(!String::from_utf8(out).unwrap().contains("[DONE]"));
+    }
+
+    #[test]
+    fn models_list_names_the_chat_models() {
+        let up = Upstream::parse("https://generativelanguage.googleapis.com").unwrap();
+        let req = super::super::models_request(ChannelType::Gemini, &up, Some("AIza-k")).unwrap();
+        assert_eq!(req.path, "/v1beta/models?pageSize=1000");
+        assert_eq!(req.headers, vec![("x-goog-api-key", "AIza-k".to_string())]);
+        assert!(req.body.is_empty());
+        // Shaped as the documented `models.list` answer: an embedding model (not
+        // served by `generateContent`) is left out; one without the list is kept.
+        let body = br#"{"models":[{"name":"models/gemini-2.5-flash","version":"001","displayName":"Gemini 2.5 Flash","inputTokenLimit":1048576,"outputTokenLimit":65536,"supportedGenerationMethods":["generateContent","countTokens","createCachedContent","batchGenerateContent"]},{"name":"models/gemini-embedding-001","version":"001","displayName":"Gemini Embedding 001","inputTokenLimit":2048,"outputTokenLimit":1,"supportedGenerationMethods":["embedContent","countTextTokens","countTokens"]},{"name":"models/gemini-2.5-pro","displayName":"Gemini 2.5 Pro"}],"nextPageToken":"Cg5nZW1pbmktMi41LXBybw"}"#;
+        assert_eq!(
+            super::super::parse_models(ChannelType::Gemini, body).unwrap(),
+            ["gemini-2.5-flash", "gemini-2.5-pro"]
+        );
+        let refused = br#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT"}}"#;
+        assert_eq!(Gemini.parse_models(refused), None);
     }
 }

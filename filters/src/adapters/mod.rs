@@ -1,17 +1,53 @@
 //! Provider adapters (P8): the OpenAI request a client sent, turned into what a
 //! channel's provider expects, and the provider's answer (JSON, SSE, errors) turned
 //! back into OpenAI's shapes, so everything after (usage, stripping, cache) is the
-//! same for every provider. One module per provider, each from its API reference.
+//! same for every provider.
+//!
+//! Each provider is a unit struct implementing [`Provider`], one file each, written
+//! from that provider's API reference: `openai` (OpenAI-compatible and `mock`),
+//! `azure`, `anthropic`, `gemini`. What they share lives once: `request` reads the
+//! OpenAI chat request, `answer` writes OpenAI answers and errors, `stream` is the
+//! skeleton of every translated event stream (on `sse`'s event splitter).
+//!
+//! Adding a provider:
+//! 1. a `ChannelType` variant (config) for its `type:` name;
+//! 2. one new file here with a unit struct implementing [`Provider`], overriding
+//!    only what differs from OpenAI's wire format. A provider that answers in its
+//!    own shapes returns a [`Translation`]: its answer and error translators, and a
+//!    stream translator that is a [`stream::ChunkStream`] over its
+//!    [`stream::EventMapper`] (the mapper says what each event means, the skeleton
+//!    does the rest);
+//! 3. one arm in [`provider`].
+//!
+//! The free functions (`prepare`, `translate_json`, …) are what the proxy calls:
+//! each hands the call to the channel type's provider.
 
+pub(crate) mod answer;
 pub mod anthropic;
 pub mod azure;
 pub mod gemini;
+pub mod openai;
+pub(crate) mod request;
 pub mod sse;
+pub mod stream;
 
-use crate::config::{Channel, ChannelType};
+use crate::config::{Channel, ChannelType, Upstream};
 use crate::route::Endpoint;
 use crate::GatewayError;
 use bytes::Bytes;
+
+/// The request as it reaches a provider: what `prepare` turns into an [`Outgoing`].
+#[derive(Debug, Clone)]
+pub struct Incoming<'a> {
+    pub endpoint: Endpoint,
+    /// The path after `/v1`, with its query.
+    pub rest: &'a str,
+    /// The OpenAI body after every rewrite.
+    pub body: Bytes,
+    /// The channel's name for the model.
+    pub upstream_model: &'a str,
+    pub key: Option<&'a str>,
+}
 
 /// The request as it goes upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,83 +59,28 @@ pub struct Outgoing {
     pub body: Bytes,
 }
 
-/// Builds the upstream request. `rest` is the path after `/v1` (with its query);
-/// `body` the OpenAI body after every rewrite.
-pub fn prepare(
-    channel: &Channel,
-    endpoint: Endpoint,
-    rest: &str,
-    body: Bytes,
-    upstream_model: &str,
-    key: Option<&str>,
-) -> Result<Outgoing, GatewayError> {
-    let base = channel
-        .upstream
-        .as_ref()
-        .map(|u| u.base_path.as_str())
-        .unwrap_or("");
-    match channel.kind {
-        ChannelType::Openai | ChannelType::Mock => Ok(Outgoing {
-            path: format!("{base}/v1{rest}"),
-            headers: key
-                .map(|k| vec![("authorization", format!("Bearer {k}"))])
-                .unwrap_or_default(),
-            body,
-        }),
-        ChannelType::Azure => {
-            azure::prepare(channel, base, endpoint, rest, body, upstream_model, key)
+impl Outgoing {
+    /// A request with this JSON body, for providers that rewrite the OpenAI one.
+    pub fn json(
+        path: String,
+        headers: Vec<(&'static str, String)>,
+        body: &serde_json::Value,
+    ) -> Result<Self, GatewayError> {
+        let body = serde_json::to_vec(body).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        Ok(Outgoing {
+            path,
+            headers,
+            body: Bytes::from(body),
+        })
+    }
+
+    /// A GET: no body.
+    pub fn get(path: String, headers: Vec<(&'static str, String)>) -> Self {
+        Outgoing {
+            path,
+            headers,
+            body: Bytes::new(),
         }
-        ChannelType::Anthropic => {
-            anthropic::prepare(channel, base, endpoint, &body, upstream_model, key)
-        }
-        ChannelType::Gemini => gemini::prepare(base, endpoint, &body, upstream_model, key),
-    }
-}
-
-/// Whether a channel of this type can serve the endpoint at all.
-pub fn supports(kind: ChannelType, endpoint: Endpoint) -> bool {
-    match kind {
-        ChannelType::Openai | ChannelType::Mock => true,
-        ChannelType::Azure => matches!(
-            endpoint,
-            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
-        ),
-        ChannelType::Anthropic | ChannelType::Gemini => endpoint == Endpoint::ChatCompletions,
-    }
-}
-
-/// Whether a provider's error answer says the key (not the request) is the problem:
-/// Gemini answers a bad API key with 400 `API_KEY_INVALID`; Anthropic an exhausted
-/// account with 400 "credit balance". Such answers move to the next key.
-pub fn key_rejected(kind: ChannelType, status: u16, body: &[u8]) -> bool {
-    if status != 400 {
-        return false;
-    }
-    let text = String::from_utf8_lossy(body);
-    match kind {
-        ChannelType::Gemini => {
-            text.contains("API_KEY_INVALID")
-                || text.contains("API key not valid")
-                || text.contains("API key expired")
-        }
-        ChannelType::Anthropic => text.contains("credit balance"),
-        _ => false,
-    }
-}
-
-/// Whether answers of this channel type need translating into OpenAI's shapes.
-pub fn translates(kind: ChannelType) -> bool {
-    matches!(kind, ChannelType::Anthropic | ChannelType::Gemini)
-}
-
-/// A complete JSON answer (success or error) in OpenAI's shape.
-pub fn translate_json(kind: ChannelType, status: u16, body: &[u8], model: &str) -> Vec<u8> {
-    match kind {
-        ChannelType::Anthropic if status < 300 => anthropic::translate_answer(body, model),
-        ChannelType::Anthropic => anthropic::translate_error(status, body),
-        ChannelType::Gemini if status < 300 => gemini::translate_answer(body, model),
-        ChannelType::Gemini => gemini::translate_error(status, body),
-        _ => body.to_vec(),
     }
 }
 
@@ -111,16 +92,169 @@ pub trait StreamTranslator: Send {
     fn finish(&mut self) -> Vec<u8>;
 }
 
+/// How a provider that answers in its own format is read into OpenAI's.
+#[derive(Clone, Copy)]
+pub struct Translation {
+    /// A complete 2xx answer, for the model the client asked for.
+    answer: fn(&[u8], &str) -> Vec<u8>,
+    /// An error answer, by its status.
+    error: fn(u16, &[u8]) -> Vec<u8>,
+    /// A stream translator, for the model and whether to add a usage chunk.
+    stream: fn(&str, bool) -> Box<dyn StreamTranslator>,
+}
+
+impl Translation {
+    pub const fn new(
+        answer: fn(&[u8], &str) -> Vec<u8>,
+        error: fn(u16, &[u8]) -> Vec<u8>,
+        stream: fn(&str, bool) -> Box<dyn StreamTranslator>,
+    ) -> Self {
+        Translation {
+            answer,
+            error,
+            stream,
+        }
+    }
+}
+
+/// One provider's wire format. The defaults are OpenAI's (`openai`), so a provider
+/// overrides only what it does differently. Every method is pure: the proxy does
+/// the I/O.
+pub trait Provider: Send + Sync {
+    /// Whether a channel of this provider can serve the endpoint at all.
+    fn supports(&self, _endpoint: Endpoint) -> bool {
+        true
+    }
+
+    /// Builds the upstream request for a channel of this provider.
+    fn prepare(&self, channel: &Channel, req: Incoming) -> Result<Outgoing, GatewayError> {
+        Ok(openai::prepare(base_path(channel), req))
+    }
+
+    /// How answers become OpenAI's; `None` (the default) where they already are.
+    /// The three methods after it follow from it.
+    fn translation(&self) -> Option<Translation> {
+        None
+    }
+
+    /// Whether answers need [`Provider::translate_json`] and
+    /// [`Provider::stream_translator`] before anything reads them as OpenAI's.
+    fn translates(&self) -> bool {
+        self.translation().is_some()
+    }
+
+    /// A complete JSON answer (success or error, by `status`) in OpenAI's shape;
+    /// `model` is the name the client asked for.
+    fn translate_json(&self, status: u16, body: &[u8], model: &str) -> Vec<u8> {
+        match self.translation() {
+            Some(t) if status < 300 => (t.answer)(body, model),
+            Some(t) => (t.error)(status, body),
+            None => body.to_vec(),
+        }
+    }
+
+    /// A translator for this provider's event stream, or `None` when it already
+    /// streams OpenAI's chunks.
+    fn stream_translator(
+        &self,
+        model: &str,
+        include_usage: bool,
+    ) -> Option<Box<dyn StreamTranslator>> {
+        self.translation().map(|t| (t.stream)(model, include_usage))
+    }
+
+    /// Whether an error answer says the key (not the request) is the problem where
+    /// its status does not (401 and 403 always count as the key's, see
+    /// `upstream_peer::verdict_for_status`). Such answers move to the next key.
+    fn key_rejected(&self, _status: u16, _body: &[u8]) -> bool {
+        false
+    }
+
+    /// The request (a GET) that lists the models a key can use on this upstream
+    /// (A6, upstream docking); an error where the provider cannot list them with a
+    /// key.
+    fn models_request(&self, up: &Upstream, key: Option<&str>) -> Result<Outgoing, GatewayError> {
+        Ok(openai::models_request(&up.base_path, key))
+    }
+
+    /// The model names in a successful answer to [`Provider::models_request`], as
+    /// a channel's `models` would name them; `None` when the body is not such a list.
+    fn parse_models(&self, body: &[u8]) -> Option<Vec<String>> {
+        openai::parse_models(body)
+    }
+}
+
+/// The one place a channel type picks its provider.
+pub fn provider(kind: ChannelType) -> &'static dyn Provider {
+    match kind {
+        ChannelType::Openai | ChannelType::Mock => &openai::OpenAi,
+        ChannelType::Azure => &azure::Azure,
+        ChannelType::Anthropic => &anthropic::Anthropic,
+        ChannelType::Gemini => &gemini::Gemini,
+    }
+}
+
+/// [`Provider::prepare`] of the channel's provider.
+pub fn prepare(
+    channel: &Channel,
+    endpoint: Endpoint,
+    rest: &str,
+    body: Bytes,
+    upstream_model: &str,
+    key: Option<&str>,
+) -> Result<Outgoing, GatewayError> {
+    let req = Incoming {
+        endpoint,
+        rest,
+        body,
+        upstream_model,
+        key,
+    };
+    provider(channel.kind).prepare(channel, req)
+}
+
+/// [`Provider::supports`].
+pub fn supports(kind: ChannelType, endpoint: Endpoint) -> bool {
+    provider(kind).supports(endpoint)
+}
+
+/// [`Provider::key_rejected`]: Gemini answers a bad API key with 400
+/// `API_KEY_INVALID`; Anthropic an exhausted account with 400 "credit balance".
+pub fn key_rejected(kind: ChannelType, status: u16, body: &[u8]) -> bool {
+    provider(kind).key_rejected(status, body)
+}
+
+/// [`Provider::translates`].
+pub fn translates(kind: ChannelType) -> bool {
+    provider(kind).translates()
+}
+
+/// [`Provider::translate_json`].
+pub fn translate_json(kind: ChannelType, status: u16, body: &[u8], model: &str) -> Vec<u8> {
+    provider(kind).translate_json(status, body, model)
+}
+
+/// [`Provider::stream_translator`].
 pub fn stream_translator(
     kind: ChannelType,
     model: &str,
     include_usage: bool,
 ) -> Option<Box<dyn StreamTranslator>> {
-    match kind {
-        ChannelType::Anthropic => Some(Box::new(anthropic::Stream::new(model, include_usage))),
-        ChannelType::Gemini => Some(Box::new(gemini::Stream::new(model, include_usage))),
-        _ => None,
-    }
+    provider(kind).stream_translator(model, include_usage)
+}
+
+/// [`Provider::models_request`].
+pub fn models_request(
+    kind: ChannelType,
+    upstream: &Upstream,
+    key: Option<&str>,
+) -> Result<Outgoing, GatewayError> {
+    provider(kind).models_request(upstream, key)
+}
+
+/// [`Provider::parse_models`].
+pub fn parse_models(kind: ChannelType, body: &[u8]) -> Option<Vec<String>> {
+    provider(kind).parse_models(body)
 }
 
 /// OpenAI's error `type` for an HTTP status.
@@ -141,6 +275,35 @@ pub fn openai_error(message: &str, kind: &str, code: &str) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// The path before `/v1` on the channel's host (none for `mock`).
+pub(crate) fn base_path(channel: &Channel) -> &str {
+    channel
+        .upstream
+        .as_ref()
+        .map(|u| u.base_path.as_str())
+        .unwrap_or("")
+}
+
+/// A 400 whose body says one of `phrases`: how providers that answer a bad key
+/// with 400 (not 401) say it is the key.
+pub(crate) fn says_400(status: u16, body: &[u8], phrases: &[&str]) -> bool {
+    status == 400 && {
+        let text = String::from_utf8_lossy(body);
+        phrases.iter().any(|p| text.contains(p))
+    }
+}
+
+/// The items of the list at `pointer` in `v`; none where there is no list.
+pub(crate) fn items<'a>(
+    v: &'a serde_json::Value,
+    pointer: &str,
+) -> impl Iterator<Item = &'a serde_json::Value> {
+    v.pointer(pointer)
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+}
+
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -148,78 +311,74 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// OpenAI's `stop` (a string or a list) as a list.
-pub(crate) fn stop_list(v: Option<&serde_json::Value>) -> Option<Vec<String>> {
-    match v? {
-        serde_json::Value::String(s) => Some(vec![s.clone()]),
-        serde_json::Value::Array(a) => Some(
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect(),
-        ),
-        _ => None,
+/// The JSON body of a request to a provider that serves chat completions only.
+pub(crate) fn chat_body(kind: &str, req: &Incoming) -> Result<serde_json::Value, GatewayError> {
+    if req.endpoint != Endpoint::ChatCompletions {
+        return Err(GatewayError::BadRequest(format!(
+            "`{}` is not available through a `{kind}` channel; it serves chat completions",
+            req.endpoint.as_str()
+        )));
     }
+    request::parse_json(&req.body)
 }
 
-/// The text of OpenAI message content: a string, or the text parts of a list.
-pub(crate) fn content_text(v: Option<&serde_json::Value>) -> String {
-    match v {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [ChannelType; 5] = [
+        ChannelType::Openai,
+        ChannelType::Azure,
+        ChannelType::Anthropic,
+        ChannelType::Gemini,
+        ChannelType::Mock,
+    ];
+
+    #[test]
+    fn each_type_reaches_its_provider() {
+        let translating: Vec<_> = ALL.into_iter().filter(|k| translates(*k)).collect();
+        assert_eq!(translating, [ChannelType::Anthropic, ChannelType::Gemini]);
+        for kind in ALL {
+            // A provider streams through a translator exactly when it translates.
+            assert_eq!(
+                stream_translator(kind, "m", true).is_some(),
+                translates(kind),
+                "{kind:?}"
+            );
+            assert!(supports(kind, Endpoint::ChatCompletions), "{kind:?}");
+        }
+        let embeddings: Vec<_> = ALL
+            .into_iter()
+            .filter(|k| supports(*k, Endpoint::Embeddings))
+            .collect();
+        assert_eq!(
+            embeddings,
+            [ChannelType::Openai, ChannelType::Azure, ChannelType::Mock]
+        );
     }
-}
 
-/// `data:image/png;base64,AAAA` → (`image/png`, `AAAA`).
-pub(crate) fn data_url(url: &str) -> Option<(&str, &str)> {
-    let rest = url.strip_prefix("data:")?;
-    let (meta, data) = rest.split_once(',')?;
-    let mime = meta.strip_suffix(";base64")?;
-    Some((mime, data))
-}
+    #[test]
+    fn openai_answers_pass_through_untouched() {
+        let body = br#"{"error":{"message":"credit balance API_KEY_INVALID"}}"#;
+        for kind in [ChannelType::Openai, ChannelType::Azure, ChannelType::Mock] {
+            assert_eq!(translate_json(kind, 400, body, "m"), body.to_vec());
+            assert!(!key_rejected(kind, 400, body), "{kind:?}");
+        }
+    }
 
-/// One OpenAI chunk event.
-pub(crate) fn chunk_event(
-    id: &str,
-    model: &str,
-    created: u64,
-    delta: serde_json::Value,
-    finish: Option<&str>,
-) -> Vec<u8> {
-    let v = serde_json::json!({
-        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    });
-    format!("data: {v}\n\n").into_bytes()
-}
-
-pub(crate) fn usage_event(
-    id: &str,
-    model: &str,
-    created: u64,
-    prompt: u64,
-    completion: u64,
-) -> Vec<u8> {
-    let v = serde_json::json!({
-        "id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt.saturating_add(completion)},
-    });
-    format!("data: {v}\n\n").into_bytes()
-}
-
-pub(crate) const DONE: &[u8] = b"data: [DONE]\n\n";
-
-pub(crate) fn parse_json(body: &Bytes) -> Result<serde_json::Value, GatewayError> {
-    serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))
-}
-
-pub(crate) fn unsupported(kind: &str, endpoint: Endpoint) -> GatewayError {
-    GatewayError::BadRequest(format!(
-        "`{}` is not available through a `{kind}` channel; it serves chat completions",
-        endpoint.as_str()
-    ))
+    #[test]
+    fn key_rejections_are_400s_that_name_the_key() {
+        let gemini = br#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#;
+        assert!(key_rejected(ChannelType::Gemini, 400, gemini));
+        assert!(!key_rejected(ChannelType::Gemini, 500, gemini));
+        assert!(!key_rejected(ChannelType::Anthropic, 400, gemini));
+        let anthropic = br#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API."}}"#;
+        assert!(key_rejected(ChannelType::Anthropic, 400, anthropic));
+        assert!(!key_rejected(ChannelType::Gemini, 400, anthropic));
+        assert!(!key_rejected(
+            ChannelType::Anthropic,
+            400,
+            br#"{"error":{"message":"max_tokens: too large"}}"#
+        ));
+    }
 }
