@@ -61,10 +61,6 @@ impl<A> Adopting<A> {
     pub fn new(inner: Listening<A>, sockets: Vec<Bound>) -> Self {
         Adopting { inner, sockets }
     }
-
-    pub fn inner_mut(&mut self) -> &mut Listening<A> {
-        &mut self.inner
-    }
 }
 
 #[async_trait]
