@@ -6,9 +6,9 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use weir_filters::config;
+use weir_filters::failover::failover_order;
 use weir_filters::request_body::JsonBody;
 use weir_filters::response_body::SseTap;
-use weir_filters::upstream_peer::failover_order;
 
 fn chat_body(content_len: usize) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({

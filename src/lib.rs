@@ -12,7 +12,6 @@ pub mod admin_backend;
 pub mod cache;
 pub mod cli;
 pub mod dns;
-pub mod health;
 pub mod listeners;
 pub mod logbuf;
 pub mod metrics;

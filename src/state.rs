@@ -4,7 +4,6 @@
 use crate::accounts::Accounts;
 use crate::cache::{CacheStore, MemoryCache};
 use crate::dns::DnsCache;
-use crate::health::{HealthId, HealthRegistry};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use arc_swap::ArcSwap;
@@ -13,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use weir_filters::config::{self, Runtime, ServerConfig};
+use weir_filters::health::{HealthId, HealthRegistry};
 use weir_filters::health::{HealthPolicy, HealthState};
 
 pub struct AppState {
@@ -25,7 +25,7 @@ pub struct AppState {
     pub health: HealthRegistry,
     pub dns: DnsCache,
     /// One pool of upstream connections for every request: keep-alive across
-    /// requests. Weir speaks HTTP/1.1 on them itself (`proxy::upstream_peer`).
+    /// requests. Weir speaks HTTP/1.1 on them itself (`proxy::exchange`).
     pub connector: TransportConnector,
     pub metrics: Metrics,
     /// Keys, money and limiter counters.

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod cache_key;
 pub mod config;
 pub mod error;
+pub mod failover;
 pub mod health;
 pub mod json_scan;
 pub mod limits;
@@ -28,7 +29,7 @@ pub mod mock;
 pub mod request_body;
 pub mod response_body;
 pub mod route;
-pub mod upstream_peer;
+
 pub mod upstream_request;
 pub mod usage;
 

@@ -3,6 +3,7 @@
 //! limits, token quota, budget and balance, all before any upstream call. The
 //! rules themselves are `weir_filters::{auth, access, limits}`.
 
+use super::ctx::Ctx;
 use crate::accounts::{now_unix, KeyRecord, RateCharge, RateHeadroom};
 use crate::state::AppState;
 use std::collections::HashSet;
@@ -168,4 +169,24 @@ pub fn admit(
         caller.identity.as_deref().unwrap_or(""),
         now.max(0) as u64,
     )
+}
+
+/// Authenticates the caller (an open gateway's is anonymous) and admits it, noting
+/// in `ctx` who called and what the request counted against the limits.
+pub fn admit_caller(
+    state: &AppState,
+    ctx: &mut Ctx,
+    gateway: &Gateway,
+    key: Option<&str>,
+    client_ip: Option<IpAddr>,
+) -> Result<(), GatewayError> {
+    let caller = match &gateway.auth {
+        Some(auth) => authenticate(state, auth, key)?,
+        None => Caller::anonymous(),
+    };
+    ctx.identity.clone_from(&caller.identity);
+    ctx.key_id = caller.key.as_ref().map(|k| k.id);
+    (ctx.rate, ctx.rate_charge) = admit(state, gateway, &caller, key, client_ip)?;
+    ctx.caller = Some(caller);
+    Ok(())
 }

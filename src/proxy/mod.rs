@@ -1,14 +1,24 @@
-//! The Pingora glue: weir's HTTP application. Each phase delegates to the file named
-//! after it; the logic those files apply lives in `weir_filters`.
+//! weir's HTTP application on Pingora: one request's story, one file per step.
+//!
+//! `intake` (gateway, endpoint, key in a header) → `admission` (who calls, may
+//! they) → `call` (key in the body, route, `cached`, `bodies`) → `dispatch` (the
+//! failover plan's attempts, each an `exchange`) → `relay` (the answer to the
+//! client) → `logging` (access line, metrics, usage row). The rules each step
+//! applies live in `weir_filters`.
 
 mod admission;
+mod bodies;
+mod cached;
+mod call;
 pub mod ctx;
+mod dispatch;
+mod exchange;
+mod intake;
 mod logging;
-pub use logging::AccessLine;
-mod request_filter;
+mod models;
+mod relay;
 mod respond;
-mod response_body;
-mod upstream_peer;
+pub use logging::AccessLine;
 
 use crate::state::AppState;
 use async_trait::async_trait;
@@ -21,14 +31,14 @@ use std::sync::Arc;
 use weir_filters::GatewayError;
 
 /// The gateway's HTTP application. Weir answers every request itself (see
-/// `request_filter`), so it is a Pingora `HttpServerApp` rather than a `ProxyHttp`:
+/// `intake`), so it is a Pingora `HttpServerApp` rather than a `ProxyHttp`:
 /// pingora-proxy's request future carries its whole proxy state machine (12.5 KiB),
 /// which weir never uses, for as long as each connection lives.
 pub struct Weir {
     pub state: Arc<AppState>,
 }
 
-/// How a request handled in `request_filter` ended badly.
+/// How a request ended badly.
 pub enum Failure {
     /// Tell the client, as OpenAI-shaped JSON.
     Client(GatewayError),
@@ -94,7 +104,7 @@ impl HttpServerApp for Weir {
 
 /// One request, answered: `None` when the connection may carry the next one.
 async fn serve(state: &AppState, session: &mut ServerSession, ctx: &mut Ctx) -> Option<Box<Error>> {
-    let e = match request_filter::handle(state, session, ctx).await {
+    let e = match intake::handle(state, session, ctx).await {
         Ok(()) => return None,
         Err(Failure::Client(e)) => {
             // Refused after the limits counted it (unknown or forbidden model, bad

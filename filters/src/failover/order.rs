@@ -1,5 +1,5 @@
-//! `upstream_peer` logic (P3, P4): the order in which channels and keys are tried,
-//! what each upstream answer means for the next step, and the backoff between tries.
+//! The order in which channels and keys are tried (P3, P4), what each upstream
+//! answer means for the next step, and the backoff between tries.
 //!
 //! Order: priority tiers from high to low; inside a tier a weighted random order
 //! (weights 4 and 1 put the first at the front 4 times in 5). A retryable failure is
@@ -104,9 +104,9 @@ pub enum Target {
     Key { channel: usize, key: usize },
 }
 
-/// One attempt to make.
+/// The channel and key picked for the next attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attempt {
+pub struct Pick {
     /// Index into the request's routes.
     pub route: usize,
     pub channel: usize,
@@ -120,6 +120,7 @@ pub struct Attempt {
     pub is_failover: bool,
 }
 
+#[derive(Debug, Clone, Copy)]
 pub struct BackoffPolicy {
     pub base: Duration,
     pub max: Duration,
@@ -181,7 +182,7 @@ impl Failover {
         backoff_policy: &BackoffPolicy,
         admit: &mut Admit<'_>,
         rng: &mut impl Rng,
-    ) -> Option<Attempt> {
+    ) -> Option<Pick> {
         if self.max_total.is_some_and(|m| self.total_attempts >= m) {
             return None;
         }
@@ -265,8 +266,8 @@ impl Failover {
         key: Option<usize>,
         delay: Duration,
         is_retry: bool,
-    ) -> Attempt {
-        Attempt {
+    ) -> Pick {
+        Pick {
             route,
             channel,
             key,
@@ -285,7 +286,7 @@ impl Failover {
         admit: &mut Admit<'_>,
         rng: &mut impl Rng,
         is_failover: bool,
-    ) -> Option<Attempt> {
+    ) -> Option<Pick> {
         for pos in from..self.order.len() {
             let route = self.order[pos];
             let channel = routes[route].channel;
@@ -313,7 +314,7 @@ impl Failover {
             };
             self.pos = pos;
             self.channel_retries = 0;
-            return Some(Attempt {
+            return Some(Pick {
                 route,
                 channel,
                 key,
@@ -393,38 +394,10 @@ impl Failover {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::{channel, routes};
     use super::*;
-    use crate::config::ChannelType;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
-
-    fn channel(name: &str, priority: i32, weight: u32, keys: usize, retries: u32) -> Channel {
-        Channel {
-            name: name.into(),
-            kind: ChannelType::Mock,
-            upstream: None,
-            keys: (0..keys).map(|k| format!("sk-{name}-{k}")).collect(),
-            priority,
-            weight,
-            groups: None,
-            retries,
-            connect_timeout: Duration::from_secs(1),
-            first_byte_timeout: Duration::from_secs(1),
-            total_timeout: Duration::from_secs(1),
-            exposed: vec!["m".into()],
-            api_version: None,
-            default_max_tokens: None,
-        }
-    }
-
-    fn routes(n: usize) -> Vec<Route> {
-        (0..n)
-            .map(|channel| Route {
-                channel,
-                upstream_model: "m".into(),
-            })
-            .collect()
-    }
 
     const POLICY: BackoffPolicy = BackoffPolicy {
         base: Duration::from_millis(100),
@@ -505,7 +478,7 @@ mod tests {
         verdicts: &[Verdict],
         max_total: Option<u32>,
         admit: &mut dyn FnMut(Target) -> Result<(), Duration>,
-    ) -> Vec<Attempt> {
+    ) -> Vec<Pick> {
         let routes = routes(channels.len());
         let mut rng = StdRng::seed_from_u64(3);
         let mut f = Failover::new(&routes, channels, max_total, &mut rng);

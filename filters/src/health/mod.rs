@@ -2,6 +2,9 @@
 //! cooldown; when the cooldown ends, exactly one request is let through as a trial;
 //! its success reopens, its failure suspends again for twice as long (capped).
 
+mod registry;
+pub use registry::{fingerprint, HealthId, HealthRegistry, Trial};
+
 use serde::Serialize;
 use std::time::{Duration, Instant};
 

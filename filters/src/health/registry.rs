@@ -1,9 +1,11 @@
 //! Health of every channel and key, kept outside the config snapshot so that a reload
 //! keeps what was learned (a suspended channel stays suspended across a reload).
 
+use super::{Admission, Health, HealthPolicy, HealthReport};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use weir_filters::health::{Admission, Health, HealthPolicy, HealthReport};
+
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Identifies a channel (`name`) or one of its keys (`name` + key fingerprint). Keys
 /// are fingerprinted so the registry never holds or prints a secret.
@@ -38,7 +40,7 @@ pub fn fingerprint(key: &str) -> u64 {
 
 #[derive(Default)]
 pub struct HealthRegistry {
-    entries: RwLock<crate::FastMap<HealthId, Arc<Mutex<Health>>>>,
+    entries: RwLock<FastMap<HealthId, Arc<Mutex<Health>>>>,
 }
 
 impl HealthRegistry {
@@ -108,6 +110,23 @@ impl HealthRegistry {
             .record_failure_for(Instant::now(), policy, at_least, reason);
     }
 
+    /// Asks to use `id` now: `Ok(None)` when it is open, `Ok(Some(trial))` when this
+    /// request is its one trial (the slot goes back when the token is dropped
+    /// unsettled), `Err(wait)` while it is closed.
+    pub fn enter(
+        &self,
+        id: HealthId,
+        probe_timeout: Duration,
+    ) -> Result<Option<Trial<'_>>, Duration> {
+        match self.admit(&id, probe_timeout)? {
+            Admission::Trial => Ok(Some(Trial {
+                registry: self,
+                id: Some(id),
+            })),
+            _ => Ok(None),
+        }
+    }
+
     /// Gives back a trial slot granted to a request that did not use it.
     pub fn release_trial(&self, id: &HealthId) {
         if let Some(e) = self.existing(id) {
@@ -139,5 +158,96 @@ impl HealthRegistry {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|id, _| names.contains(&id.channel.as_str()));
+    }
+}
+
+/// The one trial a suspended channel or key allows after its cooldown. Recording an
+/// outcome for its id settles it; a token dropped unsettled (the request chose
+/// another channel, or ended without a verdict) gives the slot back, so no path can
+/// leave a channel waiting out the probe timeout for nothing.
+#[must_use]
+pub struct Trial<'a> {
+    registry: &'a HealthRegistry,
+    id: Option<HealthId>,
+}
+
+impl Trial<'_> {
+    pub fn id(&self) -> Option<&HealthId> {
+        self.id.as_ref()
+    }
+
+    /// The outcome was recorded for this id (which clears the slot itself).
+    pub fn settle(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Trial<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.registry.release_trial(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: HealthPolicy = HealthPolicy {
+        failures: 1,
+        // Long enough that a loaded machine cannot let the second suspension
+        // (twice this) run out between a failure and the next line.
+        cooldown: Duration::from_millis(50),
+        max_cooldown: Duration::from_secs(60),
+    };
+
+    fn suspended(registry: &HealthRegistry, name: &str) -> HealthId {
+        let id = HealthId::channel(name);
+        assert!(registry.failure(&id, &POLICY, "HTTP 500"));
+        std::thread::sleep(Duration::from_millis(60));
+        id
+    }
+
+    #[test]
+    fn an_unsettled_trial_gives_its_slot_back_on_drop() {
+        let registry = HealthRegistry::default();
+        let id = suspended(&registry, "a");
+        let probe = Duration::from_secs(60);
+        let trial = registry.enter(id.clone(), probe);
+        assert!(matches!(trial, Ok(Some(_))));
+        // While the trial is out, nobody else gets in.
+        assert!(registry.enter(id.clone(), probe).is_err());
+        drop(trial);
+        assert!(matches!(registry.enter(id, probe), Ok(Some(_))));
+    }
+
+    #[test]
+    fn a_settled_trial_keeps_the_recorded_outcome() {
+        let registry = HealthRegistry::default();
+        let id = suspended(&registry, "a");
+        let probe = Duration::from_secs(60);
+        let Ok(Some(trial)) = registry.enter(id.clone(), probe) else {
+            panic!("expected a trial");
+        };
+        registry.failure(&id, &POLICY, "HTTP 500");
+        trial.settle();
+        // Suspended again by the failed trial, not released by the token.
+        assert!(registry.enter(id, probe).is_err());
+    }
+
+    #[test]
+    fn a_healthy_id_needs_no_token_and_no_entry() {
+        let registry = HealthRegistry::default();
+        assert!(matches!(
+            registry.enter(HealthId::channel("b"), Duration::ZERO),
+            Ok(None)
+        ));
+        assert_eq!(
+            registry
+                .report(&HealthId::channel("b"))
+                .consecutive_failures,
+            0
+        );
     }
 }

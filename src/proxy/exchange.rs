@@ -1,11 +1,10 @@
-//! The `upstream_peer` phase, done our way: weir runs the upstream exchange itself
-//! from `request_filter` with Pingora's pooled `Connector` (NOTES/pingora.md §2.11,
-//! "Mode H"), because stock pingora-proxy picks the peer before the body is read and
-//! can replay a body only up to 64 KiB. The order of channels and keys, retries and
-//! backoff come from `weir_filters::upstream_peer`; this file sends the bytes.
+//! One attempt's exchange with an upstream: weir sends the request itself with
+//! Pingora's pooled `Connector` rather than through pingora-proxy, because stock
+//! pingora-proxy picks the peer before the body is read and can replay a body only
+//! up to 64 KiB, which failover needs for every attempt. Which channel and key each
+//! attempt uses, and what its outcome means, is `weir_filters::failover`'s; this
+//! file sends the bytes and reports what came back.
 
-use super::ctx::Ctx;
-use crate::health::HealthId;
 use crate::state::AppState;
 use bytes::Bytes;
 use pingora_core::protocols::http::ServerSession as Session;
@@ -17,11 +16,10 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use weir_filters::adapters;
 use weir_filters::config::{Channel, ChannelType};
-use weir_filters::health::HealthPolicy;
+use weir_filters::failover::{parse_retry_after, FailKind, Outcome};
 use weir_filters::mock::{self, MockAnswer};
 use weir_filters::request_body::JsonBody;
 use weir_filters::route::Endpoint;
-use weir_filters::upstream_peer::{parse_retry_after, verdict_for_status, Verdict};
 use weir_filters::upstream_request::{self, RequestHead};
 
 /// An HTTP/1.1 session with an upstream. Weir writes the request itself (one
@@ -52,6 +50,21 @@ impl Answer {
         }
     }
 
+    /// What the failover plan is told about this answer.
+    pub fn outcome(&self) -> Outcome<'static> {
+        Outcome::Answered {
+            status: self.status(),
+            retry_after: self.retry_after(),
+            key_rejected: matches!(
+                self,
+                Answer::Translated {
+                    key_rejected: true,
+                    ..
+                }
+            ),
+        }
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Answer::Upstream { header, .. } => header
@@ -67,35 +80,33 @@ impl Answer {
 /// Why an attempt produced no answer.
 #[derive(Debug)]
 pub enum AttemptError {
-    Connect(String),
-    Timeout(String),
-    /// The connection broke before a response header arrived.
-    Io(String),
+    /// Connect error, timeout, or a connection that broke before the answer.
+    Failed(FailKind, String),
     ClientGone,
     /// The channel cannot take this request at all (an endpoint its provider lacks).
     Refused(weir_filters::GatewayError),
 }
 
 impl AttemptError {
-    pub fn outcome(&self) -> &'static str {
+    /// What the failover plan is told; `None` when the client left (nothing learned).
+    pub fn outcome(&self) -> Option<Outcome<'_>> {
         match self {
-            AttemptError::Connect(_) => "connect_error",
-            AttemptError::Timeout(_) => "timeout",
-            AttemptError::Io(_) => "server_error",
-            AttemptError::ClientGone => "client_gone",
-            AttemptError::Refused(_) => "refused",
+            AttemptError::Failed(kind, detail) => Some(Outcome::Failed {
+                kind: *kind,
+                detail,
+            }),
+            AttemptError::ClientGone => None,
+            AttemptError::Refused(e) => Some(Outcome::Refused(e.clone())),
         }
     }
+}
 
-    pub fn describe(&self) -> String {
-        match self {
-            AttemptError::Connect(e) => format!("connect failed ({e})"),
-            AttemptError::Timeout(e) => format!("timed out ({e})"),
-            AttemptError::Io(e) => format!("connection broke ({e})"),
-            AttemptError::ClientGone => "client went away".into(),
-            AttemptError::Refused(e) => e.to_string(),
-        }
-    }
+fn timeout(detail: String) -> AttemptError {
+    AttemptError::Failed(FailKind::Timeout, detail)
+}
+
+fn broke(detail: impl Into<String>) -> AttemptError {
+    AttemptError::Failed(FailKind::Io, detail.into())
 }
 
 /// What one exchange needs to know about the request.
@@ -114,18 +125,19 @@ pub struct Outbound<'a> {
 
 fn classify_error(e: &pingora_error::Error) -> AttemptError {
     let text = e.to_string();
-    match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => AttemptError::Timeout(text),
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => AttemptError::Timeout(text),
+    let kind = match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => FailKind::Timeout,
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => FailKind::Timeout,
         ErrorType::ConnectRefused
         | ErrorType::ConnectNoRoute
         | ErrorType::ConnectError
         | ErrorType::TLSHandshakeFailure
         | ErrorType::ConnectProxyFailure
         | ErrorType::SocketError
-        | ErrorType::BindError => AttemptError::Connect(text),
-        _ => AttemptError::Io(text),
-    }
+        | ErrorType::BindError => FailKind::Connect,
+        _ => FailKind::Io,
+    };
+    AttemptError::Failed(kind, text)
 }
 
 /// Informational (1xx) responses skipped before the answer, at most.
@@ -146,8 +158,8 @@ pub async fn exchange(
 ) -> Result<Answer, AttemptError> {
     let Some(upstream) = &channel.upstream else {
         // `mock`: answered here, the same way a server would.
-        let body = JsonBody::parse(&out.body).map_err(|e| AttemptError::Io(e.to_string()))?;
-        let facts = body.facts().map_err(|e| AttemptError::Io(e.to_string()))?;
+        let body = JsonBody::parse(&out.body).map_err(|e| broke(e.to_string()))?;
+        let facts = body.facts().map_err(|e| broke(e.to_string()))?;
         debug_assert_eq!(channel.kind, ChannelType::Mock);
         return Ok(Answer::Mock(mock::answer(
             out.endpoint,
@@ -169,9 +181,9 @@ pub async fn exchange(
     .map_err(AttemptError::Refused)?;
     let resolve = state.dns.resolve(&upstream.host, upstream.port, dns_ttl);
     let addr = match tokio::time::timeout(channel.connect_timeout, resolve).await {
-        Ok(r) => r.map_err(AttemptError::Connect)?,
+        Ok(r) => r.map_err(|e| AttemptError::Failed(FailKind::Connect, e))?,
         Err(_) => {
-            return Err(AttemptError::Timeout(format!(
+            return Err(timeout(format!(
                 "resolving {} took over {:?}",
                 upstream.host, channel.connect_timeout
             )))
@@ -193,8 +205,8 @@ pub async fn exchange(
         headers: &call.headers,
     };
     let mut wire = Vec::new();
-    let inline = upstream_request::encode(&head, &call.body, &mut wire)
-        .map_err(|e| AttemptError::Io(e.to_string()))?;
+    let inline =
+        upstream_request::encode(&head, &call.body, &mut wire).map_err(|e| broke(e.to_string()))?;
     let mut stale = 0;
     loop {
         // Boxed: the connect future is ~9 KiB and would otherwise stay reserved in
@@ -225,14 +237,14 @@ pub async fn exchange(
         let result = tokio::select! {
             r = tokio::time::timeout_at(deadline.into(), sent) => match r {
                 Ok(r) => r,
-                Err(_) => return Err(AttemptError::Timeout(format!("no response header within {wait:?}"))),
+                Err(_) => return Err(timeout(format!("no response header within {wait:?}"))),
             },
             _ = session.read_body_or_idle(true) => return Err(AttemptError::ClientGone),
         };
         match result {
             Ok(up) => {
                 let Some(header) = up.resp_header().cloned() else {
-                    return Err(AttemptError::Io("no response header".into()));
+                    return Err(broke("no response header"));
                 };
                 let sse = header
                     .headers
@@ -336,19 +348,17 @@ async fn read_translated(
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             up.shutdown().await;
-            return Err(AttemptError::Io(e));
+            return Err(broke(e));
         }
         Err(_) => {
             up.shutdown().await;
-            return Err(AttemptError::Timeout(
-                "the channel's total timeout ran out".into(),
-            ));
+            return Err(timeout("the channel's total timeout ran out".into()));
         }
     }
     release(state, up, peer).await;
     if status < 300 && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-        return Err(AttemptError::Io(
-            "the upstream answered 2xx with a body that is not JSON".into(),
+        return Err(broke(
+            "the upstream answered 2xx with a body that is not JSON",
         ));
     }
     let key_rejected = adapters::key_rejected(channel.kind, status, &body);
@@ -409,123 +419,4 @@ pub async fn discard(state: &AppState, answer: Answer) -> Option<String> {
         Some(serde_json::Value::Number(n)) => Some(n.to_string()),
         _ => e.error.kind.or(e.error.status).filter(|k| k.len() <= 64),
     }
-}
-
-/// The verdict on an answer, and what it teaches health. Settles the channel and
-/// the key both, so a trial granted to either is always resolved.
-pub fn judge(
-    state: &AppState,
-    policy: &HealthPolicy,
-    backoff_max: Duration,
-    channel: &Channel,
-    key: Option<&str>,
-    answer: &Answer,
-) -> Verdict {
-    let status = answer.status();
-    let verdict = match answer {
-        Answer::Translated {
-            key_rejected: true, ..
-        } => Verdict::KeyRejected,
-        _ => verdict_for_status(status, answer.retry_after()),
-    };
-    let channel_id = HealthId::channel(&channel.name);
-    let key_id = key.map(|k| HealthId::key(&channel.name, k));
-    // Only failures need a reason: no allocation on the common path.
-    let reason = || format!("HTTP {status}");
-    let h = &state.health;
-    let outcome = match (verdict, &key_id) {
-        (Verdict::Success | Verdict::Final, _) => {
-            h.success(&channel_id);
-            if let Some(id) = &key_id {
-                h.success(id);
-            }
-            if verdict == Verdict::Success {
-                "ok"
-            } else {
-                "client_error"
-            }
-        }
-        // The server answers; the key is what is wrong.
-        (Verdict::KeyRejected, Some(id)) => {
-            h.success(&channel_id);
-            h.failure(id, policy, &reason());
-            "key_rejected"
-        }
-        (Verdict::KeyRejected, None) => {
-            h.failure(&channel_id, policy, &reason());
-            "key_rejected"
-        }
-        (
-            Verdict::Retryable {
-                rotate_key: true,
-                retry_after,
-            },
-            _,
-        ) => {
-            let id = match &key_id {
-                Some(id) => {
-                    h.success(&channel_id);
-                    id
-                }
-                None => &channel_id,
-            };
-            match retry_after {
-                // The upstream says how long: believe it rather than hammering.
-                Some(ra) if ra > backoff_max => h.failure_for(id, policy, ra, &reason()),
-                _ => {
-                    h.failure(id, policy, &reason());
-                }
-            }
-            "rate_limited"
-        }
-        // Never made from a status code.
-        (Verdict::Unserved, _) => "refused",
-        (Verdict::Retryable { .. }, _) => {
-            h.failure(&channel_id, policy, &reason());
-            if let Some(id) = &key_id {
-                h.release_trial(id);
-            }
-            "server_error"
-        }
-    };
-    state
-        .metrics
-        .upstream_attempts
-        .with_label_values(&[channel.name.as_str(), outcome])
-        .inc();
-    verdict
-}
-
-/// Health bookkeeping for an attempt that got no answer at all: the channel's
-/// fault (unless the client left); the key's trial, if any, is given back.
-pub fn judge_error(
-    state: &AppState,
-    policy: &HealthPolicy,
-    channel: &Channel,
-    key: Option<&str>,
-    e: &AttemptError,
-) -> Verdict {
-    let channel_id = HealthId::channel(&channel.name);
-    if matches!(e, AttemptError::ClientGone) {
-        state.health.release_trial(&channel_id);
-    } else {
-        state.health.failure(&channel_id, policy, &e.describe());
-        state
-            .metrics
-            .upstream_attempts
-            .with_label_values(&[channel.name.as_str(), e.outcome()])
-            .inc();
-    }
-    if let Some(k) = key {
-        state.health.release_trial(&HealthId::key(&channel.name, k));
-    }
-    Verdict::Retryable {
-        rotate_key: false,
-        retry_after: None,
-    }
-}
-
-pub fn note_attempt(ctx: &mut Ctx, channel: &Channel) {
-    ctx.attempts += 1;
-    ctx.channel.clone_from(&channel.name);
 }

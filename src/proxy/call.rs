@@ -1,0 +1,69 @@
+//! One proxied request, after intake: admit a key that travels in the body, route
+//! the model, answer from the cache when it can, prepare the upstream body, then
+//! the attempts (`dispatch`).
+
+use super::admission::admit_caller;
+use super::bodies::Bodies;
+use super::ctx::Ctx;
+use super::intake::Request;
+use super::{cached, dispatch, Failure};
+use crate::state::AppState;
+use bytes::Bytes;
+use pingora_core::protocols::http::ServerSession as Session;
+use weir_filters::adapters;
+use weir_filters::config::Route;
+use weir_filters::request_body::JsonBody;
+use weir_filters::GatewayError;
+
+pub async fn proxy(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    req: &Request<'_>,
+    raw: Bytes,
+) -> Result<(), Failure> {
+    let mut parsed = JsonBody::parse(&raw)?;
+    if let Some(field) = req.body_key {
+        // G2 `body:FIELD`: the key is taken out before the body goes upstream.
+        let key = parsed.take_string(field);
+        admit_caller(state, ctx, req.gateway, key.as_deref(), req.client_ip)?;
+    }
+    let facts = parsed.facts()?;
+    ctx.stream = facts.stream;
+    ctx.requested_model = Some(facts.model.clone());
+    let routes = route(ctx, req, &facts.model)?;
+    if let Some(hit) = cached::lookup(state, ctx, req, &routes, &facts.model, &parsed).await {
+        return cached::serve(session, ctx, &hit).await;
+    }
+    let mut bodies = Bodies::prepare(raw, parsed, &facts, req, req.body_key.is_some())?;
+    dispatch::run(state, session, ctx, req, &routes, &mut bodies).await
+}
+
+/// The routes that may serve this model for this caller, and the configured model
+/// name it routed to (the metric label).
+fn route(ctx: &mut Ctx, req: &Request<'_>, model: &str) -> Result<Vec<Route>, GatewayError> {
+    let snap = req.snap;
+    let caller = ctx.caller.as_ref();
+    let group = caller.map_or("default", |c| c.group.as_str());
+    let (mut routes, label) = snap
+        .routes(req.gateway, model, group)
+        .ok_or_else(|| GatewayError::ModelNotFound(model.to_string()))?;
+    // Only channels whose provider has this endpoint (Anthropic and Gemini serve chat).
+    routes.retain(|r| adapters::supports(snap.channels[r.channel].kind, req.endpoint));
+    if routes.is_empty() {
+        return Err(GatewayError::BadRequest(format!(
+            "`{}` is not served for the model `{model}`: its channels' providers serve chat completions only",
+            req.endpoint.as_str(),
+        )));
+    }
+    if !caller.is_none_or(|c| c.may_use(model, &label)) {
+        return Err(GatewayError::Forbidden {
+            code: "model_not_allowed",
+            message: format!(
+                "this key may not use the model `{model}`; an admin can grant it to the key or its group"
+            ),
+        });
+    }
+    ctx.model_label = label;
+    Ok(routes)
+}

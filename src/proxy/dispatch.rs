@@ -1,0 +1,182 @@
+//! Dispatch: the failover plan's attempts, one at a time, until one answers well
+//! enough to relay; otherwise the plan's final error. The plan
+//! (`weir_filters::failover`) decides every step and keeps health; this file waits,
+//! sends (`exchange`) and reports back.
+
+use super::bodies::Bodies;
+use super::ctx::Ctx;
+use super::exchange::{discard, exchange, Outbound};
+use super::intake::Request;
+use super::relay::{relay, RelayPlan};
+use super::Failure;
+use crate::state::AppState;
+use pingora_core::protocols::http::ServerSession as Session;
+use rand::SeedableRng;
+use std::time::{Duration, Instant};
+use weir_filters::adapters;
+use weir_filters::config::{Channel, Route};
+use weir_filters::failover::{Attempt, BackoffPolicy, Plan, Rules};
+use weir_filters::GatewayError;
+
+pub async fn run(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    req: &Request<'_>,
+    routes: &[Route],
+    bodies: &mut Bodies<'_>,
+) -> Result<(), Failure> {
+    let snap = req.snap;
+    let rules = rules(req);
+    // A Send rng: the loop awaits. It only spreads load over weighted channels, so a
+    // small fast one, seeded from the thread rng (no syscall), is enough.
+    let rng = rand::rngs::SmallRng::from_rng(rand::thread_rng())
+        .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let mut plan = Plan::new(routes, &snap.channels, &state.health, rules, rng);
+    let accept = session
+        .req_header()
+        .headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let dns_ttl = snap.server().dns_ttl.0;
+    while let Some(attempt) = plan.next_attempt() {
+        count_attempt(state, ctx, req, &attempt);
+        // Dropping the attempt (here or on any early return) gives its trials back.
+        if !attempt.delay.is_zero() && left_while_waiting(session, attempt.delay).await {
+            ctx.client_gone = true;
+            return Err(client_left());
+        }
+        let channel = attempt.channel;
+        let (body, upstream_model) = bodies.for_model(attempt.upstream_model)?;
+        let out = Outbound {
+            endpoint: req.endpoint,
+            rest: &req.rest,
+            body,
+            accept: accept.as_deref(),
+            upstream_model: &upstream_model,
+            client_model: bodies.client_model(),
+        };
+        let started = Instant::now();
+        // Boxed, like the connect and release futures: a request's future is kept for
+        // as long as its stream is relayed, and should not reserve room for them.
+        let sent = Box::pin(exchange(
+            state,
+            session,
+            channel,
+            attempt.key,
+            &out,
+            dns_ttl,
+        ))
+        .await;
+        match sent {
+            Ok(answer) => {
+                let settled = plan.settle(attempt, answer.outcome());
+                count_outcome(state, channel, settled.outcome);
+                if settled.relays() {
+                    let deadline = started + channel.total_timeout;
+                    let how = relay_plan(req, bodies, channel, &rules, deadline);
+                    return relay(state, session, ctx, answer, how).await;
+                }
+                if let Some(code) = Box::pin(discard(state, answer)).await {
+                    plan.note_code(code);
+                }
+            }
+            Err(e) => {
+                let Some(outcome) = e.outcome() else {
+                    ctx.client_gone = true;
+                    return Err(client_left());
+                };
+                let settled = plan.settle(attempt, outcome);
+                count_outcome(state, channel, settled.outcome);
+            }
+        }
+    }
+    let (e, log) = plan.give_up(bodies.client_model());
+    // The log gets upstream error codes and key hints; the client does not.
+    ctx.error = Some(log);
+    Err(e.into())
+}
+
+/// The failover rules for this request: health and backoff from the server, the
+/// attempt cap from the gateway.
+fn rules(req: &Request<'_>) -> Rules {
+    let server = req.snap.server();
+    Rules {
+        health: AppState::health_policy(req.snap),
+        backoff: BackoffPolicy {
+            base: server.backoff.base.0,
+            max: server.backoff.max.0,
+        },
+        max_attempts: req.gateway.retries.map(|r| r + 1),
+    }
+}
+
+fn relay_plan<'a>(
+    req: &'a Request<'_>,
+    bodies: &'a Bodies<'_>,
+    channel: &Channel,
+    rules: &'a Rules,
+    deadline: Instant,
+) -> RelayPlan<'a> {
+    RelayPlan {
+        strip_usage: bodies.strip_usage,
+        expect_done: req.endpoint.streams_chunks(),
+        deadline,
+        request: &bodies.parsed,
+        gateway: &req.gateway.name,
+        health: &rules.health,
+        translate: adapters::translates(channel.kind).then_some(channel.kind),
+        cache: req.snap.cache.as_ref(),
+        model: bodies.client_model(),
+    }
+}
+
+/// Counts the attempt in the request's story and in the retry and failover metrics.
+fn count_attempt(state: &AppState, ctx: &mut Ctx, req: &Request<'_>, attempt: &Attempt<'_>) {
+    let gateway = req.gateway.name.as_str();
+    let channel = attempt.channel.name.as_str();
+    if attempt.is_retry {
+        ctx.retries += 1;
+        state
+            .metrics
+            .retries
+            .with_label_values(&[gateway, channel])
+            .inc();
+    }
+    if attempt.is_failover {
+        ctx.failovers += 1;
+        state
+            .metrics
+            .failovers
+            .with_label_values(&[gateway, ctx.model_label.as_str()])
+            .inc();
+    }
+    ctx.attempts += 1;
+    ctx.channel.clone_from(&attempt.channel.name);
+}
+
+fn count_outcome(state: &AppState, channel: &Channel, outcome: Option<&'static str>) {
+    if let Some(outcome) = outcome {
+        state
+            .metrics
+            .upstream_attempts
+            .with_label_values(&[channel.name.as_str(), outcome])
+            .inc();
+    }
+}
+
+/// Waits out a backoff, watching the client: true when it left meanwhile.
+async fn left_while_waiting(session: &mut Session, delay: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = session.read_body_or_idle(true) => true,
+    }
+}
+
+fn client_left() -> Failure {
+    Failure::Abort(pingora_error::Error::explain(
+        pingora_error::ErrorType::ConnectionClosed,
+        "client went away while waiting for the upstream",
+    ))
+}

@@ -1,0 +1,177 @@
+//! Intake: what a request is before its body is read. Finds the gateway and the
+//! endpoint, admits the caller when the key travels in a header or the query,
+//! answers the model list itself and hands everything else to `call`.
+
+use super::admission::{admit_caller, key_from_request};
+use super::ctx::Ctx;
+use super::{call, models, Failure};
+use crate::state::AppState;
+use bytes::{Bytes, BytesMut};
+use pingora_core::protocols::http::ServerSession as Session;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+use weir_filters::auth::{remove_query_param, KeyPosition};
+use weir_filters::config::{Gateway, Runtime};
+use weir_filters::route::{classify, Endpoint};
+use weir_filters::GatewayError;
+
+/// A request whose gateway and endpoint are known.
+pub struct Request<'a> {
+    /// The config snapshot the request runs on from start to end.
+    pub snap: &'a Arc<Runtime>,
+    pub gateway: &'a Gateway,
+    pub endpoint: Endpoint,
+    /// Path after `/v1`, with the query to forward (a key in the query removed).
+    pub rest: String,
+    /// The body field that carries the key, for `body:` gateways.
+    pub body_key: Option<&'a str>,
+    pub client_ip: Option<IpAddr>,
+}
+
+pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> Result<(), Failure> {
+    let snap = state.snapshot();
+    ctx.snapshot = Some(snap.clone());
+    let head = session.req_header();
+    let path = head.uri.path().to_string();
+    let query = head.uri.query().map(str::to_string);
+    let (gateway, rest) = snap
+        .gateway_for(&path)
+        .ok_or_else(|| GatewayError::RouteNotFound {
+            method: head.method.as_str().to_string(),
+            path: path.clone(),
+        })?;
+    ctx.gateway = Some(gateway.name.clone());
+    open_now(gateway)?;
+    let endpoint = classify(head.method.as_str(), rest, &path)?;
+    ctx.endpoint = Some(endpoint);
+    let client_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let body_key = admit_by_header(state, session, ctx, gateway, query.as_deref(), client_ip)?;
+    match endpoint {
+        Endpoint::ListModels | Endpoint::GetModel if body_key.is_some() => Err(GatewayError::InvalidKey(
+            "this gateway takes its key from the request body; list models with a POST-less client is not possible"
+                .into(),
+        )
+        .into()),
+        Endpoint::ListModels => models::list(session, ctx, &snap, gateway).await,
+        Endpoint::GetModel => {
+            let id = rest.trim_end_matches('/').trim_start_matches("/models/");
+            models::get(session, ctx, &snap, gateway, id).await
+        }
+        _ => {
+            let raw = read_body(session, snap.server().max_body.0).await?;
+            let req = Request {
+                snap: &snap,
+                gateway,
+                endpoint,
+                rest: forwarded_rest(rest, query.as_deref(), gateway),
+                body_key,
+                client_ip,
+            };
+            call::proxy(state, session, ctx, &req, raw).await
+        }
+    }
+}
+
+/// A gateway switched off or past its expiry refuses every request.
+fn open_now(gateway: &Gateway) -> Result<(), GatewayError> {
+    if !gateway.active {
+        return Err(GatewayError::GatewayInactive(gateway.name.clone()));
+    }
+    if gateway.expires_at.is_some_and(|t| t <= SystemTime::now()) {
+        return Err(GatewayError::GatewayExpired(gateway.name.clone()));
+    }
+    Ok(())
+}
+
+/// Admits the caller now unless the key travels in the body (then `call` admits
+/// it once the body is read): returns that body field.
+fn admit_by_header<'g>(
+    state: &AppState,
+    session: &Session,
+    ctx: &mut Ctx,
+    gateway: &'g Gateway,
+    query: Option<&str>,
+    client_ip: Option<IpAddr>,
+) -> Result<Option<&'g str>, GatewayError> {
+    let key = match &gateway.auth {
+        Some(auth) => match &auth.position {
+            KeyPosition::Body(field) => return Ok(Some(field.as_str())),
+            _ => key_from_request(auth, &session.req_header().headers, query),
+        },
+        None => None,
+    };
+    admit_caller(state, ctx, gateway, key.as_deref(), client_ip)?;
+    Ok(None)
+}
+
+/// The path and query sent upstream: a key passed as a query parameter never
+/// travels on.
+fn forwarded_rest(rest: &str, query: Option<&str>, gateway: &Gateway) -> String {
+    let query = match (query, gateway.auth.as_ref().map(|a| &a.position)) {
+        (Some(q), Some(KeyPosition::Arg(name))) => Some(remove_query_param(q, name)),
+        (q, _) => q.map(str::to_string),
+    };
+    match query.filter(|q| !q.is_empty()) {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    }
+}
+
+/// Reads the whole body, refusing more than `max` bytes (413) before reading it
+/// when `Content-Length` already says so.
+async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, Failure> {
+    let too_large = |session: &mut Session| {
+        // The rest of the body is never read: the connection cannot be reused.
+        session.set_keepalive(None);
+        Failure::from(GatewayError::BodyTooLarge { limit: max })
+    };
+    let declared = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large(session));
+    }
+    // We read the body ourselves, so we answer `Expect: 100-continue` ourselves too
+    // (curl sends it for bodies over 1 MiB and would otherwise wait a second).
+    let expects_continue = session.req_header().version == http::Version::HTTP_11
+        && session
+            .req_header()
+            .headers
+            .get("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        if let Err(e) = session.write_continue_response().await {
+            return Err(Failure::Abort(e));
+        }
+    }
+    // Trust a declared length only so far: the buffer grows as bytes really arrive.
+    let mut buf =
+        BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(max).min(1024 * 1024) as usize);
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if (buf.len() + chunk.len()) as u64 > max {
+                    return Err(too_large(session));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                session.set_keepalive(None);
+                return Err(GatewayError::BadRequest(format!(
+                    "cannot read the request body: {}",
+                    e.etype().as_str()
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(buf.freeze())
+}

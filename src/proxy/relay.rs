@@ -1,0 +1,473 @@
+//! Relay: the chosen answer goes to the client. Headers and body chunks pass as
+//! they arrive; the SSE tap reads usage on the way and strips the usage chunk the
+//! client did not ask for; a stream that breaks ends with an SSE error event, never
+//! a clean `[DONE]`; a clean answer may be stored in the cache.
+
+use super::ctx::Ctx;
+use super::exchange::Answer;
+use super::Failure;
+use crate::cache::CachedAnswer;
+use crate::state::AppState;
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+use pingora_core::protocols::http::ServerSession as Session;
+use pingora_http::ResponseHeader;
+use std::time::Instant;
+use weir_filters::adapters::{self, StreamTranslator};
+use weir_filters::config::{CachePolicy, ChannelType};
+use weir_filters::health::{HealthId, HealthPolicy};
+use weir_filters::request_body::{prompt_text, JsonBody};
+use weir_filters::response_body::{json_usage, SseTap};
+use weir_filters::usage::{estimate_with_overflow, Usage};
+use weir_filters::GatewayError;
+
+/// A JSON answer is kept up to this size to read its `usage`.
+const MAX_JSON_KEPT: usize = 16 * 1024 * 1024;
+
+/// Upstream headers passed to the client. Everything else (hop-by-hop headers,
+/// the provider's organisation, rate-limit and cookie headers) stays behind: the
+/// client talks to weir, not to whoever is behind it.
+const PASSED_HEADERS: &[&str] = &[
+    "content-type",
+    "cache-control",
+    "x-request-id",
+    "retry-after",
+];
+
+pub struct RelayPlan<'a> {
+    /// Remove usage from the stream: weir asked for it, the client did not.
+    pub strip_usage: bool,
+    /// A stream in OpenAI's chunk format ends with `[DONE]` (or a finish reason and
+    /// usage); other streams (`/v1/responses`…) end however they end.
+    pub expect_done: bool,
+    /// Ends the whole exchange, stream included.
+    pub deadline: Instant,
+    /// The request, for a tokenizer estimate when no usage comes back.
+    pub request: &'a JsonBody,
+    pub gateway: &'a str,
+    pub health: &'a HealthPolicy,
+    /// The channel's type when its answers are not OpenAI's (Anthropic, Gemini).
+    pub translate: Option<ChannelType>,
+    /// The model name the client asked for, as translated answers name it.
+    pub model: &'a str,
+    /// The cache's policy, for storing this answer (when `ctx.cache_fill` says where).
+    pub cache: Option<&'a CachePolicy>,
+}
+
+fn downstream_header(
+    status: u16,
+    upstream: Option<&ResponseHeader>,
+    content_type: &str,
+    known_len: Option<usize>,
+) -> pingora_error::Result<ResponseHeader> {
+    // No case map: each insert is one map write (Pingora writes the names it knows
+    // in their usual case, others lowercase).
+    let mut h = ResponseHeader::build_no_case(status, Some(8))?;
+    if let Some(up) = upstream {
+        for (name, value) in up.headers.iter() {
+            if PASSED_HEADERS.contains(&name.as_str()) {
+                h.append_header(name.clone(), value.clone())?;
+            }
+        }
+    } else {
+        h.insert_header("content-type", content_type)?;
+    }
+    match known_len {
+        Some(n) => h.insert_header("content-length", HeaderValue::from(n))?,
+        None => h.insert_header("transfer-encoding", HeaderValue::from_static("chunked"))?,
+    };
+    Ok(h)
+}
+
+enum Source {
+    Upstream {
+        up: Box<super::exchange::Upstream>,
+        peer: Box<pingora_core::upstreams::peer::HttpPeer>,
+    },
+    Mock(std::vec::IntoIter<Bytes>),
+}
+
+/// An answer's body on its way to the client, and what is read from it on the way:
+/// usage (from the SSE tap or the kept JSON) and the copy for the cache.
+struct Body {
+    source: Source,
+    status: u16,
+    is_sse: bool,
+    tap: SseTap,
+    /// A 2xx JSON answer, kept to read its `usage`; `None` once it is too large
+    /// (audio and files just pass).
+    kept: Option<Vec<u8>>,
+    translator: Option<Box<dyn StreamTranslator>>,
+    /// The copy for the cache, `None` when the answer is not to be stored.
+    capture: Option<Vec<u8>>,
+}
+
+/// Sends the answer to the client. From here on nothing is retried.
+pub async fn relay(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    answer: Answer,
+    plan: RelayPlan<'_>,
+) -> Result<(), Failure> {
+    let (mut header, mut body) = open(answer, &plan).map_err(Failure::Abort)?;
+    ctx.status = body.status;
+    if let Some(r) = ctx.rate {
+        crate::proxy::respond::rate_headers(&mut header, &r).map_err(Failure::Abort)?;
+    }
+    let fill = ctx
+        .cache_fill
+        .filter(|_| body.status == 200)
+        .zip(plan.cache);
+    if fill.is_some() {
+        header
+            .insert_header("x-weir-cache", HeaderValue::from_static("miss"))
+            .map_err(Failure::Abort)?;
+        body.capture = Some(Vec::new());
+    }
+    let content_type = header
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    if let Err(e) = session.write_response_header(Box::new(header)).await {
+        ctx.client_gone = true;
+        shutdown(body.source).await;
+        return Err(Failure::Abort(e));
+    }
+    let pumped = body.pump(state, session, ctx, &plan).await;
+    let Body {
+        source,
+        status,
+        is_sse,
+        tap,
+        kept,
+        capture,
+        ..
+    } = body;
+    match &pumped {
+        // Boxed: its future would otherwise be reserved in every relay for the
+        // whole stream.
+        Ok(()) => Box::pin(finish(state, source)).await,
+        Err(_) => shutdown(source).await,
+    }
+    // Only an answer that ended cleanly is cached.
+    if let (Ok(()), Some(((key, slot), policy)), Some(body)) = (&pumped, fill, capture) {
+        if !ctx.broken && (!is_sse || tap.completed()) {
+            let answer = CachedAnswer {
+                content_type,
+                body: Bytes::from(body),
+                stream: is_sse,
+            };
+            state
+                .cache
+                .put(key, slot, policy.max_per_request, answer, policy.ttl)
+                .await;
+            state
+                .metrics
+                .cache
+                .with_label_values(&[plan.gateway, ctx.model_label.as_str(), "stored"])
+                .inc();
+        }
+    }
+    // Bill what was answered, also when the client left or the answer broke midway:
+    // the upstream spent those tokens either way.
+    if status < 300 {
+        let kept = kept.unwrap_or_default();
+        ctx.usage = Some(usage_of(is_sse, tap, &kept, plan.request).await);
+    }
+    pumped
+}
+
+/// The client's response header for an answer, and its body ready to pump.
+fn open(answer: Answer, plan: &RelayPlan<'_>) -> pingora_error::Result<(ResponseHeader, Body)> {
+    let status = answer.status();
+    let (header, source, is_sse, is_json) = match answer {
+        Answer::Upstream { up, peer, header } => {
+            let ct = header
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let is_sse = ct.starts_with("text/event-stream");
+            let is_json = ct.starts_with("application/json");
+            // A JSON answer passes unchanged: its length still holds.
+            let len = header
+                .headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|_| !is_sse);
+            let h = downstream_header(status, Some(&header), "", len)?;
+            (h, Source::Upstream { up, peer }, is_sse, is_json)
+        }
+        Answer::Mock(m) | Answer::Translated { answer: m, .. } => {
+            let is_sse = m.content_type == "text/event-stream";
+            let len = (!is_sse).then(|| m.chunks.iter().map(|c| c.len()).sum());
+            let h = downstream_header(m.status, None, m.content_type, len)?;
+            (h, Source::Mock(m.chunks.into_iter()), is_sse, !is_sse)
+        }
+    };
+    let body = Body {
+        source,
+        status,
+        is_sse,
+        tap: SseTap::new(plan.strip_usage && is_sse),
+        kept: (status < 300 && is_json).then(Vec::new),
+        translator: plan
+            .translate
+            .and_then(|kind| adapters::stream_translator(kind, plan.model, true)),
+        capture: None,
+    };
+    Ok((header, body))
+}
+
+impl Body {
+    /// Moves the body from the source to the client, then ends it.
+    async fn pump(
+        &mut self,
+        state: &AppState,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        plan: &RelayPlan<'_>,
+    ) -> Result<(), Failure> {
+        let broken = loop {
+            let (chunk, ended, broken) = match self.read(plan.deadline).await {
+                Ok(Some(read)) => read,
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            };
+            let out = self.pass(chunk);
+            if !out.is_empty() {
+                keep(&mut self.capture, &out, plan);
+                if ctx.first_byte.is_none() {
+                    ctx.first_byte = Some(ctx.started.elapsed());
+                }
+                write(session, ctx, out, false).await?;
+            }
+            if ended || broken.is_some() {
+                break broken;
+            }
+        };
+        self.end(state, session, ctx, plan, broken).await
+    }
+
+    /// The next chunk, with whatever else the upstream already sent: those go out in
+    /// one write, as Pingora's own proxy loop does (one flush per upstream chunk
+    /// cost streams a third of their speed). Also says whether the body ended, or
+    /// broke, right after it.
+    async fn read(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Option<(Bytes, bool, Option<String>)>, String> {
+        let up = match &mut self.source {
+            Source::Mock(chunks) => return Ok(chunks.next().map(|c| (c, false, None))),
+            Source::Upstream { up, .. } => up,
+        };
+        let first = match tokio::time::timeout_at(deadline.into(), up.read_body_bytes()).await {
+            Ok(Ok(Some(chunk))) => chunk,
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("the channel's total timeout ran out".to_string()),
+        };
+        let (mut more, mut ended, mut broken): (Option<BytesMut>, _, _) = (None, false, None);
+        for _ in 0..MAX_COALESCED {
+            match ready_now(up.read_body_bytes()) {
+                Some(Ok(Some(c))) => more
+                    .get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&c),
+                Some(Ok(None)) => {
+                    ended = true;
+                    break;
+                }
+                Some(Err(e)) => {
+                    broken = Some(e.to_string());
+                    break;
+                }
+                None => break,
+            }
+        }
+        let chunk = more.map_or(first, BytesMut::freeze);
+        Ok(Some((chunk, ended, broken)))
+    }
+
+    /// What the client gets of a chunk: translated and tapped when it is SSE, kept
+    /// for its usage when it is JSON.
+    fn pass(&mut self, chunk: Bytes) -> Bytes {
+        if self.is_sse {
+            return match self.translator.as_mut() {
+                Some(t) => self.tap.feed(Bytes::from(t.feed(&chunk))),
+                None => self.tap.feed(chunk),
+            };
+        }
+        if let Some(kept) = &mut self.kept {
+            if kept.len() + chunk.len() <= MAX_JSON_KEPT {
+                kept.extend_from_slice(&chunk);
+            } else {
+                self.kept = None;
+            }
+        }
+        chunk
+    }
+
+    /// The body is over, one way or another: end it as its kind must end.
+    async fn end(
+        &mut self,
+        state: &AppState,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        plan: &RelayPlan<'_>,
+        broken: Option<String>,
+    ) -> Result<(), Failure> {
+        if self.is_sse {
+            let tail = self.sse_tail(state, ctx, plan, broken);
+            keep(&mut self.capture, &tail, plan);
+            return write(session, ctx, Bytes::from(tail), true).await;
+        }
+        let Some(why) = broken else {
+            return write(session, ctx, Bytes::new(), true).await;
+        };
+        // A JSON answer cut short: its length can no longer be kept; close.
+        broke_off(state, ctx, plan, &why);
+        ctx.error = Some(format!("answer broken: {why}"));
+        Err(Failure::Abort(pingora_error::Error::explain(
+            pingora_error::ErrorType::ReadError,
+            "upstream answer broke mid-body",
+        )))
+    }
+
+    /// What a stream still owes the client: a translated stream's close, the usage
+    /// chunk held back, and an SSE error event when it broke or ended short.
+    fn sse_tail(
+        &mut self,
+        state: &AppState,
+        ctx: &mut Ctx,
+        plan: &RelayPlan<'_>,
+        broken: Option<String>,
+    ) -> Vec<u8> {
+        let mut tail = Vec::new();
+        if let (Some(t), None) = (self.translator.as_mut(), &broken) {
+            tail.extend_from_slice(&self.tap.feed(Bytes::from(t.finish())));
+        }
+        tail.extend_from_slice(&self.tap.finish());
+        let tap = &self.tap;
+        let complete = !plan.expect_done || tap.completed() || tap.saw_error || self.status >= 300;
+        if broken.is_none() && complete {
+            return tail;
+        }
+        let why = match broken {
+            Some(why) => {
+                broke_off(state, ctx, plan, &why);
+                why
+            }
+            None => {
+                let why = "the upstream ended the stream before it was complete";
+                count_broken(state, ctx, plan);
+                why.to_string()
+            }
+        };
+        ctx.broken = true;
+        ctx.error = Some(format!("stream broken: {why}"));
+        let e = GatewayError::UpstreamFailed {
+            model: ctx.model_label.clone(),
+            detail: format!("the stream from channel `{}` broke: {why}", ctx.channel),
+        };
+        tail.extend_from_slice(&e.to_sse_event());
+        tail
+    }
+}
+
+/// An answer broke midway: a channel that answers 2xx and then breaks is not
+/// healthy.
+fn broke_off(state: &AppState, ctx: &mut Ctx, plan: &RelayPlan<'_>, why: &str) {
+    ctx.broken = true;
+    state
+        .health
+        .failure(&HealthId::channel(&ctx.channel), plan.health, why);
+    count_broken(state, ctx, plan);
+}
+
+fn count_broken(state: &AppState, ctx: &Ctx, plan: &RelayPlan<'_>) {
+    state
+        .metrics
+        .stream_errors
+        .with_label_values(&[plan.gateway, ctx.channel.as_str()])
+        .inc();
+}
+
+async fn write(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    bytes: Bytes,
+    end: bool,
+) -> Result<(), Failure> {
+    session.write_response_body(bytes, end).await.map_err(|e| {
+        ctx.client_gone = true;
+        Failure::Abort(e)
+    })
+}
+
+/// Upstream chunks taken in one go at most.
+const MAX_COALESCED: usize = 64;
+
+/// Polls a read once: its result when it is ready without waiting, `None` when it
+/// would wait (the read is then dropped; Pingora's body readers are cancel-safe, its
+/// own proxy loop relies on that in its `select!`s).
+fn ready_now<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// Adds to the copy kept for the cache, giving up on answers too large to keep.
+fn keep(capture: &mut Option<Vec<u8>>, bytes: &[u8], plan: &RelayPlan<'_>) {
+    let max = plan.cache.map(|c| c.max_entry_bytes).unwrap_or(0) as usize;
+    if let Some(buf) = capture {
+        if buf.len() + bytes.len() > max {
+            *capture = None;
+        } else {
+            buf.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// The upstream's usage, or a tokenizer estimate counted off the async workers.
+async fn usage_of(is_sse: bool, tap: SseTap, kept: &[u8], request: &JsonBody) -> Usage {
+    let (text, overflow) = if is_sse {
+        if let Some(u) = tap.usage {
+            return u;
+        }
+        tap.completion_text()
+    } else {
+        match json_usage(kept) {
+            (Some(u), _) => return u,
+            (None, text) => (text, 0),
+        }
+    };
+    let (prompt, messages) = prompt_text(request);
+    let count = move || estimate_with_overflow(&prompt, messages, &text, overflow);
+    match tokio::task::spawn_blocking(count).await {
+        Ok(u) => u,
+        Err(_) => Usage {
+            estimated: true,
+            ..Usage::default()
+        },
+    }
+}
+
+/// Returns a finished upstream connection to the pool.
+async fn finish(state: &AppState, source: Source) {
+    if let Source::Upstream { up, peer } = source {
+        super::exchange::release(state, *up, peer.as_ref()).await;
+    }
+}
+
+async fn shutdown(source: Source) {
+    if let Source::Upstream { mut up, .. } = source {
+        up.shutdown().await;
+    }
+}
