@@ -86,108 +86,138 @@ pub fn answer(
     stream: bool,
     include_usage: bool,
 ) -> MockAnswer {
-    let id = format!("chatcmpl-mock{:x}", rand::random::<u64>());
-    let created = unix_now();
     match endpoint {
         Endpoint::ChatCompletions | Endpoint::Completions => {
-            let chat = endpoint == Endpoint::ChatCompletions;
             let text = reply_text(body);
-            let usage = usage_for(body, &text);
-            if !stream {
-                let choice = if chat {
-                    json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
-                } else {
-                    json!({"index": 0, "text": text, "finish_reason": "stop"})
-                };
-                let v = json!({
-                    "id": id,
-                    "object": if chat { "chat.completion" } else { "text_completion" },
-                    "created": created,
-                    "model": model,
-                    "choices": [choice],
-                    "usage": usage,
-                });
-                return MockAnswer {
-                    status: 200,
-                    content_type: "application/json",
-                    chunks: vec![Bytes::from(v.to_string())],
-                };
-            }
-            let object = if chat {
-                "chat.completion.chunk"
-            } else {
-                "text_completion"
+            let c = Completion {
+                id: format!("chatcmpl-mock{:x}", rand::random::<u64>()),
+                created: unix_now(),
+                model,
+                chat: endpoint == Endpoint::ChatCompletions,
+                usage: usage_for(body, &text),
+                text,
             };
-            let event = |v: serde_json::Value| Bytes::from(format!("data: {v}\n\n"));
-            let mut chunks = Vec::new();
-            let words: Vec<&str> = text.split_inclusive(' ').collect();
-            for (i, w) in words.iter().enumerate() {
-                let choice = if chat {
-                    let delta = if i == 0 {
-                        json!({"role": "assistant", "content": w})
-                    } else {
-                        json!({"content": w})
-                    };
-                    json!({"index": 0, "delta": delta, "finish_reason": null})
-                } else {
-                    json!({"index": 0, "text": w, "finish_reason": null})
-                };
-                chunks.push(event(json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})));
-            }
-            let last = if chat {
-                json!({"index": 0, "delta": {}, "finish_reason": "stop"})
+            if stream {
+                c.stream(include_usage)
             } else {
-                json!({"index": 0, "text": "", "finish_reason": "stop"})
-            };
-            chunks.push(event(json!({"id": id, "object": object, "created": created, "model": model, "choices": [last]})));
-            if include_usage {
-                chunks.push(event(json!({"id": id, "object": object, "created": created, "model": model, "choices": [], "usage": usage})));
-            }
-            chunks.push(Bytes::from_static(b"data: [DONE]\n\n"));
-            MockAnswer {
-                status: 200,
-                content_type: "text/event-stream",
-                chunks,
+                c.whole()
             }
         }
-        Endpoint::Embeddings => {
-            let inputs: Vec<String> = match body
-                .get("input")
-                .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
-            {
-                Some(serde_json::Value::Array(items)) => {
-                    items.iter().map(|i| i.to_string()).collect()
+        Endpoint::Embeddings => embeddings(body, model),
+        _ => json_answer(
+            404,
+            &json!({"error": {"message": "the mock channel does not implement this endpoint", "type": "invalid_request_error", "param": null, "code": "unsupported_endpoint"}}),
+        ),
+    }
+}
+
+fn json_answer(status: u16, v: &serde_json::Value) -> MockAnswer {
+    MockAnswer {
+        status,
+        content_type: "application/json",
+        chunks: vec![Bytes::from(v.to_string())],
+    }
+}
+
+/// A chat or text completion the mock makes up.
+struct Completion<'a> {
+    id: String,
+    created: u64,
+    model: &'a str,
+    chat: bool,
+    text: String,
+    usage: Usage,
+}
+
+impl Completion<'_> {
+    fn whole(&self) -> MockAnswer {
+        let (text, chat) = (&self.text, self.chat);
+        let choice = if chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
+        } else {
+            json!({"index": 0, "text": text, "finish_reason": "stop"})
+        };
+        json_answer(
+            200,
+            &json!({
+                "id": self.id,
+                "object": if chat { "chat.completion" } else { "text_completion" },
+                "created": self.created,
+                "model": self.model,
+                "choices": [choice],
+                "usage": self.usage,
+            }),
+        )
+    }
+
+    /// One SSE event per word, the finish, the usage chunk when asked, `[DONE]`.
+    fn stream(&self, include_usage: bool) -> MockAnswer {
+        let object = if self.chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
+        let event = |choices: serde_json::Value, usage: Option<&Usage>| {
+            let mut v = json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices});
+            if let Some(u) = usage {
+                v["usage"] = json!(u);
+            }
+            Bytes::from(format!("data: {v}\n\n"))
+        };
+        let mut chunks = Vec::new();
+        for (i, w) in self.text.split_inclusive(' ').enumerate() {
+            let choice = match (self.chat, i) {
+                (true, 0) => {
+                    json!({"index": 0, "delta": {"role": "assistant", "content": w}, "finish_reason": null})
                 }
-                Some(other) => vec![other.to_string()],
-                None => Vec::new(),
+                (true, _) => json!({"index": 0, "delta": {"content": w}, "finish_reason": null}),
+                (false, _) => json!({"index": 0, "text": w, "finish_reason": null}),
             };
-            let prompt_tokens: u64 = inputs.iter().map(|s| count_tokens(s)).sum();
-            let data: Vec<serde_json::Value> = inputs
-                .iter()
-                .enumerate()
-                .map(|(i, s)| json!({"object": "embedding", "index": i, "embedding": pseudo_embedding(s)}))
-                .collect();
-            let v = json!({
-                "object": "list",
-                "data": data,
-                "model": model,
-                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-            });
-            MockAnswer {
-                status: 200,
-                content_type: "application/json",
-                chunks: vec![Bytes::from(v.to_string())],
-            }
+            chunks.push(event(json!([choice]), None));
         }
-        _ => {
-            let v = json!({"error": {"message": "the mock channel does not implement this endpoint", "type": "invalid_request_error", "param": null, "code": "unsupported_endpoint"}});
-            MockAnswer {
-                status: 404,
-                content_type: "application/json",
-                chunks: vec![Bytes::from(v.to_string())],
-            }
+        let last = if self.chat {
+            json!({"index": 0, "delta": {}, "finish_reason": "stop"})
+        } else {
+            json!({"index": 0, "text": "", "finish_reason": "stop"})
+        };
+        chunks.push(event(json!([last]), None));
+        if include_usage {
+            chunks.push(event(json!([]), Some(&self.usage)));
+        }
+        chunks.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        MockAnswer {
+            status: 200,
+            content_type: "text/event-stream",
+            chunks,
         }
     }
+}
+
+/// One pseudo-embedding per input, with its token count as usage.
+fn embeddings(body: &JsonBody, model: &str) -> MockAnswer {
+    let inputs: Vec<String> = match body
+        .get("input")
+        .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
+    {
+        Some(serde_json::Value::Array(items)) => items.iter().map(|i| i.to_string()).collect(),
+        Some(other) => vec![other.to_string()],
+        None => Vec::new(),
+    };
+    let prompt_tokens: u64 = inputs.iter().map(|s| count_tokens(s)).sum();
+    let data: Vec<serde_json::Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({"object": "embedding", "index": i, "embedding": pseudo_embedding(s)}))
+        .collect();
+    json_answer(
+        200,
+        &json!({
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }),
+    )
 }
 
 /// A deterministic unit-length 16-dimensional vector derived from the text.

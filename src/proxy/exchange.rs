@@ -157,17 +157,7 @@ pub async fn exchange(
     dns_ttl: Duration,
 ) -> Result<Answer, AttemptError> {
     let Some(upstream) = &channel.upstream else {
-        // `mock`: answered here, the same way a server would.
-        let body = JsonBody::parse(&out.body).map_err(|e| broke(e.to_string()))?;
-        let facts = body.facts().map_err(|e| broke(e.to_string()))?;
-        debug_assert_eq!(channel.kind, ChannelType::Mock);
-        return Ok(Answer::Mock(mock::answer(
-            out.endpoint,
-            &body,
-            &facts.model,
-            facts.stream,
-            facts.client_wants_usage,
-        )));
+        return mock_answer(channel, out);
     };
     // The provider's path, headers (its way of sending the key) and body.
     let call = adapters::prepare(
@@ -179,6 +169,70 @@ pub async fn exchange(
         key,
     )
     .map_err(AttemptError::Refused)?;
+    let peer = peer(state, channel, upstream, dns_ttl).await?;
+    let head = RequestHead {
+        authority: upstream.authority.as_str(),
+        path: &call.path,
+        accept: out.accept,
+        headers: &call.headers,
+    };
+    let mut wire = Vec::new();
+    let inline =
+        upstream_request::encode(&head, &call.body, &mut wire).map_err(|e| broke(e.to_string()))?;
+    let request = Wire {
+        head: &wire,
+        body: (!inline).then_some(&call.body[..]),
+    };
+    let up = send(state, session, channel, &peer, request).await?;
+    let Some(header) = up.resp_header().cloned() else {
+        return Err(broke("no response header"));
+    };
+    let sse = header
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if adapters::translates(channel.kind) && !sse {
+        let deadline = Instant::now() + channel.total_timeout;
+        let read = read_translated(
+            state,
+            up,
+            &peer,
+            &header,
+            channel,
+            out.client_model,
+            deadline,
+        );
+        return Box::pin(read).await;
+    }
+    Ok(Answer::Upstream {
+        up: Box::new(up),
+        peer: Box::new(peer),
+        header: Box::new(header),
+    })
+}
+
+/// `mock`: answered here, the same way a server would.
+fn mock_answer(channel: &Channel, out: &Outbound<'_>) -> Result<Answer, AttemptError> {
+    let body = JsonBody::parse(&out.body).map_err(|e| broke(e.to_string()))?;
+    let facts = body.facts().map_err(|e| broke(e.to_string()))?;
+    debug_assert_eq!(channel.kind, ChannelType::Mock);
+    Ok(Answer::Mock(mock::answer(
+        out.endpoint,
+        &body,
+        &facts.model,
+        facts.stream,
+        facts.client_wants_usage,
+    )))
+}
+
+/// The channel's upstream, resolved within its connect timeout, with its timeouts.
+async fn peer(
+    state: &AppState,
+    channel: &Channel,
+    upstream: &weir_filters::config::Upstream,
+    dns_ttl: Duration,
+) -> Result<HttpPeer, AttemptError> {
     let resolve = state.dns.resolve(&upstream.host, upstream.port, dns_ttl);
     let addr = match tokio::time::timeout(channel.connect_timeout, resolve).await {
         Ok(r) => r.map_err(|e| AttemptError::Failed(FailKind::Connect, e))?,
@@ -195,45 +249,37 @@ pub async fn exchange(
     peer.options.read_timeout = Some(channel.first_byte_timeout);
     peer.options.write_timeout = Some(channel.first_byte_timeout);
     peer.options.idle_timeout = Some(Duration::from_secs(60));
+    Ok(peer)
+}
 
+/// The request's bytes: the head (with the body when it was small enough to go
+/// along), then a large body on its own.
+#[derive(Clone, Copy)]
+struct Wire<'a> {
+    head: &'a [u8],
+    body: Option<&'a [u8]>,
+}
+
+/// Sends the request on a pooled or new connection and reads the response header,
+/// within the channel's first-byte timeout, stopping at once if the client leaves.
+/// A pooled connection the upstream had already closed is replaced, not counted.
+async fn send(
+    state: &AppState,
+    session: &mut Session,
+    channel: &Channel,
+    peer: &HttpPeer,
+    request: Wire<'_>,
+) -> Result<Upstream, AttemptError> {
     let wait = channel.first_byte_timeout.min(channel.total_timeout);
     let deadline = Instant::now() + wait;
-    let head = RequestHead {
-        authority: upstream.authority.as_str(),
-        path: &call.path,
-        accept: out.accept,
-        headers: &call.headers,
-    };
-    let mut wire = Vec::new();
-    let inline =
-        upstream_request::encode(&head, &call.body, &mut wire).map_err(|e| broke(e.to_string()))?;
     let mut stale = 0;
     loop {
         // Boxed: the connect future is ~9 KiB and would otherwise stay reserved in
         // every request's future for as long as its stream is relayed.
-        let (mut stream, reused) = Box::pin(state.connector.get_stream(&peer))
+        let (stream, reused) = Box::pin(state.connector.get_stream(peer))
             .await
             .map_err(|e| classify_error(&e))?;
-        let sent = async {
-            write_request(&mut stream, &wire, (!inline).then_some(&call.body[..])).await?;
-            let mut up = Upstream::new_with_options(stream, &peer);
-            up.read_timeout = Some(channel.first_byte_timeout);
-            // `100 Continue` and `103 Early Hints` come before the answer: skip them.
-            for _ in 0..=MAX_INFORMATIONAL {
-                up.read_response().await?;
-                if !up
-                    .resp_header()
-                    .is_some_and(|h| h.status.is_informational())
-                {
-                    return Ok(up);
-                }
-            }
-            Err(pingora_error::Error::explain(
-                ErrorType::InvalidHTTPHeader,
-                "the upstream sent only informational responses",
-            ))
-        };
-        // Watch the client while the upstream thinks: if it leaves, stop at once.
+        let sent = round_trip(stream, peer, channel, request);
         let result = tokio::select! {
             r = tokio::time::timeout_at(deadline.into(), sent) => match r {
                 Ok(r) => r,
@@ -242,34 +288,7 @@ pub async fn exchange(
             _ = session.read_body_or_idle(true) => return Err(AttemptError::ClientGone),
         };
         match result {
-            Ok(up) => {
-                let Some(header) = up.resp_header().cloned() else {
-                    return Err(broke("no response header"));
-                };
-                let sse = header
-                    .headers
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|ct| ct.starts_with("text/event-stream"));
-                if adapters::translates(channel.kind) && !sse {
-                    let deadline = Instant::now() + channel.total_timeout;
-                    return Box::pin(read_translated(
-                        state,
-                        up,
-                        &peer,
-                        &header,
-                        channel,
-                        out.client_model,
-                        deadline,
-                    ))
-                    .await;
-                }
-                return Ok(Answer::Upstream {
-                    up: Box::new(up),
-                    peer: Box::new(peer),
-                    header: Box::new(header),
-                });
-            }
+            Ok(up) => return Ok(up),
             Err(mut e) => {
                 // Pingora decides whether the error can only be a pooled connection
                 // the upstream had already closed (nothing was processed): then a
@@ -283,6 +302,32 @@ pub async fn exchange(
             }
         }
     }
+}
+
+/// Writes the request and reads up to the answer's header, skipping `100 Continue`
+/// and `103 Early Hints`.
+async fn round_trip(
+    mut stream: Stream,
+    peer: &HttpPeer,
+    channel: &Channel,
+    request: Wire<'_>,
+) -> pingora_error::Result<Upstream> {
+    write_request(&mut stream, request.head, request.body).await?;
+    let mut up = Upstream::new_with_options(stream, peer);
+    up.read_timeout = Some(channel.first_byte_timeout);
+    for _ in 0..=MAX_INFORMATIONAL {
+        up.read_response().await?;
+        if !up
+            .resp_header()
+            .is_some_and(|h| h.status.is_informational())
+        {
+            return Ok(up);
+        }
+    }
+    Err(pingora_error::Error::explain(
+        ErrorType::InvalidHTTPHeader,
+        "the upstream sent only informational responses",
+    ))
 }
 
 /// Writes the request: the head (with the body, when it was small enough to go

@@ -148,6 +148,15 @@ pub struct Failover {
 
 type Admit<'a> = dyn FnMut(Target) -> Result<(), Duration> + 'a;
 
+/// What one `next` call works with.
+struct Env<'e, 'a, R> {
+    routes: &'e [Route],
+    channels: &'e [Channel],
+    backoff: &'e BackoffPolicy,
+    admit: &'e mut Admit<'a>,
+    rng: &'e mut R,
+}
+
 impl Failover {
     /// `max_total`: a cap on attempts across all channels (a gateway's `retries` + 1).
     pub fn new(
@@ -186,77 +195,90 @@ impl Failover {
         if self.max_total.is_some_and(|m| self.total_attempts >= m) {
             return None;
         }
-        let attempt = match last {
+        let mut env = Env {
+            routes,
+            channels,
+            backoff: backoff_policy,
+            admit,
+            rng,
+        };
+        let pick = match last {
             None if !self.started => {
                 self.started = true;
-                self.enter_channel(0, routes, channels, admit, rng, false)
+                self.enter_channel(0, &mut env, false)
             }
             None | Some(Verdict::Success) | Some(Verdict::Final) => None,
-            Some(Verdict::Unserved) => {
-                self.enter_channel(self.pos + 1, routes, channels, admit, rng, true)
-            }
-            Some(Verdict::KeyRejected) => {
-                let route = self.order.get(self.pos).copied()?;
-                let channel = routes[route].channel;
-                match self.next_untried_key(channel, admit) {
-                    Some(key) => {
-                        Some(self.same_channel(route, channel, Some(key), Duration::ZERO, false))
-                    }
-                    None => self.enter_channel(self.pos + 1, routes, channels, admit, rng, true),
-                }
-            }
+            Some(Verdict::Unserved) => self.enter_channel(self.pos + 1, &mut env, true),
+            Some(Verdict::KeyRejected) => self.after_rejected_key(&mut env),
             Some(Verdict::Retryable {
                 rotate_key,
                 retry_after,
-            }) => {
-                let route = self.order.get(self.pos).copied()?;
-                let channel = routes[route].channel;
-                // A 429 is about one key's quota: another key of the channel, at once,
-                // whatever its Retry-After says, without using up a retry.
-                let fresh_key = if rotate_key {
-                    self.next_untried_key(channel, admit)
-                } else {
-                    None
-                };
-                if let Some(key) = fresh_key {
-                    Some(self.same_channel(route, channel, Some(key), Duration::ZERO, false))
-                } else {
-                    let retries_left = self.channel_retries < channels[channel].retries;
-                    let wait_ok = retry_after.is_none_or(|ra| ra <= backoff_policy.max);
-                    // The failure may just have suspended the channel.
-                    let retry_key =
-                        if retries_left && wait_ok && admit(Target::Channel(channel)).is_ok() {
-                            if rotate_key {
-                                self.next_key_round(channel, admit)
-                            } else {
-                                self.current_key(channel, admit)
-                            }
-                        } else {
-                            None
-                        };
-                    match retry_key {
-                        Some(key) => {
-                            let delay = backoff(
-                                self.channel_retries,
-                                backoff_policy.base,
-                                backoff_policy.max,
-                                retry_after,
-                                rng,
-                            );
-                            self.channel_retries += 1;
-                            Some(self.same_channel(route, channel, key, delay, true))
-                        }
-                        None => {
-                            self.enter_channel(self.pos + 1, routes, channels, admit, rng, true)
-                        }
-                    }
-                }
-            }
+            }) => self.after_retryable(rotate_key, retry_after, &mut env),
         };
-        if attempt.is_some() {
+        if pick.is_some() {
             self.total_attempts += 1;
         }
-        attempt
+        pick
+    }
+
+    /// A refused key: the channel's next key at once, else the next channel.
+    fn after_rejected_key<R: Rng>(&mut self, env: &mut Env<'_, '_, R>) -> Option<Pick> {
+        let route = self.order.get(self.pos).copied()?;
+        let channel = env.routes[route].channel;
+        match self.next_untried_key(channel, env.admit) {
+            Some(key) => Some(self.same_channel(route, channel, Some(key), Duration::ZERO, false)),
+            None => self.enter_channel(self.pos + 1, env, true),
+        }
+    }
+
+    /// A retryable failure: another key for a 429, else a retry after backoff while
+    /// the channel has retries left and is still open, else the next channel.
+    fn after_retryable<R: Rng>(
+        &mut self,
+        rotate_key: bool,
+        retry_after: Option<Duration>,
+        env: &mut Env<'_, '_, R>,
+    ) -> Option<Pick> {
+        let route = self.order.get(self.pos).copied()?;
+        let channel = env.routes[route].channel;
+        // A 429 is about one key's quota: another key of the channel, at once,
+        // whatever its Retry-After says, without using up a retry.
+        if rotate_key {
+            if let Some(key) = self.next_untried_key(channel, env.admit) {
+                return Some(self.same_channel(route, channel, Some(key), Duration::ZERO, false));
+            }
+        }
+        match self.retry_key(channel, rotate_key, retry_after, env) {
+            Some(key) => {
+                let (base, max) = (env.backoff.base, env.backoff.max);
+                let delay = backoff(self.channel_retries, base, max, retry_after, env.rng);
+                self.channel_retries += 1;
+                Some(self.same_channel(route, channel, key, delay, true))
+            }
+            None => self.enter_channel(self.pos + 1, env, true),
+        }
+    }
+
+    /// The key a retry of the current channel uses (`Some(None)`: a channel without
+    /// keys), or `None` when the channel is not to be retried.
+    fn retry_key<R: Rng>(
+        &mut self,
+        channel: usize,
+        rotate_key: bool,
+        retry_after: Option<Duration>,
+        env: &mut Env<'_, '_, R>,
+    ) -> Option<Option<usize>> {
+        let retries_left = self.channel_retries < env.channels[channel].retries;
+        let wait_ok = retry_after.is_none_or(|ra| ra <= env.backoff.max);
+        // The failure may just have suspended the channel.
+        if !(retries_left && wait_ok && (env.admit)(Target::Channel(channel)).is_ok()) {
+            return None;
+        }
+        if rotate_key {
+            self.next_key_round(channel, env.admit)
+        } else {
+            self.current_key(channel, env.admit)
+        }
     }
 
     fn same_channel(
@@ -278,28 +300,25 @@ impl Failover {
     }
 
     /// Moves to the first admitted channel at or after `from` and picks its first key.
-    fn enter_channel(
+    fn enter_channel<R: Rng>(
         &mut self,
         from: usize,
-        routes: &[Route],
-        channels: &[Channel],
-        admit: &mut Admit<'_>,
-        rng: &mut impl Rng,
+        env: &mut Env<'_, '_, R>,
         is_failover: bool,
     ) -> Option<Pick> {
         for pos in from..self.order.len() {
             let route = self.order[pos];
-            let channel = routes[route].channel;
-            if let Err(wait) = admit(Target::Channel(channel)) {
+            let channel = env.routes[route].channel;
+            if let Err(wait) = (env.admit)(Target::Channel(channel)) {
                 self.skipped.push((channel, wait));
                 continue;
             }
-            let n = channels[channel].keys.len();
+            let n = env.channels[channel].keys.len();
             // Start at a random key so that load spreads over all keys of a channel.
             self.keys = if n == 0 {
                 Vec::new()
             } else {
-                let start = rng.gen_range(0..n);
+                let start = env.rng.gen_range(0..n);
                 (0..n).map(|i| (start + i) % n).collect()
             };
             self.key_pos = 0;
@@ -307,7 +326,7 @@ impl Failover {
             let key = if n == 0 {
                 None
             } else {
-                match self.first_admitted_key(channel, 0, admit) {
+                match self.first_admitted_key(channel, 0, env.admit) {
                     Some(k) => Some(k),
                     None => continue,
                 }

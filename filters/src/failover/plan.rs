@@ -571,7 +571,10 @@ mod tests {
         assert!(other.next_attempt().is_none());
         drop(trial); // the client left
         let mut again = plan(&routes, &channels, &health, rules);
-        assert!(again.next_attempt().is_some(), "the trial slot was not given back");
+        assert!(
+            again.next_attempt().is_some(),
+            "the trial slot was not given back"
+        );
     }
 
     #[test]
@@ -581,7 +584,9 @@ mod tests {
         let rules = cooled_down(&health, "a");
         let (seen, _) = drive(plan(&routes, &channels, &health, rules), |_| status(500));
         assert_eq!(seen.len(), 1);
-        assert!(plan(&routes, &channels, &health, rules).next_attempt().is_none());
+        assert!(plan(&routes, &channels, &health, rules)
+            .next_attempt()
+            .is_none());
 
         let health = HealthRegistry::default();
         let rules = cooled_down(&health, "a");
