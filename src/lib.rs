@@ -1,7 +1,9 @@
 //! weir: an OpenAI-compatible LLM gateway on Pingora.
 //!
-//! `server` wires the Pingora services; `proxy` is the `ProxyHttp` glue, one file per
-//! phase; the per-phase logic itself lives in the `weir_filters` crate.
+//! `server` wires the Pingora services; `proxy` is weir's HTTP application, one file
+//! per step of a request's story (see `proxy/mod.rs`); the rules each step applies
+//! live in the `weir_filters` crate. Feature IDs (P3, G4, K5…) are defined in
+//! `docs/requirements.md`.
 
 /// Maps on the request path: keys are config names, key hashes and ids, not data an
 /// attacker can shape into collisions cheaply, and SipHash was ~2% of the profile.

@@ -1,4 +1,4 @@
-//! `request_filter` authentication (G2, G3): where the key is, and whether it is good.
+//! Authentication (G2, G3): where the key is, and whether it is good.
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use rand::Rng;

@@ -1,19 +1,23 @@
-//! weir's request and response logic, phase by phase, as plain functions over plain
-//! data. Nothing here touches a socket; the Pingora glue in the `weir` crate calls it.
+//! weir's request and response logic as plain functions and types over plain data.
+//! Nothing here touches a socket; the steps in the `weir` crate's `proxy` call it
+//! (`docs/requirements.md` defines the feature IDs).
 //!
-//! | module | phase |
-//! |---|---|
-//! | `route` | `request_filter`: gateway and endpoint |
-//! | `auth` | `request_filter`: key position, database/regex/JWT checks |
-//! | `access` | `request_filter`: allow and deny lists |
-//! | `limits` | `request_filter`: rate-limit rules and windows |
-//! | `request_body` | `request_body_filter`: parse, map, rewrite |
-//! | `upstream_peer` | `upstream_peer`: channel order, retries, failover |
-//! | `upstream_request` | `upstream_request_filter`: the request's bytes on the wire |
-//! | `health` | passive health of channels and keys |
-//! | `response_body` | `response_body_filter`: SSE tap, usage |
-//! | `usage` | token counts and estimates |
-//! | `mock` | the built-in `mock` channel |
+//! | module | what | used by |
+//! |---|---|---|
+//! | `config` | the YAML, parsed whole, validated, indexed for the request path | everything |
+//! | `route` | gateway and endpoint of a request | `intake` |
+//! | `auth` | key position, database/regex/JWT checks | `admission` |
+//! | `access` | allow and deny lists | `admission` |
+//! | `limits` | rate-limit rules and windows | `admission` |
+//! | `request_body` | parse, map, rewrite the body | `call`, `bodies` |
+//! | `cache_key` | what makes two requests the same | `cached` |
+//! | `failover` | channel order, retries, health trials, the final error | `dispatch` |
+//! | `health` | passive health of channels and keys, and their registry | `dispatch`, `relay` |
+//! | `adapters` | providers (OpenAI, Azure, Anthropic, Gemini) behind one trait | `exchange`, `relay` |
+//! | `upstream_request` | the request's bytes on the wire | `exchange` |
+//! | `response_body` | SSE tap, usage in answers | `relay` |
+//! | `usage` | token counts and estimates | `relay`, `logging` |
+//! | `mock` | the built-in `mock` channel | `exchange` |
 
 pub mod access;
 pub mod adapters;
@@ -29,7 +33,6 @@ pub mod mock;
 pub mod request_body;
 pub mod response_body;
 pub mod route;
-
 pub mod upstream_request;
 pub mod usage;
 

@@ -1,4 +1,4 @@
-//! `response_body_filter` logic (P7, P9): watch an answer go by without delaying it,
+//! Reading answers as they pass (P7, P9): watch an answer go by without delaying it,
 //! and learn its usage.
 //!
 //! `SseTap` splits an SSE stream into events as chunks arrive, reads `usage` from the

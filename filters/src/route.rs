@@ -1,4 +1,4 @@
-//! `request_filter` routing (G1, P1): which endpoint of a gateway a request is for.
+//! Routing (G1, P1): which endpoint of a gateway a request is for.
 
 use crate::error::GatewayError;
 

@@ -1,5 +1,5 @@
-//! The `logging` phase: one structured line and the metrics for every request.
-//! Usage is logged here per request; the accounting store arrives with access control.
+//! The `logging` phase: one structured line and the metrics for every request, and
+//! its usage row for the accounting store (spend, balance, the call log).
 
 use super::ctx::Ctx;
 use crate::accounts::now_unix;

@@ -165,7 +165,7 @@ pub trait Provider: Send + Sync {
 
     /// Whether an error answer says the key (not the request) is the problem where
     /// its status does not (401 and 403 always count as the key's, see
-    /// `upstream_peer::verdict_for_status`). Such answers move to the next key.
+    /// `failover::verdict_for_status`). Such answers move to the next key.
     fn key_rejected(&self, _status: u16, _body: &[u8]) -> bool {
         false
     }
