@@ -184,9 +184,9 @@ pub fn admit_caller(
         Some(auth) => authenticate(state, auth, key)?,
         None => Caller::anonymous(),
     };
-    ctx.identity.clone_from(&caller.identity);
-    ctx.key_id = caller.key.as_ref().map(|k| k.id);
-    (ctx.rate, ctx.rate_charge) = admit(state, gateway, &caller, key, client_ip)?;
-    ctx.caller = Some(caller);
+    ctx.who.identity.clone_from(&caller.identity);
+    ctx.who.key_id = caller.key.as_ref().map(|k| k.id);
+    (ctx.who.rate, ctx.who.rate_charge) = admit(state, gateway, &caller, key, client_ip)?;
+    ctx.who.caller = Some(caller);
     Ok(())
 }

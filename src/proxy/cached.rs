@@ -14,7 +14,7 @@ use weir_filters::request_body::JsonBody;
 use weir_filters::route::Endpoint;
 
 /// An earlier answer to the same request, when this model is cached. On a miss,
-/// `ctx.cache_fill` says where the answer goes once it completed cleanly.
+/// `ctx.reply.cache_fill` says where the answer goes once it completed cleanly.
 pub async fn lookup(
     state: &AppState,
     ctx: &mut Ctx,
@@ -25,7 +25,14 @@ pub async fn lookup(
 ) -> Option<std::sync::Arc<CachedAnswer>> {
     let snap = req.snap;
     let policy = snap.cache.as_ref()?;
-    if !cacheable(state, snap, policy, req.endpoint, model, &ctx.model_label) {
+    if !cacheable(
+        state,
+        snap,
+        policy,
+        req.endpoint,
+        model,
+        &ctx.route.model_label,
+    ) {
         return None;
     }
     let route_names: Vec<(&str, &str)> = routes
@@ -50,12 +57,16 @@ pub async fn lookup(
     state
         .metrics
         .cache
-        .with_label_values(&[req.gateway.name.as_str(), ctx.model_label.as_str(), outcome])
+        .with_label_values(&[
+            req.gateway.name.as_str(),
+            ctx.route.model_label.as_str(),
+            outcome,
+        ])
         .inc();
     if hit.is_some() {
-        ctx.cache_hit = true;
+        ctx.reply.cache_hit = true;
     } else {
-        ctx.cache_fill = Some((key, slot));
+        ctx.reply.cache_fill = Some((key, slot));
     }
     hit
 }
@@ -101,20 +112,20 @@ pub async fn serve(
         } else {
             h.insert_header("content-length", hit.body.len().to_string())?;
         }
-        if let Some(r) = ctx.rate {
+        if let Some(r) = ctx.who.rate {
             super::respond::rate_headers(&mut h, &r)?;
         }
         Ok(h)
     };
     let h = build().map_err(Failure::Abort)?;
-    ctx.status = 200;
+    ctx.reply.status = 200;
     let written = async {
         session.write_response_header(Box::new(h)).await?;
         session.write_response_body(hit.body.clone(), true).await
     };
-    ctx.first_byte = Some(ctx.started.elapsed());
+    ctx.reply.first_byte = Some(ctx.started.elapsed());
     written.await.map_err(|e| {
-        ctx.client_gone = true;
+        ctx.reply.client_gone = true;
         Failure::Abort(e)
     })
 }

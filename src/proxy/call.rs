@@ -29,8 +29,8 @@ pub async fn proxy(
         admit_caller(state, ctx, req.gateway, key.as_deref(), req.client_ip)?;
     }
     let facts = parsed.facts()?;
-    ctx.stream = facts.stream;
-    ctx.requested_model = Some(facts.model.clone());
+    ctx.route.stream = facts.stream;
+    ctx.route.requested_model = Some(facts.model.clone());
     let routes = route(ctx, req, &facts.model)?;
     if let Some(hit) = cached::lookup(state, ctx, req, &routes, &facts.model, &parsed).await {
         return cached::serve(session, ctx, &hit).await;
@@ -43,7 +43,7 @@ pub async fn proxy(
 /// name it routed to (the metric label).
 fn route(ctx: &mut Ctx, req: &Request<'_>, model: &str) -> Result<Vec<Route>, GatewayError> {
     let snap = req.snap;
-    let caller = ctx.caller.as_ref();
+    let caller = ctx.who.caller.as_ref();
     let group = caller.map_or("default", |c| c.group.as_str());
     let (mut routes, label) = snap
         .routes(req.gateway, model, group)
@@ -64,6 +64,6 @@ fn route(ctx: &mut Ctx, req: &Request<'_>, model: &str) -> Result<Vec<Route>, Ga
             ),
         });
     }
-    ctx.model_label = label;
+    ctx.route.model_label = label;
     Ok(routes)
 }

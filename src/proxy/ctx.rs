@@ -1,4 +1,7 @@
-//! Per-request context shared by the phases of one request.
+//! Per-request context shared by the steps of one request, grouped by concern so a
+//! reader sees which part a step touches: `route` is written by intake and call,
+//! `who` by admission, `tries` by dispatch, `reply` by relay and respond; logging
+//! reads them all.
 
 use super::admission::Caller;
 use crate::accounts::{RateCharge, RateHeadroom};
@@ -13,27 +16,27 @@ pub struct Ctx {
     pub started: Instant,
     /// The config snapshot this request runs on from start to end.
     pub snapshot: Option<Arc<Runtime>>,
+    pub route: Route,
+    pub who: Who,
+    pub tries: Tries,
+    pub reply: Reply,
+}
+
+/// Where the request goes.
+pub struct Route {
     pub gateway: Option<String>,
     pub endpoint: Option<Endpoint>,
     /// The configured model name the request routed to (`default` for the catch-all),
     /// `-` before routing: never raw client input, so metric labels stay bounded.
     pub model_label: String,
-    /// The last channel tried, `-` when none.
-    pub channel: String,
+    /// The model name the client asked for (prices and usage rows use it).
+    pub requested_model: Option<String>,
     pub stream: bool,
-    /// Status of the response sent to the client (0 until sent).
-    pub status: u16,
-    pub first_byte: Option<Duration>,
-    pub usage: Option<Usage>,
-    pub attempts: u32,
-    pub retries: u32,
-    pub failovers: u32,
-    /// Why the request failed, for the log line.
-    pub error: Option<String>,
-    /// The answer broke after it started reaching the client.
-    pub broken: bool,
-    pub client_gone: bool,
-    /// Who called, once authenticated.
+}
+
+/// Who called, once admitted, and what the request counted against the limits.
+#[derive(Default)]
+pub struct Who {
     pub caller: Option<Caller>,
     pub key_id: Option<i64>,
     pub identity: Option<String>,
@@ -41,8 +44,29 @@ pub struct Ctx {
     pub rate: Option<RateHeadroom>,
     /// What this request counted against rate limits (refunded if it is refused).
     pub rate_charge: RateCharge,
-    /// The model name the client asked for (prices and usage rows use it).
-    pub requested_model: Option<String>,
+}
+
+/// The upstream attempts made.
+pub struct Tries {
+    /// The last channel tried, `-` when none.
+    pub channel: String,
+    pub attempts: u32,
+    pub retries: u32,
+    pub failovers: u32,
+}
+
+/// What the client got.
+#[derive(Default)]
+pub struct Reply {
+    /// Status of the response sent to the client (0 until sent).
+    pub status: u16,
+    pub first_byte: Option<Duration>,
+    pub usage: Option<Usage>,
+    /// Why the request failed, for the log line.
+    pub error: Option<String>,
+    /// The answer broke after it started reaching the client.
+    pub broken: bool,
+    pub client_gone: bool,
     /// On a cache miss: where the answer goes once it completed cleanly.
     pub cache_fill: Option<(CacheKey, u32)>,
     /// Answered from the cache (not billed).
@@ -54,28 +78,21 @@ impl Ctx {
         Ctx {
             started: Instant::now(),
             snapshot: None,
-            gateway: None,
-            endpoint: None,
-            model_label: "-".into(),
-            channel: "-".into(),
-            stream: false,
-            status: 0,
-            first_byte: None,
-            usage: None,
-            attempts: 0,
-            retries: 0,
-            failovers: 0,
-            error: None,
-            broken: false,
-            client_gone: false,
-            caller: None,
-            key_id: None,
-            identity: None,
-            rate: None,
-            rate_charge: RateCharge::default(),
-            requested_model: None,
-            cache_fill: None,
-            cache_hit: false,
+            route: Route {
+                gateway: None,
+                endpoint: None,
+                model_label: "-".into(),
+                requested_model: None,
+                stream: false,
+            },
+            who: Who::default(),
+            tries: Tries {
+                channel: "-".into(),
+                attempts: 0,
+                retries: 0,
+                failovers: 0,
+            },
+            reply: Reply::default(),
         }
     }
 }

@@ -44,7 +44,7 @@ pub async fn run(
         count_attempt(state, ctx, req, &attempt);
         // Dropping the attempt (here or on any early return) gives its trials back.
         if !attempt.delay.is_zero() && left_while_waiting(session, attempt.delay).await {
-            ctx.client_gone = true;
+            ctx.reply.client_gone = true;
             return Err(client_left());
         }
         let channel = attempt.channel;
@@ -84,7 +84,7 @@ pub async fn run(
             }
             Err(e) => {
                 let Some(outcome) = e.outcome() else {
-                    ctx.client_gone = true;
+                    ctx.reply.client_gone = true;
                     return Err(client_left());
                 };
                 let settled = plan.settle(attempt, outcome);
@@ -94,7 +94,7 @@ pub async fn run(
     }
     let (e, log) = plan.give_up(bodies.client_model());
     // The log gets upstream error codes and key hints; the client does not.
-    ctx.error = Some(log);
+    ctx.reply.error = Some(log);
     Err(e.into())
 }
 
@@ -137,7 +137,7 @@ fn count_attempt(state: &AppState, ctx: &mut Ctx, req: &Request<'_>, attempt: &A
     let gateway = req.gateway.name.as_str();
     let channel = attempt.channel.name.as_str();
     if attempt.is_retry {
-        ctx.retries += 1;
+        ctx.tries.retries += 1;
         state
             .metrics
             .retries
@@ -145,15 +145,15 @@ fn count_attempt(state: &AppState, ctx: &mut Ctx, req: &Request<'_>, attempt: &A
             .inc();
     }
     if attempt.is_failover {
-        ctx.failovers += 1;
+        ctx.tries.failovers += 1;
         state
             .metrics
             .failovers
-            .with_label_values(&[gateway, ctx.model_label.as_str()])
+            .with_label_values(&[gateway, ctx.route.model_label.as_str()])
             .inc();
     }
-    ctx.attempts += 1;
-    ctx.channel.clone_from(&attempt.channel.name);
+    ctx.tries.attempts += 1;
+    ctx.tries.channel.clone_from(&attempt.channel.name);
 }
 
 fn count_outcome(state: &AppState, channel: &Channel, outcome: Option<&'static str>) {

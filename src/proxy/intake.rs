@@ -41,10 +41,10 @@ pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> R
             method: head.method.as_str().to_string(),
             path: path.clone(),
         })?;
-    ctx.gateway = Some(gateway.name.clone());
+    ctx.route.gateway = Some(gateway.name.clone());
     open_now(gateway)?;
     let endpoint = classify(head.method.as_str(), rest, &path)?;
-    ctx.endpoint = Some(endpoint);
+    ctx.route.endpoint = Some(endpoint);
     let client_ip = session
         .client_addr()
         .and_then(|a| a.as_inet())

@@ -11,89 +11,95 @@ use weir_filters::usage::cost;
 /// Bills a routed request (K5) and queues its usage row: the ledger at once, so the
 /// next request already sees the spend; the store within `flush_interval`.
 fn account(state: &AppState, ctx: &Ctx, gateway: &str, status: u16, elapsed: Duration) {
-    if ctx.model_label == "-" {
+    if ctx.route.model_label == "-" {
         return;
     }
     let Some(snap) = &ctx.snapshot else {
         return;
     };
-    let usage = ctx.usage.unwrap_or_default();
+    let usage = ctx.reply.usage.unwrap_or_default();
     // Priced by the name the client asked for (`gpt-4o` served through a catch-all
     // channel is still `gpt-4o`), then by the configured name it routed to.
-    let model = ctx.requested_model.as_deref().unwrap_or(&ctx.model_label);
-    let (price_in, price_out) = state.accounts.price(snap, &[model, &ctx.model_label]);
+    let model = ctx
+        .route
+        .requested_model
+        .as_deref()
+        .unwrap_or(&ctx.route.model_label);
+    let (price_in, price_out) = state.accounts.price(snap, &[model, &ctx.route.model_label]);
     let cost = cost(&usage, price_in, price_out);
     let now = now_unix();
     let tokens = usage.prompt_tokens + usage.completion_tokens;
     state
         .accounts
-        .charge(ctx.key_id, gateway, tokens, cost, now);
+        .charge(ctx.who.key_id, gateway, tokens, cost, now);
     state.store.record(UsageEvent {
         ts: now,
-        key_id: ctx.key_id,
-        identity: if ctx.key_id.is_some() {
+        key_id: ctx.who.key_id,
+        identity: if ctx.who.key_id.is_some() {
             None
         } else {
-            ctx.identity.clone()
+            ctx.who.identity.clone()
         },
         gateway: gateway.to_string(),
         model: model.to_string(),
-        channel: ctx.channel.clone(),
+        channel: ctx.tries.channel.clone(),
         prompt_tokens: usage.prompt_tokens,
         completion_tokens: usage.completion_tokens,
         cost,
         estimated: usage.estimated,
         status,
         latency_ms: elapsed.as_millis() as u64,
-        stream: ctx.stream,
+        stream: ctx.route.stream,
     });
 }
 
 pub fn record(state: &AppState, ctx: &Ctx, pingora_error: Option<&pingora_error::Error>) {
     let m = &state.metrics;
-    let gateway = ctx.gateway.as_deref().unwrap_or("-");
+    let gateway = ctx.route.gateway.as_deref().unwrap_or("-");
     let elapsed = ctx.started.elapsed();
-    let status = if ctx.status == 0 && pingora_error.is_some() {
+    let status = if ctx.reply.status == 0 && pingora_error.is_some() {
         0
     } else {
-        ctx.status
+        ctx.reply.status
     };
-    let series = m.series(gateway, &ctx.model_label, &ctx.channel);
+    let series = m.series(gateway, &ctx.route.model_label, &ctx.tries.channel);
     series.request(m, status).inc();
     series.duration(m).observe(elapsed.as_secs_f64());
-    if let Some(fb) = ctx.first_byte {
+    if let Some(fb) = ctx.reply.first_byte {
         series.ttft(m).observe(fb.as_secs_f64());
     }
-    if let Some(u) = &ctx.usage {
+    if let Some(u) = &ctx.reply.usage {
         series.tokens(m, false).inc_by(u.prompt_tokens);
         series.tokens(m, true).inc_by(u.completion_tokens);
     }
     account(state, ctx, gateway, status, elapsed);
     let (prompt, completion, estimated) = ctx
+        .reply
         .usage
         .map(|u| (u.prompt_tokens, u.completion_tokens, u.estimated))
         .unwrap_or((0, 0, false));
-    let endpoint = ctx.endpoint.map(|e| e.as_str()).unwrap_or("-");
-    let cache = if ctx.cache_hit {
+    let endpoint = ctx.route.endpoint.map(|e| e.as_str()).unwrap_or("-");
+    let cache = if ctx.reply.cache_hit {
         "hit"
-    } else if ctx.cache_fill.is_some() {
+    } else if ctx.reply.cache_fill.is_some() {
         "miss"
     } else {
         "-"
     };
     let latency_ms = elapsed.as_secs_f64() * 1e3;
-    let ttft_ms = ctx.first_byte.map(|d| d.as_secs_f64() * 1e3);
+    let ttft_ms = ctx.reply.first_byte.map(|d| d.as_secs_f64() * 1e3);
     let error = ctx
+        .reply
         .error
         .as_deref()
         .or(pingora_error.map(|_| "proxy error"))
         .unwrap_or("");
-    if status >= 500 || ctx.broken {
+    if status >= 500 || ctx.reply.broken {
         tracing::warn!(
-            target: "weir::access", gateway, endpoint, model = %ctx.model_label, channel = %ctx.channel,
-            status, stream = ctx.stream, latency_ms, ttft_ms, attempts = ctx.attempts, retries = ctx.retries,
-            failovers = ctx.failovers, prompt_tokens = prompt, completion_tokens = completion, estimated,
-            client_gone = ctx.client_gone, cache, error, "request"
+            target: "weir::access", gateway, endpoint, model = %ctx.route.model_label, channel = %ctx.tries.channel,
+            status, stream = ctx.route.stream, latency_ms, ttft_ms, attempts = ctx.tries.attempts, retries = ctx.tries.retries,
+            failovers = ctx.tries.failovers, prompt_tokens = prompt, completion_tokens = completion, estimated,
+            client_gone = ctx.reply.client_gone, cache, error, "request"
         );
     } else if tracing::enabled!(target: "weir::access", tracing::Level::INFO) {
         // The common case, written without tracing's field machinery: at 20k
@@ -101,19 +107,19 @@ pub fn record(state: &AppState, ctx: &Ctx, pingora_error: Option<&pingora_error:
         let line = AccessLine {
             gateway,
             endpoint,
-            model: &ctx.model_label,
-            channel: &ctx.channel,
+            model: &ctx.route.model_label,
+            channel: &ctx.tries.channel,
             status,
-            stream: ctx.stream,
+            stream: ctx.route.stream,
             latency_ms,
             ttft_ms,
-            attempts: ctx.attempts,
-            retries: ctx.retries,
-            failovers: ctx.failovers,
+            attempts: ctx.tries.attempts,
+            retries: ctx.tries.retries,
+            failovers: ctx.tries.failovers,
             prompt_tokens: prompt,
             completion_tokens: completion,
             estimated,
-            client_gone: ctx.client_gone,
+            client_gone: ctx.reply.client_gone,
             cache,
             error,
         };

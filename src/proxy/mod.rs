@@ -110,10 +110,12 @@ async fn serve(state: &AppState, session: &mut ServerSession, ctx: &mut Ctx) -> 
             // Refused after the limits counted it (unknown or forbidden model, bad
             // body): it was never served, so it does not count.
             if matches!(e.status(), 400 | 403 | 404 | 405 | 413) {
-                state.accounts.refund(std::mem::take(&mut ctx.rate_charge));
+                state
+                    .accounts
+                    .refund(std::mem::take(&mut ctx.who.rate_charge));
             }
             if matches!(e.status(), 401 | 402 | 403 | 429) {
-                let gateway = ctx.gateway.as_deref().unwrap_or("-");
+                let gateway = ctx.route.gateway.as_deref().unwrap_or("-");
                 state
                     .metrics
                     .refused
@@ -127,7 +129,7 @@ async fn serve(state: &AppState, session: &mut ServerSession, ctx: &mut Ctx) -> 
         }
         Err(Failure::Abort(e)) => {
             session.set_keepalive(None);
-            if session.response_written().is_none() && !ctx.client_gone {
+            if session.response_written().is_none() && !ctx.reply.client_gone {
                 let err = GatewayError::Internal(format!("proxy error: {}", e.etype().as_str()));
                 let _ = respond::error(session, ctx, &err).await;
             }
@@ -137,7 +139,7 @@ async fn serve(state: &AppState, session: &mut ServerSession, ctx: &mut Ctx) -> 
     // Our own access line says what happened to broken answers and departed
     // clients; anything else is worth an error line (never with the query, which
     // may carry a key).
-    if !(ctx.client_gone || ctx.broken) {
+    if !(ctx.reply.client_gone || ctx.reply.broken) {
         let req = session.req_header();
         tracing::error!("request failed: {e}, {} {}", req.method, req.uri.path());
     }

@@ -28,7 +28,7 @@ pub async fn list(
     snap: &Runtime,
     gateway: &Gateway,
 ) -> Result<(), Failure> {
-    let data: Vec<serde_json::Value> = visible_models(snap, gateway, ctx.caller.as_ref())
+    let data: Vec<serde_json::Value> = visible_models(snap, gateway, ctx.who.caller.as_ref())
         .iter()
         .map(|m| model_object(m))
         .collect();
@@ -46,7 +46,7 @@ pub async fn get(
     gateway: &Gateway,
     id: &str,
 ) -> Result<(), Failure> {
-    if !visible_models(snap, gateway, ctx.caller.as_ref())
+    if !visible_models(snap, gateway, ctx.who.caller.as_ref())
         .iter()
         .any(|m| m == id)
     {

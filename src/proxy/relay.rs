@@ -50,7 +50,7 @@ pub struct RelayPlan<'a> {
     pub translate: Option<ChannelType>,
     /// The model name the client asked for, as translated answers name it.
     pub model: &'a str,
-    /// The cache's policy, for storing this answer (when `ctx.cache_fill` says where).
+    /// The cache's policy, for storing this answer (when `ctx.reply.cache_fill` says where).
     pub cache: Option<&'a CachePolicy>,
 }
 
@@ -111,11 +111,12 @@ pub async fn relay(
     plan: RelayPlan<'_>,
 ) -> Result<(), Failure> {
     let (mut header, mut body) = open(answer, &plan).map_err(Failure::Abort)?;
-    ctx.status = body.status;
-    if let Some(r) = ctx.rate {
+    ctx.reply.status = body.status;
+    if let Some(r) = ctx.who.rate {
         crate::proxy::respond::rate_headers(&mut header, &r).map_err(Failure::Abort)?;
     }
     let fill = ctx
+        .reply
         .cache_fill
         .filter(|_| body.status == 200)
         .zip(plan.cache);
@@ -132,7 +133,7 @@ pub async fn relay(
         .unwrap_or("application/json")
         .to_string();
     if let Err(e) = session.write_response_header(Box::new(header)).await {
-        ctx.client_gone = true;
+        ctx.reply.client_gone = true;
         shutdown(body.source).await;
         return Err(Failure::Abort(e));
     }
@@ -154,7 +155,7 @@ pub async fn relay(
     }
     // Only an answer that ended cleanly is cached.
     if let (Ok(()), Some(((key, slot), policy)), Some(body)) = (&pumped, fill, capture) {
-        if !ctx.broken && (!is_sse || tap.completed()) {
+        if !ctx.reply.broken && (!is_sse || tap.completed()) {
             let answer = CachedAnswer {
                 content_type,
                 body: Bytes::from(body),
@@ -167,7 +168,7 @@ pub async fn relay(
             state
                 .metrics
                 .cache
-                .with_label_values(&[plan.gateway, ctx.model_label.as_str(), "stored"])
+                .with_label_values(&[plan.gateway, ctx.route.model_label.as_str(), "stored"])
                 .inc();
         }
     }
@@ -175,7 +176,7 @@ pub async fn relay(
     // the upstream spent those tokens either way.
     if status < 300 {
         let kept = kept.unwrap_or_default();
-        ctx.usage = Some(usage_of(is_sse, tap, &kept, plan.request).await);
+        ctx.reply.usage = Some(usage_of(is_sse, tap, &kept, plan.request).await);
     }
     pumped
 }
@@ -241,8 +242,8 @@ impl Body {
             let out = self.pass(chunk);
             if !out.is_empty() {
                 keep(&mut self.capture, &out, plan);
-                if ctx.first_byte.is_none() {
-                    ctx.first_byte = Some(ctx.started.elapsed());
+                if ctx.reply.first_byte.is_none() {
+                    ctx.reply.first_byte = Some(ctx.started.elapsed());
                 }
                 write(session, ctx, out, false).await?;
             }
@@ -330,7 +331,7 @@ impl Body {
         };
         // A JSON answer cut short: its length can no longer be kept; close.
         broke_off(state, ctx, plan, &why);
-        ctx.error = Some(format!("answer broken: {why}"));
+        ctx.reply.error = Some(format!("answer broken: {why}"));
         Err(Failure::Abort(pingora_error::Error::explain(
             pingora_error::ErrorType::ReadError,
             "upstream answer broke mid-body",
@@ -367,11 +368,14 @@ impl Body {
                 why.to_string()
             }
         };
-        ctx.broken = true;
-        ctx.error = Some(format!("stream broken: {why}"));
+        ctx.reply.broken = true;
+        ctx.reply.error = Some(format!("stream broken: {why}"));
         let e = GatewayError::UpstreamFailed {
-            model: ctx.model_label.clone(),
-            detail: format!("the stream from channel `{}` broke: {why}", ctx.channel),
+            model: ctx.route.model_label.clone(),
+            detail: format!(
+                "the stream from channel `{}` broke: {why}",
+                ctx.tries.channel
+            ),
         };
         tail.extend_from_slice(&e.to_sse_event());
         tail
@@ -381,10 +385,10 @@ impl Body {
 /// An answer broke midway: a channel that answers 2xx and then breaks is not
 /// healthy.
 fn broke_off(state: &AppState, ctx: &mut Ctx, plan: &RelayPlan<'_>, why: &str) {
-    ctx.broken = true;
+    ctx.reply.broken = true;
     state
         .health
-        .failure(&HealthId::channel(&ctx.channel), plan.health, why);
+        .failure(&HealthId::channel(&ctx.tries.channel), plan.health, why);
     count_broken(state, ctx, plan);
 }
 
@@ -392,7 +396,7 @@ fn count_broken(state: &AppState, ctx: &Ctx, plan: &RelayPlan<'_>) {
     state
         .metrics
         .stream_errors
-        .with_label_values(&[plan.gateway, ctx.channel.as_str()])
+        .with_label_values(&[plan.gateway, ctx.tries.channel.as_str()])
         .inc();
 }
 
@@ -403,7 +407,7 @@ async fn write(
     end: bool,
 ) -> Result<(), Failure> {
     session.write_response_body(bytes, end).await.map_err(|e| {
-        ctx.client_gone = true;
+        ctx.reply.client_gone = true;
         Failure::Abort(e)
     })
 }

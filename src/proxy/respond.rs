@@ -33,7 +33,7 @@ pub async fn json(
     for (k, v) in extra {
         h.insert_header(k.to_string(), v.as_str())?;
     }
-    ctx.status = status;
+    ctx.reply.status = status;
     session.write_response_header(Box::new(h)).await?;
     session.write_response_body(Bytes::from(body), true).await?;
     Ok(())
@@ -42,7 +42,7 @@ pub async fn json(
 /// Sends an OpenAI-shaped error, unless an answer already started (then nothing can
 /// be said any more and the caller must end the connection).
 pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &GatewayError) -> Result<()> {
-    ctx.error.get_or_insert_with(|| e.to_string());
+    ctx.reply.error.get_or_insert_with(|| e.to_string());
     if session.response_written().is_some() {
         return Ok(());
     }
