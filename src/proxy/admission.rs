@@ -3,47 +3,15 @@
 //! limits, token quota, budget and balance, all before any upstream call. The
 //! rules themselves are `weir_filters::{auth, access, limits}`.
 
+use super::caller::Caller;
 use super::ctx::Ctx;
-use crate::accounts::{now_unix, KeyRecord, RateCharge, RateHeadroom};
+use crate::accounts::{now_unix, RateCharge, RateHeadroom};
 use crate::state::AppState;
-use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::Arc;
 use weir_filters::access::{self, Visitor};
 use weir_filters::auth::{hash_key, strip_bearer, KeyPosition};
 use weir_filters::config::{AuthCheck, Gateway, GatewayAuth};
 use weir_filters::GatewayError;
-
-/// The authenticated caller of one request.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// Names the caller for `secret:` limits and usage: `key:<id>` for stored keys,
-    /// the identity claim for JWTs, a hash prefix of the key for regex gateways.
-    pub identity: Option<String>,
-    pub key: Option<Arc<KeyRecord>>,
-    pub group: String,
-    /// Models the caller may use; `None`: all the gateway serves.
-    pub granted: Option<Arc<HashSet<String>>>,
-}
-
-impl Caller {
-    /// The caller of an open gateway.
-    pub fn anonymous() -> Caller {
-        Caller {
-            identity: None,
-            key: None,
-            group: "default".into(),
-            granted: None,
-        }
-    }
-
-    pub fn may_use(&self, requested: &str, label: &str) -> bool {
-        match &self.granted {
-            None => true,
-            Some(g) => g.contains(requested) || g.contains(label),
-        }
-    }
-}
 
 /// The key as sent in a header or a query parameter (`None` for `body:` positions,
 /// which are read from the parsed body).

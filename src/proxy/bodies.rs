@@ -1,7 +1,7 @@
 //! The upstream request body: the client's bytes untouched when nothing changes,
 //! otherwise rewritten once per distinct upstream model.
 
-use super::intake::Request;
+use super::request::Request;
 use bytes::Bytes;
 use weir_filters::config::Gateway;
 use weir_filters::request_body::{JsonBody, RequestFacts};

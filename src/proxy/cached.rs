@@ -2,8 +2,8 @@
 //! replayed, not billed; a miss notes where a clean answer is to be stored.
 
 use super::ctx::Ctx;
-use super::intake::Request;
-use super::Failure;
+use super::failure::Failure;
+use super::request::Request;
 use crate::cache::CachedAnswer;
 use crate::state::AppState;
 use pingora_core::protocols::http::ServerSession as Session;

@@ -5,8 +5,9 @@
 use super::admission::admit_caller;
 use super::bodies::Bodies;
 use super::ctx::Ctx;
-use super::intake::Request;
-use super::{cached, dispatch, Failure};
+use super::failure::Failure;
+use super::request::Request;
+use super::{cached, dispatch};
 use crate::state::AppState;
 use bytes::Bytes;
 use pingora_core::protocols::http::ServerSession as Session;

@@ -3,7 +3,7 @@
 //! `who` by admission, `tries` by dispatch, `reply` by relay and respond; logging
 //! reads them all.
 
-use super::admission::Caller;
+use super::caller::Caller;
 use crate::accounts::{RateCharge, RateHeadroom};
 use crate::cache::CacheKey;
 use std::sync::Arc;

@@ -6,9 +6,9 @@
 use super::bodies::Bodies;
 use super::ctx::Ctx;
 use super::exchange::{discard, exchange, Outbound};
-use super::intake::Request;
+use super::failure::Failure;
 use super::relay::{relay, RelayPlan};
-use super::Failure;
+use super::request::Request;
 use crate::state::AppState;
 use pingora_core::protocols::http::ServerSession as Session;
 use rand::SeedableRng;

@@ -4,30 +4,18 @@
 
 use super::admission::{admit_caller, key_from_request};
 use super::ctx::Ctx;
-use super::{call, models, Failure};
+use super::failure::Failure;
+use super::request::Request;
+use super::{call, models};
 use crate::state::AppState;
 use bytes::{Bytes, BytesMut};
 use pingora_core::protocols::http::ServerSession as Session;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::SystemTime;
 use weir_filters::auth::{remove_query_param, KeyPosition};
-use weir_filters::config::{Gateway, Runtime};
+use weir_filters::config::Gateway;
 use weir_filters::route::{classify, Endpoint};
 use weir_filters::GatewayError;
-
-/// A request whose gateway and endpoint are known.
-pub struct Request<'a> {
-    /// The config snapshot the request runs on from start to end.
-    pub snap: &'a Arc<Runtime>,
-    pub gateway: &'a Gateway,
-    pub endpoint: Endpoint,
-    /// Path after `/v1`, with the query to forward (a key in the query removed).
-    pub rest: String,
-    /// The body field that carries the key, for `body:` gateways.
-    pub body_key: Option<&'a str>,
-    pub client_ip: Option<IpAddr>,
-}
 
 pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> Result<(), Failure> {
     let snap = state.snapshot();

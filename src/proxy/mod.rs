@@ -3,26 +3,33 @@
 //! `intake` (gateway, endpoint, key in a header) → `admission` (who calls, may
 //! they) → `call` (key in the body, route, `cached`, `bodies`) → `dispatch` (the
 //! failover plan's attempts, each an `exchange`) → `relay` (the answer to the
-//! client) → `logging` (access line, metrics, usage row). The rules each step
-//! applies live in `weir_filters`.
+//! client) → `logging` (access line, metrics, usage row). What the steps share:
+//! `request` (the request as intake found it), `caller` (who calls), `ctx` (what
+//! each step noted), `failure` (how it ended badly), `respond` (answers weir makes
+//! itself). Imports point down this list, never back. The rules each step applies
+//! live in `weir_filters`.
 
 mod admission;
 mod bodies;
 mod cached;
 mod call;
+mod caller;
 pub mod ctx;
 mod dispatch;
 mod exchange;
+mod failure;
 mod intake;
 mod logging;
 mod models;
 mod relay;
+mod request;
 mod respond;
 pub use logging::AccessLine;
 
 use crate::state::AppState;
 use async_trait::async_trait;
 use ctx::Ctx;
+use failure::Failure;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
@@ -36,21 +43,6 @@ use weir_filters::GatewayError;
 /// which weir never uses, for as long as each connection lives.
 pub struct Weir {
     pub state: Arc<AppState>,
-}
-
-/// How a request ended badly.
-pub enum Failure {
-    /// Tell the client, as OpenAI-shaped JSON.
-    Client(GatewayError),
-    /// Nothing more can be said (the answer already started or the client left):
-    /// end the connection.
-    Abort(Box<Error>),
-}
-
-impl From<GatewayError> for Failure {
-    fn from(e: GatewayError) -> Self {
-        Failure::Client(e)
-    }
 }
 
 #[async_trait]

@@ -1,9 +1,10 @@
 //! `GET /v1/models` and `/v1/models/{id}`: answered by weir from the config, with
 //! only the models this caller may use.
 
-use super::admission::Caller;
+use super::caller::Caller;
 use super::ctx::Ctx;
-use super::{respond, Failure};
+use super::failure::Failure;
+use super::respond;
 use pingora_core::protocols::http::ServerSession as Session;
 use weir_filters::config::{Gateway, Runtime};
 use weir_filters::GatewayError;

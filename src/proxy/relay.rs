@@ -5,7 +5,7 @@
 
 use super::ctx::Ctx;
 use super::exchange::Answer;
-use super::Failure;
+use super::failure::Failure;
 use crate::cache::CachedAnswer;
 use crate::state::AppState;
 use bytes::{Bytes, BytesMut};
