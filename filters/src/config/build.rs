@@ -1,0 +1,600 @@
+//! From a parsed file to the `Runtime` the proxy reads: every field checked, every
+//! problem collected with its field path, channels and gateways indexed. Nothing is
+//! returned unless all is well.
+
+use super::*;
+use crate::access::AccessRule;
+use crate::auth::{JwtSettings, JwtVerifier, KeyPosition};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(super) fn runtime(file: FileConfig) -> Result<Runtime, ConfigError> {
+    let mut problems = Vec::new();
+    validate_server(&file.server, &mut problems);
+    let mut index = ChannelIndex::default();
+    for (i, c) in file.channels.iter().enumerate() {
+        index.add(&format!("channels[{i}]"), c, &mut problems);
+    }
+    let served = Served::by(&file.channels);
+    if file.gateways.is_empty() {
+        problems.push(
+            "gateways: at least one gateway is needed (e.g. `{name: default, path: /v1}`)".into(),
+        );
+    }
+    let mut seen = Taken::default();
+    let mut gateways: Vec<Gateway> = file
+        .gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            gateway(
+                &format!("gateways[{i}]"),
+                g,
+                &served,
+                &mut seen,
+                &mut problems,
+            )
+        })
+        .collect();
+    gateways.sort_by_key(|g| std::cmp::Reverse(g.path.len()));
+    let prices = prices(&file.models, &mut problems);
+    check_storage(&file.storage, &mut problems);
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
+    let cache = compile_cache(&file, &mut problems);
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
+    let ChannelIndex {
+        channels,
+        models,
+        catch_all,
+        ..
+    } = index;
+    Ok(Runtime {
+        file,
+        gateways,
+        channels,
+        models,
+        catch_all,
+        prices,
+        cache,
+    })
+}
+
+/// Channels as the request path reads them, and which serve each model name.
+#[derive(Default)]
+struct ChannelIndex {
+    channels: Vec<Channel>,
+    models: HashMap<String, Vec<Route>>,
+    catch_all: Vec<(usize, Option<String>)>,
+    names: HashSet<String>,
+}
+
+impl ChannelIndex {
+    fn add(&mut self, at: &str, c: &ChannelConfig, problems: &mut Vec<String>) {
+        check_name(at, "channel", &c.name, &mut self.names, problems);
+        let upstream = upstream(at, c, problems);
+        check_channel(at, c, problems);
+        let rules = mapping_rules(at, c, problems);
+        if c.models.is_empty() && rules.is_empty() {
+            problems.push(format!("{at}.models: the channel serves no model"));
+        }
+        let exposed = exposed(c, &rules);
+        let idx = self.channels.len();
+        if c.enabled {
+            for (from, to) in &exposed {
+                self.models.entry(from.clone()).or_default().push(Route {
+                    channel: idx,
+                    upstream_model: to.clone(),
+                });
+            }
+            let serves_default = c.models.iter().any(|m| m.trim() == CATCH_ALL_MODEL)
+                || rules.iter().any(|r| r.from == CATCH_ALL_MODEL);
+            if serves_default {
+                let target = rules
+                    .iter()
+                    .find(|r| r.from == CATCH_ALL_MODEL)
+                    .map(|r| r.to.clone());
+                self.catch_all.push((idx, target));
+            }
+        }
+        self.channels.push(Channel {
+            name: c.name.clone(),
+            kind: c.kind,
+            upstream,
+            keys: c.keys.iter().map(|k| k.trim().to_string()).collect(),
+            priority: c.priority,
+            weight: c.weight,
+            groups: c.groups.clone(),
+            retries: c.retries,
+            connect_timeout: c.timeouts.connect.0,
+            first_byte_timeout: c.timeouts.first_byte.0,
+            total_timeout: c.timeouts.total.0,
+            exposed: exposed.into_iter().map(|(from, _)| from).collect(),
+            api_version: c.api_version.clone(),
+            default_max_tokens: c.default_max_tokens,
+        });
+    }
+}
+
+/// A name that is valid and not taken by another entry of the same list.
+fn check_name(
+    at: &str,
+    what: &str,
+    name: &str,
+    taken: &mut HashSet<String>,
+    problems: &mut Vec<String>,
+) {
+    if !valid_name(name) {
+        problems.push(format!(
+            "{at}.name: `{name}` must be 1-64 characters of letters, digits, `-`, `_` or `.`"
+        ));
+    } else if !taken.insert(name.to_string()) {
+        problems.push(format!("{at}.name: `{name}` is used by another {what}"));
+    }
+}
+
+/// Where a channel sends its requests (`None` for `mock`, or when it is wrong).
+fn upstream(at: &str, c: &ChannelConfig, problems: &mut Vec<String>) -> Option<Upstream> {
+    let kind = c.kind;
+    if kind == ChannelType::Mock {
+        return None;
+    }
+    let Some(url) = c.base_url.as_deref().or(kind.default_base_url()) else {
+        problems.push(format!(
+            "{at}.base_url: a `{}` channel needs its endpoint, e.g. https://NAME.openai.azure.com",
+            kind.as_str()
+        ));
+        return None;
+    };
+    Upstream::parse(url)
+        .map_err(|e| problems.push(format!("{at}.base_url: {e}")))
+        .ok()
+}
+
+fn check_channel(at: &str, c: &ChannelConfig, problems: &mut Vec<String>) {
+    if c.api_version.is_some() && c.kind != ChannelType::Azure {
+        problems.push(format!("{at}.api_version: only `azure` channels use it"));
+    }
+    if c.default_max_tokens.is_some() && c.kind != ChannelType::Anthropic {
+        problems.push(format!(
+            "{at}.default_max_tokens: only `anthropic` channels use it"
+        ));
+    }
+    for (k, key) in c.keys.iter().enumerate() {
+        if key.trim().is_empty() {
+            problems.push(format!("{at}.keys[{k}]: a key must not be empty"));
+        } else if key.chars().any(|ch| ch.is_control() || ch == ' ') {
+            problems.push(format!(
+                "{at}.keys[{k}]: a key must not contain spaces or control characters"
+            ));
+        }
+    }
+    if c.weight == 0 {
+        problems.push(format!(
+            "{at}.weight: must be at least 1 (set `enabled: false` to take a channel out)"
+        ));
+    }
+    for (name, d) in [
+        ("connect", c.timeouts.connect),
+        ("first_byte", c.timeouts.first_byte),
+        ("total", c.timeouts.total),
+    ] {
+        check_duration(&format!("{at}.timeouts.{name}"), d, DAY, problems);
+    }
+    for (m, model) in c.models.iter().enumerate() {
+        if model.trim().is_empty() {
+            problems.push(format!("{at}.models[{m}]: a model name must not be empty"));
+        }
+    }
+}
+
+fn mapping_rules(at: &str, c: &ChannelConfig, problems: &mut Vec<String>) -> Vec<MappingRule> {
+    let mut rules = Vec::new();
+    for (m, line) in c.model_mapping.iter().enumerate() {
+        match MappingRule::parse(line) {
+            Ok(r) => rules.push(r),
+            Err(e) => problems.push(format!("{at}.model_mapping[{m}]: {e}")),
+        }
+    }
+    rules
+}
+
+/// What clients may ask a channel for, and what goes upstream for each.
+fn exposed(c: &ChannelConfig, rules: &[MappingRule]) -> Vec<(String, String)> {
+    let hidden: HashSet<&str> = rules
+        .iter()
+        .filter(|r| r.hide_target)
+        .map(|r| r.to.as_str())
+        .collect();
+    let mut exposed: Vec<(String, String)> = Vec::new();
+    for m in &c.models {
+        let m = m.trim();
+        if m == CATCH_ALL_MODEL || hidden.contains(m) {
+            continue;
+        }
+        exposed.push((m.to_string(), m.to_string()));
+    }
+    for r in rules {
+        if r.from == CATCH_ALL_MODEL {
+            continue;
+        }
+        exposed.retain(|(from, _)| from != &r.from);
+        exposed.push((r.from.clone(), r.to.clone()));
+    }
+    exposed
+}
+
+/// Every name any channel (enabled or not) answers to, to catch typos in gateways.
+struct Served {
+    names: HashSet<String>,
+    any_catch_all: bool,
+}
+
+impl Served {
+    fn by(channels: &[ChannelConfig]) -> Served {
+        let mut names: HashSet<String> = HashSet::new();
+        for c in channels {
+            names.extend(c.models.iter().map(|m| m.trim().to_string()));
+            names.extend(
+                c.model_mapping
+                    .iter()
+                    .filter_map(|l| MappingRule::parse(l).ok())
+                    .map(|r| r.from),
+            );
+        }
+        let any_catch_all = names.contains(CATCH_ALL_MODEL);
+        Served {
+            names,
+            any_catch_all,
+        }
+    }
+
+    fn serves(&self, model: &str) -> bool {
+        self.any_catch_all || self.names.contains(model)
+    }
+}
+
+/// Gateway names and paths already used.
+#[derive(Default)]
+struct Taken {
+    names: HashSet<String>,
+    paths: HashSet<String>,
+}
+
+fn gateway(
+    at: &str,
+    g: &GatewayConfig,
+    served: &Served,
+    taken: &mut Taken,
+    problems: &mut Vec<String>,
+) -> Gateway {
+    check_name(at, "gateway", &g.name, &mut taken.names, problems);
+    let path = gateway_path(at, g, &mut taken.paths, problems);
+    let expires_at = expires_at(at, g, problems);
+    if let Some(list) = &g.models {
+        for (m, name) in list.iter().enumerate() {
+            if !served.serves(name) {
+                problems.push(format!(
+                    "{at}.models[{m}]: `{name}` is not served by any channel"
+                ));
+            }
+        }
+    }
+    let auth = g.auth.as_ref().and_then(|a| {
+        compile_auth(a)
+            .map_err(|(field, e)| problems.push(format!("{at}.auth{field}: {e}")))
+            .ok()
+    });
+    let rate_rules = crate::limits::parse_rules(&g.rate_limits).unwrap_or_else(|(i, e)| {
+        problems.push(format!("{at}.rate_limits[{i}]: {e}"));
+        Vec::new()
+    });
+    if let Err(e) = crate::limits::check_distinct(&rate_rules) {
+        problems.push(format!("{at}.rate_limits: {e}"));
+    }
+    let [allow, deny] = access_lists(at, g, problems);
+    let needs_key = rate_rules
+        .iter()
+        .any(|r| r.scope == crate::limits::Scope::Secret)
+        || allow
+            .iter()
+            .chain(&deny)
+            .any(|r| matches!(r, AccessRule::Secret(_)));
+    check_rewrites(at, g, problems);
+    if needs_key && g.auth.is_none() {
+        problems.push(format!(
+            "{at}.auth: `secret:` rules need callers with keys; add an `auth` section"
+        ));
+    }
+    Gateway {
+        name: g.name.clone(),
+        path,
+        models: g.models.as_ref().map(|l| l.iter().cloned().collect()),
+        active: g.active,
+        expires_at,
+        retries: g.retries,
+        auth,
+        token_quota: match g.token_quota {
+            Quota::NoLimit => None,
+            Quota::Tokens(n) => Some(n),
+        },
+        rate_rules,
+        allow,
+        deny,
+        prompt_template: g.prompt_template.clone(),
+        param_map: g.param_map.clone(),
+        param_fixed: g.param_fixed.clone(),
+        rewrite_digest: serde_json::json!([g.prompt_template, g.param_map, g.param_fixed])
+            .to_string(),
+    }
+}
+
+/// The gateway's path prefix, without a trailing `/`.
+fn gateway_path(
+    at: &str,
+    g: &GatewayConfig,
+    taken: &mut HashSet<String>,
+    problems: &mut Vec<String>,
+) -> String {
+    let path = g.path.trim().trim_end_matches('/').to_string();
+    if !g.path.starts_with('/') || path.is_empty() {
+        problems.push(format!(
+            "{at}.path: `{}` must start with `/` and name a prefix such as `/v1`",
+            g.path
+        ));
+    } else if path.contains(['?', '#', ' ']) {
+        problems.push(format!("{at}.path: `{}` must be a plain path", g.path));
+    } else if !taken.insert(path.clone()) {
+        problems.push(format!(
+            "{at}.path: `{}` is used by another gateway",
+            g.path
+        ));
+    }
+    path
+}
+
+fn expires_at(
+    at: &str,
+    g: &GatewayConfig,
+    problems: &mut Vec<String>,
+) -> Option<std::time::SystemTime> {
+    let s = g.expires_at.as_ref()?;
+    humantime::parse_rfc3339_weak(s.trim())
+        .map_err(|e| {
+            problems.push(format!(
+                "{at}.expires_at: `{s}` is not an RFC 3339 time such as 2027-06-30T00:00:00Z ({e})"
+            ))
+        })
+        .ok()
+}
+
+/// The gateway's `allow` and `deny` lists.
+fn access_lists(at: &str, g: &GatewayConfig, problems: &mut Vec<String>) -> [Vec<AccessRule>; 2] {
+    let mut lists = [Vec::new(), Vec::new()];
+    for (list, (name, lines)) in lists
+        .iter_mut()
+        .zip([("allow", &g.allow), ("deny", &g.deny)])
+    {
+        for (i, line) in lines.iter().enumerate() {
+            match line.parse::<AccessRule>() {
+                Ok(r) => list.push(r),
+                Err(e) => problems.push(format!("{at}.{name}[{i}]: {e}")),
+            }
+        }
+    }
+    lists
+}
+
+/// The prompt template and parameter rewrites (G6, G7).
+fn check_rewrites(at: &str, g: &GatewayConfig, problems: &mut Vec<String>) {
+    if let Some(t) = &g.prompt_template {
+        if !t.contains("{{query}}") {
+            problems.push(format!(
+                "{at}.prompt_template: must contain `{{{{query}}}}`, where the user's question goes"
+            ));
+        }
+    }
+    for (what, keys) in [
+        ("param_map", g.param_map.keys().collect::<Vec<_>>()),
+        ("param_fixed", g.param_fixed.keys().collect::<Vec<_>>()),
+    ] {
+        for k in keys {
+            if k.is_empty() || k.split('.').any(str::is_empty) {
+                problems.push(format!("{at}.{what}: `{k}` is not a key or a dotted path"));
+            }
+        }
+    }
+}
+
+fn prices(models: &[ModelConfig], problems: &mut Vec<String>) -> HashMap<String, ModelPrice> {
+    let mut prices = HashMap::new();
+    for (i, m) in models.iter().enumerate() {
+        let at = format!("models[{i}]");
+        if m.name.trim().is_empty() {
+            problems.push(format!("{at}.name: must not be empty"));
+        }
+        for (field, v) in [("price_in", m.price_in), ("price_out", m.price_out)] {
+            if !v.is_finite() || v < 0.0 {
+                problems.push(format!("{at}.{field}: must be a price of 0 or more"));
+            }
+        }
+        let price = ModelPrice {
+            price_in: m.price_in,
+            price_out: m.price_out,
+            multimodal: m.multimodal,
+        };
+        if prices.insert(m.name.clone(), price).is_some() {
+            problems.push(format!("{at}.name: `{}` is listed twice", m.name));
+        }
+    }
+    prices
+}
+
+fn check_storage(storage: &StorageConfig, problems: &mut Vec<String>) {
+    if storage.sqlite.trim().is_empty() {
+        problems.push("storage.sqlite: name the database file".into());
+    }
+    // At most a second of usage may be lost to `kill -9`.
+    let flush = storage.flush_interval.0;
+    if flush > Duration::from_secs(1) || flush.is_zero() {
+        problems.push("storage.flush_interval: must be between 1ms and 1s".into());
+    }
+}
+
+fn compile_cache(file: &FileConfig, problems: &mut Vec<String>) -> Option<CachePolicy> {
+    let c = &file.cache;
+    if c.max_per_request == 0 || c.max_per_request > 16 {
+        problems.push("cache.max_per_request: must be between 1 and 16".into());
+    }
+    check_duration(
+        "cache.ttl",
+        c.ttl,
+        Duration::from_secs(30 * 86_400),
+        problems,
+    );
+    let flagged: HashSet<String> = file
+        .models
+        .iter()
+        .filter(|m| m.cache)
+        .map(|m| m.name.clone())
+        .collect();
+    let off = matches!(&c.models, CacheModels::Names(n) if n.is_empty()) && flagged.is_empty();
+    (!off).then(|| CachePolicy {
+        models: c.models.clone(),
+        flagged,
+        ttl: c.ttl.0,
+        max_per_request: c.max_per_request.clamp(1, 16),
+        max_bytes: c.max_bytes.0,
+        max_entry_bytes: c.max_entry_bytes.0,
+    })
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Builds a gateway's auth; errors carry the field below `auth` they concern.
+fn compile_auth(a: &AuthConfig) -> Result<GatewayAuth, (&'static str, String)> {
+    let position: KeyPosition = a.key_from.parse().map_err(|e| (".key_from", e))?;
+    let method = match a.method {
+        AuthMethod::Database => AuthCheck::Database,
+        AuthMethod::Regex => {
+            let re = a
+                .regex
+                .as_deref()
+                .ok_or((".regex", "the regex method needs a `regex`".to_string()))?;
+            // Anchored: the whole key must match, not a part of it (extra anchors
+            // inside the group are harmless).
+            let anchored = format!("^(?:{re})$");
+            AuthCheck::Regex(
+                regex::Regex::new(&anchored)
+                    .map_err(|e| (".regex", format!("`{re}` is not a regular expression: {e}")))?,
+            )
+        }
+        AuthMethod::Jwt => {
+            let j = a
+                .jwt
+                .as_ref()
+                .ok_or((".jwt", "the jwt method needs a `jwt` section".to_string()))?;
+            let pem = match &j.public_key {
+                Some(k) if k.trim_start().starts_with("-----BEGIN") => Some(k.clone()),
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| (".jwt.public_key", format!("cannot read `{path}`: {e}")))?,
+                ),
+                None => None,
+            };
+            let verifier = JwtVerifier::new(&JwtSettings {
+                secret: j.secret.as_deref(),
+                public_key_pem: pem.as_deref(),
+                algorithms: &j.algorithms,
+                identity_claim: &j.identity_claim,
+                group_claim: j.group_claim.as_deref(),
+                leeway_secs: j.leeway.map(|d| d.0.as_secs()).unwrap_or(0),
+                audience: j.audience.as_deref(),
+                issuer: j.issuer.as_deref(),
+            })
+            .map_err(|e| (".jwt", e))?;
+            AuthCheck::Jwt(Arc::new(verifier))
+        }
+    };
+    if a.regex.is_some() && a.method != AuthMethod::Regex {
+        return Err((".regex", "only the regex method uses `regex`".into()));
+    }
+    if a.jwt.is_some() && a.method != AuthMethod::Jwt {
+        return Err((".jwt", "only the jwt method uses `jwt`".into()));
+    }
+    Ok(GatewayAuth { position, method })
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn check_duration(path: &str, d: units::Dur, max: Duration, problems: &mut Vec<String>) {
+    if d.0.is_zero() {
+        problems.push(format!("{path}: must be longer than zero"));
+    } else if d.0 > max {
+        problems.push(format!(
+            "{path}: must not exceed {}",
+            humantime::format_duration(max)
+        ));
+    }
+}
+
+fn validate_server(s: &ServerConfig, problems: &mut Vec<String>) {
+    let listen = s.listen.parse::<std::net::SocketAddr>();
+    if let Err(e) = &listen {
+        problems.push(format!(
+            "server.listen: `{}` is not an address such as 0.0.0.0:8080 ({e})",
+            s.listen
+        ));
+    }
+    let admin = s.admin_listen.parse::<std::net::SocketAddr>();
+    if let Err(e) = &admin {
+        problems.push(format!(
+            "server.admin_listen: `{}` is not an address such as 127.0.0.1:8081 ({e})",
+            s.admin_listen
+        ));
+    }
+    if let (Ok(a), Ok(b)) = (listen, admin) {
+        // Port 0 twice is two ports the kernel picks, not one address twice.
+        if a == b && a.port() != 0 {
+            problems.push("server.admin_listen: must differ from server.listen".into());
+        }
+    }
+    if let Some(ca) = &s.ca_file {
+        if !std::path::Path::new(ca).is_file() {
+            problems.push(format!("server.ca_file: `{ca}` is not a readable file"));
+        }
+    }
+    if s.max_body.0 == 0 {
+        problems.push("server.max_body: must be larger than zero".into());
+    }
+    // Bounded so that no deadline computed from them can overflow.
+    check_duration("server.grace_period", s.grace_period, HOUR, problems);
+    check_duration("server.backoff.max", s.backoff.max, HOUR, problems);
+    check_duration("server.health.cooldown", s.health.cooldown, DAY, problems);
+    check_duration(
+        "server.health.max_cooldown",
+        s.health.max_cooldown,
+        DAY,
+        problems,
+    );
+    check_duration("server.dns_ttl", s.dns_ttl, DAY, problems);
+    if s.backoff.base > s.backoff.max {
+        problems.push("server.backoff.base: must not exceed server.backoff.max".into());
+    }
+    if s.health.failures == 0 {
+        problems.push("server.health.failures: must be at least 1".into());
+    }
+    if s.health.cooldown > s.health.max_cooldown {
+        problems.push("server.health.cooldown: must not exceed server.health.max_cooldown".into());
+    }
+}
