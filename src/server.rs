@@ -2,7 +2,7 @@
 //! watcher, all sharing one `AppState`.
 
 use crate::accounts::Accounts;
-use crate::listeners::{self, Adopting};
+use crate::listeners::{self, Adopting, Bound};
 use crate::proxy::Weir;
 use crate::reload::Reloader;
 use crate::state::AppState;
@@ -15,7 +15,7 @@ use pingora_core::services::listening::Service;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weir_admin::AdminApp;
-use weir_filters::config::{self, LogFormat, Runtime};
+use weir_filters::config::{self, ChannelType, LogFormat, Runtime, ServerConfig};
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<(String, Runtime), String> {
@@ -87,32 +87,12 @@ pub fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), String> {
     }));
     // The tokenizer (tens of MiB) loads when first needed; the mock channel always
     // needs it, so load it ahead for configs that have one.
-    if rt
-        .channels
-        .iter()
-        .any(|c| c.kind == weir_filters::config::ChannelType::Mock)
-    {
+    if rt.channels.iter().any(|c| c.kind == ChannelType::Mock) {
         std::thread::spawn(weir_filters::usage::warm_up);
     }
     take_over_sighup()?;
     let server_cfg = rt.server().clone();
-    let threads = if server_cfg.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    } else {
-        server_cfg.threads
-    };
-    let conf = ServerConf {
-        threads,
-        grace_period_seconds: Some(server_cfg.grace_period.0.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(5),
-        ca_file: server_cfg.ca_file.clone(),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), conf);
-    server.bootstrap();
-
+    let mut server = pingora_server(&server_cfg);
     let connector = TransportConnector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
@@ -129,39 +109,10 @@ pub fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), String> {
         admin: admin_socket.addr,
         pid: std::process::id(),
     };
-
-    let mut proxy = Service::new(
-        "weir proxy".to_string(),
-        Weir {
-            state: state.clone(),
-        },
-    );
-    // Plain TCP: Pingora reads headers and bodies into its own buffers, so a 64 KiB L4
-    // read buffer per client connection only adds a copy and resident memory.
-    proxy.add_listener(
-        proxy_socket
-            .config()
-            .l4_buffer(pingora_core::protocols::l4::stream::L4BufferSettings::default().read(0)),
-    );
-    let proxy = Adopting::new(proxy, vec![proxy_socket]);
-
-    let mut admin = Service::new("weir admin".to_string(), AdminApp::new(state.clone()));
-    admin.add_listener(admin_socket.config());
-    admin.threads = Some(1);
-    let admin = Adopting::new(admin, vec![admin_socket]);
-
-    let reloader = background_service(
-        "config reload",
-        Reloader {
-            state: state.clone(),
-        },
-    );
-
-    server.add_service(proxy);
-    server.add_service(admin);
-    server.add_service(reloader);
+    add_services(&mut server, &state, proxy_socket, admin_socket);
     // The sockets already accept connections into their backlog: the addresses are
     // true from here on, and requests wait only until the services start.
+    let threads = server.configuration.threads;
     tracing::info!(proxy = %ready.proxy, admin = %ready.admin, threads, "weir listening");
     if let Some(path) = &ready_file {
         listeners::write_ready_file(path, &ready)?;
@@ -172,4 +123,53 @@ pub fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), String> {
     tracing::info!("weir stopped");
     crate::logbuf::flush();
     Ok(())
+}
+
+fn pingora_server(cfg: &ServerConfig) -> Server {
+    let threads = if cfg.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        cfg.threads
+    };
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(cfg.grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ca_file: cfg.ca_file.clone(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), conf);
+    server.bootstrap();
+    server
+}
+
+/// The proxy and admin services on their sockets, and the reload watcher.
+fn add_services(server: &mut Server, state: &Arc<AppState>, proxy: Bound, admin: Bound) {
+    let mut proxy_service = Service::new(
+        "weir proxy".to_string(),
+        Weir {
+            state: state.clone(),
+        },
+    );
+    // Plain TCP: Pingora reads headers and bodies into its own buffers, so a 64 KiB L4
+    // read buffer per client connection only adds a copy and resident memory.
+    proxy_service.add_listener(
+        proxy
+            .config()
+            .l4_buffer(pingora_core::protocols::l4::stream::L4BufferSettings::default().read(0)),
+    );
+    let mut admin_service = Service::new("weir admin".to_string(), AdminApp::new(state.clone()));
+    admin_service.add_listener(admin.config());
+    admin_service.threads = Some(1);
+    let reloader = background_service(
+        "config reload",
+        Reloader {
+            state: state.clone(),
+        },
+    );
+    server.add_service(Adopting::new(proxy_service, vec![proxy]));
+    server.add_service(Adopting::new(admin_service, vec![admin]));
+    server.add_service(reloader);
 }
