@@ -247,15 +247,10 @@ mod tests {
     }
 
     fn hs256() -> JwtVerifier {
+        let hs = ["HS256".to_string()];
         JwtVerifier::new(&JwtSettings {
-            secret: Some(SECRET),
-            public_key_pem: None,
-            algorithms: &["HS256".to_string()],
-            identity_claim: "sub",
             group_claim: Some("team"),
-            leeway_secs: 0,
-            audience: None,
-            issuer: None,
+            ..keyed(Some(SECRET), None, &hs)
         })
         .unwrap()
     }
@@ -378,15 +373,11 @@ mod tests {
             SECRET,
         );
         assert!(v.verify(&t).is_ok());
+        let hs = ["HS256".to_string()];
         let pinned = JwtVerifier::new(&JwtSettings {
-            secret: Some(SECRET),
-            public_key_pem: None,
-            algorithms: &["HS256".to_string()],
-            identity_claim: "sub",
-            group_claim: None,
-            leeway_secs: 0,
             audience: Some("weir"),
             issuer: Some("https://idp"),
+            ..keyed(Some(SECRET), None, &hs)
         })
         .unwrap();
         assert!(pinned.verify(&t).is_err());
@@ -404,46 +395,35 @@ mod tests {
         assert!(pinned.verify(&wrong_iss).is_err());
     }
 
+    /// Settings with only a secret or a public key, and the algorithms.
+    fn keyed<'a>(
+        secret: Option<&'a str>,
+        pem: Option<&'a str>,
+        algorithms: &'a [String],
+    ) -> JwtSettings<'a> {
+        JwtSettings {
+            secret,
+            public_key_pem: pem,
+            algorithms,
+            identity_claim: "sub",
+            group_claim: None,
+            leeway_secs: 0,
+            audience: None,
+            issuer: None,
+        }
+    }
+
     #[test]
     fn config_refuses_algorithm_confusion() {
         let rs = ["RS256".to_string()];
-        let e = JwtVerifier::new(&JwtSettings {
-            secret: Some(SECRET),
-            public_key_pem: None,
-            algorithms: &rs,
-            identity_claim: "sub",
-            group_claim: None,
-            leeway_secs: 0,
-            audience: None,
-            issuer: None,
-        })
-        .unwrap_err();
+        let e = JwtVerifier::new(&keyed(Some(SECRET), None, &rs)).unwrap_err();
         assert!(e.contains("HS256"), "{e}");
         let hs = ["HS256".to_string()];
-        let e = JwtVerifier::new(&JwtSettings {
-            secret: None,
-            public_key_pem: Some("-----BEGIN PUBLIC KEY-----"),
-            algorithms: &hs,
-            identity_claim: "sub",
-            group_claim: None,
-            leeway_secs: 0,
-            audience: None,
-            issuer: None,
-        })
-        .unwrap_err();
+        let pem = Some("-----BEGIN PUBLIC KEY-----");
+        let e = JwtVerifier::new(&keyed(None, pem, &hs)).unwrap_err();
         assert!(e.contains("never an HMAC"), "{e}");
         let none = ["none".to_string()];
-        assert!(JwtVerifier::new(&JwtSettings {
-            secret: Some(SECRET),
-            public_key_pem: None,
-            algorithms: &none,
-            identity_claim: "sub",
-            group_claim: None,
-            leeway_secs: 0,
-            audience: None,
-            issuer: None,
-        })
-        .is_err());
+        assert!(JwtVerifier::new(&keyed(Some(SECRET), None, &none)).is_err());
     }
 
     mod base64_like {

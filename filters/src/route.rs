@@ -91,30 +91,30 @@ mod tests {
 
     #[test]
     fn classifies_openai_paths() {
-        assert_eq!(
-            classify("POST", "/chat/completions", "/v1/chat/completions").unwrap(),
-            Endpoint::ChatCompletions
-        );
-        assert_eq!(
-            classify("POST", "/completions/", "/v1/completions/").unwrap(),
-            Endpoint::Completions
-        );
-        assert_eq!(
-            classify("POST", "/embeddings", "").unwrap(),
-            Endpoint::Embeddings
-        );
-        assert_eq!(
-            classify("GET", "/models", "").unwrap(),
-            Endpoint::ListModels
-        );
-        assert_eq!(
-            classify("GET", "/models/gpt-4o", "").unwrap(),
-            Endpoint::GetModel
-        );
-        assert_eq!(
-            classify("POST", "/audio/speech", "").unwrap(),
-            Endpoint::Other
-        );
+        for (method, rest, path, want) in [
+            (
+                "POST",
+                "/chat/completions",
+                "/v1/chat/completions",
+                Endpoint::ChatCompletions,
+            ),
+            (
+                "POST",
+                "/completions/",
+                "/v1/completions/",
+                Endpoint::Completions,
+            ),
+            ("POST", "/embeddings", "", Endpoint::Embeddings),
+            ("GET", "/models", "", Endpoint::ListModels),
+            ("GET", "/models/gpt-4o", "", Endpoint::GetModel),
+            ("POST", "/audio/speech", "", Endpoint::Other),
+        ] {
+            assert_eq!(
+                classify(method, rest, path).unwrap(),
+                want,
+                "{method} {rest}"
+            );
+        }
     }
 
     #[test]
