@@ -9,17 +9,15 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-const CHANNEL: &str = "  - {name: up, type: openai, base_url: 'UP', models: [m, n, o]}\n";
-
-fn config(up: &Upstream, gateways: &str) -> String {
-    format!(
-        "models:\n  - {{name: m, price_in: 1000000, price_out: 1000000}}\nchannels:\n{}gateways:\n{gateways}",
-        CHANNEL.replace("UP", &up.url())
-    )
+/// Model m priced, one channel on `up` with m, n and o; each test adds its gateways.
+fn config(up: &Upstream) -> Config {
+    Config::new()
+        .model("name: m, price_in: 1000000, price_out: 1000000")
+        .channel_at("up", "openai", &up.url(), "models: [m, n, o]")
 }
 
 /// The usual gateway of these tests: `/v1`, keys from the store.
-const DB_GATEWAY: &str = "  - {name: default, path: /v1, auth: {method: database}}\n";
+const DB_GATEWAY: &str = "name: default, path: /v1, auth: {method: database}";
 
 async fn call(weir: &Weir, path: &str, key: Option<&str>, body: &Value) -> (u16, String) {
     let mut req = reqwest::Client::new().post(weir.url(path)).json(body);
@@ -54,7 +52,7 @@ fn now() -> u64 {
 #[tokio::test]
 async fn database_keys_live_and_die_at_once() {
     let up = Upstream::start("db").await;
-    let weir = Weir::start(&config(&up, DB_GATEWAY)).await;
+    let weir = Weir::start(&config(&up).gateway(DB_GATEWAY).build()).await;
     let (id, key) = weir
         .create_key(json!({"name": "alice", "models": ["*"]}))
         .await;
@@ -149,8 +147,11 @@ async fn database_keys_live_and_die_at_once() {
 #[tokio::test]
 async fn every_key_position_works_and_body_and_query_keys_stay_home() {
     let up = Upstream::start("pos").await;
-    let gws = "  - {name: h, path: /h/v1, auth: {method: database, key_from: 'header:x-api-key'}}\n  - {name: b, path: /b/v1, auth: {method: database, key_from: 'body:user_id'}}\n  - {name: a, path: /a/v1, auth: {method: database, key_from: 'arg:token'}}\n";
-    let weir = Weir::start(&config(&up, gws)).await;
+    let cfg = config(&up)
+        .gateway("name: h, path: /h/v1, auth: {method: database, key_from: 'header:x-api-key'}")
+        .gateway("name: b, path: /b/v1, auth: {method: database, key_from: 'body:user_id'}")
+        .gateway("name: a, path: /a/v1, auth: {method: database, key_from: 'arg:token'}");
+    let weir = Weir::start(&cfg.build()).await;
     let (_, key) = weir.create_key(json!({"name": "k", "models": ["*"]})).await;
     let client = reqwest::Client::new();
 
@@ -204,7 +205,10 @@ async fn every_key_position_works_and_body_and_query_keys_stay_home() {
 #[tokio::test]
 async fn regex_gateways_check_the_whole_key() {
     let up = Upstream::start("re").await;
-    let weir = Weir::start(&config(&up, "  - {name: re, path: /v1, auth: {method: regex, key_from: 'body:user_id', regex: '^u-[0-9]+$'}}\n")).await;
+    let cfg = config(&up).gateway(
+        "name: re, path: /v1, auth: {method: regex, key_from: 'body:user_id', regex: '^u-[0-9]+$'}",
+    );
+    let weir = Weir::start(&cfg.build()).await;
     for (user, status) in [("u-42", 200), ("u-42x", 401), ("x-u-42", 401), ("u-", 401)] {
         let mut body = chat("m", false);
         body["user_id"] = json!(user);
@@ -229,11 +233,10 @@ fn hs(alg: Algorithm, claims: Value, secret: &str) -> String {
 async fn jwt_callers_get_their_groups_grants() {
     let up = Upstream::start("jwtgroup").await;
     let secret = "group-signing-secret-0123456789ab";
-    let weir = Weir::start(&config(
-        &up,
-        &format!("  - {{name: default, path: /v1, auth: {{method: jwt, jwt: {{secret: '{secret}', algorithms: [HS256], group_claim: team}}}}}}\n"),
-    ))
-    .await;
+    let cfg = config(&up).gateway(&format!(
+        "name: default, path: /v1, auth: {{method: jwt, jwt: {{secret: '{secret}', algorithms: [HS256], group_claim: team}}}}"
+    ));
+    let weir = Weir::start(&cfg.build()).await;
     let (s, _) = weir
         .admin(
             "POST",
@@ -274,10 +277,11 @@ async fn jwt_gateways_refuse_expired_tampered_wrong_algorithm_and_none() {
     );
     let ec = rcgen::KeyPair::generate().unwrap();
     let ec_pub = ec.public_key_pem().replace('\n', "\\n");
-    let gws = format!(
-        "  - {{name: hs, path: /hs/v1, auth: {{method: jwt, key_from: 'arg:token', jwt: {{secret: '{secret}', algorithms: [HS256]}}}}, rate_limits: ['secret:2/minute']}}\n  - {{name: rs, path: /rs/v1, auth: {{method: jwt, jwt: {{public_key: '{rsa_pub}', algorithms: [RS256]}}}}}}\n  - {{name: es, path: /es/v1, auth: {{method: jwt, jwt: {{public_key: \"{ec_pub}\", algorithms: [ES256]}}}}}}\n"
-    );
-    let weir = Weir::start(&config(&up, &gws)).await;
+    let cfg = config(&up)
+        .gateway(&format!("name: hs, path: /hs/v1, auth: {{method: jwt, key_from: 'arg:token', jwt: {{secret: '{secret}', algorithms: [HS256]}}}}, rate_limits: ['secret:2/minute']"))
+        .gateway(&format!("name: rs, path: /rs/v1, auth: {{method: jwt, jwt: {{public_key: '{rsa_pub}', algorithms: [RS256]}}}}"))
+        .gateway(&format!("name: es, path: /es/v1, auth: {{method: jwt, jwt: {{public_key: \"{ec_pub}\", algorithms: [ES256]}}}}"));
+    let weir = Weir::start(&cfg.build()).await;
     let client = reqwest::Client::new();
     let hs_call = |token: String| {
         let client = client.clone();
@@ -455,7 +459,10 @@ async fn away_from_window_edges() {
 async fn rate_limits_refuse_the_n_plus_first_with_headers() {
     away_from_window_edges().await;
     let up = Upstream::start("rl").await;
-    let weir = Weir::start(&config(&up, "  - {name: default, path: /v1, auth: {method: database}, rate_limits: ['secret:3/minute', 'ingress:5/hour']}\n")).await;
+    let cfg = config(&up).gateway(
+        "name: default, path: /v1, auth: {method: database}, rate_limits: ['secret:3/minute', 'ingress:5/hour']",
+    );
+    let weir = Weir::start(&cfg.build()).await;
     let (_, a) = weir.create_key(json!({"name": "a", "models": ["*"]})).await;
     let (_, b) = weir.create_key(json!({"name": "b", "models": ["*"]})).await;
     let client = reqwest::Client::new();
@@ -525,7 +532,11 @@ async fn hour_and_day_windows_survive_a_restart() {
     away_from_window_edges().await;
     let up = Upstream::start("persist").await;
     let mut weir = Weir::start_with_server(
-        &config(&up, "  - {name: default, path: /v1, auth: {method: database}, rate_limits: ['secret:2/day']}\n"),
+        &config(&up)
+            .gateway(
+                "name: default, path: /v1, auth: {method: database}, rate_limits: ['secret:2/day']",
+            )
+            .build(),
         "  grace_period: 1s",
     )
     .await;
@@ -540,11 +551,15 @@ async fn hour_and_day_windows_survive_a_restart() {
 #[tokio::test]
 async fn allow_beats_deny_and_lists_see_ip_secret_and_time() {
     let up = Upstream::start("lists").await;
-    let gws = "  - {name: both, path: /both/v1, auth: {method: database}, allow: ['ip:127.0.0.0/8'], deny: ['secret:.*']}\n  - {name: deny, path: /deny/v1, auth: {method: database}, deny: ['ip:127.0.0.1']}\n  - {name: other, path: /other/v1, auth: {method: database}, allow: ['ip:10.0.0.0/8']}\n  - {name: never, path: /never/v1, allow: ['time:HOUR:00-HOUR:59']}\n  - {name: denyk, path: /denyk/v1, auth: {method: database}, deny: ['secret:^DENIED$']}\n";
     // An hour that is not now, so the time rule cannot match.
     let hour = (now() / 3600 + 12) % 24;
-    let gws = gws.replace("HOUR", &format!("{hour:02}"));
-    let weir = Weir::start(&config(&up, &gws)).await;
+    let cfg = config(&up)
+        .gateway("name: both, path: /both/v1, auth: {method: database}, allow: ['ip:127.0.0.0/8'], deny: ['secret:.*']")
+        .gateway("name: deny, path: /deny/v1, auth: {method: database}, deny: ['ip:127.0.0.1']")
+        .gateway("name: other, path: /other/v1, auth: {method: database}, allow: ['ip:10.0.0.0/8']")
+        .gateway(&format!("name: never, path: /never/v1, allow: ['time:{hour:02}:00-{hour:02}:59']"))
+        .gateway("name: denyk, path: /denyk/v1, auth: {method: database}, deny: ['secret:^DENIED$']");
+    let weir = Weir::start(&cfg.build()).await;
     let (_, key) = weir.create_key(json!({"name": "k", "models": ["*"]})).await;
     // The `secret:` deny rule names this key's own first characters.
     let text = std::fs::read_to_string(&weir.config_path).unwrap();
@@ -612,7 +627,7 @@ async fn allow_beats_deny_and_lists_see_ip_secret_and_time() {
 #[tokio::test]
 async fn grants_are_the_union_of_key_and_group_and_models_list_them() {
     let up = Upstream::start("grants").await;
-    let weir = Weir::start(&config(&up, DB_GATEWAY)).await;
+    let weir = Weir::start(&config(&up).gateway(DB_GATEWAY).build()).await;
     let (s, _) = weir
         .admin(
             "POST",
@@ -669,7 +684,10 @@ async fn grants_are_the_union_of_key_and_group_and_models_list_them() {
 async fn budgets_balances_and_quotas_stop_before_the_upstream() {
     let up = Upstream::start("money").await;
     // Model m costs $1 per token either way: one request (~10 tokens) is ~$10.
-    let weir = Weir::start(&config(&up, "  - {name: default, path: /v1, auth: {method: database}}\n  - {name: q, path: /q/v1, auth: {method: database}, token_quota: 15}\n")).await;
+    let cfg = config(&up)
+        .gateway(DB_GATEWAY)
+        .gateway("name: q, path: /q/v1, auth: {method: database}, token_quota: 15");
+    let weir = Weir::start(&cfg.build()).await;
     // Each request is billed as it ends (just after its last byte): wait for that
     // before the next one, as a client that is not racing its own requests would.
     let mut sent = 0.0;
@@ -735,11 +753,10 @@ async fn budgets_balances_and_quotas_stop_before_the_upstream() {
 async fn catch_all_requests_are_priced_by_the_model_asked_for_and_aborts_are_billed() {
     let up = Upstream::start("any").await;
     up.set_chunk_delay(Duration::from_millis(300));
-    let cfg = format!(
-        "channels:\n  - {{name: any, type: openai, base_url: '{}', models: [default]}}\ngateways:\n  - {{name: default, path: /v1, auth: {{method: database}}}}\n",
-        up.url()
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Config::new()
+        .channel_at("any", "openai", &up.url(), "models: [default]")
+        .gateway(DB_GATEWAY);
+    let weir = Weir::start(&cfg.build()).await;
     let (s, _) = weir
         .admin(
             "POST",
@@ -796,7 +813,7 @@ async fn catch_all_requests_are_priced_by_the_model_asked_for_and_aborts_are_bil
 #[tokio::test]
 async fn user_keys_see_only_their_own_data() {
     let up = Upstream::start("me").await;
-    let weir = Weir::start(&config(&up, DB_GATEWAY)).await;
+    let weir = Weir::start(&config(&up).gateway(DB_GATEWAY).build()).await;
     let (mine, key) = weir
         .create_key(json!({"name": "me", "models": ["*"]}))
         .await;
@@ -863,7 +880,7 @@ async fn user_keys_see_only_their_own_data() {
 #[tokio::test]
 async fn admin_api_refuses_bad_input_clearly() {
     let up = Upstream::start("bad").await;
-    let weir = Weir::start(&config(&up, DB_GATEWAY)).await;
+    let weir = Weir::start(&config(&up).gateway(DB_GATEWAY).build()).await;
     for (method, path, body, status) in [
         ("POST", "/admin/keys", json!({"name": ""}), 400),
         (
@@ -941,7 +958,11 @@ async fn admin_api_refuses_bad_input_clearly() {
 async fn usage_totals_match_the_upstream_exactly_after_a_streaming_burst() {
     let up = Upstream::start("burst").await;
     up.set_chunk_delay(Duration::from_millis(2));
-    let mut weir = Weir::start_with_server(&config(&up, DB_GATEWAY), "  grace_period: 1s").await;
+    let mut weir = Weir::start_with_server(
+        &config(&up).gateway(DB_GATEWAY).build(),
+        "  grace_period: 1s",
+    )
+    .await;
     let (id, key) = weir.create_key(json!({"name": "k", "models": ["*"]})).await;
     let tasks: Vec<_> = (0..40)
         .map(|i| {
@@ -1022,7 +1043,7 @@ async fn usage_totals_match_the_upstream_exactly_after_a_streaming_burst() {
 #[tokio::test]
 async fn the_keys_cli_works_beside_a_running_gateway() {
     let up = Upstream::start("cli").await;
-    let weir = Weir::start(&config(&up, DB_GATEWAY)).await;
+    let weir = Weir::start(&config(&up).gateway(DB_GATEWAY).build()).await;
     let run = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["keys"])

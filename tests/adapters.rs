@@ -9,10 +9,13 @@ use common::*;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 
-fn channel_of(kind: &str, up: &Upstream, extra: &str) -> String {
-    format!(
-        "channels:\n  - {{name: {kind}, type: {kind}, base_url: '{}', keys: [{kind}-key-0123456789], models: [m], retries: 0{extra}}}\n",
-        up.url()
+/// One channel of type `kind` on `up`, named after its type, with one key.
+fn channel_of(kind: &str, up: &Upstream) -> Config {
+    Config::new().channel_at(
+        kind,
+        kind,
+        &up.url(),
+        &format!("keys: [{kind}-key-0123456789], models: [m], retries: 0"),
     )
 }
 
@@ -41,9 +44,9 @@ fn finish_of_stream(body: &str) -> Option<String> {
 
 /// JSON and stream answers through one provider: content, finish reason, usage
 /// (hidden from a client that did not ask, exact in the metrics).
-async fn round_trip(kind: &str, extra: &str) -> (Upstream, Weir) {
+async fn round_trip(kind: &str) -> (Upstream, Weir) {
     let up = Upstream::start(kind).await;
-    let weir = Weir::start(&channel_of(kind, &up, extra)).await;
+    let weir = Weir::start(&channel_of(kind, &up).build()).await;
     let client = reqwest::Client::new();
     let url = weir.url("/v1/chat/completions");
     let mut body = chat("m", false);
@@ -132,7 +135,7 @@ async fn errors(kind: &str, up: &Upstream, weir: &Weir, provider_message: &str) 
 
 #[tokio::test]
 async fn anthropic_messages_api() {
-    let (up, weir) = round_trip("anthropic", "").await;
+    let (up, weir) = round_trip("anthropic").await;
     let seen = up.seen();
     assert!(seen.iter().all(|s| s.path == "/v1/messages"));
     let first = &seen[0];
@@ -151,7 +154,7 @@ async fn anthropic_messages_api() {
 
 #[tokio::test]
 async fn gemini_generate_content() {
-    let (up, weir) = round_trip("gemini", "").await;
+    let (up, weir) = round_trip("gemini").await;
     let seen = up.seen();
     assert_eq!(seen[0].path, "/v1beta/models/m:generateContent");
     assert_eq!(seen[1].path, "/v1beta/models/m:streamGenerateContent");
@@ -171,11 +174,13 @@ async fn gemini_generate_content() {
 #[tokio::test]
 async fn a_gemini_key_it_calls_invalid_hands_over_to_the_next_key() {
     let up = Upstream::start("gemini").await;
-    let cfg = format!(
-        "channels:\n  - {{name: g, type: gemini, base_url: '{}', keys: [gemini-bad-key-00000001, gemini-good-key-0000002], models: [m], retries: 0}}\n",
-        up.url()
+    let cfg = Config::new().channel_at(
+        "g",
+        "gemini",
+        &up.url(),
+        "keys: [gemini-bad-key-00000001, gemini-good-key-0000002], models: [m], retries: 0",
     );
-    let weir = Weir::start(&cfg).await;
+    let weir = Weir::start(&cfg.build()).await;
     // Gemini answers a bad API key with 400 API_KEY_INVALID, not 401.
     up.script(&[Reply::BadKey]);
     let (s, text) = post(
@@ -202,11 +207,8 @@ async fn a_gemini_key_it_calls_invalid_hands_over_to_the_next_key() {
 #[tokio::test]
 async fn translated_answers_are_cached_like_any_other() {
     let up = Upstream::start("anthropic").await;
-    let weir = Weir::start(&format!(
-        "{}cache: {{models: '*'}}\n",
-        channel_of("anthropic", &up, "")
-    ))
-    .await;
+    let cfg = channel_of("anthropic", &up).section("cache: {models: '*'}");
+    let weir = Weir::start(&cfg.build()).await;
     let client = reqwest::Client::new();
     for (i, want) in ["miss", "hit"].iter().enumerate() {
         let r = client
@@ -228,11 +230,13 @@ async fn translated_answers_are_cached_like_any_other() {
 #[tokio::test]
 async fn azure_deployments() {
     let up = Upstream::start("azure").await;
-    let cfg = format!(
-        "channels:\n  - {{name: az, type: azure, base_url: '{}', keys: [az-key-0123456789], models: [gpt-4o-deploy], model_mapping: ['gpt-4o>gpt-4o-deploy'], api_version: '2024-06-01'}}\n",
-        up.url()
+    let cfg = Config::new().channel_at(
+        "az",
+        "azure",
+        &up.url(),
+        "keys: [az-key-0123456789], models: [gpt-4o-deploy], model_mapping: ['gpt-4o>gpt-4o-deploy'], api_version: '2024-06-01'",
     );
-    let weir = Weir::start(&cfg).await;
+    let weir = Weir::start(&cfg.build()).await;
     let client = reqwest::Client::new();
     let (s, text) = post(
         &client,
@@ -266,7 +270,7 @@ async fn a_provider_stream_cut_midway_ends_with_an_error_event() {
     let up = Upstream::start("anthropic").await;
     up.always(Reply::Cut { after: 5 });
     up.set_chunk_delay(std::time::Duration::from_millis(30));
-    let weir = Weir::start(&channel_of("anthropic", &up, "")).await;
+    let weir = Weir::start(&channel_of("anthropic", &up).build()).await;
     let (s, text) = post(
         &reqwest::Client::new(),
         &weir.url("/v1/chat/completions"),
@@ -283,7 +287,7 @@ async fn a_provider_stream_cut_midway_ends_with_an_error_event() {
 #[tokio::test]
 async fn endpoints_a_provider_lacks_are_refused_clearly() {
     let up = Upstream::start("anthropic").await;
-    let weir = Weir::start(&channel_of("anthropic", &up, "")).await;
+    let weir = Weir::start(&channel_of("anthropic", &up).build()).await;
     let (s, text) = post(
         &reqwest::Client::new(),
         &weir.url("/v1/embeddings"),
@@ -298,11 +302,15 @@ async fn endpoints_a_provider_lacks_are_refused_clearly() {
 #[tokio::test]
 async fn prompt_templates_and_parameter_rules_shape_what_the_upstream_gets() {
     let up = Upstream::start("shape").await;
-    let cfg = format!(
-        "channels:\n  - {{name: shape, type: openai, base_url: '{}', models: [deepseek, qwen2-7b]}}\ngateways:\n  - name: team\n    path: /v1\n    prompt_template: 'Answer as an expert. Question: {{{{query}}}}'\n    param_map: {{model: [deepseek, qwen2-7b], 'response_format.type': [text, json_object]}}\n    param_fixed: {{temperature: 0.2, 'metadata.team': a}}\n",
-        up.url()
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Config::new()
+        .channel_at("shape", "openai", &up.url(), "models: [deepseek, qwen2-7b]")
+        .gateway(concat!(
+            "name: team, path: /v1, ",
+            "prompt_template: 'Answer as an expert. Question: {{query}}', ",
+            "param_map: {model: [deepseek, qwen2-7b], 'response_format.type': [text, json_object]}, ",
+            "param_fixed: {temperature: 0.2, 'metadata.team': a}",
+        ));
+    let weir = Weir::start(&cfg.build()).await;
     let client = reqwest::Client::new();
     let body = json!({
         "model": "deepseek", "temperature": 1.5, "response_format": {"type": "text"},

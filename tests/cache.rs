@@ -8,10 +8,17 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 fn config(up: &Upstream, cache: &str) -> String {
-    format!(
-        "models:\n  - {{name: paid, price_in: 1000000, price_out: 1000000}}\n  - {{name: flagged, price_in: 1, price_out: 1, cache: true}}\nchannels:\n  - {{name: up, type: openai, base_url: '{}', models: [m, paid, free, flagged], retries: 0}}\ncache: {cache}\n",
-        up.url()
-    )
+    Config::new()
+        .model("name: paid, price_in: 1000000, price_out: 1000000")
+        .model("name: flagged, price_in: 1, price_out: 1, cache: true")
+        .channel_at(
+            "up",
+            "openai",
+            &up.url(),
+            "models: [m, paid, free, flagged], retries: 0",
+        )
+        .section(&format!("cache: {cache}"))
+        .build()
 }
 
 async fn ask(weir: &Weir, body: &Value) -> (u16, Option<String>, String) {
@@ -152,11 +159,7 @@ async fn quick_modes_choose_the_models() {
     assert_eq!((paid, free, flagged), (2, 1, 1));
     // No cache section at all: nothing cached, no header.
     let up2 = Upstream::start("off").await;
-    let off = Weir::start(&format!(
-        "channels:\n  - {{name: up, type: openai, base_url: '{}', models: [m]}}\n",
-        up2.url()
-    ))
-    .await;
+    let off = Weir::start(&Config::new().openai("up", &up2, "").build()).await;
     assert_eq!(ask(&off, &chat("m", false)).await.1, None);
     ask(&off, &chat("m", false)).await;
     assert_eq!(up2.calls(), 2);

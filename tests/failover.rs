@@ -16,14 +16,12 @@ async fn failover_follows_priorities_with_retries_per_channel() {
     let spare = Upstream::start("spare").await;
     high.always(Reply::Status(500));
     mid.always(Reply::RateLimited { retry_after: 0 });
-    let cfg = format!(
-        "channels:\n{}{}{}{}",
-        channel("high", &high, "priority: 10, retries: 2"),
-        channel("mid", &mid, "priority: 5, retries: 1"),
-        channel("low", &low, "priority: 1, retries: 0"),
-        channel("spare", &spare, "priority: 0"),
-    );
-    let weir = Weir::start_with_server(&cfg, "  health: {failures: 100}").await;
+    let cfg = Config::new()
+        .openai("high", &high, "priority: 10, retries: 2")
+        .openai("mid", &mid, "priority: 5, retries: 1")
+        .openai("low", &low, "priority: 1, retries: 0")
+        .openai("spare", &spare, "priority: 0");
+    let weir = Weir::start_with_server(&cfg.build(), "  health: {failures: 100}").await;
     let (status, body) = post(
         &reqwest::Client::new(),
         &weir.url("/v1/chat/completions"),
@@ -65,12 +63,20 @@ async fn a_large_body_fails_over_like_a_small_one() {
     let bad = Upstream::start("bad").await;
     let good = Upstream::start("good").await;
     bad.always(Reply::Status(503));
-    let cfg = format!(
-        "channels:\n  - {{name: bad, type: openai, base_url: '{}', models: [a], model_mapping: ['big>a'], priority: 9, retries: 1}}\n  - {{name: good, type: openai, base_url: '{}', models: [b], model_mapping: ['big>b']}}\n",
-        bad.url(),
-        good.url()
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Config::new()
+        .channel_at(
+            "bad",
+            "openai",
+            &bad.url(),
+            "models: [a], model_mapping: ['big>a'], priority: 9, retries: 1",
+        )
+        .channel_at(
+            "good",
+            "openai",
+            &good.url(),
+            "models: [b], model_mapping: ['big>b']",
+        );
+    let weir = Weir::start(&cfg.build()).await;
     let body = serde_json::json!({"model": "big", "messages": [{"role": "user", "content": "q".repeat(1024 * 1024)}]});
     let (status, text) = post(
         &reqwest::Client::new(),
@@ -99,12 +105,10 @@ async fn a_large_body_fails_over_like_a_small_one() {
 async fn weights_split_four_to_one() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let cfg = format!(
-        "channels:\n{}{}",
-        channel("a", &a, "weight: 4"),
-        channel("b", &b, "weight: 1")
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Config::new()
+        .openai("a", &a, "weight: 4")
+        .openai("b", &b, "weight: 1");
+    let weir = Weir::start(&cfg.build()).await;
     let client = reqwest::Client::new();
     let n = 500;
     for _ in 0..n {
@@ -128,12 +132,12 @@ async fn weights_split_four_to_one() {
 #[tokio::test]
 async fn every_key_of_a_channel_is_used_and_a_rejected_key_is_skipped() {
     let up = Upstream::start("k").await;
-    let cfg = channel(
+    let cfg = Config::new().openai(
         "k",
         &up,
         "keys: [sk-key-one-0000000001, sk-key-two-0000000002], retries: 0",
     );
-    let weir = Weir::start(&format!("channels:\n{cfg}")).await;
+    let weir = Weir::start(&cfg.build()).await;
     let client = reqwest::Client::new();
     for _ in 0..40 {
         assert_eq!(
@@ -179,12 +183,16 @@ async fn when_everything_fails_the_client_learns_what_was_tried() {
     a.always(Reply::Status(502));
     b.always(Reply::Status(401));
     // Port 1: privileged and unused, so connecting is refused.
-    let cfg = format!(
-        "channels:\n{}{}  - {{name: gone, type: openai, base_url: 'http://127.0.0.1:1', models: [m], priority: -1, retries: 0}}\n",
-        channel("a", &a, "priority: 2, retries: 1"),
-        channel("b", &b, "priority: 1, keys: [sk-very-secret-key-123456]"),
-    );
-    let weir = Weir::start_with_server(&cfg, "  health: {failures: 100}").await;
+    let cfg = Config::new()
+        .openai("a", &a, "priority: 2, retries: 1")
+        .openai("b", &b, "priority: 1, keys: [sk-very-secret-key-123456]")
+        .channel_at(
+            "gone",
+            "openai",
+            "http://127.0.0.1:1",
+            "models: [m], priority: -1, retries: 0",
+        );
+    let weir = Weir::start_with_server(&cfg.build(), "  health: {failures: 100}").await;
     let (status, body) = post(
         &reqwest::Client::new(),
         &weir.url("/v1/chat/completions"),
@@ -217,12 +225,12 @@ async fn a_rate_limited_key_hands_over_to_the_next_key_at_once() {
     let up = Upstream::start("k").await;
     // The first key is told to wait 30 s: weir must not wait, nor leave the channel.
     up.script(&[Reply::RateLimited { retry_after: 30 }]);
-    let cfg = channel(
+    let cfg = Config::new().openai(
         "k",
         &up,
         "keys: [sk-first-key-0000000001, sk-second-key-000000002], retries: 0",
     );
-    let weir = Weir::start(&format!("channels:\n{cfg}")).await;
+    let weir = Weir::start(&cfg.build()).await;
     let started = std::time::Instant::now();
     let (status, _) = post(
         &reqwest::Client::new(),
@@ -266,7 +274,7 @@ async fn a_rate_limited_key_hands_over_to_the_next_key_at_once() {
 async fn rate_limits_everywhere_give_429_with_retry_after() {
     let a = Upstream::start("a").await;
     a.always(Reply::RateLimited { retry_after: 0 });
-    let weir = Weir::start(&format!("channels:\n{}", channel("a", &a, "retries: 1"))).await;
+    let weir = Weir::start(&Config::new().openai("a", &a, "retries: 1").build()).await;
     let r = reqwest::Client::new()
         .post(weir.url("/v1/chat/completions"))
         .json(&chat("m", false))
@@ -284,16 +292,14 @@ async fn a_slow_upstream_times_out_and_fails_over() {
     let slow = Upstream::start("slow").await;
     let fast = Upstream::start("fast").await;
     slow.always(Reply::Delay(Duration::from_secs(5)));
-    let cfg = format!(
-        "channels:\n{}{}",
-        channel(
+    let cfg = Config::new()
+        .openai(
             "slow",
             &slow,
-            "priority: 5, retries: 0, timeouts: {first_byte: 300ms}"
-        ),
-        channel("fast", &fast, ""),
-    );
-    let weir = Weir::start(&cfg).await;
+            "priority: 5, retries: 0, timeouts: {first_byte: 300ms}",
+        )
+        .openai("fast", &fast, "");
+    let weir = Weir::start(&cfg.build()).await;
     let started = std::time::Instant::now();
     let (status, body) = post(
         &reqwest::Client::new(),
@@ -317,13 +323,11 @@ async fn a_failing_channel_is_suspended_then_recovers_by_trial() {
     let flaky = Upstream::start("flaky").await;
     let backup = Upstream::start("backup").await;
     flaky.always(Reply::Status(500));
-    let cfg = format!(
-        "channels:\n{}{}",
-        channel("flaky", &flaky, "priority: 10, retries: 0"),
-        channel("backup", &backup, "priority: 1"),
-    );
+    let cfg = Config::new()
+        .openai("flaky", &flaky, "priority: 10, retries: 0")
+        .openai("backup", &backup, "priority: 1");
     let weir = Weir::start_with_server(
-        &cfg,
+        &cfg.build(),
         "  health: {failures: 2, cooldown: 1s, max_cooldown: 4s}",
     )
     .await;
@@ -381,7 +385,7 @@ async fn a_failed_trial_suspends_again_and_nothing_left_gives_503() {
     let only = Upstream::start("only").await;
     only.always(Reply::Status(500));
     let weir = Weir::start_with_server(
-        &format!("channels:\n{}", channel("only", &only, "retries: 0")),
+        &Config::new().openai("only", &only, "retries: 0").build(),
         "  health: {failures: 1, cooldown: 2s, max_cooldown: 20s}",
     )
     .await;
@@ -491,9 +495,10 @@ async fn closing_upstream(
 
 /// The config of one OpenAI channel on a raw upstream at `port`.
 fn raw_channel(name: &str, port: u16) -> String {
-    format!(
-        "channels:\n  - {{name: {name}, type: openai, base_url: 'http://127.0.0.1:{port}', models: [m]}}\n"
-    )
+    let base_url = format!("http://127.0.0.1:{port}");
+    Config::new()
+        .channel_at(name, "openai", &base_url, "models: [m]")
+        .build()
 }
 
 #[tokio::test]

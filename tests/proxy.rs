@@ -8,7 +8,7 @@ use common::*;
 use serde_json::{json, Value};
 
 fn one_channel(up: &Upstream, extra: &str) -> String {
-    format!("channels:\n{}", channel("up", up, extra))
+    Config::new().openai("up", up, extra).build()
 }
 
 #[tokio::test]
@@ -178,12 +178,10 @@ async fn a_stream_cut_midway_ends_with_an_error_event() {
     up.set_chunk_delay(std::time::Duration::from_millis(50));
     let other = Upstream::start("spare").await;
     // Even with another channel, nothing is retried once bytes reached the client.
-    let cfg = format!(
-        "channels:\n{}{}",
-        channel("first", &up, "priority: 10"),
-        channel("second", &other, "")
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Config::new()
+        .openai("first", &up, "priority: 10")
+        .openai("second", &other, "");
+    let weir = Weir::start(&cfg.build()).await;
     let (status, body) = post(
         &reqwest::Client::new(),
         &weir.url("/v1/chat/completions"),
@@ -204,11 +202,13 @@ async fn a_stream_cut_midway_ends_with_an_error_event() {
 #[tokio::test]
 async fn a_one_mib_body_is_routed_and_mapped() {
     let up = Upstream::start("big").await;
-    let cfg = format!(
-        "channels:\n  - {{name: big, type: openai, base_url: '{}/v1', models: [qwen2-7b], model_mapping: ['gpt-4o>qwen2-7b']}}\n",
-        up.url()
+    let cfg = Config::new().channel_at(
+        "big",
+        "openai",
+        &format!("{}/v1", up.url()),
+        "models: [qwen2-7b], model_mapping: ['gpt-4o>qwen2-7b']",
     );
-    let weir = Weir::start(&cfg).await;
+    let weir = Weir::start(&cfg.build()).await;
     let content = "y".repeat(1024 * 1024);
     let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": content}]});
     let (status, text) = post(
@@ -379,11 +379,13 @@ async fn expect_continue_is_answered() {
 #[tokio::test]
 async fn gateways_route_by_path_prefix_and_list_their_models() {
     let up = Upstream::start("g").await;
-    let cfg = format!(
-        "channels:\n  - {{name: g, type: openai, base_url: '{}', models: [m, n]}}\ngateways:\n  - {{name: default, path: /v1}}\n  - {{name: team-a, path: /llm/api/team-a/v1, models: [n]}}\n  - {{name: old, path: /old/v1, expires_at: '2020-01-01T00:00:00Z'}}\n  - {{name: off, path: /off/v1, active: false}}\n",
-        up.url()
-    );
-    let weir = Weir::start(&cfg).await;
+    let cfg = Config::new()
+        .channel_at("g", "openai", &up.url(), "models: [m, n]")
+        .gateway("name: default, path: /v1")
+        .gateway("name: team-a, path: /llm/api/team-a/v1, models: [n]")
+        .gateway("name: old, path: /old/v1, expires_at: '2020-01-01T00:00:00Z'")
+        .gateway("name: off, path: /off/v1, active: false");
+    let weir = Weir::start(&cfg.build()).await;
     let client = reqwest::Client::new();
     let (s, _) = post(
         &client,
@@ -560,4 +562,20 @@ async fn the_shipped_config_answers_from_the_mock_channel() {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+#[tokio::test]
+async fn config_builds_the_yaml_tests_used_to_write_by_hand() {
+    let up = Upstream::start("u").await;
+    let cfg = Config::new()
+        .model("name: m, price_in: 1")
+        .openai("a", &up, "")
+        .openai("b", &up, "priority: 1")
+        .channel_at("c", "gemini", "http://x", "")
+        .gateway("name: default, path: /v1")
+        .section("cache: {models: '*'}");
+    assert_eq!(
+        cfg.build().replace(&up.url(), "UP"),
+        "models:\n  - {name: m, price_in: 1}\nchannels:\n  - {name: a, type: openai, base_url: 'UP', models: [m]}\n  - {name: b, type: openai, base_url: 'UP', models: [m], priority: 1}\n  - {name: c, type: gemini, base_url: 'http://x'}\ngateways:\n  - {name: default, path: /v1}\ncache: {models: '*'}\n"
+    );
 }

@@ -23,17 +23,14 @@ where
 async fn editing_the_file_adds_a_channel() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let first = format!("channels:\n{}", channel("a", &a, ""));
-    let weir = Weir::start(&first).await;
+    let first = Config::new().openai("a", &a, "");
+    let weir = Weir::start(&first.build()).await;
     let client = reqwest::Client::new();
     let url = weir.url("/v1/chat/completions");
     assert_eq!(post(&client, &url, &chat("n", false)).await.0, 404);
 
-    let second = format!(
-        "{first}  - {{name: b, type: openai, base_url: '{}', models: [n]}}\n",
-        b.url()
-    );
-    weir.write_config(&second, "");
+    let second = first.channel_at("b", "openai", &b.url(), "models: [n]");
+    weir.write_config(&second.build(), "");
     wait_until("the watcher to load channel b", || async {
         post(&client, &url, &chat("n", false)).await.0 == 200
     })
@@ -48,10 +45,9 @@ async fn editing_the_file_adds_a_channel() {
 #[tokio::test]
 async fn a_broken_file_is_refused_and_the_old_config_keeps_serving() {
     let a = Upstream::start("a").await;
-    let good = format!(
-        "channels:\n{}",
-        channel("a", &a, "keys: [sk-admin-view-secret-01]")
-    );
+    let good = Config::new()
+        .openai("a", &a, "keys: [sk-admin-view-secret-01]")
+        .build();
     let weir = Weir::start(&good).await;
     let client = reqwest::Client::new();
     let url = weir.url("/v1/chat/completions");
@@ -115,7 +111,7 @@ async fn a_broken_file_is_refused_and_the_old_config_keeps_serving() {
 #[tokio::test]
 async fn sighup_reloads() {
     let a = Upstream::start("a").await;
-    let weir = Weir::start(&format!("channels:\n{}", channel("a", &a, ""))).await;
+    let weir = Weir::start(&Config::new().openai("a", &a, "").build()).await;
     let client = reqwest::Client::new();
     // Change only through SIGHUP: write the file under another name and move it in
     // place would wake the watcher too, so compare versions instead.
@@ -153,12 +149,11 @@ async fn reloads_during_a_burst_fail_no_request() {
     let b = Upstream::start("b").await;
     a.set_chunk_delay(Duration::from_millis(5));
     b.set_chunk_delay(Duration::from_millis(5));
-    let only_a = format!("channels:\n{}", channel("a", &a, ""));
-    let both = format!(
-        "channels:\n{}{}",
-        channel("a", &a, "weight: 2"),
-        channel("b", &b, "priority: 1")
-    );
+    let only_a = Config::new().openai("a", &a, "").build();
+    let both = Config::new()
+        .openai("a", &a, "weight: 2")
+        .openai("b", &b, "priority: 1")
+        .build();
     let weir = Weir::start(&only_a).await;
     let client = reqwest::Client::new();
     let url = weir.url("/v1/chat/completions");

@@ -11,11 +11,10 @@ async fn https_upstream_is_verified_and_streams() {
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("ca.pem");
     std::fs::write(&ca_path, ca_pem).unwrap();
-    let cfg = format!(
-        "channels:\n  - {{name: secure, type: openai, base_url: '{}/v1', models: [m], retries: 0}}\n",
-        up.https_url()
-    );
-    let weir = Weir::start_with_server(&cfg, &format!("  ca_file: '{}'", ca_path.display())).await;
+    let base_url = format!("{}/v1", up.https_url());
+    let cfg = Config::new().channel_at("secure", "openai", &base_url, "models: [m], retries: 0");
+    let weir =
+        Weir::start_with_server(&cfg.build(), &format!("  ca_file: '{}'", ca_path.display())).await;
     let client = reqwest::Client::new();
     let (status, body) = post(
         &client,
@@ -35,10 +34,14 @@ async fn https_upstream_is_verified_and_streams() {
 #[tokio::test]
 async fn an_untrusted_certificate_is_refused() {
     let (up, _ca_pem) = Upstream::start_tls("untrusted").await;
-    let cfg = format!(
-        "channels:\n  - {{name: untrusted, type: openai, base_url: '{}', models: [m], retries: 0}}\n",
-        up.https_url()
-    );
+    let cfg = Config::new()
+        .channel_at(
+            "untrusted",
+            "openai",
+            &up.https_url(),
+            "models: [m], retries: 0",
+        )
+        .build();
     // System roots only: the test CA is unknown, so the handshake must fail.
     let weir = Weir::start(&cfg).await;
     let (status, body) = post(

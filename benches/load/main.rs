@@ -71,12 +71,60 @@ fn spawn(bin: &Path, args: &[&str], log: &Path) -> Proc {
     Proc(child)
 }
 
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+#[path = "ready.rs"]
+mod ready;
+
+/// How long a tool or weir may take to start listening.
+const START_LIMIT: Duration = Duration::from_secs(30);
+
+/// Starts a bench tool on port 0 with a ready file; returns it and its port.
+fn spawn_tool(bin: &Path, args: &[&str], dir: &Path, name: &str) -> (Proc, u16) {
+    let ready_file = dir.join(format!("{name}.ready"));
+    let log = dir.join(format!("{name}.log"));
+    let mut all = args.to_vec();
+    let ready_arg = ready_file.to_string_lossy().into_owned();
+    all.extend(["--ready-file", &ready_arg]);
+    let mut p = spawn(bin, &all, &log);
+    let addr = ready::wait(&ready_file, &mut p.0, START_LIMIT)
+        .and_then(|text| text.trim().parse::<std::net::SocketAddr>().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} did not report its address:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    (p, addr.port())
+}
+
+/// Starts `weir serve` on `config` (its listeners on port 0) and reads the ports it
+/// got from its ready file; returns the process and its proxy port.
+fn spawn_weir(bin: &Path, config: &Path, dir: &Path, name: &str) -> (Proc, u16) {
+    let ready_file = dir.join(format!("{name}.ready"));
+    let log = dir.join(format!("{name}.log"));
+    let mut p = spawn(
+        bin,
+        &[
+            "serve",
+            "-c",
+            &config.to_string_lossy(),
+            "--ready-file",
+            &ready_file.to_string_lossy(),
+        ],
+        &log,
+    );
+    let pid = p.0.id();
+    // {"proxy":"127.0.0.1:P","admin":"127.0.0.1:Q","pid":N}, written by rename.
+    let port = ready::wait(&ready_file, &mut p.0, START_LIMIT)
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .filter(|v| v["pid"].as_u64() == Some(u64::from(pid)))
+        .and_then(|v| v["proxy"].as_str()?.parse::<std::net::SocketAddr>().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} did not report its addresses:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    (p, port.port())
 }
 
 /// (utime + stime) in seconds and RSS in KiB, from /proc.
@@ -251,49 +299,25 @@ fn main() {
     let o = opts();
     let dir = tempdir();
     let bins = &o.bin_dir;
-    let (up_port, slow_port, bare_port, weir_port, admin_port) =
-        (18900, 18905, 18901, 18902, 18903);
+    let upstream_bin = bins.join("weir-bench-upstream");
+    let (_up, up_port) = spawn_tool(&upstream_bin, &[], &dir, "upstream");
+    let (_slow, slow_port) = spawn_tool(&upstream_bin, &["--slow-ms", "1000"], &dir, "slow");
+    let bare_bin = bins.join("weir-bench-bare");
+    let up_addr = format!("127.0.0.1:{up_port}");
+    let (_bare, bare_port) = spawn_tool(&bare_bin, &["--upstream", &up_addr], &dir, "bare");
     // The reference for the memory run: the bare hop in front of the slow upstream.
-    let bare_slow_port = 18906;
-    let _up = spawn(
-        &bins.join("weir-bench-upstream"),
-        &["--port", &up_port.to_string()],
-        &dir.join("upstream.log"),
-    );
-    let _slow = spawn(
-        &bins.join("weir-bench-upstream"),
-        &["--port", &slow_port.to_string(), "--slow-ms", "1000"],
-        &dir.join("slow.log"),
-    );
-    let _bare = spawn(
-        &bins.join("weir-bench-bare"),
-        &[
-            "--listen",
-            &format!("127.0.0.1:{bare_port}"),
-            "--upstream",
-            &format!("127.0.0.1:{up_port}"),
-        ],
-        &dir.join("bare.log"),
-    );
-    let bare_slow = spawn(
-        &bins.join("weir-bench-bare"),
-        &[
-            "--listen",
-            &format!("127.0.0.1:{bare_slow_port}"),
-            "--upstream",
-            &format!("127.0.0.1:{slow_port}"),
-        ],
-        &dir.join("bare-slow.log"),
-    );
+    let slow_addr = format!("127.0.0.1:{slow_port}");
+    let (bare_slow, bare_slow_port) =
+        spawn_tool(&bare_bin, &["--upstream", &slow_addr], &dir, "bare-slow");
     // weir with a realistic config: database keys, a `secret:` rate limit that does
     // not trigger, usage accounting, metrics and the access log.
     let weir_bin = bins.join("weir");
-    let setup = |name: &str, port: u16, admin: u16| -> (PathBuf, String) {
+    let setup = |name: &str| -> (PathBuf, String) {
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(
             &config,
             format!(
-                "server:\n  listen: 127.0.0.1:{port}\n  admin_listen: 127.0.0.1:{admin}\n  threads: 2\n  grace_period: 1s\nstorage:\n  sqlite: {db}\nmodels:\n  - {{name: bench, price_in: 0.5, price_out: 1.5}}\nchannels:\n  - {{name: bench, type: openai, base_url: 'http://127.0.0.1:{up_port}', keys: [sk-upstream-bench-key], models: [bench]}}\n  - {{name: slow, type: openai, base_url: 'http://127.0.0.1:{slow_port}', models: [slow], timeouts: {{first_byte: 120s, total: 1h}}}}\ngateways:\n  - name: default\n    path: /v1\n    auth: {{method: database}}\n    rate_limits: ['secret:100000000/minute']\n",
+                "server:\n  listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n  threads: 2\n  grace_period: 1s\nstorage:\n  sqlite: {db}\nmodels:\n  - {{name: bench, price_in: 0.5, price_out: 1.5}}\nchannels:\n  - {{name: bench, type: openai, base_url: 'http://127.0.0.1:{up_port}', keys: [sk-upstream-bench-key], models: [bench]}}\n  - {{name: slow, type: openai, base_url: 'http://127.0.0.1:{slow_port}', models: [slow], timeouts: {{first_byte: 120s, total: 1h}}}}\ngateways:\n  - name: default\n    path: /v1\n    auth: {{method: database}}\n    rate_limits: ['secret:100000000/minute']\n",
                 // Apart from the config: weir watches the config's directory.
                 db = dir.join(format!("db-{name}")).join("weir.db").display()
             ),
@@ -309,16 +333,9 @@ fn main() {
         let key = created["key"].as_str().unwrap_or_default().to_string();
         (config, key)
     };
-    let (config, key) = setup("weir", weir_port, admin_port);
-    let weir = spawn(
-        &weir_bin,
-        &["serve", "-c", config.to_str().unwrap_or_default()],
-        &dir.join("weir.log"),
-    );
+    let (config, key) = setup("weir");
+    let (weir, weir_port) = spawn_weir(&weir_bin, &config, &dir, "weir");
     let weir_pid = weir.0.id();
-    for p in [up_port, slow_port, bare_port, bare_slow_port, weir_port] {
-        wait_port(p);
-    }
 
     let mut table = String::new();
     let _ = writeln!(table, "| mode | conns | upstream rps | bare rps | weir rps | weir/bare | bare p50 | weir p50 | bare p99 | weir p99 | weir CPU/req | weir RSS |");
@@ -392,14 +409,8 @@ fn main() {
 
     // Memory: many streams held open by the slow upstream, through a weir and a bare
     // hop that both start fresh, then through the weir that ran the cells above.
-    let (mem_port, mem_admin) = (18907, 18908);
-    let (mem_config, mem_key) = setup("weir-mem", mem_port, mem_admin);
-    let weir_mem = spawn(
-        &weir_bin,
-        &["serve", "-c", mem_config.to_str().unwrap_or_default()],
-        &dir.join("weir-mem.log"),
-    );
-    wait_port(mem_port);
+    let (mem_config, mem_key) = setup("weir-mem");
+    let (weir_mem, mem_port) = spawn_weir(&weir_bin, &mem_config, &dir, "weir-mem");
     std::thread::sleep(Duration::from_millis(500));
     let mem_pid = weir_mem.0.id();
     let (_, fresh_before) = proc_stats(mem_pid);

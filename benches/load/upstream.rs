@@ -2,12 +2,16 @@
 //! keep-alive, a fixed JSON answer or a 24-chunk SSE stream (with a usage chunk when
 //! asked). `--slow-ms N` spaces stream chunks N ms apart (the memory run).
 //!
-//! `weir-bench-upstream --port 18900 [--slow-ms 1000]`
+//! `weir-bench-upstream [--port 0] [--slow-ms 1000] [--ready-file PATH]`: port 0 (the
+//! default) lets the kernel pick; the address it got is announced as `ready.rs` says.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+#[path = "ready.rs"]
+mod ready;
 
 const JSON: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog."},"finish_reason":"stop"}],"usage":{"prompt_tokens":20,"completion_tokens":10,"total_tokens":30}}"#;
 
@@ -47,7 +51,7 @@ async fn main() -> std::io::Result<()> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let port: u16 = arg("--port").and_then(|p| p.parse().ok()).unwrap_or(18900);
+    let port: u16 = arg("--port").and_then(|p| p.parse().ok()).unwrap_or(0);
     let slow_ms: u64 = arg("--slow-ms").and_then(|p| p.parse().ok()).unwrap_or(0);
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let served = Arc::new(AtomicU64::new(0));
@@ -59,7 +63,8 @@ async fn main() -> std::io::Result<()> {
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
     let sse_plain = Arc::new([head.as_bytes(), &chunked(&sse_events(false))].concat());
     let sse_usage = Arc::new([head.as_bytes(), &chunked(&sse_events(true))].concat());
-    eprintln!("bench upstream on 127.0.0.1:{port} (slow {slow_ms} ms)");
+    eprintln!("bench upstream, slow {slow_ms} ms");
+    ready::write(arg("--ready-file").as_deref(), listener.local_addr()?)?;
     loop {
         let (mut sock, _) = listener.accept().await?;
         let _ = sock.set_nodelay(true);

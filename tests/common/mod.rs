@@ -786,11 +786,83 @@ pub fn sse_data(body: &str) -> Vec<String> {
         .collect()
 }
 
-pub fn channel(name: &str, up: &Upstream, extra: &str) -> String {
-    format!(
-        "  - {{name: {name}, type: openai, base_url: '{}', models: [m], {extra}}}\n",
-        up.url()
-    )
+/// A test's config after its `server:` section, stated as what the test cares
+/// about. Each entry is the inside of one YAML flow mapping (`name: m, price_in: 1`);
+/// `build` lists them under `models:`, `channels:` and `gateways:`, then the
+/// sections given verbatim.
+#[derive(Clone, Default)]
+pub struct Config {
+    models: Vec<String>,
+    channels: Vec<String>,
+    gateways: Vec<String>,
+    sections: Vec<String>,
+}
+
+impl Config {
+    pub fn new() -> Config {
+        Config::default()
+    }
+
+    /// A priced model: `fields` are its entry in `models:`.
+    pub fn model(mut self, fields: &str) -> Config {
+        self.models.push(fields.to_string());
+        self
+    }
+
+    /// A channel of type `kind` at `base_url`; `fields` are the rest of its entry.
+    pub fn channel_at(mut self, name: &str, kind: &str, base_url: &str, fields: &str) -> Config {
+        let mut entry = format!("name: {name}, type: {kind}, base_url: '{base_url}'");
+        if !fields.is_empty() {
+            entry.push_str(", ");
+            entry.push_str(fields);
+        }
+        self.channels.push(entry);
+        self
+    }
+
+    /// The usual channel: OpenAI on `up`, serving model `m`, plus `extra` fields.
+    pub fn openai(self, name: &str, up: &Upstream, extra: &str) -> Config {
+        let fields = if extra.is_empty() {
+            "models: [m]".to_string()
+        } else {
+            format!("models: [m], {extra}")
+        };
+        self.channel_at(name, "openai", &up.url(), &fields)
+    }
+
+    /// A gateway: `fields` are its entry in `gateways:`.
+    pub fn gateway(mut self, fields: &str) -> Config {
+        self.gateways.push(fields.to_string());
+        self
+    }
+
+    /// A top-level section as written, e.g. `cache: {models: '*'}`.
+    pub fn section(mut self, yaml: &str) -> Config {
+        self.sections.push(yaml.to_string());
+        self
+    }
+
+    pub fn build(&self) -> String {
+        let mut out = String::new();
+        for (key, entries) in [
+            ("models", &self.models),
+            ("channels", &self.channels),
+            ("gateways", &self.gateways),
+        ] {
+            if !entries.is_empty() {
+                out.push_str(key);
+                out.push_str(":\n");
+                for e in entries {
+                    out.push_str(&format!("  - {{{e}}}\n"));
+                }
+            }
+        }
+        for s in &self.sections {
+            out.push_str(s);
+            out.push('\n');
+        }
+        out
+    }
 }
 
 impl Weir {
