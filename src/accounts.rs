@@ -8,7 +8,7 @@ use pingora_limits::rate::Rate;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use weir_admin::api::Role;
+use weir_filters::accounts::Role;
 use weir_filters::config::{Gateway, ModelPrice, Runtime};
 use weir_filters::limits::{self, RateRule, Scope, Window};
 use weir_filters::GatewayError;
@@ -154,6 +154,27 @@ pub struct RateHeadroom {
     pub reset_secs: u64,
 }
 
+/// One rule's window as one caller has used it, in requests and seconds.
+struct WindowUse {
+    used: u64,
+    reset: u64,
+    wait: u64,
+}
+
+fn refusal(rule: &RateRule, wait: u64) -> GatewayError {
+    GatewayError::RateLimited {
+        rule: format!(
+            "{}:{}/{}",
+            rule.scope.as_str(),
+            rule.limit,
+            rule.window.as_str()
+        ),
+        retry_after_secs: wait.max(1),
+        limit: rule.limit,
+        reset_secs: wait.max(1),
+    }
+}
+
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -169,10 +190,7 @@ pub fn month_of(unix: i64) -> u32 {
 }
 
 fn counter_key(gateway: &str, rule: &RateRule, identity: &str) -> String {
-    let scope = match rule.scope {
-        Scope::Ingress => "ingress",
-        Scope::Secret => "secret",
-    };
+    let scope = rule.scope.as_str();
     let who = if rule.scope == Scope::Ingress {
         ""
     } else {
@@ -255,16 +273,29 @@ impl Accounts {
         Ok(())
     }
 
+    /// A key's balance (`None`: not metered by balance) and its spend in the month
+    /// of `now`.
+    pub fn money_of(&self, key_id: i64, now: i64) -> (Option<f64>, f64) {
+        let month = month_of(now);
+        let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        ledger
+            .keys
+            .get(&key_id)
+            .map(|m| (m.balance, if m.month == month { m.spent } else { 0.0 }))
+            .unwrap_or((None, 0.0))
+    }
+
+    /// Tokens a gateway has used against its quota.
+    pub fn tokens_used(&self, gateway: &str) -> u64 {
+        let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        ledger.gateways.get(gateway).map(|g| g.used).unwrap_or(0)
+    }
+
     pub fn check_quota(&self, gateway: &Gateway) -> Result<(), GatewayError> {
         let Some(quota) = gateway.token_quota else {
             return Ok(());
         };
-        let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        let used = ledger
-            .gateways
-            .get(&gateway.name)
-            .map(|g| g.used)
-            .unwrap_or(0);
+        let used = self.tokens_used(&gateway.name);
         if used >= quota {
             return Err(GatewayError::QuotaExceeded {
                 gateway: gateway.name.clone(),
@@ -294,51 +325,16 @@ impl Accounts {
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         let mut tightest: Option<RateHeadroom> = None;
         for (rule, key) in gateway.rate_rules.iter().zip(&keys) {
-            let (used, reset, wait) = match rule.window {
-                Window::Minute => self.minute.rate_with(key, |rc| {
-                    let (prev, curr) = (rc.prev_samples as f64, rc.curr_samples as f64);
-                    let f = rc.current_interval_fraction;
-                    let used = limits::sliding_count(prev, curr, f).ceil() as u64;
-                    // Admitted while the count is at most limit - 1.
-                    let max = rule.limit as f64 - 1.0;
-                    let wait = limits::sliding_wait(max, prev, curr, f, rc.interval);
-                    let window_left = (1.0 - f) * rc.interval.as_secs_f64();
-                    (
-                        used,
-                        window_left.ceil() as u64,
-                        wait.as_secs_f64().ceil() as u64,
-                    )
-                }),
-                w => {
-                    let start = limits::window_start(now, w);
-                    let used = counters
-                        .counts
-                        .get(&(key.clone(), start))
-                        .copied()
-                        .unwrap_or(0);
-                    let reset = limits::window_reset(now, w);
-                    (used, reset, reset)
-                }
-            };
-            if used >= rule.limit {
-                let scope = if rule.scope == Scope::Ingress {
-                    "ingress"
-                } else {
-                    "secret"
-                };
-                return Err(GatewayError::RateLimited {
-                    rule: format!("{scope}:{}/{}", rule.limit, rule.window.as_str()),
-                    retry_after_secs: wait.max(1),
-                    limit: rule.limit,
-                    reset_secs: wait.max(1),
-                });
+            let w = self.window_use(rule, key, &counters, now);
+            if w.used >= rule.limit {
+                return Err(refusal(rule, w.wait));
             }
-            let remaining = rule.limit - used - 1;
+            let remaining = rule.limit - w.used - 1;
             if tightest.is_none_or(|t| remaining < t.remaining) {
                 tightest = Some(RateHeadroom {
                     limit: rule.limit,
                     remaining,
-                    reset_secs: reset.max(1),
+                    reset_secs: w.reset.max(1),
                 });
             }
         }
@@ -358,6 +354,40 @@ impl Accounts {
             }
         }
         Ok((tightest, charge))
+    }
+
+    /// How much of one rule's window the caller has used, when it resets and how
+    /// long a refused caller waits.
+    fn window_use(&self, rule: &RateRule, key: &str, counters: &Counters, now: u64) -> WindowUse {
+        match rule.window {
+            Window::Minute => self.minute.rate_with(&key, |rc| {
+                let (prev, curr) = (rc.prev_samples as f64, rc.curr_samples as f64);
+                let f = rc.current_interval_fraction;
+                // Admitted while the count is at most limit - 1.
+                let max = rule.limit as f64 - 1.0;
+                let wait = limits::sliding_wait(max, prev, curr, f, rc.interval);
+                let window_left = (1.0 - f) * rc.interval.as_secs_f64();
+                WindowUse {
+                    used: limits::sliding_count(prev, curr, f).ceil() as u64,
+                    reset: window_left.ceil() as u64,
+                    wait: wait.as_secs_f64().ceil() as u64,
+                }
+            }),
+            w => {
+                let start = limits::window_start(now, w);
+                let used = counters
+                    .counts
+                    .get(&(key.to_string(), start))
+                    .copied()
+                    .unwrap_or(0);
+                let reset = limits::window_reset(now, w);
+                WindowUse {
+                    used,
+                    reset,
+                    wait: reset,
+                }
+            }
+        }
     }
 
     /// Gives back what `check_rates` counted, for a request refused afterwards

@@ -5,7 +5,7 @@ use crate::store::{ops, schema};
 use clap::Subcommand;
 use serde_json::json;
 use std::path::Path;
-use weir_admin::api::{NewKey, Role};
+use weir_filters::accounts::{NewKey, Role};
 
 #[derive(Subcommand)]
 pub enum KeysAction {

@@ -20,5 +20,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod snapshot;
 pub mod state;
 pub mod store;

@@ -7,6 +7,8 @@ use prometheus::{
 };
 use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock, RwLock};
+use weir_filters::config::Runtime;
+use weir_filters::health::{HealthId, HealthRegistry, HealthState};
 
 pub struct Metrics {
     registry: Registry,
@@ -93,122 +95,149 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// One metric family: its name, help text and label names.
+struct Def {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+const REQUESTS: Def = Def {
+    name: "weir_requests_total",
+    help: "Client requests answered, by status class (2xx, 4xx, 5xx).",
+    labels: &["gateway", "model", "channel", "status"],
+};
+
+const DURATION: Def = Def {
+    name: "weir_request_duration_seconds",
+    help: "Time from request to the last byte of the answer.",
+    labels: &["gateway", "model", "channel"],
+};
+
+const TTFT: Def = Def {
+    name: "weir_time_to_first_token_seconds",
+    help: "Time from request to the first answer byte sent to the client.",
+    labels: &["gateway", "model", "channel"],
+};
+
+const TOKENS: Def = Def {
+    name: "weir_tokens_total",
+    help: "Tokens by direction (in = prompt, out = completion); estimated ones included.",
+    labels: &["gateway", "model", "channel", "direction"],
+};
+
+const RETRIES: Def = Def {
+    name: "weir_retries_total",
+    help: "Extra attempts on the same channel after a retryable failure.",
+    labels: &["gateway", "channel"],
+};
+
+const FAILOVERS: Def = Def {
+    name: "weir_failovers_total",
+    help: "Moves to another channel after a failure.",
+    labels: &["gateway", "model"],
+};
+
+const UPSTREAM_ATTEMPTS: Def = Def {
+    name: "weir_upstream_attempts_total",
+    help: "Upstream attempts by outcome (ok, client_error, rate_limited, key_rejected, server_error, connect_error, timeout).",
+    labels: &["channel", "outcome"],
+};
+
+const STREAM_ERRORS: Def = Def {
+    name: "weir_stream_errors_total",
+    help: "Answers that broke after their first byte reached the client.",
+    labels: &["gateway", "channel"],
+};
+
+const CHANNEL_UP: Def = Def {
+    name: "weir_channel_up",
+    help: "1 when a channel accepts requests (healthy or probing), 0 when suspended.",
+    labels: &["channel"],
+};
+
+const CHANNEL_STATE: Def = Def {
+    name: "weir_channel_state",
+    help: "Health state of a channel, one series per state set to 1.",
+    labels: &["channel", "state"],
+};
+
+const KEY_UP: Def = Def {
+    name: "weir_channel_key_up",
+    help: "1 when a channel's key (by position) is not suspended.",
+    labels: &["channel", "key"],
+};
+
+const RELOADS: Def = Def {
+    name: "weir_config_reloads_total",
+    help: "Config reloads by result.",
+    labels: &["result"],
+};
+
+const CACHE: Def = Def {
+    name: "weir_cache_total",
+    help: "Response cache lookups and fills by result (hit, miss, stored).",
+    labels: &["gateway", "model", "result"],
+};
+
+const REFUSED: Def = Def {
+    name: "weir_refused_total",
+    help: "Requests refused before any upstream call, by gateway and error code (invalid_api_key, rate_limit_exceeded, budget_exceeded, access_denied, ...).",
+    labels: &["gateway", "code"],
+};
+
+/// Creates metric families from their `Def` and registers them.
+struct Registrar(Registry);
+
+impl Registrar {
+    fn counter(&self, d: &Def) -> Result<IntCounterVec, prometheus::Error> {
+        let c = IntCounterVec::new(Opts::new(d.name, d.help), d.labels)?;
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    fn gauge(&self, d: &Def) -> Result<IntGaugeVec, prometheus::Error> {
+        let g = IntGaugeVec::new(Opts::new(d.name, d.help), d.labels)?;
+        self.0.register(Box::new(g.clone()))?;
+        Ok(g)
+    }
+
+    fn histogram(&self, d: &Def) -> Result<HistogramVec, prometheus::Error> {
+        let opts = HistogramOpts::new(d.name, d.help).buckets(LATENCY_BUCKETS.to_vec());
+        let h = HistogramVec::new(opts, d.labels)?;
+        self.0.register(Box::new(h.clone()))?;
+        Ok(h)
+    }
+}
+
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(c.clone()))?;
-                Ok(c)
-            };
-        let histogram = |name: &str, help: &str| -> Result<HistogramVec, prometheus::Error> {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-                &["gateway", "model", "channel"],
-            )?;
-            registry.register(Box::new(h.clone()))?;
-            Ok(h)
-        };
-        let gauge =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(g.clone()))?;
-                Ok(g)
-            };
-        let requests = counter(
-            "weir_requests_total",
-            "Client requests answered, by status class (2xx, 4xx, 5xx).",
-            &["gateway", "model", "channel", "status"],
-        )?;
-        let duration = histogram(
-            "weir_request_duration_seconds",
-            "Time from request to the last byte of the answer.",
-        )?;
-        let ttft = histogram(
-            "weir_time_to_first_token_seconds",
-            "Time from request to the first answer byte sent to the client.",
-        )?;
-        let tokens = counter(
-            "weir_tokens_total",
-            "Tokens by direction (in = prompt, out = completion); estimated ones included.",
-            &["gateway", "model", "channel", "direction"],
-        )?;
-        let retries = counter(
-            "weir_retries_total",
-            "Extra attempts on the same channel after a retryable failure.",
-            &["gateway", "channel"],
-        )?;
-        let failovers = counter(
-            "weir_failovers_total",
-            "Moves to another channel after a failure.",
-            &["gateway", "model"],
-        )?;
-        let upstream_attempts = counter(
-            "weir_upstream_attempts_total",
-            "Upstream attempts by outcome (ok, client_error, rate_limited, key_rejected, server_error, connect_error, timeout).",
-            &["channel", "outcome"],
-        )?;
-        let stream_errors = counter(
-            "weir_stream_errors_total",
-            "Answers that broke after their first byte reached the client.",
-            &["gateway", "channel"],
-        )?;
-        let channel_up = gauge(
-            "weir_channel_up",
-            "1 when a channel accepts requests (healthy or probing), 0 when suspended.",
-            &["channel"],
-        )?;
-        let channel_state = gauge(
-            "weir_channel_state",
-            "Health state of a channel, one series per state set to 1.",
-            &["channel", "state"],
-        )?;
-        let key_up = gauge(
-            "weir_channel_key_up",
-            "1 when a channel's key (by position) is not suspended.",
-            &["channel", "key"],
-        )?;
-        let reloads = counter(
-            "weir_config_reloads_total",
-            "Config reloads by result.",
-            &["result"],
-        )?;
-        let cache = counter(
-            "weir_cache_total",
-            "Response cache lookups and fills by result (hit, miss, stored).",
-            &["gateway", "model", "result"],
-        )?;
-        let refused = counter(
-            "weir_refused_total",
-            "Requests refused before any upstream call, by gateway and error code (invalid_api_key, rate_limit_exceeded, budget_exceeded, access_denied, ...).",
-            &["gateway", "code"],
-        )?;
+        let r = Registrar(Registry::new());
         let config_version = IntGauge::new(
             "weir_config_version",
             "Number of the config snapshot in use.",
         )?;
-        registry.register(Box::new(config_version.clone()))?;
+        r.0.register(Box::new(config_version.clone()))?;
         let in_flight = IntGauge::new("weir_requests_in_flight", "Requests being answered now.")?;
-        registry.register(Box::new(in_flight.clone()))?;
+        r.0.register(Box::new(in_flight.clone()))?;
         Ok(Metrics {
-            registry,
-            requests,
-            duration,
-            ttft,
-            tokens,
-            retries,
-            failovers,
-            upstream_attempts,
-            stream_errors,
-            channel_up,
-            channel_state,
-            key_up,
-            reloads,
-            refused,
-            cache,
+            requests: r.counter(&REQUESTS)?,
+            duration: r.histogram(&DURATION)?,
+            ttft: r.histogram(&TTFT)?,
+            tokens: r.counter(&TOKENS)?,
+            retries: r.counter(&RETRIES)?,
+            failovers: r.counter(&FAILOVERS)?,
+            upstream_attempts: r.counter(&UPSTREAM_ATTEMPTS)?,
+            stream_errors: r.counter(&STREAM_ERRORS)?,
+            channel_up: r.gauge(&CHANNEL_UP)?,
+            channel_state: r.gauge(&CHANNEL_STATE)?,
+            key_up: r.gauge(&KEY_UP)?,
+            reloads: r.counter(&RELOADS)?,
+            cache: r.counter(&CACHE)?,
+            refused: r.counter(&REFUSED)?,
             config_version,
             in_flight,
+            registry: r.0,
             series: RwLock::new(crate::FastMap::default()),
             series_hasher: foldhash::fast::RandomState::default(),
         })
@@ -248,6 +277,33 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         buf
+    }
+    /// Sets the health gauges from the registry, dropping series of removed channels.
+    pub fn refresh_health(&self, rt: &Runtime, health: &HealthRegistry) {
+        self.channel_up.reset();
+        self.channel_state.reset();
+        self.key_up.reset();
+        for c in &rt.channels {
+            let state = health.report(&HealthId::channel(&c.name)).state;
+            self.channel_up
+                .with_label_values(&[c.name.as_str()])
+                .set(i64::from(state != HealthState::Suspended));
+            for s in [
+                HealthState::Healthy,
+                HealthState::Suspended,
+                HealthState::Probing,
+            ] {
+                self.channel_state
+                    .with_label_values(&[c.name.as_str(), s.as_str()])
+                    .set(i64::from(s == state));
+            }
+            for (i, k) in c.keys.iter().enumerate() {
+                let st = health.report(&HealthId::key(&c.name, k)).state;
+                self.key_up
+                    .with_label_values(&[c.name.as_str(), i.to_string().as_str()])
+                    .set(i64::from(st != HealthState::Suspended));
+            }
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! Hot reload triggers (A2): the config file changing on disk and SIGHUP. The admin
-//! API's `POST /admin/reload` calls `AppState::reload` directly.
+//! API's `POST /admin/reload` calls `AppState::reload` directly (`snapshot.rs` swaps).
 
 use crate::state::AppState;
 use async_trait::async_trait;
@@ -20,7 +20,7 @@ const SETTLE: Duration = Duration::from_millis(150);
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let path = self.state.config_path.clone();
+        let path = self.state.config.path().to_path_buf();
         let file_name = path.file_name().map(|n| n.to_os_string());
         // Watch the directory, not the file: editors and config managers replace the
         // file by renaming, which a watch on the old inode would miss.

@@ -2,6 +2,7 @@
 //! watcher, all sharing one `AppState`.
 
 use crate::accounts::Accounts;
+use crate::admin_backend::Admin;
 use crate::listeners::{self, Adopting, Bound};
 use crate::proxy::Weir;
 use crate::reload::Reloader;
@@ -160,7 +161,10 @@ fn add_services(server: &mut Server, state: &Arc<AppState>, proxy: Bound, admin:
             .config()
             .l4_buffer(pingora_core::protocols::l4::stream::L4BufferSettings::default().read(0)),
     );
-    let mut admin_service = Service::new("weir admin".to_string(), AdminApp::new(state.clone()));
+    let mut admin_service = Service::new(
+        "weir admin".to_string(),
+        AdminApp::new(Arc::new(Admin::new(state.clone()))),
+    );
     admin_service.add_listener(admin.config());
     admin_service.threads = Some(1);
     let reloader = background_service(

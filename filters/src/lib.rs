@@ -4,6 +4,7 @@
 //!
 //! | module | what | used by |
 //! |---|---|---|
+//! | `accounts` | keys, roles, groups, models as data, usage queries, their checks | store, admin, CLI |
 //! | `config` | the YAML, parsed whole, validated, indexed for the request path | everything |
 //! | `route` | gateway and endpoint of a request | `intake` |
 //! | `auth` | key position, database/regex/JWT checks | `admission` |
@@ -20,6 +21,7 @@
 //! | `mock` | the built-in `mock` channel | `exchange` |
 
 pub mod access;
+pub mod accounts;
 pub mod adapters;
 pub mod auth;
 pub mod cache_key;

@@ -17,6 +17,15 @@ pub enum Scope {
     Secret,
 }
 
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Ingress => "ingress",
+            Scope::Secret => "secret",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Window {
     Minute,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use weir_filters::adapters;
 use weir_filters::config::{Channel, Route};
 use weir_filters::failover::{Attempt, BackoffPolicy, Plan, Rules};
+use weir_filters::health::HealthPolicy;
 use weir_filters::GatewayError;
 
 pub async fn run(
@@ -103,7 +104,7 @@ pub async fn run(
 fn rules(req: &Request<'_>) -> Rules {
     let server = req.snap.server();
     Rules {
-        health: AppState::health_policy(req.snap),
+        health: HealthPolicy::from(&req.snap.server().health),
         backoff: BackoffPolicy {
             base: server.backoff.base.0,
             max: server.backoff.max.0,

@@ -3,6 +3,7 @@
 
 use super::ctx::Ctx;
 use crate::accounts::now_unix;
+use crate::logbuf::AccessLine;
 use crate::state::AppState;
 use crate::store::UsageEvent;
 use std::time::Duration;
@@ -131,26 +132,4 @@ pub fn record(state: &AppState, ctx: &Ctx, pingora_error: Option<&pingora_error:
             .unwrap_or(weir_filters::config::LogFormat::Text);
         crate::logbuf::access(&line, format);
     }
-}
-
-/// One access log line; field names as in the `tracing` lines for errors.
-#[derive(serde::Serialize)]
-pub struct AccessLine<'a> {
-    pub gateway: &'a str,
-    pub endpoint: &'a str,
-    pub model: &'a str,
-    pub channel: &'a str,
-    pub status: u16,
-    pub stream: bool,
-    pub latency_ms: f64,
-    pub ttft_ms: Option<f64>,
-    pub attempts: u32,
-    pub retries: u32,
-    pub failovers: u32,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub estimated: bool,
-    pub client_gone: bool,
-    pub cache: &'a str,
-    pub error: &'a str,
 }

@@ -24,7 +24,6 @@ mod models;
 mod relay;
 mod request;
 mod respond;
-pub use logging::AccessLine;
 
 use crate::state::AppState;
 use async_trait::async_trait;

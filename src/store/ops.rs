@@ -5,7 +5,7 @@ use crate::accounts::{AccountsSnapshot, KeyRecord, ModelRecord};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::HashMap;
 use std::sync::Arc;
-use weir_admin::api::{check_money, check_name, KeyPatch, ModelDef, NewGroup, NewKey, Role};
+use weir_filters::accounts::{check_money, check_name, KeyPatch, ModelDef, NewGroup, NewKey, Role};
 use weir_filters::auth::{generate_key, hash_key};
 use weir_filters::GatewayError;
 
@@ -34,7 +34,7 @@ pub fn meta_version(conn: &Connection) -> OpResult<i64> {
 }
 
 fn parse_expiry(v: &str) -> OpResult<i64> {
-    weir_admin::api::parse_time(v)
+    weir_filters::accounts::parse_time(v)
 }
 
 fn group_exists(tx: &Transaction<'_>, name: &str) -> OpResult<()> {
@@ -318,153 +318,112 @@ pub struct StoredMoney {
     pub gateway_tokens: HashMap<String, u64>,
 }
 
+/// Every row of a query, each mapped by `f`.
+fn all<T, P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> OpResult<Vec<T>> {
+    let mut stmt = conn.prepare(sql).map_err(db_err)?;
+    let rows = stmt.query_map(params, f).map_err(db_err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+}
+
 /// Reads keys, groups, grants and models.
 pub fn load_snapshot(conn: &Connection) -> OpResult<AccountsSnapshot> {
-    let mut key_models: HashMap<i64, Vec<String>> = HashMap::new();
-    let mut stmt = conn
-        .prepare("SELECT key_id, model FROM key_models ORDER BY model")
-        .map_err(db_err)?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-        .map_err(db_err)?;
-    for row in rows {
-        let (id, m) = row.map_err(db_err)?;
-        key_models.entry(id).or_default().push(m);
-    }
     let mut snap = AccountsSnapshot::default();
-    let mut stmt = conn
-        .prepare("SELECT id, name, key_hash, prefix, role, group_name, email, monthly_budget, expires_at, active, created_at FROM keys")
-        .map_err(db_err)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(2)?,
-                KeyRecord {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    prefix: r.get(3)?,
-                    role: Role::parse(&r.get::<_, String>(4)?).unwrap_or(Role::User),
-                    group: r.get(5)?,
-                    email: r.get(6)?,
-                    monthly_budget: r.get(7)?,
-                    expires_at: r.get(8)?,
-                    active: r.get(9)?,
-                    created_at: r.get(10)?,
-                    models: Vec::new(),
-                },
-            ))
-        })
-        .map_err(db_err)?;
-    for row in rows {
-        let (hash, mut key) = row.map_err(db_err)?;
-        key.models = key_models.remove(&key.id).unwrap_or_default();
+    for (hash, key) in load_keys(conn)? {
         let key = Arc::new(key);
         snap.keys_by_id.insert(key.id, key.clone());
         snap.keys_by_hash.insert(hash, key);
     }
-    let mut stmt = conn
-        .prepare("SELECT name, description FROM groups")
-        .map_err(db_err)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-        })
-        .map_err(db_err)?;
-    for row in rows {
-        let (name, desc) = row.map_err(db_err)?;
+    let groups = all(conn, "SELECT name, description FROM groups", [], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    })?;
+    for (name, desc) in groups {
         snap.groups.insert(name.clone(), Vec::new());
         snap.group_descriptions.insert(name, desc);
     }
-    let mut stmt = conn
-        .prepare("SELECT group_name, model FROM group_models ORDER BY model")
-        .map_err(db_err)?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .map_err(db_err)?;
-    for row in rows {
-        let (g, m) = row.map_err(db_err)?;
+    let sql = "SELECT group_name, model FROM group_models ORDER BY model";
+    for (g, m) in all(conn, sql, [], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))? {
         snap.groups.entry(g).or_default().push(m);
     }
-    let mut stmt = conn
-        .prepare("SELECT name, price_in, price_out, multimodal, config FROM models")
-        .map_err(db_err)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok(ModelRecord {
-                name: r.get(0)?,
-                price_in: r.get(1)?,
-                price_out: r.get(2)?,
-                multimodal: r.get(3)?,
-                config: r
-                    .get::<_, Option<String>>(4)?
-                    .and_then(|c| serde_json::from_str(&c).ok()),
-            })
+    let sql = "SELECT name, price_in, price_out, multimodal, config FROM models";
+    let models = all(conn, sql, [], |r| {
+        Ok(ModelRecord {
+            name: r.get(0)?,
+            price_in: r.get(1)?,
+            price_out: r.get(2)?,
+            multimodal: r.get(3)?,
+            config: r
+                .get::<_, Option<String>>(4)?
+                .and_then(|c| serde_json::from_str(&c).ok()),
         })
-        .map_err(db_err)?;
-    for row in rows {
-        let m = row.map_err(db_err)?;
+    })?;
+    for m in models {
         snap.models.insert(m.name.clone(), m);
     }
     snap.index_grants();
     Ok(snap)
 }
 
+/// Every key with its hash and its own model grants.
+fn load_keys(conn: &Connection) -> OpResult<Vec<(String, KeyRecord)>> {
+    let mut key_models: HashMap<i64, Vec<String>> = HashMap::new();
+    let sql = "SELECT key_id, model FROM key_models ORDER BY model";
+    for (id, m) in all(conn, sql, [], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?)))? {
+        key_models.entry(id).or_default().push(m);
+    }
+    let sql = "SELECT id, name, key_hash, prefix, role, group_name, email, monthly_budget, \
+               expires_at, active, created_at FROM keys";
+    let mut keys = all(conn, sql, [], |r| {
+        let key = KeyRecord {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            prefix: r.get(3)?,
+            role: Role::parse(&r.get::<_, String>(4)?).unwrap_or(Role::User),
+            group: r.get(5)?,
+            email: r.get(6)?,
+            monthly_budget: r.get(7)?,
+            expires_at: r.get(8)?,
+            active: r.get(9)?,
+            created_at: r.get(10)?,
+            models: Vec::new(),
+        };
+        Ok((r.get::<_, String>(2)?, key))
+    })?;
+    for (_, key) in &mut keys {
+        key.models = key_models.remove(&key.id).unwrap_or_default();
+    }
+    Ok(keys)
+}
+
 pub fn load_money(conn: &Connection, month: u32) -> OpResult<StoredMoney> {
-    let mut balances = HashMap::new();
-    let mut stmt = conn
-        .prepare("SELECT id, balance FROM keys")
-        .map_err(db_err)?;
-    for row in stmt
-        .query_map([], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<f64>>(1)?))
-        })
-        .map_err(db_err)?
-    {
-        let (id, b) = row.map_err(db_err)?;
-        balances.insert(id, b);
-    }
-    let mut spent = HashMap::new();
-    let mut stmt = conn
-        .prepare("SELECT key_id, cost FROM spend WHERE month = ?1")
-        .map_err(db_err)?;
-    for row in stmt
-        .query_map([month], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?)))
-        .map_err(db_err)?
-    {
-        let (id, c) = row.map_err(db_err)?;
-        spent.insert(id, c);
-    }
-    let mut gateway_tokens = HashMap::new();
-    let mut stmt = conn
-        .prepare("SELECT gateway, tokens FROM gateway_tokens")
-        .map_err(db_err)?;
-    for row in stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-        .map_err(db_err)?
-    {
-        let (g, t) = row.map_err(db_err)?;
-        gateway_tokens.insert(g, t.max(0) as u64);
-    }
+    let balances = all(conn, "SELECT id, balance FROM keys", [], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, Option<f64>>(1)?))
+    })?;
+    let sql = "SELECT key_id, cost FROM spend WHERE month = ?1";
+    let spent = all(conn, sql, [month], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?)))?;
+    let sql = "SELECT gateway, tokens FROM gateway_tokens";
+    let tokens = all(conn, sql, [], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+    })?;
     Ok(StoredMoney {
-        balances,
-        spent,
-        gateway_tokens,
+        balances: balances.into_iter().collect(),
+        spent: spent.into_iter().collect(),
+        gateway_tokens: tokens.into_iter().collect(),
     })
 }
 
 /// Fixed-window counts still current (the last two days).
 pub fn load_counters(conn: &Connection, since: i64) -> OpResult<Vec<(String, u64, u64)>> {
-    let mut stmt = conn
-        .prepare("SELECT scope, window_start, count FROM counters WHERE window_start >= ?1")
-        .map_err(db_err)?;
-    let rows = stmt
-        .query_map([since], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?.max(0) as u64,
-                r.get::<_, i64>(2)?.max(0) as u64,
-            ))
-        })
-        .map_err(db_err)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+    let sql = "SELECT scope, window_start, count FROM counters WHERE window_start >= ?1";
+    all(conn, sql, [since], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?.max(0) as u64,
+            r.get::<_, i64>(2)?.max(0) as u64,
+        ))
+    })
 }

@@ -4,7 +4,7 @@ use super::ops::{db_err, OpResult};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::Connection;
 use serde_json::{json, Value};
-use weir_admin::api::{UsageGroup, UsageQuery};
+use weir_filters::accounts::{UsageGroup, UsageQuery};
 
 /// Calls, tokens and cost grouped as asked.
 pub fn usage(conn: &Connection, q: &UsageQuery) -> OpResult<Vec<Value>> {

@@ -15,6 +15,16 @@ pub struct HealthPolicy {
     pub max_cooldown: Duration,
 }
 
+impl From<&crate::config::HealthConfig> for HealthPolicy {
+    fn from(h: &crate::config::HealthConfig) -> Self {
+        HealthPolicy {
+            failures: h.failures,
+            cooldown: h.cooldown.0,
+            max_cooldown: h.max_cooldown.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthState {

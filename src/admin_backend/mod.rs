@@ -1,0 +1,249 @@
+//! The gateway side of the admin API: runs the commands `weir_admin` routed and
+//! permitted, one short method per command; `views` renders the answers.
+
+mod views;
+
+use crate::accounts::now_unix;
+use crate::state::{AppState, ReloadOutcome};
+use crate::store::{ops, queries};
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use weir_admin::api::{Caller, Command};
+use weir_admin::{is_bootstrap_key, AdminBackend};
+use weir_filters::accounts::{KeyPatch, ModelDef, NewGroup, NewKey, Role, UsageGroup, UsageQuery};
+use weir_filters::auth::hash_key;
+use weir_filters::GatewayError;
+
+type Answer = Result<(u16, Value), GatewayError>;
+
+fn ok(v: Value) -> Answer {
+    Ok((200, v))
+}
+
+/// The admin plane over the running gateway's state.
+pub struct Admin {
+    state: Arc<AppState>,
+}
+
+impl Admin {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Admin { state }
+    }
+}
+
+#[async_trait]
+impl AdminBackend for Admin {
+    fn authenticate(&self, token: &str) -> Option<Caller> {
+        let state = &self.state;
+        if is_bootstrap_key(state.snapshot().server().admin_key.as_deref(), token) {
+            return Some(Caller::Admin { key_id: None });
+        }
+        let snap = state.accounts.snapshot();
+        let key = snap.keys_by_hash.get(&hash_key(token))?;
+        if !key.active || key.expires_at.is_some_and(|t| t <= now_unix()) {
+            return None;
+        }
+        Some(match key.role {
+            Role::Admin => Caller::Admin {
+                key_id: Some(key.id),
+            },
+            Role::User => Caller::User { key_id: key.id },
+        })
+    }
+
+    async fn execute(&self, caller: Caller, cmd: Command) -> Answer {
+        let state = &self.state;
+        match cmd {
+            Command::Reload => self.reload(),
+            Command::Channels => ok(views::channels(state)),
+            Command::Config => {
+                ok(json!({"version": state.version(), "config": state.snapshot().redacted_json()}))
+            }
+            Command::CreateKey(new) => self.create_key(new).await,
+            Command::ListKeys => ok(views::keys(state)),
+            Command::GetKey(id) => ok(views::key_by_id(state, id)?),
+            Command::UpdateKey(id, patch) => self.update_key(id, patch).await,
+            Command::ResetKey(id) => self.reset_key(id).await,
+            Command::TopUp(id, amount) => self.top_up(id, amount).await,
+            Command::DeleteKey(id) => self.delete_key(id).await,
+            Command::ListGroups => ok(views::groups(state)),
+            Command::CreateGroup(g) => self.create_group(g).await,
+            Command::DeleteGroup(name) => self.delete_group(name).await,
+            Command::SetGroupModels(name, models) => self.set_group_models(name, models).await,
+            Command::ListModels => ok(views::models(state)),
+            Command::PutModel(m) => self.put_model(m).await,
+            Command::DeleteModel(name) => self.delete_model(name).await,
+            Command::Usage(q) => {
+                let rows = state.store.read(move |c| queries::usage(c, &q)).await?;
+                ok(json!({"usage": rows}))
+            }
+            Command::Gateways => self.gateways().await,
+            Command::Me => match caller {
+                Caller::Admin { key_id: None } => ok(json!({"role": "admin", "bootstrap": true})),
+                Caller::Admin { key_id: Some(id) } | Caller::User { key_id: id } => {
+                    ok(views::key_by_id(state, id)?)
+                }
+            },
+            Command::MyUsage(q) => self.my_usage(caller, q).await,
+        }
+    }
+
+    fn metrics(&self) -> Vec<u8> {
+        let state = &self.state;
+        state
+            .metrics
+            .refresh_health(&state.snapshot(), &state.health);
+        state.metrics.render()
+    }
+}
+
+impl Admin {
+    fn reload(&self) -> Answer {
+        // File I/O and parsing: keep it off the async worker.
+        let outcome =
+            tokio::task::block_in_place(|| self.state.reload("admin")).map_err(|problems| {
+                GatewayError::BadRequest(format!(
+                    "config rejected, the previous config keeps serving: {problems}"
+                ))
+            })?;
+        let (reloaded, version) = match outcome {
+            ReloadOutcome::Reloaded { version } => (true, version),
+            ReloadOutcome::Unchanged { version } => (false, version),
+        };
+        ok(json!({"reloaded": reloaded, "version": version}))
+    }
+
+    /// A key's view with its new secret, shown this once.
+    fn with_secret(&self, id: i64, secret: String, note: &str) -> Result<Value, GatewayError> {
+        let mut view = views::key_by_id(&self.state, id)?;
+        view["key"] = Value::from(secret);
+        view["note"] = Value::from(note);
+        Ok(view)
+    }
+
+    async fn create_key(&self, new: NewKey) -> Answer {
+        let now = now_unix();
+        let (id, secret) = self
+            .state
+            .store
+            .call(true, move |c| ops::create_key(c, &new, now))
+            .await?;
+        let view = self.with_secret(
+            id,
+            secret,
+            "the key is shown this once; weir keeps only its hash",
+        )?;
+        Ok((201, view))
+    }
+
+    async fn update_key(&self, id: i64, patch: KeyPatch) -> Answer {
+        let store = &self.state.store;
+        store
+            .call(true, move |c| ops::update_key(c, id, &patch))
+            .await?;
+        ok(views::key_by_id(&self.state, id)?)
+    }
+
+    async fn reset_key(&self, id: i64) -> Answer {
+        let store = &self.state.store;
+        let secret = store.call(true, move |c| ops::reset_key(c, id)).await?;
+        ok(self.with_secret(
+            id,
+            secret,
+            "the old key stopped working; the new one is shown this once",
+        )?)
+    }
+
+    async fn top_up(&self, id: i64, amount: f64) -> Answer {
+        let store = &self.state.store;
+        store
+            .call(true, move |c| ops::top_up(c, id, amount))
+            .await?;
+        ok(views::key_by_id(&self.state, id)?)
+    }
+
+    async fn delete_key(&self, id: i64) -> Answer {
+        let store = &self.state.store;
+        store.call(true, move |c| ops::delete_key(c, id)).await?;
+        ok(json!({"deleted": id}))
+    }
+
+    async fn create_group(&self, g: NewGroup) -> Answer {
+        let name = g.name.clone();
+        let store = &self.state.store;
+        store.call(true, move |c| ops::create_group(c, &g)).await?;
+        Ok((201, json!({"created": name})))
+    }
+
+    async fn delete_group(&self, name: String) -> Answer {
+        let n = name.clone();
+        let store = &self.state.store;
+        store.call(true, move |c| ops::delete_group(c, &n)).await?;
+        ok(json!({"deleted": name}))
+    }
+
+    async fn set_group_models(&self, name: String, models: Vec<String>) -> Answer {
+        let (n, m) = (name.clone(), models.clone());
+        let store = &self.state.store;
+        store
+            .call(true, move |c| ops::set_group_models(c, &n, &m))
+            .await?;
+        ok(json!({"group": name, "models": models}))
+    }
+
+    async fn put_model(&self, m: ModelDef) -> Answer {
+        let view = serde_json::to_value(&m).unwrap_or(Value::Null);
+        let store = &self.state.store;
+        store.call(true, move |c| ops::upsert_model(c, &m)).await?;
+        ok(view)
+    }
+
+    async fn delete_model(&self, name: String) -> Answer {
+        let n = name.clone();
+        let store = &self.state.store;
+        store.call(true, move |c| ops::delete_model(c, &n)).await?;
+        ok(json!({"deleted": name}))
+    }
+
+    /// Per gateway: tokens against the quota, and calls per hour today (G8).
+    async fn gateways(&self) -> Answer {
+        let now = now_unix();
+        let day_start = now - now.rem_euclid(86_400);
+        let hourly = self
+            .state
+            .store
+            .read(move |c| queries::hourly(c, day_start))
+            .await?;
+        ok(views::gateways(&self.state, day_start, &hourly))
+    }
+
+    /// The calling key's own usage by day (unless grouped otherwise) and its last calls.
+    async fn my_usage(&self, caller: Caller, q: UsageQuery) -> Answer {
+        let id = match caller {
+            Caller::Admin { key_id: Some(id) } | Caller::User { key_id: id } => id,
+            Caller::Admin { key_id: None } => {
+                return Err(GatewayError::BadRequest(
+                    "the bootstrap admin key has no usage of its own; see /admin/usage".into(),
+                ))
+            }
+        };
+        if q.key_id.is_some_and(|k| k != id) {
+            return Err(GatewayError::Forbidden {
+                code: "admin_only",
+                message: "/admin/me/usage shows the calling key's own usage only".into(),
+            });
+        }
+        let q = UsageQuery {
+            key_id: Some(id),
+            group_by: q.group_by.or(Some(UsageGroup::Day)),
+            ..q
+        };
+        let (rows, calls) = self
+            .state
+            .store
+            .read(move |c| Ok((queries::usage(c, &q)?, queries::recent_calls(c, id, 50)?)))
+            .await?;
+        ok(json!({"key": views::key_by_id(&self.state, id)?, "usage": rows, "recent_calls": calls}))
+    }
+}

@@ -1,0 +1,185 @@
+//! The admin API's JSON views of the running gateway: keys with their money,
+//! channels with their health, gateways with their quota, the group and model
+//! registries. Never a secret: keys by prefix, provider keys by hint.
+
+use crate::accounts::{now_unix, KeyRecord};
+use crate::state::AppState;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use weir_filters::config;
+use weir_filters::health::HealthId;
+use weir_filters::GatewayError;
+
+pub fn rfc3339(unix: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+/// A key as the admin API shows it: never its secret, with its money.
+pub fn key(state: &AppState, k: &KeyRecord) -> Value {
+    let (balance, spent) = state.accounts.money_of(k.id, now_unix());
+    let snap = state.accounts.snapshot();
+    let granted = snap.granted(k).map(|g| {
+        let mut v: Vec<String> = g.iter().cloned().collect();
+        v.sort();
+        v
+    });
+    json!({
+        "id": k.id,
+        "name": k.name,
+        "role": k.role.as_str(),
+        "group": k.group,
+        "email": k.email,
+        "prefix": k.prefix,
+        "models": k.models,
+        "usable_models": granted.map(Value::from).unwrap_or_else(|| Value::from("*")),
+        "monthly_budget": k.monthly_budget,
+        "spent_this_month": spent,
+        "balance": balance,
+        "expires_at": k.expires_at.and_then(rfc3339),
+        "active": k.active,
+        "created_at": rfc3339(k.created_at),
+    })
+}
+
+pub fn key_by_id(state: &AppState, id: i64) -> Result<Value, GatewayError> {
+    let snap = state.accounts.snapshot();
+    let k = snap
+        .keys_by_id
+        .get(&id)
+        .ok_or_else(|| GatewayError::NotFound(format!("no key with id {id}")))?;
+    Ok(key(state, k))
+}
+
+pub fn keys(state: &AppState) -> Value {
+    let snap = state.accounts.snapshot();
+    let mut keys: Vec<_> = snap.keys_by_id.values().collect();
+    keys.sort_by_key(|k| k.id);
+    json!({"keys": keys.iter().map(|k| key(state, k)).collect::<Vec<_>>()})
+}
+
+/// Channels and keys with their health.
+pub fn channels(state: &AppState) -> Value {
+    let rt = state.snapshot();
+    let channels: Vec<Value> = rt.channels.iter().map(|c| channel(state, &rt, c)).collect();
+    json!({"version": state.version(), "channels": channels})
+}
+
+fn channel(state: &AppState, rt: &config::Runtime, c: &config::Channel) -> Value {
+    let keys: Vec<Value> = c
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let r = state.health.report(&HealthId::key(&c.name, k));
+            json!({"index": i, "hint": config::key_hint(k), "health": r})
+        })
+        .collect();
+    let upstream = c.upstream.as_ref().map(|u| {
+        let scheme = if u.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}", u.authority, u.base_path)
+    });
+    let enabled = rt
+        .file
+        .channels
+        .iter()
+        .find(|f| f.name == c.name)
+        .map(|f| f.enabled);
+    json!({
+        "name": c.name,
+        "type": c.kind.as_str(),
+        "upstream": upstream,
+        "enabled": enabled,
+        "priority": c.priority,
+        "weight": c.weight,
+        "retries": c.retries,
+        "models": c.exposed,
+        "health": state.health.report(&HealthId::channel(&c.name)),
+        "keys": keys,
+    })
+}
+
+/// Per gateway: tokens against the quota, and calls and tokens per hour of the day
+/// that starts at `day_start` (G8), from the store's `(gateway, hour, calls, tokens)`.
+pub fn gateways(state: &AppState, day_start: i64, hourly: &[(String, i64, i64, i64)]) -> Value {
+    let rt = state.snapshot();
+    let list: Vec<Value> = rt
+        .file
+        .gateways
+        .iter()
+        .map(|g| {
+            let mut calls = vec![0i64; 24];
+            let mut tokens = vec![0i64; 24];
+            for (_, h, c, t) in hourly.iter().filter(|row| row.0 == g.name) {
+                if let Some(slot) = usize::try_from(*h).ok().filter(|h| *h < 24) {
+                    calls[slot] = *c;
+                    tokens[slot] = *t;
+                }
+            }
+            json!({
+                "name": g.name,
+                "path": g.path,
+                "token_quota": g.token_quota,
+                "tokens_used": state.accounts.tokens_used(&g.name),
+                "today": rfc3339(day_start),
+                "calls_per_hour_today": calls,
+                "tokens_per_hour_today": tokens,
+            })
+        })
+        .collect();
+    json!({"gateways": list})
+}
+
+/// Groups with their models and how many keys belong to each, by name.
+pub fn groups(state: &AppState) -> Value {
+    let snap = state.accounts.snapshot();
+    let mut groups: Vec<Value> = snap
+        .groups
+        .iter()
+        .map(|(name, models)| {
+            let keys = snap
+                .keys_by_id
+                .values()
+                .filter(|k| &k.group == name)
+                .count();
+            json!({
+                "name": name,
+                "description": snap.group_descriptions.get(name).cloned().flatten(),
+                "models": models,
+                "keys": keys,
+            })
+        })
+        .collect();
+    groups.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    json!({"groups": groups})
+}
+
+/// The model registry: the file's models, overridden by the store's.
+pub fn models(state: &AppState) -> Value {
+    let rt = state.snapshot();
+    let snap = state.accounts.snapshot();
+    let mut out: BTreeMap<String, Value> = rt
+        .file
+        .models
+        .iter()
+        .map(|m| {
+            let v = json!({
+                "name": m.name,
+                "price_in": m.price_in,
+                "price_out": m.price_out,
+                "multimodal": m.multimodal,
+                "config": m.config,
+                "source": "file",
+            });
+            (m.name.clone(), v)
+        })
+        .collect();
+    for m in snap.models.values() {
+        let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
+        v["source"] = Value::from("store");
+        out.insert(m.name.clone(), v);
+    }
+    json!({"models": out.into_values().collect::<Vec<_>>()})
+}
