@@ -99,7 +99,12 @@ pub fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), String> {
     )));
     let accounts = Arc::new(Accounts::default());
     let storage = rt.file.storage.clone();
-    let store = Store::open(&storage.sqlite, storage.flush_interval.0, accounts.clone())?;
+    let store = Store::open(
+        &storage.sqlite,
+        storage.flush_interval.0,
+        &rt.file.logs,
+        accounts.clone(),
+    )?;
     let state = Arc::new(AppState::new(path, text, rt, connector, accounts, store)?);
 
     // Bound before anything is served, and exactly as configured: see `listeners`.

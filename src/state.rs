@@ -119,5 +119,6 @@ impl AppState {
             }
         }
         self.cache.resize(cache_budget(&new.cache));
+        self.store.retention().set(&new.file.logs);
     }
 }

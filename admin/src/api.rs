@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use weir_filters::accounts::{KeyPatch, ModelDef, NewGroup, NewKey, UsageQuery};
+use weir_filters::calllog::{ExportFormat, LogQuery};
 use weir_filters::GatewayError;
 
 /// Who calls the admin API.
@@ -44,6 +45,12 @@ pub enum Command {
     Gateways,
     Me,
     MyUsage(UsageQuery),
+    /// `GET /admin/logs`: a page of the call log.
+    Logs(LogQuery),
+    /// `GET /admin/logs/{id}`: one call with its bodies.
+    Log(i64),
+    /// `GET /admin/logs/export`: every row the filters select, streamed.
+    ExportLogs(LogQuery, ExportFormat),
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
@@ -137,6 +144,15 @@ pub fn route(method: &str, path: &str, query: &str, body: &[u8]) -> Result<Comma
         (["gateways"], "GET") => Gateways,
         (["me"], "GET") => Me,
         (["me", "usage"], "GET") => MyUsage(UsageQuery::parse(query)?),
+        (["logs"], "GET") => Logs(LogQuery::parse(query, false)?.0),
+        (["logs", "export"], "GET") => {
+            let (q, format) = LogQuery::parse(query, true)?;
+            ExportLogs(q, format)
+        }
+        (["logs", id], "GET") => Log(
+            id.parse()
+                .map_err(|_| GatewayError::BadRequest(format!("`{id}` is not a call id")))?,
+        ),
         (
             ["reload"]
             | ["channels"]
@@ -152,7 +168,9 @@ pub fn route(method: &str, path: &str, query: &str, body: &[u8]) -> Result<Comma
             | ["usage"]
             | ["gateways"]
             | ["me"]
-            | ["me", "usage"],
+            | ["me", "usage"]
+            | ["logs"]
+            | ["logs", _],
             _,
         ) => return Err(wrong()),
         _ => return Err(not_found()),
@@ -166,7 +184,9 @@ pub fn permitted(caller: Caller, cmd: &Command) -> Result<(), GatewayError> {
         Caller::User { key_id } => key_id,
     };
     let allowed = match cmd {
-        Command::Me | Command::MyUsage(_) => true,
+        // The backend scopes these to the caller's own rows.
+        Command::Me | Command::MyUsage(_) | Command::Log(_) => true,
+        Command::Logs(q) | Command::ExportLogs(q, _) => q.key_id.is_none_or(|k| k == own),
         Command::GetKey(id) => *id == own,
         Command::Usage(q) => q.key_id == Some(own),
         _ => false,
@@ -176,7 +196,7 @@ pub fn permitted(caller: Caller, cmd: &Command) -> Result<(), GatewayError> {
     } else {
         Err(GatewayError::Forbidden {
             code: "admin_only",
-            message: "a user key may read only its own key and usage (/admin/me, /admin/me/usage)"
+            message: "a user key may read only its own key, usage and calls (/admin/me, /admin/me/usage, /admin/logs)"
                 .into(),
         })
     }

@@ -3,9 +3,12 @@
 //! [`AdminBackend`]; this crate only routes, authenticates and shapes JSON.
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::{Response, StatusCode};
-use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_http::ResponseHeader;
 use serde_json::json;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -16,14 +19,39 @@ use weir_filters::GatewayError;
 pub trait AdminBackend: Send + Sync + 'static {
     /// Who holds this bearer token: the bootstrap admin key or a stored key.
     fn authenticate(&self, token: &str) -> Option<api::Caller>;
-    /// Runs a command the caller is permitted; returns the status and JSON answer.
-    async fn execute(
-        &self,
-        caller: api::Caller,
-        cmd: api::Command,
-    ) -> Result<(u16, serde_json::Value), GatewayError>;
+    /// Runs a command the caller is permitted.
+    async fn execute(&self, caller: api::Caller, cmd: api::Command) -> Result<Answer, GatewayError>;
     /// Prometheus text exposition.
     fn metrics(&self) -> Vec<u8>;
+}
+
+/// What a command answers: JSON, or a body streamed as it is produced (exports).
+pub enum Answer {
+    Json(u16, serde_json::Value),
+    Stream {
+        content_type: &'static str,
+        /// The download's file name (`Content-Disposition`).
+        filename: String,
+        /// The body in pieces; an `Err` ends it early, and the client sees the
+        /// transfer cut off rather than a body that looks whole.
+        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+    },
+}
+
+/// A response about to be written.
+enum Reply {
+    Full(Response<Vec<u8>>),
+    Stream {
+        content_type: &'static str,
+        filename: String,
+        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+    },
+}
+
+impl From<Response<Vec<u8>>> for Reply {
+    fn from(r: Response<Vec<u8>>) -> Self {
+        Reply::Full(r)
+    }
 }
 
 pub struct AdminApp<B: AdminBackend> {
@@ -86,8 +114,105 @@ pub fn is_bootstrap_key(expected: Option<&str>, token: &str) -> bool {
 }
 
 #[async_trait]
-impl<B: AdminBackend> ServeHttp for AdminApp<B> {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+impl<B: AdminBackend> HttpServerApp for AdminApp<B> {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return None,
+        }
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let written = match self.handle(&mut session).await {
+            Reply::Full(r) => write_full(&mut session, r).await,
+            Reply::Stream {
+                content_type,
+                filename,
+                chunks,
+            } => write_stream(&mut session, content_type, &filename, chunks).await,
+        };
+        if written.is_err() {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        session
+            .finish()
+            .await
+            .ok()
+            .flatten()
+            .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+    }
+}
+
+async fn write_full(session: &mut ServerSession, r: Response<Vec<u8>>) -> pingora_core::Result<()> {
+    let (parts, body) = r.into_parts();
+    let header: ResponseHeader = parts.into();
+    session.write_response_header(Box::new(header)).await?;
+    session.write_response_body(Bytes::from(body), true).await?;
+    Ok(())
+}
+
+/// A chunked body, written as the backend produces it; an error mid-way cuts the
+/// connection, so a partial export never looks complete.
+async fn write_stream(
+    session: &mut ServerSession,
+    content_type: &'static str,
+    filename: &str,
+    mut chunks: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+) -> pingora_core::Result<()> {
+    let mut h = ResponseHeader::build(200, Some(4))?;
+    h.insert_header("content-type", content_type)?;
+    h.insert_header(
+        "content-disposition",
+        format!("attachment; filename=\"{filename}\""),
+    )?;
+    h.insert_header("transfer-encoding", "chunked")?;
+    session.write_response_header(Box::new(h)).await?;
+    while let Some(chunk) = chunks.recv().await {
+        match chunk {
+            Ok(bytes) => session.write_response_body(bytes, false).await?,
+            Err(e) => {
+                session.set_keepalive(None);
+                return Err(pingora_core::Error::explain(
+                    pingora_core::ErrorType::WriteError,
+                    format!("export stopped: {e}"),
+                ));
+            }
+        }
+    }
+    session.write_response_body(Bytes::new(), true).await?;
+    Ok(())
+}
+
+impl<B: AdminBackend> AdminApp<B> {
+    /// Reads (and bounds) the body so keep-alive stays correct.
+    async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, GatewayError> {
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > MAX_ADMIN_BODY {
+                        session.set_keepalive(None);
+                        return Err(GatewayError::BodyTooLarge {
+                            limit: MAX_ADMIN_BODY as u64,
+                        });
+                    }
+                }
+                Ok(None) => return Ok(body),
+                Err(_) => {
+                    session.set_keepalive(None);
+                    return Err(GatewayError::BadRequest(
+                        "cannot read the request body".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, session: &mut ServerSession) -> Reply {
         let method = session.req_header().method.as_str().to_string();
         let path = session.req_header().uri.path().to_string();
         let auth = session
@@ -96,62 +221,62 @@ impl<B: AdminBackend> ServeHttp for AdminApp<B> {
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-
-        // Read (and bound) the body so keep-alive stays correct.
-        let mut body = Vec::new();
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    body.extend_from_slice(&chunk);
-                    if body.len() > MAX_ADMIN_BODY {
-                        session.set_keepalive(None);
-                        return error_response(&GatewayError::BodyTooLarge {
-                            limit: MAX_ADMIN_BODY as u64,
-                        });
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    session.set_keepalive(None);
-                    return error_response(&GatewayError::BadRequest(
-                        "cannot read the request body".into(),
-                    ));
-                }
-            }
-        }
-
+        let body = match Self::read_body(session).await {
+            Ok(b) => b,
+            Err(e) => return error_response(&e).into(),
+        };
         let query = session.req_header().uri.query().unwrap_or("").to_string();
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {
-                respond(200, "text/plain; version=0.0.4", self.backend.metrics())
+                respond(200, "text/plain; version=0.0.4", self.backend.metrics()).into()
             }
-            ("GET", "/health") => json_response(200, &json!({"status": "ok"})),
+            ("GET", "/health") => json_response(200, &json!({"status": "ok"})).into(),
             (_, p) if p == "/admin" || p.starts_with("/admin/") => {
-                let Some(token) = bearer(auth.as_deref()) else {
-                    return error_response(&GatewayError::AdminUnauthorized(
-                        "missing `Authorization: Bearer <key>`".into(),
-                    ));
-                };
-                let Some(caller) = self.backend.authenticate(token) else {
-                    return error_response(&GatewayError::AdminUnauthorized(
-                        "invalid admin key".into(),
-                    ));
-                };
-                let result = async {
-                    let cmd = api::route(&method, p, &query, &body)?;
-                    api::permitted(caller, &cmd)?;
-                    self.backend.execute(caller, cmd).await
-                }
-                .await;
-                match result {
-                    Ok((status, v)) => json_response(status, &v),
-                    Err(e) => error_response(&e),
-                }
+                self.admin(&method, p, &query, &body, auth.as_deref()).await
             }
             ("GET", _) | ("POST", _) => {
-                error_response(&GatewayError::RouteNotFound { method, path })
+                error_response(&GatewayError::RouteNotFound { method, path }).into()
             }
-            _ => error_response(&GatewayError::MethodNotAllowed { method, path }),
+            _ => error_response(&GatewayError::MethodNotAllowed { method, path }).into(),
+        }
+    }
+
+    async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: &[u8],
+        auth: Option<&str>,
+    ) -> Reply {
+        let Some(token) = bearer(auth) else {
+            return error_response(&GatewayError::AdminUnauthorized(
+                "missing `Authorization: Bearer <key>`".into(),
+            ))
+            .into();
+        };
+        let Some(caller) = self.backend.authenticate(token) else {
+            return error_response(&GatewayError::AdminUnauthorized("invalid admin key".into()))
+                .into();
+        };
+        let result = async {
+            let cmd = api::route(method, path, query, body)?;
+            api::permitted(caller, &cmd)?;
+            self.backend.execute(caller, cmd).await
+        }
+        .await;
+        match result {
+            Ok(Answer::Json(status, v)) => json_response(status, &v).into(),
+            Ok(Answer::Stream {
+                content_type,
+                filename,
+                chunks,
+            }) => Reply::Stream {
+                content_type,
+                filename,
+                chunks,
+            },
+            Err(e) => error_response(&e).into(),
         }
     }
 }

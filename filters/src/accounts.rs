@@ -210,6 +210,14 @@ pub fn parse_time(v: &str) -> Result<i64, GatewayError> {
     })
 }
 
+/// RFC 3339 of unix seconds, UTC (`None` outside the years 1970 to 9999).
+pub fn format_time(unix: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
 fn humantime_rfc3339(s: &str) -> Option<i64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     Some(t.unix_timestamp())

@@ -5,6 +5,7 @@
 //! | module | what | used by |
 //! |---|---|---|
 //! | `accounts` | keys, roles, groups, models as data, usage queries, their checks | store, admin, CLI |
+//! | `calllog` | call log queries, cursors, what of a failed call is kept | admin, store, `logging` |
 //! | `config` | the YAML, parsed whole, validated, indexed for the request path | everything |
 //! | `route` | gateway and endpoint of a request | `intake` |
 //! | `auth` | key position, database/regex/JWT checks | `admission` |
@@ -25,6 +26,7 @@ pub mod accounts;
 pub mod adapters;
 pub mod auth;
 pub mod cache_key;
+pub mod calllog;
 pub mod config;
 pub mod error;
 pub mod failover;

@@ -377,6 +377,29 @@ pub fn json_usage(body: &[u8]) -> (Option<Usage>, String) {
     }
 }
 
+/// The code of an upstream's JSON error body: OpenAI's `error.code`, else its
+/// `error.type` (Anthropic's too), else Gemini's `error.status`. Long or odd values
+/// are not codes.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct E {
+        error: Inner,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        code: Option<serde_json::Value>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        status: Option<String>,
+    }
+    let e: E = serde_json::from_slice(body).ok()?;
+    match e.error.code {
+        Some(serde_json::Value::String(s)) if s.len() <= 64 => Some(s),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => e.error.kind.or(e.error.status).filter(|k| k.len() <= 64),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,5 +576,15 @@ mod tests {
         let (u, _) = json_usage(br#"{"data":[],"usage":{"prompt_tokens":4,"total_tokens":4}}"#);
         assert_eq!(u.unwrap().total_tokens, 4);
         assert_eq!(json_usage(b"not json").0, None);
+    }
+
+    #[test]
+    fn error_codes_of_each_provider() {
+        let code = |b: &str| error_code(b.as_bytes());
+        assert_eq!(code(r#"{"error":{"code":"invalid_api_key","type":"x"}}"#).as_deref(), Some("invalid_api_key"));
+        assert_eq!(code(r#"{"type":"error","error":{"type":"overloaded_error"}}"#).as_deref(), Some("overloaded_error"));
+        assert_eq!(code(r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED"}}"#).as_deref(), Some("429"));
+        assert_eq!(code(r#"{"error":{"code":null,"status":"UNAVAILABLE"}}"#).as_deref(), Some("UNAVAILABLE"));
+        assert_eq!(code("not json"), None);
     }
 }

@@ -5,20 +5,21 @@ mod views;
 
 use crate::accounts::now_unix;
 use crate::state::{AppState, ReloadOutcome};
-use crate::store::{ops, queries};
+use crate::store::{calllog, ops, queries};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use weir_admin::api::{Caller, Command};
-use weir_admin::{is_bootstrap_key, AdminBackend};
+use weir_admin::{is_bootstrap_key, AdminBackend, Answer};
 use weir_filters::accounts::{KeyPatch, ModelDef, NewGroup, NewKey, Role, UsageGroup, UsageQuery};
 use weir_filters::auth::hash_key;
+use weir_filters::calllog::{ExportFormat, LogQuery};
 use weir_filters::GatewayError;
 
-type Answer = Result<(u16, Value), GatewayError>;
+type Reply = Result<Answer, GatewayError>;
 
-fn ok(v: Value) -> Answer {
-    Ok((200, v))
+fn ok(v: Value) -> Reply {
+    Ok(Answer::Json(200, v))
 }
 
 /// The admin plane over the running gateway's state.
@@ -52,7 +53,7 @@ impl AdminBackend for Admin {
         })
     }
 
-    async fn execute(&self, caller: Caller, cmd: Command) -> Answer {
+    async fn execute(&self, caller: Caller, cmd: Command) -> Reply {
         let state = &self.state;
         match cmd {
             Command::Reload => self.reload(),
@@ -86,6 +87,23 @@ impl AdminBackend for Admin {
                 }
             },
             Command::MyUsage(q) => self.my_usage(caller, q).await,
+            Command::Logs(q) => self.logs(caller, q).await,
+            Command::Log(id) => self.log(caller, id).await,
+            Command::ExportLogs(q, format) => {
+                let q = scoped(caller, q);
+                let name = match format {
+                    ExportFormat::Csv => "weir-calls.csv",
+                    ExportFormat::Ndjson => "weir-calls.ndjson",
+                };
+                Ok(Answer::Stream {
+                    content_type: match format {
+                        ExportFormat::Csv => "text/csv; charset=utf-8",
+                        ExportFormat::Ndjson => "application/x-ndjson",
+                    },
+                    filename: name.into(),
+                    chunks: state.store.export(q, format),
+                })
+            }
         }
     }
 
@@ -98,8 +116,42 @@ impl AdminBackend for Admin {
     }
 }
 
+/// A user key's log queries see its own rows only.
+fn scoped(caller: Caller, q: LogQuery) -> LogQuery {
+    match caller {
+        Caller::User { key_id } => LogQuery {
+            key_id: Some(key_id),
+            ..q
+        },
+        Caller::Admin { .. } => q,
+    }
+}
+
 impl Admin {
-    fn reload(&self) -> Answer {
+    async fn logs(&self, caller: Caller, q: LogQuery) -> Reply {
+        let q = scoped(caller, q);
+        let (rows, next) = self
+            .state
+            .store
+            .read(move |c| calllog::page(c, &q))
+            .await?;
+        ok(json!({"data": rows, "next": next}))
+    }
+
+    async fn log(&self, caller: Caller, id: i64) -> Reply {
+        let own = match caller {
+            Caller::User { key_id } => Some(key_id),
+            Caller::Admin { .. } => None,
+        };
+        let row = self
+            .state
+            .store
+            .read(move |c| calllog::one(c, id, own))
+            .await?;
+        ok(row.ok_or_else(|| GatewayError::NotFound(format!("no call with id {id}")))?)
+    }
+
+    fn reload(&self) -> Reply {
         // File I/O and parsing: keep it off the async worker.
         let outcome =
             tokio::task::block_in_place(|| self.state.reload("admin")).map_err(|problems| {
@@ -122,7 +174,7 @@ impl Admin {
         Ok(view)
     }
 
-    async fn create_key(&self, new: NewKey) -> Answer {
+    async fn create_key(&self, new: NewKey) -> Reply {
         let now = now_unix();
         let (id, secret) = self
             .state
@@ -134,10 +186,10 @@ impl Admin {
             secret,
             "the key is shown this once; weir keeps only its hash",
         )?;
-        Ok((201, view))
+        Ok(Answer::Json(201, view))
     }
 
-    async fn update_key(&self, id: i64, patch: KeyPatch) -> Answer {
+    async fn update_key(&self, id: i64, patch: KeyPatch) -> Reply {
         let store = &self.state.store;
         store
             .call(true, move |c| ops::update_key(c, id, &patch))
@@ -145,7 +197,7 @@ impl Admin {
         ok(views::key_by_id(&self.state, id)?)
     }
 
-    async fn reset_key(&self, id: i64) -> Answer {
+    async fn reset_key(&self, id: i64) -> Reply {
         let store = &self.state.store;
         let secret = store.call(true, move |c| ops::reset_key(c, id)).await?;
         ok(self.with_secret(
@@ -155,7 +207,7 @@ impl Admin {
         )?)
     }
 
-    async fn top_up(&self, id: i64, amount: f64) -> Answer {
+    async fn top_up(&self, id: i64, amount: f64) -> Reply {
         let store = &self.state.store;
         store
             .call(true, move |c| ops::top_up(c, id, amount))
@@ -163,27 +215,27 @@ impl Admin {
         ok(views::key_by_id(&self.state, id)?)
     }
 
-    async fn delete_key(&self, id: i64) -> Answer {
+    async fn delete_key(&self, id: i64) -> Reply {
         let store = &self.state.store;
         store.call(true, move |c| ops::delete_key(c, id)).await?;
         ok(json!({"deleted": id}))
     }
 
-    async fn create_group(&self, g: NewGroup) -> Answer {
+    async fn create_group(&self, g: NewGroup) -> Reply {
         let name = g.name.clone();
         let store = &self.state.store;
         store.call(true, move |c| ops::create_group(c, &g)).await?;
-        Ok((201, json!({"created": name})))
+        Ok(Answer::Json(201, json!({"created": name})))
     }
 
-    async fn delete_group(&self, name: String) -> Answer {
+    async fn delete_group(&self, name: String) -> Reply {
         let n = name.clone();
         let store = &self.state.store;
         store.call(true, move |c| ops::delete_group(c, &n)).await?;
         ok(json!({"deleted": name}))
     }
 
-    async fn set_group_models(&self, name: String, models: Vec<String>) -> Answer {
+    async fn set_group_models(&self, name: String, models: Vec<String>) -> Reply {
         let (n, m) = (name.clone(), models.clone());
         let store = &self.state.store;
         store
@@ -192,14 +244,14 @@ impl Admin {
         ok(json!({"group": name, "models": models}))
     }
 
-    async fn put_model(&self, m: ModelDef) -> Answer {
+    async fn put_model(&self, m: ModelDef) -> Reply {
         let view = serde_json::to_value(&m).unwrap_or(Value::Null);
         let store = &self.state.store;
         store.call(true, move |c| ops::upsert_model(c, &m)).await?;
         ok(view)
     }
 
-    async fn delete_model(&self, name: String) -> Answer {
+    async fn delete_model(&self, name: String) -> Reply {
         let n = name.clone();
         let store = &self.state.store;
         store.call(true, move |c| ops::delete_model(c, &n)).await?;
@@ -207,7 +259,7 @@ impl Admin {
     }
 
     /// Per gateway: tokens against the quota, and calls per hour today (G8).
-    async fn gateways(&self) -> Answer {
+    async fn gateways(&self) -> Reply {
         let now = now_unix();
         let day_start = now - now.rem_euclid(86_400);
         let hourly = self
@@ -219,7 +271,7 @@ impl Admin {
     }
 
     /// The calling key's own usage by day (unless grouped otherwise) and its last calls.
-    async fn my_usage(&self, caller: Caller, q: UsageQuery) -> Answer {
+    async fn my_usage(&self, caller: Caller, q: UsageQuery) -> Reply {
         let id = match caller {
             Caller::Admin { key_id: Some(id) } | Caller::User { key_id: id } => id,
             Caller::Admin { key_id: None } => {

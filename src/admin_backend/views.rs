@@ -6,16 +6,10 @@ use crate::accounts::{now_unix, KeyRecord};
 use crate::state::AppState;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use weir_filters::accounts::format_time as rfc3339;
 use weir_filters::config;
 use weir_filters::health::HealthId;
 use weir_filters::GatewayError;
-
-pub fn rfc3339(unix: i64) -> Option<String> {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()?
-        .format(&time::format_description::well_known::Rfc3339)
-        .ok()
-}
 
 /// A key as the admin API shows it: never its secret, with its money.
 pub fn key(state: &AppState, k: &KeyRecord) -> Value {
@@ -77,10 +71,7 @@ fn channel(state: &AppState, rt: &config::Runtime, c: &config::Channel) -> Value
             json!({"index": i, "hint": config::key_hint(k), "health": r})
         })
         .collect();
-    let upstream = c.upstream.as_ref().map(|u| {
-        let scheme = if u.tls { "https" } else { "http" };
-        format!("{scheme}://{}{}", u.authority, u.base_path)
-    });
+    let upstream = c.upstream.as_ref().map(|u| u.url.as_ref());
     let enabled = rt
         .file
         .channels

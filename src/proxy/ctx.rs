@@ -31,7 +31,12 @@ pub struct Route {
     pub model_label: String,
     /// The model name the client asked for (prices and usage rows use it).
     pub requested_model: Option<String>,
+    /// The model name the answering channel was sent, when it differs.
+    pub upstream_model: Option<String>,
     pub stream: bool,
+    /// The body as the client sent it: kept (cleaned, cut) in the call log when the
+    /// call fails. A reference to the same bytes, not a copy.
+    pub body: Option<bytes::Bytes>,
 }
 
 /// Who called, once admitted, and what the request counted against the limits.
@@ -50,6 +55,11 @@ pub struct Who {
 pub struct Tries {
     /// The last channel tried, `-` when none.
     pub channel: String,
+    /// That channel's base URL.
+    pub upstream: Option<Arc<str>>,
+    /// The attempts in order, for the call log, when there was more than one or
+    /// none answered well.
+    pub tried: Option<String>,
     pub attempts: u32,
     pub retries: u32,
     pub failovers: u32,
@@ -64,6 +74,10 @@ pub struct Reply {
     pub usage: Option<Usage>,
     /// Why the request failed, for the log line.
     pub error: Option<String>,
+    /// The error's code (ours, or the upstream's for an error relayed as is).
+    pub error_code: Option<String>,
+    /// The error body the client got (ours, or the upstream's, cut).
+    pub error_body: Option<Vec<u8>>,
     /// The answer broke after it started reaching the client.
     pub broken: bool,
     pub client_gone: bool,
@@ -83,11 +97,15 @@ impl Ctx {
                 endpoint: None,
                 model_label: "-".into(),
                 requested_model: None,
+                upstream_model: None,
                 stream: false,
+                body: None,
             },
             who: Who::default(),
             tries: Tries {
                 channel: "-".into(),
+                upstream: None,
+                tried: None,
                 attempts: 0,
                 retries: 0,
                 failovers: 0,

@@ -75,6 +75,7 @@ pub async fn run(
                 let settled = plan.settle(attempt, answer.outcome());
                 count_outcome(state, channel, settled.outcome);
                 if settled.relays() {
+                    note_answered(ctx, &plan, channel, &upstream_model, &answer, bodies);
                     let deadline = started + channel.total_timeout;
                     let how = relay_plan(req, bodies, channel, &rules, deadline);
                     return relay(state, session, ctx, answer, how).await;
@@ -93,6 +94,7 @@ pub async fn run(
             }
         }
     }
+    ctx.tries.tried = plan.tried(None);
     let (e, log) = plan.give_up(bodies.client_model());
     // The log gets upstream error codes and key hints; the client does not.
     ctx.reply.error = Some(log);
@@ -155,6 +157,23 @@ fn count_attempt(state: &AppState, ctx: &mut Ctx, req: &Request<'_>, attempt: &A
     }
     ctx.tries.attempts += 1;
     ctx.tries.channel.clone_from(&attempt.channel.name);
+    ctx.tries.upstream = attempt.channel.upstream.as_ref().map(|u| u.url.clone());
+}
+
+/// What the call log says of the answering attempt: the name it was sent, and the
+/// attempts before it.
+fn note_answered(
+    ctx: &mut Ctx,
+    plan: &Plan<'_>,
+    channel: &Channel,
+    upstream_model: &str,
+    answer: &super::exchange::Answer,
+    bodies: &Bodies<'_>,
+) {
+    if upstream_model != bodies.client_model() {
+        ctx.route.upstream_model = Some(upstream_model.to_string());
+    }
+    ctx.tries.tried = plan.tried(Some((&channel.name, answer.status())));
 }
 
 fn count_outcome(state: &AppState, channel: &Channel, outcome: Option<&'static str>) {

@@ -424,11 +424,7 @@ pub async fn discard(state: &AppState, answer: Answer) -> Option<String> {
     let Answer::Upstream { mut up, peer, .. } = answer else {
         // Local and translated answers were read already; their code is in the body.
         if let Answer::Translated { answer, .. } = answer {
-            let v: serde_json::Value = serde_json::from_slice(answer.chunks.first()?).ok()?;
-            return v
-                .pointer("/error/code")
-                .and_then(|c| c.as_str())
-                .map(str::to_string);
+            return weir_filters::response_body::error_code(answer.chunks.first()?);
         }
         return None;
     };
@@ -446,22 +442,5 @@ pub async fn discard(state: &AppState, answer: Answer) -> Option<String> {
     })
     .await;
     release(state, *up, peer.as_ref()).await;
-    #[derive(serde::Deserialize)]
-    struct E {
-        error: Inner,
-    }
-    #[derive(serde::Deserialize)]
-    struct Inner {
-        code: Option<serde_json::Value>,
-        #[serde(rename = "type")]
-        kind: Option<String>,
-        /// Gemini's name for the error.
-        status: Option<String>,
-    }
-    let e: E = serde_json::from_slice(&body).ok()?;
-    match e.error.code {
-        Some(serde_json::Value::String(s)) if s.len() <= 64 => Some(s),
-        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-        _ => e.error.kind.or(e.error.status).filter(|k| k.len() <= 64),
-    }
+    weir_filters::response_body::error_code(&body)
 }

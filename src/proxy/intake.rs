@@ -51,6 +51,7 @@ pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> R
         }
         _ => {
             let raw = read_body(session, snap.server().max_body.0).await?;
+            ctx.route.body = Some(raw.clone());
             let req = Request {
                 snap: &snap,
                 gateway,

@@ -5,19 +5,23 @@ use super::ctx::Ctx;
 use crate::accounts::now_unix;
 use crate::logbuf::AccessLine;
 use crate::state::AppState;
-use crate::store::UsageEvent;
+use crate::store::{FailedBodies, UsageEvent};
 use std::time::Duration;
+use weir_filters::auth::KeyPosition;
+use weir_filters::calllog;
+use weir_filters::config::Runtime;
 use weir_filters::usage::cost;
 
-/// Bills a routed request (K5) and queues its usage row: the ledger at once, so the
-/// next request already sees the spend; the store within `flush_interval`.
+/// Bills a routed request (K5) and queues its call-log row: the ledger at once, so
+/// the next request already sees the spend; the store within `flush_interval`.
+/// Every request that reached a gateway gets a row, refused ones too.
 fn account(state: &AppState, ctx: &Ctx, gateway: &str, status: u16, elapsed: Duration) {
-    if ctx.route.model_label == "-" {
-        return;
-    }
     let Some(snap) = &ctx.snapshot else {
         return;
     };
+    if ctx.route.gateway.is_none() {
+        return;
+    }
     let usage = ctx.reply.usage.unwrap_or_default();
     // Priced by the name the client asked for (`gpt-4o` served through a catch-all
     // channel is still `gpt-4o`), then by the configured name it routed to.
@@ -26,13 +30,21 @@ fn account(state: &AppState, ctx: &Ctx, gateway: &str, status: u16, elapsed: Dur
         .requested_model
         .as_deref()
         .unwrap_or(&ctx.route.model_label);
-    let (price_in, price_out) = state.accounts.price(snap, &[model, &ctx.route.model_label]);
-    let cost = cost(&usage, price_in, price_out);
+    let routed = ctx.route.model_label != "-";
+    let cost = if routed {
+        let (price_in, price_out) = state.accounts.price(snap, &[model, &ctx.route.model_label]);
+        cost(&usage, price_in, price_out)
+    } else {
+        0.0
+    };
     let now = now_unix();
-    let tokens = usage.prompt_tokens + usage.completion_tokens;
-    state
-        .accounts
-        .charge(ctx.who.key_id, gateway, tokens, cost, now);
+    if routed {
+        let tokens = usage.prompt_tokens + usage.completion_tokens;
+        state
+            .accounts
+            .charge(ctx.who.key_id, gateway, tokens, cost, now);
+    }
+    let failed = status >= 400 || ctx.reply.broken;
     state.store.record(UsageEvent {
         ts: now,
         key_id: ctx.who.key_id,
@@ -42,7 +54,7 @@ fn account(state: &AppState, ctx: &Ctx, gateway: &str, status: u16, elapsed: Dur
             ctx.who.identity.clone()
         },
         gateway: gateway.to_string(),
-        model: model.to_string(),
+        model: if model == "-" { String::new() } else { model.to_string() },
         channel: ctx.tries.channel.clone(),
         prompt_tokens: usage.prompt_tokens,
         completion_tokens: usage.completion_tokens,
@@ -51,7 +63,59 @@ fn account(state: &AppState, ctx: &Ctx, gateway: &str, status: u16, elapsed: Dur
         status,
         latency_ms: elapsed.as_millis() as u64,
         stream: ctx.route.stream,
+        upstream_model: ctx.route.upstream_model.clone(),
+        upstream: ctx.tries.upstream.clone(),
+        error_code: ctx.reply.error_code.clone(),
+        error: ctx.reply.error.clone(),
+        ttft_ms: ctx.reply.first_byte.map(|d| d.as_millis() as u64),
+        cache: cache_state(ctx),
+        tried: ctx.tries.tried.clone(),
+        bodies: failed.then(|| failed_bodies(snap, ctx, gateway)),
     });
+}
+
+/// `hit`, `miss` (looked up, not found) or `off`.
+fn cache_state(ctx: &Ctx) -> &'static str {
+    if ctx.reply.cache_hit {
+        "hit"
+    } else if ctx.reply.cache_fill.is_some() {
+        "miss"
+    } else {
+        "off"
+    }
+}
+
+/// A failed call's bodies as the log keeps them: no client key, no provider key,
+/// each cut at `logs.max_body`.
+fn failed_bodies(snap: &Runtime, ctx: &Ctx, gateway: &str) -> Box<FailedBodies> {
+    let cap = snap.file.logs.max_body.0 as usize;
+    let key_field = snap
+        .gateways
+        .iter()
+        .find(|g| g.name == gateway)
+        .and_then(|g| g.auth.as_ref())
+        .and_then(|a| match &a.position {
+            KeyPosition::Body(field) => Some(field.as_str()),
+            _ => None,
+        });
+    let provider_keys = snap
+        .channels
+        .iter()
+        .find(|c| c.name == ctx.tries.channel)
+        .map(|c| c.keys.as_slice())
+        .unwrap_or_default();
+    Box::new(FailedBodies {
+        request: ctx
+            .route
+            .body
+            .as_deref()
+            .map(|b| calllog::kept_request_body(b, key_field, cap)),
+        error: ctx
+            .reply
+            .error_body
+            .as_deref()
+            .map(|b| calllog::kept_error_body(b, provider_keys, cap)),
+    })
 }
 
 pub fn record(state: &AppState, ctx: &Ctx, pingora_error: Option<&pingora_error::Error>) {
@@ -80,12 +144,9 @@ pub fn record(state: &AppState, ctx: &Ctx, pingora_error: Option<&pingora_error:
         .map(|u| (u.prompt_tokens, u.completion_tokens, u.estimated))
         .unwrap_or((0, 0, false));
     let endpoint = ctx.route.endpoint.map(|e| e.as_str()).unwrap_or("-");
-    let cache = if ctx.reply.cache_hit {
-        "hit"
-    } else if ctx.reply.cache_fill.is_some() {
-        "miss"
-    } else {
-        "-"
+    let cache = match cache_state(ctx) {
+        "off" => "-",
+        c => c,
     };
     let latency_ms = elapsed.as_secs_f64() * 1e3;
     let ttft_ms = ctx.reply.first_byte.map(|d| d.as_secs_f64() * 1e3);

@@ -94,8 +94,8 @@ struct Body {
     status: u16,
     is_sse: bool,
     tap: SseTap,
-    /// A 2xx JSON answer, kept to read its `usage`; `None` once it is too large
-    /// (audio and files just pass).
+    /// A 2xx JSON answer, kept to read its `usage`, or an error answer for the call
+    /// log; `None` once it is too large (audio and files just pass).
     kept: Option<Vec<u8>>,
     translator: Option<Box<dyn StreamTranslator>>,
     /// The copy for the cache, `None` when the answer is not to be stored.
@@ -177,6 +177,13 @@ pub async fn relay(
     if status < 300 {
         let kept = kept.unwrap_or_default();
         ctx.reply.usage = Some(usage_of(is_sse, tap, &kept, plan.request).await);
+    } else if status >= 400 {
+        // Relayed as the upstream said it: the call log keeps its code and body.
+        ctx.reply.error_code = kept
+            .as_deref()
+            .and_then(weir_filters::response_body::error_code)
+            .or_else(|| Some(format!("upstream_{status}")));
+        ctx.reply.error_body = kept;
     }
     pumped
 }
@@ -215,7 +222,7 @@ fn open(answer: Answer, plan: &RelayPlan<'_>) -> pingora_error::Result<(Response
         status,
         is_sse,
         tap: SseTap::new(plan.strip_usage && is_sse),
-        kept: (status < 300 && is_json).then(Vec::new),
+        kept: ((status < 300 && is_json) || status >= 400).then(Vec::new),
         translator: plan
             .translate
             .and_then(|kind| adapters::stream_translator(kind, plan.model, true)),

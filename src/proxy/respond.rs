@@ -43,6 +43,9 @@ pub async fn json(
 /// be said any more and the caller must end the connection).
 pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &GatewayError) -> Result<()> {
     ctx.reply.error.get_or_insert_with(|| e.to_string());
+    ctx.reply
+        .error_code
+        .get_or_insert_with(|| e.code().to_string());
     if session.response_written().is_some() {
         return Ok(());
     }
@@ -54,5 +57,7 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &GatewayError) -> Re
     if e.status() == 401 {
         extra.push(("www-authenticate", "Bearer".to_string()));
     }
-    json(session, ctx, e.status(), e.to_json(), &extra).await
+    let body = e.to_json();
+    ctx.reply.error_body = Some(body.clone());
+    json(session, ctx, e.status(), body, &extra).await
 }

@@ -4,6 +4,7 @@
 //! notices writes by other processes (`weir keys`) through `meta.version`.
 //! The request path never waits for it.
 
+pub mod calllog;
 pub mod ops;
 pub mod queries;
 pub mod schema;
@@ -12,19 +13,24 @@ use crate::accounts::{month_of, now_unix, Accounts, KeyMoney};
 use rusqlite::{params, Connection};
 use std::collections::HashMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use weir_filters::calllog::{ExportFormat, LogQuery};
+use weir_filters::config::LogsConfig;
 use weir_filters::GatewayError;
 
-/// One finished request, as the usage table keeps it.
-#[derive(Debug, Clone)]
+/// One request that reached a gateway, as the call log keeps it (refused ones
+/// too); the usage reports read the same rows.
+#[derive(Debug, Clone, Default)]
 pub struct UsageEvent {
     pub ts: i64,
     pub key_id: Option<i64>,
     /// The caller for regex and JWT gateways (a JWT claim, or a key's hash prefix).
     pub identity: Option<String>,
     pub gateway: String,
+    /// The model name as the client asked for it (`""` when it never said).
     pub model: String,
     pub channel: String,
     pub prompt_tokens: u64,
@@ -34,6 +40,25 @@ pub struct UsageEvent {
     pub status: u16,
     pub latency_ms: u64,
     pub stream: bool,
+    /// The name the channel was sent, when it differs from `model`.
+    pub upstream_model: Option<String>,
+    /// The channel's base URL (never a key).
+    pub upstream: Option<std::sync::Arc<str>>,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+    pub ttft_ms: Option<u64>,
+    /// `hit`, `miss` or `off`.
+    pub cache: &'static str,
+    /// The attempts in order, when there was more than one or none answered.
+    pub tried: Option<String>,
+    /// A failed call's bodies, kept for `logs.keep_failed_bodies`.
+    pub bodies: Option<Box<FailedBodies>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FailedBodies {
+    pub request: Option<Vec<u8>>,
+    pub error: Option<Vec<u8>>,
 }
 
 /// Runs on the store thread; what it returns is run after the snapshot refresh
@@ -55,7 +80,45 @@ pub struct Store {
     /// A second connection for reports: long reads never hold up the writer (WAL
     /// lets them run side by side), so usage keeps being written every interval.
     reader: Arc<Mutex<Connection>>,
+    /// The database file, for exports on a connection of their own.
+    path: String,
+    retention: Arc<Retention>,
 }
+
+/// How long the call log keeps rows and failed calls' bodies; a reload changes it.
+pub struct Retention {
+    rows_secs: AtomicI64,
+    bodies_secs: AtomicI64,
+}
+
+impl Retention {
+    fn new(logs: &LogsConfig) -> Retention {
+        let r = Retention {
+            rows_secs: AtomicI64::new(0),
+            bodies_secs: AtomicI64::new(0),
+        };
+        r.set(logs);
+        r
+    }
+
+    pub fn set(&self, logs: &LogsConfig) {
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        self.rows_secs.store(secs(logs.keep.0), Ordering::Relaxed);
+        self.bodies_secs
+            .store(secs(logs.keep_failed_bodies.0), Ordering::Relaxed);
+    }
+
+    /// The times before which rows and bodies go.
+    fn horizons(&self, now: i64) -> (i64, i64) {
+        (
+            now.saturating_sub(self.rows_secs.load(Ordering::Relaxed)),
+            now.saturating_sub(self.bodies_secs.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// Time the writer spends pruning the call log per second at most.
+const LOG_PRUNE_BUDGET: Duration = Duration::from_millis(100);
 
 /// Usage events the queue starts with room for.
 const BATCH: usize = 4096;
@@ -66,12 +129,16 @@ impl Store {
     pub fn open(
         path: &str,
         flush_interval: Duration,
+        logs: &LogsConfig,
         accounts: Arc<Accounts>,
     ) -> Result<Store, String> {
         let conn = schema::open(path)?;
         let reader = Arc::new(Mutex::new(schema::open(path)?));
         let queue = Arc::new(Mutex::new(Vec::with_capacity(BATCH)));
+        let retention = Arc::new(Retention::new(logs));
         let mut worker = Worker {
+            retention: retention.clone(),
+            last_log_prune: Instant::now(),
             queue: queue.clone(),
             conn,
             accounts,
@@ -96,6 +163,8 @@ impl Store {
             tx,
             thread: Mutex::new(Some(thread)),
             reader,
+            path: path.to_string(),
+            retention,
         })
     }
 
@@ -144,6 +213,38 @@ impl Store {
         .map_err(|e| GatewayError::Internal(format!("report failed: {e}")))?
     }
 
+    /// How long the call log keeps what; a reload sets it.
+    pub fn retention(&self) -> &Retention {
+        &self.retention
+    }
+
+    /// Streams the rows a log query selects, on a read-only connection of its own:
+    /// a long export holds up neither the writer nor the other reports.
+    pub fn export(
+        &self,
+        q: LogQuery,
+        format: ExportFormat,
+    ) -> tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+            let result = Connection::open_with_flags(&path, flags)
+                .map_err(|e| format!("cannot open {path}: {e}"))
+                .and_then(|conn| {
+                    calllog::export(&conn, q, format, |chunk| {
+                        tx.blocking_send(Ok(chunk.into())).is_ok()
+                    })
+                    .map_err(|e| e.to_string())
+                });
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "call log export failed");
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        rx
+    }
+
     /// Writes everything queued and stops the thread (graceful stop).
     pub fn shutdown(&self) {
         let _ = self.tx.send(Cmd::Shutdown);
@@ -162,6 +263,8 @@ struct Worker {
     seen_version: i64,
     flush_interval: Duration,
     last_prune: Instant,
+    retention: Arc<Retention>,
+    last_log_prune: Instant,
 }
 
 impl Worker {
@@ -200,6 +303,7 @@ impl Worker {
             }
             if Instant::now() >= next_flush {
                 self.flush();
+                self.prune_log();
                 self.notice_other_writers();
                 next_flush = Instant::now() + self.flush_interval;
             }
@@ -344,6 +448,27 @@ impl Worker {
         self.prune();
     }
 
+    /// Deletes call-log rows and bodies past their retention, a batch at a time, for
+    /// at most `LOG_PRUNE_BUDGET` of each second: the next flush never waits long.
+    fn prune_log(&mut self) {
+        if self.last_log_prune.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last_log_prune = Instant::now();
+        let (rows, bodies) = self.retention.horizons(now_unix());
+        let started = Instant::now();
+        loop {
+            match calllog::prune(&self.conn, rows, bodies) {
+                Ok(n) if n as i64 >= calllog::PRUNE_BATCH && started.elapsed() < LOG_PRUNE_BUDGET => {}
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot prune the call log");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Drops counters of windows long gone, hourly.
     fn prune(&mut self) {
         if self.last_prune.elapsed() < Duration::from_secs(3600) {
@@ -364,71 +489,6 @@ impl Worker {
             tracing::warn!(error = %e, "cannot prune counters");
         }
     }
-}
-
-/// Rows per INSERT statement: one statement per row spent ~a third of the writer's
-/// time in statement setup (callgrind).
-const ROWS_PER_INSERT: usize = 32;
-
-fn insert_sql(rows: usize) -> String {
-    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?)";
-    format!(
-        "INSERT INTO usage (ts, key_id, identity, gateway, model, channel, prompt_tokens, completion_tokens, cost, estimated, status, latency_ms, stream) VALUES {}",
-        vec![row; rows].join(",")
-    )
-}
-
-static INSERT_MANY: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
-static INSERT_ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| insert_sql(1));
-
-/// The call log rows, `ROWS_PER_INSERT` to a statement and the rest one by one (two
-/// statements in rusqlite's small prepared-statement cache, not one per remainder).
-fn insert_rows(tx: &rusqlite::Transaction<'_>, events: &[UsageEvent]) -> rusqlite::Result<()> {
-    use rusqlite::ToSql;
-    // SQLite integers are i64.
-    let counts: Vec<[i64; 3]> = events
-        .iter()
-        .map(|e| {
-            [
-                e.prompt_tokens as i64,
-                e.completion_tokens as i64,
-                e.latency_ms as i64,
-            ]
-        })
-        .collect();
-    let mut values: Vec<&dyn ToSql> = Vec::with_capacity(13 * ROWS_PER_INSERT);
-    let full = events.len() / ROWS_PER_INSERT * ROWS_PER_INSERT;
-    let statements = [(0..full, ROWS_PER_INSERT), (full..events.len(), 1)];
-    for (range, per) in statements {
-        let sql: &str = if per == 1 { &INSERT_ONE } else { &INSERT_MANY };
-        let mut stmt = tx.prepare_cached(sql)?;
-        for (rows, counts) in events[range.clone()]
-            .chunks(per)
-            .zip(counts[range].chunks(per))
-        {
-            values.clear();
-            for (ev, [prompt, completion, latency]) in rows.iter().zip(counts) {
-                values.extend([
-                    &ev.ts as &dyn ToSql,
-                    &ev.key_id,
-                    &ev.identity,
-                    &ev.gateway,
-                    &ev.model,
-                    &ev.channel,
-                    prompt,
-                    completion,
-                    &ev.cost,
-                    &ev.estimated,
-                    &ev.status,
-                    latency,
-                    &ev.stream,
-                ]);
-            }
-            stmt.execute(values.as_slice())?;
-        }
-    }
-    Ok(())
 }
 
 fn write_batch(
@@ -453,7 +513,7 @@ fn write_batch(
         // per batch (three statements per request were half the writer's time).
         let mut spent: HashMap<(i64, u32), f64> = HashMap::new();
         let mut gateway_tokens: HashMap<&str, u64> = HashMap::new();
-        insert_rows(&tx, events)?;
+        calllog::insert_rows(&tx, events)?;
         for ev in events {
             if let Some(id) = ev.key_id {
                 if ev.cost > 0.0 {
@@ -495,17 +555,16 @@ mod tests {
         UsageEvent {
             ts,
             key_id,
-            identity: None,
             gateway: gateway.into(),
             model: "m".into(),
             channel: "c".into(),
             prompt_tokens: 3,
             completion_tokens: 4,
             cost,
-            estimated: false,
             status: 200,
             latency_ms: 1,
-            stream: false,
+            cache: "off",
+            ..UsageEvent::default()
         }
     }
 
@@ -569,7 +628,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let mut conn = schema::open(path.to_str().unwrap()).unwrap();
         // Two statements of ROWS_PER_INSERT rows and 6 single rows, each row distinct.
-        let n = 2 * ROWS_PER_INSERT + 6;
+        let n = 2 * calllog::ROWS_PER_INSERT + 6;
         let events: Vec<UsageEvent> = (0..n)
             .map(|i| {
                 let mut e = event(None, 1_000 + i as i64, 0.0, "g");

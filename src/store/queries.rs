@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use serde_json::{json, Value};
 use weir_filters::accounts::{UsageGroup, UsageQuery};
 
-/// Calls, tokens and cost grouped as asked.
+/// Calls (refused ones too, also counted in `errors`), tokens and cost, grouped as asked.
 pub fn usage(conn: &Connection, q: &UsageQuery) -> OpResult<Vec<Value>> {
     let group = match q.group_by.unwrap_or(UsageGroup::Key) {
         UsageGroup::Key => "COALESCE('key:' || key_id, identity, '-')",
@@ -43,7 +43,7 @@ pub fn usage(conn: &Connection, q: &UsageQuery) -> OpResult<Vec<Value>> {
         format!("WHERE {}", filters.join(" AND "))
     };
     let sql = format!(
-        "SELECT {group} AS g, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost), SUM(estimated)
+        "SELECT {group} AS g, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost), SUM(estimated), SUM(status >= 400)
          FROM usage {where_clause} GROUP BY g ORDER BY g"
     );
     let mut stmt = conn.prepare(&sql).map_err(db_err)?;
@@ -59,6 +59,7 @@ pub fn usage(conn: &Connection, q: &UsageQuery) -> OpResult<Vec<Value>> {
                 "total_tokens": prompt + completion,
                 "cost": r.get::<_, f64>(4)?,
                 "estimated_calls": r.get::<_, i64>(5)?,
+                "errors": r.get::<_, i64>(6)?,
             }))
         })
         .map_err(db_err)?;

@@ -108,6 +108,32 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX usage_ts ON usage (ts);
     CREATE INDEX usage_key_ts ON usage (key_id, ts);
     "#,
+    // 3: the call log (A4). Every filter of `GET /admin/logs` has an index ending in
+    // `ts`, so a filtered page is read newest first straight off the index, whatever
+    // the table's size; the status class is a virtual column, indexed, so `5xx`
+    // is an equality and not a range that would break the order. A failed call's
+    // bodies live in their own table: pruned on their own, and the rows stay narrow.
+    r#"
+    ALTER TABLE usage ADD COLUMN upstream_model TEXT;
+    ALTER TABLE usage ADD COLUMN upstream TEXT;
+    ALTER TABLE usage ADD COLUMN error_code TEXT;
+    ALTER TABLE usage ADD COLUMN error TEXT;
+    ALTER TABLE usage ADD COLUMN ttft_ms INTEGER;
+    ALTER TABLE usage ADD COLUMN cache TEXT NOT NULL DEFAULT 'off';
+    ALTER TABLE usage ADD COLUMN tried TEXT;
+    ALTER TABLE usage ADD COLUMN status_class INTEGER GENERATED ALWAYS AS (status / 100) VIRTUAL;
+    CREATE INDEX usage_gateway_ts ON usage (gateway, ts);
+    CREATE INDEX usage_model_ts ON usage (model, ts);
+    CREATE INDEX usage_channel_ts ON usage (channel, ts);
+    CREATE INDEX usage_class_ts ON usage (status_class, ts);
+    CREATE TABLE call_bodies (
+        id INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        request_body BLOB,
+        error_body BLOB
+    );
+    CREATE INDEX call_bodies_ts ON call_bodies (ts);
+    "#,
 ];
 
 /// Opens (creating) the database, in WAL mode, migrated to the current schema.
@@ -147,7 +173,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn version_2_keeps_the_call_log_of_a_version_1_database() {
+    fn migrations_keep_the_call_log_of_a_version_1_database() {
         let path = std::env::temp_dir().join(format!("weir-schema-test-{}.db", std::process::id()));
         let path = path.to_str().unwrap().to_string();
         let _ = std::fs::remove_file(&path);
@@ -184,7 +210,17 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(indexes, ["usage_key_ts", "usage_ts"]);
+        assert_eq!(
+            indexes,
+            [
+                "usage_channel_ts",
+                "usage_class_ts",
+                "usage_gateway_ts",
+                "usage_key_ts",
+                "usage_model_ts",
+                "usage_ts"
+            ]
+        );
         drop(conn);
         let _ = std::fs::remove_file(&path);
     }

@@ -40,6 +40,7 @@ pub(super) fn runtime(file: FileConfig) -> Result<Runtime, ConfigError> {
     gateways.sort_by_key(|g| std::cmp::Reverse(g.path.len()));
     let prices = prices(&file.models, &mut problems);
     check_storage(&file.storage, &mut problems);
+    check_logs(&file.logs, &mut problems);
     if !problems.is_empty() {
         return Err(ConfigError { problems });
     }
@@ -442,6 +443,18 @@ fn check_storage(storage: &StorageConfig, problems: &mut Vec<String>) {
     let flush = storage.flush_interval.0;
     if flush > Duration::from_secs(1) || flush.is_zero() {
         problems.push("storage.flush_interval: must be between 1ms and 1s".into());
+    }
+}
+
+fn check_logs(logs: &LogsConfig, problems: &mut Vec<String>) {
+    let ten_years = Duration::from_secs(3650 * 86_400);
+    check_duration("logs.keep", logs.keep, ten_years, problems);
+    check_duration("logs.keep_failed_bodies", logs.keep_failed_bodies, ten_years, problems);
+    if logs.keep_failed_bodies.0 > logs.keep.0 {
+        problems.push("logs.keep_failed_bodies: must not exceed logs.keep (a body outlives no row)".into());
+    }
+    if logs.max_body.0 > 16 * 1024 * 1024 {
+        problems.push("logs.max_body: must not exceed 16MiB".into());
     }
 }
 

@@ -75,6 +75,8 @@ pub struct Upstream {
     pub base_path: String,
     /// `host` or `host:port` as the `Host` header wants it.
     pub authority: String,
+    /// `scheme://authority/base_path`, made once: the call log names it per request.
+    pub url: std::sync::Arc<str>,
 }
 
 impl Upstream {
@@ -124,12 +126,15 @@ impl Upstream {
         } else {
             format!("{host_for_header}:{port}")
         };
+        let scheme = if tls { "https" } else { "http" };
+        let url = format!("{scheme}://{authority}{base_path}").into();
         Ok(Upstream {
             tls,
             host,
             port,
             base_path,
             authority,
+            url,
         })
     }
 }
@@ -535,6 +540,22 @@ gateways:
         let e = load("channels:\n  - {name: a, type: mock, models: [m], keys: ['${NOPE}']}\n")
             .unwrap_err();
         assert!(e.to_string().contains("NOPE"), "{e}");
+    }
+
+    #[test]
+    fn the_logs_section_is_accepted_and_checked() {
+        let rt = load("logs: {keep: 7d, keep_failed_bodies: 2h, max_body: 8KiB}\n").unwrap();
+        assert_eq!(rt.file.logs.keep.0.as_secs(), 7 * 86_400);
+        assert_eq!(rt.file.logs.max_body.0, 8 * 1024);
+        assert_eq!(load("").unwrap().file.logs, LogsConfig::default());
+        let e = load("logs: {keep: 1h, keep_failed_bodies: 2h}\n").unwrap_err();
+        assert!(e.to_string().starts_with("logs.keep_failed_bodies"), "{e}");
+        let e = load("logs: {keep: 0s}\n").unwrap_err();
+        assert!(e.to_string().starts_with("logs.keep: "), "{e}");
+        let e = load("logs: {keep: forever}\n").unwrap_err();
+        assert!(e.to_string().starts_with("logs.keep"), "{e}");
+        let e = load("logs: {retention: 1d}\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `retention`"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,30 @@ pub struct FileConfig {
     pub gateways: Vec<GatewayConfig>,
     #[serde(default)]
     pub cache: CacheConfig,
+    #[serde(default)]
+    pub logs: LogsConfig,
+}
+
+/// The call log's retention (A4).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// Rows older than this are pruned, in small batches in the background.
+    pub keep: Dur,
+    /// A failed call's request and error bodies are kept this long.
+    pub keep_failed_bodies: Dur,
+    /// Each kept body is cut at this size.
+    pub max_body: Size,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            keep: Dur::secs(30 * 86_400),
+            keep_failed_bodies: Dur::secs(3600),
+            max_body: Size(64 * 1024),
+        }
+    }
 }
 
 /// The exact-match response cache (P10).

@@ -268,6 +268,17 @@ impl<'a> Plan<'a> {
         }
     }
 
+    /// The attempts that failed so far, in order, for the call log, and the one
+    /// that answered (channel, status) at the end when given. `None` (and nothing
+    /// allocated) when no attempt failed.
+    pub fn tried(&self, answered: Option<(&str, u16)>) -> Option<String> {
+        let failed = self.summary.log()?;
+        Some(match answered {
+            Some((channel, status)) => format!("{failed}; {channel}: HTTP {status}"),
+            None => failed,
+        })
+    }
+
     /// Nothing answered well: the error for the client and the account for the log.
     pub fn give_up(mut self, model: &str) -> (GatewayError, String) {
         for &(c, wait) in &self.order.skipped {
@@ -372,6 +383,13 @@ mod tests {
         assert!(retry.is_retry && retry.delay >= Duration::from_millis(50));
         let (seen, p) = drive_from(p, retry, |_| status(500));
         assert_eq!(names(&seen), ["high", "mid", "low"]);
+        let tried = p.tried(None).expect("attempts failed");
+        assert!(tried.starts_with("high: HTTP 503 (overloaded) key …"), "{tried}");
+        assert!(tried.contains("; low: HTTP 500"), "{tried}");
+        assert_eq!(
+            p.tried(Some(("x", 200))).unwrap(),
+            format!("{tried}; x: HTTP 200")
+        );
         let (e, log) = p.give_up("gpt");
         assert_eq!(e.status(), 502);
         let text = e.to_string();

@@ -173,6 +173,12 @@ impl<'a> Summary<'a> {
         out
     }
 
+    /// The failed attempts so far in the log's full form, `None` before any failed.
+    pub fn log(&self) -> Option<String> {
+        let tried = self.render(true);
+        (!tried.is_empty()).then_some(tried)
+    }
+
     /// The error the client gets when nothing answered well, and the log's account.
     pub fn give_up(self, model: &str) -> (GatewayError, String) {
         let log = format!("no usable answer for `{model}`: {}", self.render(true));
