@@ -49,7 +49,8 @@ fn event(i: u64) -> UsageEvent {
 
 fn database() -> Connection {
     let n = rows_wanted();
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/weir-bench-calllog-{n}.db"));
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/weir-bench-calllog-{n}.db"));
     let mut conn = schema::open(path.to_str().unwrap()).unwrap();
     let have: u64 = conn
         .query_row("SELECT COUNT(*) FROM usage", [], |r| r.get::<_, i64>(0))
@@ -66,7 +67,8 @@ fn database() -> Connection {
             tx.commit().unwrap();
             i += events.len() as u64;
         }
-        conn.execute_batch("PRAGMA synchronous = NORMAL; ANALYZE").unwrap();
+        conn.execute_batch("PRAGMA synchronous = NORMAL; ANALYZE")
+            .unwrap();
         eprintln!("built {n} rows in {:.0?}", started.elapsed());
     }
     conn

@@ -14,7 +14,11 @@ use std::time::Duration;
 fn config(a: &Upstream, b: &Upstream) -> String {
     Config::new()
         .model("name: m, price_in: 1000000, price_out: 1000000")
-        .openai("first", a, "priority: 10, retries: 0, keys: [sk-first-provider-key-000111]")
+        .openai(
+            "first",
+            a,
+            "priority: 10, retries: 0, keys: [sk-first-provider-key-000111]",
+        )
         .openai("second", b, "priority: 1")
         .gateway(
             "name: default, path: /v1, auth: {method: database}, \
@@ -52,7 +56,9 @@ async fn rows(weir: &Weir, query: &str, n: usize) -> Vec<Value> {
 async fn every_call_has_a_row_and_failed_ones_keep_their_bodies() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let weir = Weir::start(&config(&a, &b)).await;
-    let (key_id, key) = weir.create_key(json!({"name": "alice"})).await;
+    let (key_id, key) = weir
+        .create_key(json!({"name": "alice", "models": ["*"]}))
+        .await;
     // 1: first answers. 2: first 503, second answers. 3: first says 400 (relayed).
     // 4: no key. 5: over the limit.
     assert_eq!(chat_as(&weir, Some(&key), &chat("m", false)).await, 200);
@@ -67,7 +73,11 @@ async fn every_call_has_a_row_and_failed_ones_keep_their_bodies() {
 
     let all = rows(&weir, "", 5).await;
     let statuses: Vec<i64> = all.iter().map(|r| r["status"].as_i64().unwrap()).collect();
-    assert_eq!(statuses, [429, 401, 400, 200, 200], "newest first: {all:#?}");
+    assert_eq!(
+        statuses,
+        [429, 401, 400, 200, 200],
+        "newest first: {all:#?}"
+    );
     let (limited, anonymous, relayed, failed_over, plain) =
         (&all[0], &all[1], &all[2], &all[3], &all[4]);
     assert_eq!(limited["error_code"], "rate_limit_exceeded");
@@ -90,15 +100,24 @@ async fn every_call_has_a_row_and_failed_ones_keep_their_bodies() {
         tried.starts_with("first: HTTP 503") && tried.ends_with("second: HTTP 200"),
         "{tried}"
     );
-    assert!(!tried.contains("sk-first"), "a provider key in `tried`: {tried}");
+    assert!(
+        !tried.contains("sk-first"),
+        "a provider key in `tried`: {tried}"
+    );
 
     // The relayed 400 keeps both bodies, without the client's key.
     let id = relayed["id"].as_i64().unwrap();
     let one = weir.admin_get(&format!("/admin/logs/{id}")).await;
     let request: Value = serde_json::from_str(one["request_body"].as_str().unwrap()).unwrap();
     assert_eq!(request["temperature"], 7);
-    assert!(one["error_body"].as_str().unwrap().contains("mock says 400"));
-    assert!(!one.to_string().contains(&key), "the client key reached the log");
+    assert!(one["error_body"]
+        .as_str()
+        .unwrap()
+        .contains("mock says 400"));
+    assert!(
+        !one.to_string().contains(&key),
+        "the client key reached the log"
+    );
     // A success keeps none.
     let ok = weir
         .admin_get(&format!("/admin/logs/{}", plain["id"]))
@@ -122,8 +141,12 @@ async fn every_call_has_a_row_and_failed_ones_keep_their_bodies() {
 async fn filters_and_pages_are_exact() {
     let (a, b) = (Upstream::start("fa").await, Upstream::start("fb").await);
     let weir = Weir::start(&config(&a, &b)).await;
-    let (alice_id, alice) = weir.create_key(json!({"name": "alice"})).await;
-    let (_, bob) = weir.create_key(json!({"name": "bob"})).await;
+    let (alice_id, alice) = weir
+        .create_key(json!({"name": "alice", "models": ["*"]}))
+        .await;
+    let (_, bob) = weir
+        .create_key(json!({"name": "bob", "models": ["*"]}))
+        .await;
     for _ in 0..3 {
         assert_eq!(chat_as(&weir, Some(&alice), &chat("m", false)).await, 200);
     }
@@ -202,14 +225,19 @@ async fn filters_and_pages_are_exact() {
     let (status, _) = weir
         .admin_as(&alice, "GET", &format!("/admin/logs/{bobs}"), None)
         .await;
-    assert_eq!(status, 404, "another key's call is not found for a user key");
+    assert_eq!(
+        status, 404,
+        "another key's call is not found for a user key"
+    );
 }
 
 #[tokio::test]
 async fn exports_stream_csv_and_ndjson() {
     let (a, b) = (Upstream::start("ea").await, Upstream::start("eb").await);
     let weir = Weir::start(&config(&a, &b)).await;
-    let (_, key) = weir.create_key(json!({"name": "carol"})).await;
+    let (_, key) = weir
+        .create_key(json!({"name": "carol", "models": ["*"]}))
+        .await;
     for _ in 0..3 {
         assert_eq!(chat_as(&weir, Some(&key), &chat("m", false)).await, 200);
     }

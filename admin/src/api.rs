@@ -149,10 +149,9 @@ pub fn route(method: &str, path: &str, query: &str, body: &[u8]) -> Result<Comma
             let (q, format) = LogQuery::parse(query, true)?;
             ExportLogs(q, format)
         }
-        (["logs", id], "GET") => Log(
-            id.parse()
-                .map_err(|_| GatewayError::BadRequest(format!("`{id}` is not a call id")))?,
-        ),
+        (["logs", id], "GET") => Log(id
+            .parse()
+            .map_err(|_| GatewayError::BadRequest(format!("`{id}` is not a call id")))?),
         (
             ["reload"]
             | ["channels"]

@@ -20,7 +20,8 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// Who holds this bearer token: the bootstrap admin key or a stored key.
     fn authenticate(&self, token: &str) -> Option<api::Caller>;
     /// Runs a command the caller is permitted.
-    async fn execute(&self, caller: api::Caller, cmd: api::Command) -> Result<Answer, GatewayError>;
+    async fn execute(&self, caller: api::Caller, cmd: api::Command)
+        -> Result<Answer, GatewayError>;
     /// Prometheus text exposition.
     fn metrics(&self) -> Vec<u8>;
 }

@@ -65,7 +65,10 @@ impl Cursor {
             ))
         };
         let (ts, id) = v.split_once('-').ok_or_else(bad)?;
-        let (ts, id) = (ts.parse().map_err(|_| bad())?, id.parse().map_err(|_| bad())?);
+        let (ts, id) = (
+            ts.parse().map_err(|_| bad())?,
+            id.parse().map_err(|_| bad())?,
+        );
         if ts < 0 || id < 0 {
             return Err(bad());
         }
@@ -272,7 +275,10 @@ mod tests {
 
     #[test]
     fn status_filters_know_their_class() {
-        assert_eq!(StatusFilter::parse("429").unwrap(), StatusFilter::Exact(429));
+        assert_eq!(
+            StatusFilter::parse("429").unwrap(),
+            StatusFilter::Exact(429)
+        );
         assert_eq!(StatusFilter::parse("4XX").unwrap(), StatusFilter::Class(4));
         assert_eq!(StatusFilter::Exact(503).class(), 5);
     }
@@ -285,13 +291,17 @@ mod tests {
 
     #[test]
     fn kept_request_bodies_lose_their_keys() {
-        let body = br#"{"model":"m","user_key":"sk-secret-1234567890","api_key":"x","messages":[]}"#;
+        let body =
+            br#"{"model":"m","user_key":"sk-secret-1234567890","api_key":"x","messages":[]}"#;
         let kept = kept_request_body(body, Some("user_key"), 1024);
         let v: serde_json::Value = serde_json::from_slice(&kept).unwrap();
         assert_eq!(v["model"], "m");
         assert!(v.get("user_key").is_none() && v.get("api_key").is_none());
         // Nothing to remove: the bytes as sent.
-        assert_eq!(kept_request_body(br#"{"a": 1}"#, None, 1024), br#"{"a": 1}"#);
+        assert_eq!(
+            kept_request_body(br#"{"a": 1}"#, None, 1024),
+            br#"{"a": 1}"#
+        );
         assert_eq!(kept_request_body(b"not json", Some("k"), 1024), b"not json");
     }
 

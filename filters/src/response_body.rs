@@ -581,10 +581,22 @@ mod tests {
     #[test]
     fn error_codes_of_each_provider() {
         let code = |b: &str| error_code(b.as_bytes());
-        assert_eq!(code(r#"{"error":{"code":"invalid_api_key","type":"x"}}"#).as_deref(), Some("invalid_api_key"));
-        assert_eq!(code(r#"{"type":"error","error":{"type":"overloaded_error"}}"#).as_deref(), Some("overloaded_error"));
-        assert_eq!(code(r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED"}}"#).as_deref(), Some("429"));
-        assert_eq!(code(r#"{"error":{"code":null,"status":"UNAVAILABLE"}}"#).as_deref(), Some("UNAVAILABLE"));
+        assert_eq!(
+            code(r#"{"error":{"code":"invalid_api_key","type":"x"}}"#).as_deref(),
+            Some("invalid_api_key")
+        );
+        assert_eq!(
+            code(r#"{"type":"error","error":{"type":"overloaded_error"}}"#).as_deref(),
+            Some("overloaded_error")
+        );
+        assert_eq!(
+            code(r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED"}}"#).as_deref(),
+            Some("429")
+        );
+        assert_eq!(
+            code(r#"{"error":{"code":null,"status":"UNAVAILABLE"}}"#).as_deref(),
+            Some("UNAVAILABLE")
+        );
         assert_eq!(code("not json"), None);
     }
 }

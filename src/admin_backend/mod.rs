@@ -130,11 +130,7 @@ fn scoped(caller: Caller, q: LogQuery) -> LogQuery {
 impl Admin {
     async fn logs(&self, caller: Caller, q: LogQuery) -> Reply {
         let q = scoped(caller, q);
-        let (rows, next) = self
-            .state
-            .store
-            .read(move |c| calllog::page(c, &q))
-            .await?;
+        let (rows, next) = self.state.store.read(move |c| calllog::page(c, &q)).await?;
         ok(json!({"data": rows, "next": next}))
     }
 

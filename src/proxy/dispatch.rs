@@ -29,11 +29,7 @@ pub async fn run(
 ) -> Result<(), Failure> {
     let snap = req.snap;
     let rules = rules(req);
-    // A Send rng: the loop awaits. It only spreads load over weighted channels, so a
-    // small fast one, seeded from the thread rng (no syscall), is enough.
-    let rng = rand::rngs::SmallRng::from_rng(rand::thread_rng())
-        .map_err(|e| GatewayError::Internal(e.to_string()))?;
-    let mut plan = Plan::new(routes, &snap.channels, &state.health, rules, rng);
+    let mut plan = Plan::new(routes, &snap.channels, &state.health, rules, small_rng()?);
     let accept = session
         .req_header()
         .headers
@@ -99,6 +95,13 @@ pub async fn run(
     // The log gets upstream error codes and key hints; the client does not.
     ctx.reply.error = Some(log);
     Err(e.into())
+}
+
+/// A Send rng: the attempt loop awaits. It only spreads load over weighted
+/// channels, so a small fast one, seeded from the thread rng (no syscall), is enough.
+fn small_rng() -> Result<rand::rngs::SmallRng, GatewayError> {
+    rand::rngs::SmallRng::from_rng(rand::thread_rng())
+        .map_err(|e| GatewayError::Internal(e.to_string()))
 }
 
 /// The failover rules for this request: health and backoff from the server, the

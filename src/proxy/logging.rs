@@ -54,7 +54,11 @@ fn account(state: &AppState, ctx: &Ctx, gateway: &str, status: u16, elapsed: Dur
             ctx.who.identity.clone()
         },
         gateway: gateway.to_string(),
-        model: if model == "-" { String::new() } else { model.to_string() },
+        model: if model == "-" {
+            String::new()
+        } else {
+            model.to_string()
+        },
         channel: ctx.tries.channel.clone(),
         prompt_tokens: usage.prompt_tokens,
         completion_tokens: usage.completion_tokens,

@@ -6,7 +6,7 @@
 use super::ctx::Ctx;
 use super::exchange::Answer;
 use super::failure::Failure;
-use crate::cache::CachedAnswer;
+use crate::cache::{CacheKey, CachedAnswer};
 use crate::state::AppState;
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
@@ -154,22 +154,14 @@ pub async fn relay(
         Err(_) => shutdown(source).await,
     }
     // Only an answer that ended cleanly is cached.
-    if let (Ok(()), Some(((key, slot), policy)), Some(body)) = (&pumped, fill, capture) {
+    if let (Ok(()), Some(fill), Some(body)) = (&pumped, fill, capture) {
         if !ctx.reply.broken && (!is_sse || tap.completed()) {
             let answer = CachedAnswer {
                 content_type,
                 body: Bytes::from(body),
                 stream: is_sse,
             };
-            state
-                .cache
-                .put(key, slot, policy.max_per_request, answer, policy.ttl)
-                .await;
-            state
-                .metrics
-                .cache
-                .with_label_values(&[plan.gateway, ctx.route.model_label.as_str(), "stored"])
-                .inc();
+            Box::pin(store(state, ctx, &plan, fill, answer)).await;
         }
     }
     // Bill what was answered, also when the client left or the answer broke midway:
@@ -178,14 +170,37 @@ pub async fn relay(
         let kept = kept.unwrap_or_default();
         ctx.reply.usage = Some(usage_of(is_sse, tap, &kept, plan.request).await);
     } else if status >= 400 {
-        // Relayed as the upstream said it: the call log keeps its code and body.
-        ctx.reply.error_code = kept
-            .as_deref()
-            .and_then(weir_filters::response_body::error_code)
-            .or_else(|| Some(format!("upstream_{status}")));
-        ctx.reply.error_body = kept;
+        note_upstream_error(ctx, status, kept);
     }
     pumped
+}
+
+/// Keeps a cleanly ended answer in the response cache.
+async fn store(
+    state: &AppState,
+    ctx: &Ctx,
+    plan: &RelayPlan<'_>,
+    ((key, slot), policy): ((CacheKey, u32), &CachePolicy),
+    answer: CachedAnswer,
+) {
+    state
+        .cache
+        .put(key, slot, policy.max_per_request, answer, policy.ttl)
+        .await;
+    state
+        .metrics
+        .cache
+        .with_label_values(&[plan.gateway, ctx.route.model_label.as_str(), "stored"])
+        .inc();
+}
+
+/// An error relayed as the upstream said it: the call log keeps its code and body.
+fn note_upstream_error(ctx: &mut Ctx, status: u16, body: Option<Vec<u8>>) {
+    ctx.reply.error_code = body
+        .as_deref()
+        .and_then(weir_filters::response_body::error_code)
+        .or_else(|| Some(format!("upstream_{status}")));
+    ctx.reply.error_body = body;
 }
 
 /// The client's response header for an answer, and its body ready to pump.

@@ -48,7 +48,11 @@ impl Counts {
 
 fn push_values<'a>(values: &mut Vec<&'a dyn ToSql>, ev: &'a UsageEvent, n: &'a Counts) {
     let [prompt, completion, latency, ttft] = &n.0;
-    let ttft: &dyn ToSql = if *ttft < 0 { &rusqlite::types::Null } else { ttft };
+    let ttft: &dyn ToSql = if *ttft < 0 {
+        &rusqlite::types::Null
+    } else {
+        ttft
+    };
     values.extend([
         &ev.ts as &dyn ToSql,
         &ev.key_id,
@@ -85,7 +89,10 @@ pub fn insert_rows(tx: &Transaction<'_>, events: &[UsageEvent]) -> rusqlite::Res
     for (range, per) in [(0..full, ROWS_PER_INSERT), (full..plain.len(), 1)] {
         let sql: &str = if per == 1 { &INSERT_ONE } else { &INSERT_MANY };
         let mut stmt = tx.prepare_cached(sql)?;
-        for (rows, counts) in plain[range.clone()].chunks(per).zip(counts[range].chunks(per)) {
+        for (rows, counts) in plain[range.clone()]
+            .chunks(per)
+            .zip(counts[range].chunks(per))
+        {
             values.clear();
             for (ev, n) in rows.iter().zip(counts) {
                 push_values(&mut values, ev, n);
@@ -95,7 +102,7 @@ pub fn insert_rows(tx: &Transaction<'_>, events: &[UsageEvent]) -> rusqlite::Res
     }
     for ev in with_bodies {
         let n = Counts::of(ev);
-        values.clear();
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(PER_ROW);
         push_values(&mut values, ev, &n);
         tx.prepare_cached(&INSERT_ONE)?.execute(values.as_slice())?;
         if let Some(b) = &ev.bodies {
@@ -261,7 +268,12 @@ pub fn one(conn: &Connection, id: i64, key_id: Option<i64>) -> OpResult<Option<V
         .query_row(
             "SELECT request_body, error_body FROM call_bodies WHERE id = ?1",
             [id],
-            |r| Ok((r.get::<_, Option<Vec<u8>>>(0)?, r.get::<_, Option<Vec<u8>>>(1)?)),
+            |r| {
+                Ok((
+                    r.get::<_, Option<Vec<u8>>>(0)?,
+                    r.get::<_, Option<Vec<u8>>>(1)?,
+                ))
+            },
         )
         .map(Some)
         .or_else(|e| match e {
@@ -313,45 +325,51 @@ pub fn export(
     mut send: impl FnMut(Vec<u8>) -> bool,
 ) -> OpResult<()> {
     q.limit = EXPORT_PAGE;
-    let mut csv = (format == ExportFormat::Csv).then(|| {
-        csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_writer(Vec::new())
-    });
-    if let Some(w) = csv.as_mut() {
-        w.write_record(EXPORT_FIELDS).map_err(csv_err)?;
-    }
+    let csv = format == ExportFormat::Csv;
+    let mut first = true;
     loop {
         let (rows, next) = page(conn, &q)?;
-        let mut out = Vec::new();
-        for row in &rows {
-            match csv.as_mut() {
-                Some(w) => w.write_record(EXPORT_FIELDS.iter().map(|f| cell(&row[*f]))).map_err(csv_err)?,
-                None => {
-                    serde_json::to_writer(&mut out, row).map_err(|e| GatewayError::Internal(e.to_string()))?;
-                    out.push(b'\n');
-                }
-            }
-        }
-        if let Some(w) = csv.as_mut() {
-            w.flush().map_err(|e| GatewayError::Internal(e.to_string()))?;
-            out = std::mem::take(w.get_mut());
-        }
+        let out = if csv {
+            csv_page(&rows, std::mem::take(&mut first))?
+        } else {
+            ndjson_page(&rows)?
+        };
         if !send(out) {
             return Ok(());
         }
-        match next {
-            Some(_) => {
-                q.before = rows.last().and_then(|r| {
-                    Some(Cursor {
-                        ts: r["ts"].as_i64()?,
-                        id: r["id"].as_i64()?,
-                    })
-                })
-            }
-            None => return Ok(()),
-        }
+        let (Some(_), Some(last)) = (next, rows.last()) else {
+            return Ok(());
+        };
+        q.before = match (last["ts"].as_i64(), last["id"].as_i64()) {
+            (Some(ts), Some(id)) => Some(Cursor { ts, id }),
+            _ => return Ok(()),
+        };
     }
+}
+
+/// One page of CSV rows, after the header when `header`.
+fn csv_page(rows: &[Value], header: bool) -> OpResult<Vec<u8>> {
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    if header {
+        w.write_record(EXPORT_FIELDS).map_err(csv_err)?;
+    }
+    for row in rows {
+        w.write_record(EXPORT_FIELDS.iter().map(|f| cell(&row[*f])))
+            .map_err(csv_err)?;
+    }
+    w.into_inner()
+        .map_err(|e| GatewayError::Internal(format!("cannot write CSV: {e}")))
+}
+
+fn ndjson_page(rows: &[Value]) -> OpResult<Vec<u8>> {
+    let mut out = Vec::new();
+    for row in rows {
+        serde_json::to_writer(&mut out, row).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        out.push(b'\n');
+    }
+    Ok(out)
 }
 
 fn csv_err(e: csv::Error) -> GatewayError {
@@ -385,7 +403,8 @@ mod tests {
     }
 
     fn db(name: &str) -> (std::path::PathBuf, Connection) {
-        let path = std::env::temp_dir().join(format!("weir-calllog-{name}-{}.db", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("weir-calllog-{name}-{}.db", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let conn = schema::open(path.to_str().unwrap()).unwrap();
         (path, conn)
@@ -412,7 +431,10 @@ mod tests {
         let mut seen = Vec::new();
         for _ in 0..10 {
             let (rows, next) = page(&conn, &q).unwrap();
-            seen.extend(rows.iter().map(|r| (r["ts"].as_i64().unwrap(), r["id"].as_i64().unwrap())));
+            seen.extend(
+                rows.iter()
+                    .map(|r| (r["ts"].as_i64().unwrap(), r["id"].as_i64().unwrap())),
+            );
             match next {
                 Some(c) => q.before = Some(Cursor::parse(&c).unwrap()),
                 None => break,
@@ -431,7 +453,10 @@ mod tests {
         failed.error = Some("no usable answer: c1: HTTP 503".into());
         let mut limited = row(11, "a", 429);
         limited.error_code = Some("rate_limit_exceeded".into());
-        write(&mut conn, &[row(9, "a", 200), failed, limited, row(12, "b", 201)]);
+        write(
+            &mut conn,
+            &[row(9, "a", 200), failed, limited, row(12, "b", 201)],
+        );
         let count = |q: LogQuery| page(&conn, &q).unwrap().0.len();
         let status = |s: &str| LogQuery {
             status: Some(StatusFilter::parse(s).unwrap()),
@@ -540,7 +565,8 @@ mod tests {
             },
         ] {
             let (clause, args) = filters(&q);
-            let sql = format!("EXPLAIN QUERY PLAN {SELECT} {clause} ORDER BY ts DESC, id DESC LIMIT 10");
+            let sql =
+                format!("EXPLAIN QUERY PLAN {SELECT} {clause} ORDER BY ts DESC, id DESC LIMIT 10");
             let plan: Vec<String> = conn
                 .prepare(&sql)
                 .unwrap()

@@ -12,8 +12,8 @@ pub mod schema;
 use crate::accounts::{month_of, now_unix, Accounts, KeyMoney};
 use rusqlite::{params, Connection};
 use std::collections::HashMap;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -459,7 +459,9 @@ impl Worker {
         let started = Instant::now();
         loop {
             match calllog::prune(&self.conn, rows, bodies) {
-                Ok(n) if n as i64 >= calllog::PRUNE_BATCH && started.elapsed() < LOG_PRUNE_BUDGET => {}
+                Ok(n)
+                    if n as i64 >= calllog::PRUNE_BATCH && started.elapsed() < LOG_PRUNE_BUDGET => {
+                }
                 Ok(_) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot prune the call log");

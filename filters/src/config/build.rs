@@ -449,9 +449,16 @@ fn check_storage(storage: &StorageConfig, problems: &mut Vec<String>) {
 fn check_logs(logs: &LogsConfig, problems: &mut Vec<String>) {
     let ten_years = Duration::from_secs(3650 * 86_400);
     check_duration("logs.keep", logs.keep, ten_years, problems);
-    check_duration("logs.keep_failed_bodies", logs.keep_failed_bodies, ten_years, problems);
+    check_duration(
+        "logs.keep_failed_bodies",
+        logs.keep_failed_bodies,
+        ten_years,
+        problems,
+    );
     if logs.keep_failed_bodies.0 > logs.keep.0 {
-        problems.push("logs.keep_failed_bodies: must not exceed logs.keep (a body outlives no row)".into());
+        problems.push(
+            "logs.keep_failed_bodies: must not exceed logs.keep (a body outlives no row)".into(),
+        );
     }
     if logs.max_body.0 > 16 * 1024 * 1024 {
         problems.push("logs.max_body: must not exceed 16MiB".into());

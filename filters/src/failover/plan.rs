@@ -384,7 +384,10 @@ mod tests {
         let (seen, p) = drive_from(p, retry, |_| status(500));
         assert_eq!(names(&seen), ["high", "mid", "low"]);
         let tried = p.tried(None).expect("attempts failed");
-        assert!(tried.starts_with("high: HTTP 503 (overloaded) key …"), "{tried}");
+        assert!(
+            tried.starts_with("high: HTTP 503 (overloaded) key …"),
+            "{tried}"
+        );
         assert!(tried.contains("; low: HTTP 500"), "{tried}");
         assert_eq!(
             p.tried(Some(("x", 200))).unwrap(),
