@@ -1,4 +1,5 @@
-//! Hot reload triggers (A2): the config file changing on disk and SIGHUP. The admin
+//! Hot reload triggers (A2): the config file changing on disk, SIGHUP, and the
+//! store's channels and gateways changing (A1). The admin
 //! API's `POST /admin/reload` calls `AppState::reload` directly (`snapshot.rs` swaps).
 
 use crate::state::AppState;
@@ -12,6 +13,10 @@ use std::time::Duration;
 pub struct Reloader {
     pub state: Arc<AppState>,
 }
+
+/// How often the store's channels and gateways are checked for changes made
+/// elsewhere (admin writes here rebuild at once).
+const ENTITY_POLL: Duration = Duration::from_millis(500);
 
 /// Editors write a file in several steps; wait for them to settle.
 const SETTLE: Duration = Duration::from_millis(150);
@@ -55,8 +60,13 @@ impl BackgroundService for Reloader {
                 None
             }
         };
+        let mut poll = tokio::time::interval(ENTITY_POLL);
         loop {
             tokio::select! {
+                _ = poll.tick() => {
+                    // Another process (or instance) changed the stored entities.
+                    let _ = self.state.restock("store");
+                }
                 Some(()) = rx.recv() => {
                     tokio::time::sleep(SETTLE).await;
                     while rx.try_recv().is_ok() {}

@@ -103,9 +103,12 @@ pub fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), String> {
         &storage.sqlite,
         storage.flush_interval.0,
         &rt.file.logs,
+        storage.secret_key.as_deref(),
         accounts.clone(),
     )?;
     let state = Arc::new(AppState::new(path, text, rt, connector, accounts, store)?);
+    // The store's channels and gateways join the file's before anything is served.
+    state.restock("start")?;
 
     // Bound before anything is served, and exactly as configured: see `listeners`.
     let proxy_socket = listeners::bind("server.listen", &server_cfg.listen)?;

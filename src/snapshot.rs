@@ -6,7 +6,7 @@ use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use weir_filters::config::{self, Runtime};
+use weir_filters::config::{self, Runtime, Stored};
 
 pub struct ConfigCell {
     path: PathBuf,
@@ -63,12 +63,33 @@ impl ConfigCell {
                 version: self.version(),
             });
         }
-        let runtime = config::parse(&text).map_err(|e| e.to_string())?;
-        prepare(&self.snapshot(), &runtime);
-        self.current.store(Arc::new(runtime));
+        let file = config::parse_file(&text).map_err(|e| e.to_string())?;
+        let old = self.snapshot();
+        let runtime = Runtime::build_with(file, old.stored.clone()).map_err(|e| e.to_string())?;
+        prepare(&old, &runtime);
         *loaded = text;
+        Ok(self.swap(runtime))
+    }
+
+    /// A new snapshot of the same file with the store's entities as `stored` now
+    /// are (an admin write, or another process's, A1). On a problem the current
+    /// snapshot stays.
+    pub fn restock(
+        &self,
+        stored: Stored,
+        prepare: impl FnOnce(&Runtime, &Runtime),
+    ) -> Result<ReloadOutcome, String> {
+        let _one_at_a_time = self.loaded_text.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.snapshot();
+        let runtime = Runtime::build_with(old.file.clone(), stored).map_err(|e| e.to_string())?;
+        prepare(&old, &runtime);
+        Ok(self.swap(runtime))
+    }
+
+    fn swap(&self, runtime: Runtime) -> ReloadOutcome {
+        self.current.store(Arc::new(runtime));
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(ReloadOutcome::Reloaded { version })
+        ReloadOutcome::Reloaded { version }
     }
 }
 

@@ -12,6 +12,7 @@ pub use crate::snapshot::ReloadOutcome;
 use crate::store::Store;
 use pingora_core::connectors::TransportConnector;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use weir_filters::config::{Runtime, ServerConfig};
 use weir_filters::health::HealthRegistry;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub store: Store,
     /// Cached answers (P10); kept across reloads, resized by them.
     pub cache: Arc<dyn CacheStore>,
+    /// The store's entity change count the snapshot was last built with.
+    entities_applied: AtomicU64,
 }
 
 fn cache_budget(policy: &Option<weir_filters::config::CachePolicy>) -> u64 {
@@ -71,6 +74,7 @@ impl AppState {
             metrics,
             accounts,
             store,
+            entities_applied: AtomicU64::new(0),
         })
     }
 
@@ -100,6 +104,35 @@ impl AppState {
             Err(problems) => {
                 self.metrics.reloads.with_label_values(&["error"]).inc();
                 tracing::error!(trigger, %problems, "config rejected; the previous config keeps serving");
+            }
+        }
+        result
+    }
+
+    /// Rebuilds the snapshot when the store's channels or gateways changed since it
+    /// was built (A1): right after an admin write, and polled for other writers.
+    pub fn restock(&self, trigger: &str) -> Result<ReloadOutcome, String> {
+        let (n, stored) = self.store.entities().get();
+        if self.entities_applied.load(Ordering::Acquire) == n {
+            return Ok(ReloadOutcome::Unchanged {
+                version: self.version(),
+            });
+        }
+        let result = self
+            .config
+            .restock((*stored).clone(), |old, new| self.carry_over(old, new));
+        match &result {
+            Ok(ReloadOutcome::Reloaded { version }) => {
+                self.entities_applied.store(n, Ordering::Release);
+                self.metrics.config_version.set(*version as i64);
+                tracing::info!(trigger, version, "stored channels and gateways loaded");
+            }
+            Ok(ReloadOutcome::Unchanged { .. }) => {}
+            Err(problems) => {
+                // Marked as seen: the same entities are not rebuilt (and logged) again
+                // until they change.
+                self.entities_applied.store(n, Ordering::Release);
+                tracing::error!(trigger, %problems, "stored entities rejected; the previous snapshot keeps serving");
             }
         }
         result

@@ -45,6 +45,15 @@ pub enum Command {
     Gateways,
     Me,
     MyUsage(UsageQuery),
+    /// `POST /admin/channels`: the YAML channel fields as JSON.
+    CreateChannel(serde_json::Value),
+    GetChannel(String),
+    PatchChannel(String, serde_json::Map<String, serde_json::Value>),
+    DeleteChannel(String),
+    CreateGateway(serde_json::Value),
+    GetGateway(String),
+    PatchGateway(String, serde_json::Map<String, serde_json::Value>),
+    DeleteGateway(String),
     /// `GET /admin/logs`: a page of the call log.
     Logs(LogQuery),
     /// `GET /admin/logs/{id}`: one call with its bodies.
@@ -75,6 +84,16 @@ fn decode_segment(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A JSON object body (an entity's fields).
+fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, GatewayError> {
+    match json_body::<serde_json::Value>(body)? {
+        serde_json::Value::Object(m) => Ok(m),
+        _ => Err(GatewayError::BadRequest(
+            "the body must be a JSON object of the entry's fields".into(),
+        )),
+    }
+}
+
 fn top_up_amount(body: &[u8]) -> Result<f64, GatewayError> {
     let amount = json_body::<self::TopUp>(body)?.amount;
     if !(amount.is_finite() && amount > 0.0 && amount <= 1e12) {
@@ -96,6 +115,38 @@ fn model_at(segment: &str, body: &[u8]) -> Result<ModelDef, GatewayError> {
     Ok(m)
 }
 
+/// A path the API serves with some method (so another method is 405, not 404).
+fn known_path(segs: &[&str]) -> bool {
+    matches!(
+        segs,
+        ["reload" | "channels" | "config" | "keys" | "groups" | "models" | "usage"]
+            | ["gateways" | "me" | "logs"]
+            | [
+                "keys" | "groups" | "models" | "channels" | "gateways" | "logs",
+                _
+            ]
+            | ["keys", _, "reset" | "topup" | "models"]
+            | ["groups", _, "models"]
+            | ["me", "usage"]
+    )
+}
+
+/// Channels and gateways as data (A1): `None` for any other path.
+fn entity_route(segs: &[&str], method: &str, body: &[u8]) -> Result<Option<Command>, GatewayError> {
+    use Command::*;
+    Ok(Some(match (segs, method) {
+        (["channels"], "POST") => CreateChannel(json_object(body)?.into()),
+        (["channels", name], "GET") => GetChannel(decode_segment(name)),
+        (["channels", name], "PATCH") => PatchChannel(decode_segment(name), json_object(body)?),
+        (["channels", name], "DELETE") => DeleteChannel(decode_segment(name)),
+        (["gateways"], "POST") => CreateGateway(json_object(body)?.into()),
+        (["gateways", name], "GET") => GetGateway(decode_segment(name)),
+        (["gateways", name], "PATCH") => PatchGateway(decode_segment(name), json_object(body)?),
+        (["gateways", name], "DELETE") => DeleteGateway(decode_segment(name)),
+        _ => return Ok(None),
+    }))
+}
+
 /// Maps a request on `/admin/…` to a command, validating its body and query.
 pub fn route(method: &str, path: &str, query: &str, body: &[u8]) -> Result<Command, GatewayError> {
     let rest = path
@@ -111,6 +162,9 @@ pub fn route(method: &str, path: &str, query: &str, body: &[u8]) -> Result<Comma
         method: method.to_string(),
         path: path.to_string(),
     };
+    if let Some(cmd) = entity_route(&segs, method, body)? {
+        return Ok(cmd);
+    }
     use Command::*;
     Ok(match (segs.as_slice(), method) {
         (["reload"], "POST") => Reload,
@@ -152,26 +206,7 @@ pub fn route(method: &str, path: &str, query: &str, body: &[u8]) -> Result<Comma
         (["logs", id], "GET") => Log(id
             .parse()
             .map_err(|_| GatewayError::BadRequest(format!("`{id}` is not a call id")))?),
-        (
-            ["reload"]
-            | ["channels"]
-            | ["config"]
-            | ["keys"]
-            | ["keys", _]
-            | ["keys", _, "reset" | "topup" | "models"]
-            | ["groups"]
-            | ["groups", _]
-            | ["groups", _, "models"]
-            | ["models"]
-            | ["models", _]
-            | ["usage"]
-            | ["gateways"]
-            | ["me"]
-            | ["me", "usage"]
-            | ["logs"]
-            | ["logs", _],
-            _,
-        ) => return Err(wrong()),
+        (segs, _) if known_path(segs) => return Err(wrong()),
         _ => return Err(not_found()),
     })
 }

@@ -65,6 +65,9 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// An entity of the YAML file: read-only through the API.
+    #[error("`{0}` is defined in the config file; change it there (the API changes only what it created)")]
+    DefinedInFile(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -92,7 +95,7 @@ impl GatewayError {
             InsufficientBalance { .. } => 402,
             GatewayInactive(_) | GatewayExpired(_) | Forbidden { .. } => 403,
             RouteNotFound { .. } | ModelNotFound(_) | NotFound(_) => 404,
-            Conflict(_) => 409,
+            Conflict(_) | DefinedInFile(_) => 409,
             RateLimited { .. } | QuotaExceeded { .. } | BudgetExceeded { .. } => 429,
             MethodNotAllowed { .. } => 405,
             BodyTooLarge { .. } => 413,
@@ -115,7 +118,8 @@ impl GatewayError {
             | MethodNotAllowed { .. }
             | ModelNotFound(_)
             | NotFound(_)
-            | Conflict(_) => "invalid_request_error",
+            | Conflict(_)
+            | DefinedInFile(_) => "invalid_request_error",
             AdminUnauthorized(_) | InvalidKey(_) => "authentication_error",
             GatewayInactive(_) | GatewayExpired(_) | Forbidden { .. } => "permission_error",
             UpstreamRateLimited { .. } | RateLimited { .. } => "rate_limit_error",
@@ -154,6 +158,7 @@ impl GatewayError {
             InsufficientBalance { .. } => "insufficient_balance",
             NotFound(_) => "not_found",
             Conflict(_) => "conflict",
+            DefinedInFile(_) => "defined_in_file",
             Internal(_) => "internal_error",
         }
     }

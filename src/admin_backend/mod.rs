@@ -5,6 +5,7 @@ mod views;
 
 use crate::accounts::now_unix;
 use crate::state::{AppState, ReloadOutcome};
+use crate::store::entities::Change;
 use crate::store::{calllog, ops, queries};
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -87,6 +88,32 @@ impl AdminBackend for Admin {
                 }
             },
             Command::MyUsage(q) => self.my_usage(caller, q).await,
+            Command::CreateChannel(v) => self.create(Change::CreateChannel(v), "channel").await,
+            Command::GetChannel(name) => ok(views::channel_named(state, &name)?),
+            Command::PatchChannel(name, patch) => {
+                self.file_guard(&name, "channel")?;
+                self.change(Change::PatchChannel(name.clone(), patch))
+                    .await?;
+                ok(views::channel_named(state, &name)?)
+            }
+            Command::DeleteChannel(name) => {
+                self.file_guard(&name, "channel")?;
+                self.change(Change::DeleteChannel(name.clone())).await?;
+                ok(json!({"deleted": name}))
+            }
+            Command::CreateGateway(v) => self.create(Change::CreateGateway(v), "gateway").await,
+            Command::GetGateway(name) => ok(views::gateway_named(state, &name)?),
+            Command::PatchGateway(name, patch) => {
+                self.file_guard(&name, "gateway")?;
+                self.change(Change::PatchGateway(name.clone(), patch))
+                    .await?;
+                ok(views::gateway_named(state, &name)?)
+            }
+            Command::DeleteGateway(name) => {
+                self.file_guard(&name, "gateway")?;
+                self.change(Change::DeleteGateway(name.clone())).await?;
+                ok(json!({"deleted": name}))
+            }
             Command::Logs(q) => self.logs(caller, q).await,
             Command::Log(id) => self.log(caller, id).await,
             Command::ExportLogs(q, format) => {
@@ -128,6 +155,50 @@ fn scoped(caller: Caller, q: LogQuery) -> LogQuery {
 }
 
 impl Admin {
+    /// A YAML entity is read-only through the API.
+    fn file_guard(&self, name: &str, kind: &str) -> Result<(), GatewayError> {
+        let rt = self.state.snapshot();
+        let in_file = match kind {
+            "channel" => rt.file.channels.iter().any(|c| c.name == name),
+            _ => rt.file.gateways.iter().any(|g| g.name == name),
+        };
+        if in_file {
+            return Err(GatewayError::DefinedInFile(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Writes the change to the store (checked there against the whole config), then
+    /// serves it from the next request on.
+    async fn change(&self, change: Change) -> Result<(), GatewayError> {
+        let file = self.state.snapshot().file.clone();
+        self.state.store.change_entities(change, file).await?;
+        tokio::task::block_in_place(|| self.state.restock("admin")).map_err(|problems| {
+            GatewayError::Internal(format!(
+                "stored, but the snapshot was not rebuilt: {problems}"
+            ))
+        })?;
+        Ok(())
+    }
+
+    async fn create(&self, change: Change, kind: &str) -> Reply {
+        let name = match &change {
+            Change::CreateChannel(v) | Change::CreateGateway(v) => v
+                .get("name")
+                .and_then(|n| n.as_str())
+                .unwrap_or("")
+                .to_string(),
+            _ => String::new(),
+        };
+        self.file_guard(&name, kind)?;
+        self.change(change).await?;
+        let view = match kind {
+            "channel" => views::channel_named(&self.state, &name)?,
+            _ => views::gateway_named(&self.state, &name)?,
+        };
+        Ok(Answer::Json(201, view))
+    }
+
     async fn logs(&self, caller: Caller, q: LogQuery) -> Reply {
         let q = scoped(caller, q);
         let (rows, next) = self.state.store.read(move |c| calllog::page(c, &q)).await?;

@@ -57,11 +57,22 @@ pub fn keys(state: &AppState) -> Value {
 /// Channels and keys with their health.
 pub fn channels(state: &AppState) -> Value {
     let rt = state.snapshot();
-    let channels: Vec<Value> = rt.channels.iter().map(|c| channel(state, &rt, c)).collect();
+    let channels: Vec<Value> = rt.channels.iter().map(|c| channel(state, c)).collect();
     json!({"version": state.version(), "channels": channels})
 }
 
-fn channel(state: &AppState, rt: &config::Runtime, c: &config::Channel) -> Value {
+/// One channel by name, wherever it is defined.
+pub fn channel_named(state: &AppState, name: &str) -> Result<Value, GatewayError> {
+    let rt = state.snapshot();
+    let c = rt
+        .channels
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| GatewayError::NotFound(format!("no channel named `{name}`")))?;
+    Ok(channel(state, c))
+}
+
+fn channel(state: &AppState, c: &config::Channel) -> Value {
     let keys: Vec<Value> = c
         .keys
         .iter()
@@ -71,21 +82,16 @@ fn channel(state: &AppState, rt: &config::Runtime, c: &config::Channel) -> Value
             json!({"index": i, "hint": config::key_hint(k), "health": r})
         })
         .collect();
-    let upstream = c.upstream.as_ref().map(|u| u.url.as_ref());
-    let enabled = rt
-        .file
-        .channels
-        .iter()
-        .find(|f| f.name == c.name)
-        .map(|f| f.enabled);
     json!({
         "name": c.name,
+        "source": c.source,
         "type": c.kind.as_str(),
-        "upstream": upstream,
-        "enabled": enabled,
+        "upstream": c.upstream.as_ref().map(|u| u.url.as_ref()),
+        "enabled": c.enabled,
         "priority": c.priority,
         "weight": c.weight,
         "retries": c.retries,
+        "groups": c.groups,
         "models": c.exposed,
         "health": state.health.report(&HealthId::channel(&c.name)),
         "keys": keys,
@@ -96,10 +102,10 @@ fn channel(state: &AppState, rt: &config::Runtime, c: &config::Channel) -> Value
 /// that starts at `day_start` (G8), from the store's `(gateway, hour, calls, tokens)`.
 pub fn gateways(state: &AppState, day_start: i64, hourly: &[(String, i64, i64, i64)]) -> Value {
     let rt = state.snapshot();
-    let list: Vec<Value> = rt
-        .file
-        .gateways
-        .iter()
+    let mut list: Vec<&config::Gateway> = rt.gateways.iter().collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    let list: Vec<Value> = list
+        .into_iter()
         .map(|g| {
             let mut calls = vec![0i64; 24];
             let mut tokens = vec![0i64; 24];
@@ -109,18 +115,36 @@ pub fn gateways(state: &AppState, day_start: i64, hourly: &[(String, i64, i64, i
                     tokens[slot] = *t;
                 }
             }
-            json!({
-                "name": g.name,
-                "path": g.path,
-                "token_quota": g.token_quota,
-                "tokens_used": state.accounts.tokens_used(&g.name),
-                "today": rfc3339(day_start),
-                "calls_per_hour_today": calls,
-                "tokens_per_hour_today": tokens,
-            })
+            let mut v = gateway(state, g);
+            v["today"] = rfc3339(day_start).into();
+            v["calls_per_hour_today"] = calls.into();
+            v["tokens_per_hour_today"] = tokens.into();
+            v
         })
         .collect();
     json!({"gateways": list})
+}
+
+/// One gateway by name, wherever it is defined.
+pub fn gateway_named(state: &AppState, name: &str) -> Result<Value, GatewayError> {
+    let rt = state.snapshot();
+    let g = rt
+        .gateways
+        .iter()
+        .find(|g| g.name == name)
+        .ok_or_else(|| GatewayError::NotFound(format!("no gateway named `{name}`")))?;
+    Ok(gateway(state, g))
+}
+
+fn gateway(state: &AppState, g: &config::Gateway) -> Value {
+    json!({
+        "name": g.name,
+        "source": g.source,
+        "path": g.path,
+        "active": g.active,
+        "token_quota": g.token_quota,
+        "tokens_used": state.accounts.tokens_used(&g.name),
+    })
 }
 
 /// Groups with their models and how many keys belong to each, by name.

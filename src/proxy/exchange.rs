@@ -206,8 +206,8 @@ pub async fn exchange(
         return Box::pin(read).await;
     }
     Ok(Answer::Upstream {
-        up: Box::new(up),
-        peer: Box::new(peer),
+        up,
+        peer,
         header: Box::new(header),
     })
 }
@@ -232,7 +232,7 @@ async fn peer(
     channel: &Channel,
     upstream: &weir_filters::config::Upstream,
     dns_ttl: Duration,
-) -> Result<HttpPeer, AttemptError> {
+) -> Result<Box<HttpPeer>, AttemptError> {
     let resolve = state.dns.resolve(&upstream.host, upstream.port, dns_ttl);
     let addr = match tokio::time::timeout(channel.connect_timeout, resolve).await {
         Ok(r) => r.map_err(|e| AttemptError::Failed(FailKind::Connect, e))?,
@@ -243,7 +243,8 @@ async fn peer(
             )))
         }
     };
-    let mut peer = HttpPeer::new(addr, upstream.tls, upstream.host.clone());
+    // Boxed once: the answer carries it to the relay, which returns the connection.
+    let mut peer = Box::new(HttpPeer::new(addr, upstream.tls, upstream.host.clone()));
     peer.options.connection_timeout = Some(channel.connect_timeout);
     peer.options.total_connection_timeout = Some(channel.connect_timeout.saturating_mul(2));
     peer.options.read_timeout = Some(channel.first_byte_timeout);
@@ -269,7 +270,7 @@ async fn send(
     channel: &Channel,
     peer: &HttpPeer,
     request: Wire<'_>,
-) -> Result<Upstream, AttemptError> {
+) -> Result<Box<Upstream>, AttemptError> {
     let wait = channel.first_byte_timeout.min(channel.total_timeout);
     let deadline = Instant::now() + wait;
     let mut stale = 0;
@@ -311,9 +312,11 @@ async fn round_trip(
     peer: &HttpPeer,
     channel: &Channel,
     request: Wire<'_>,
-) -> pingora_error::Result<Upstream> {
+) -> pingora_error::Result<Box<Upstream>> {
     write_request(&mut stream, request.head, request.body).await?;
-    let mut up = Upstream::new_with_options(stream, peer);
+    // Boxed once here: the session is large, and it travels back through three
+    // futures' results to the relay.
+    let mut up = Box::new(Upstream::new_with_options(stream, peer));
     up.read_timeout = Some(channel.first_byte_timeout);
     for _ in 0..=MAX_INFORMATIONAL {
         up.read_response().await?;
@@ -358,7 +361,7 @@ async fn write_request(
 /// Returns an upstream connection to the pool, or closes it if it cannot be reused
 /// (body not read to its end, `Connection: close`, HTTP/1.0 without keep-alive):
 /// Pingora's `reuse` decides, so callers need not check.
-pub async fn release(state: &AppState, mut up: Upstream, peer: &HttpPeer) {
+pub async fn release(state: &AppState, mut up: Box<Upstream>, peer: &HttpPeer) {
     up.respect_keepalive();
     if let Some(stream) = up.reuse().await {
         state
@@ -370,7 +373,7 @@ pub async fn release(state: &AppState, mut up: Upstream, peer: &HttpPeer) {
 /// Reads a provider's whole JSON answer and turns it into OpenAI's shape.
 async fn read_translated(
     state: &AppState,
-    mut up: Upstream,
+    mut up: Box<Upstream>,
     peer: &HttpPeer,
     header: &ResponseHeader,
     channel: &Channel,
@@ -441,6 +444,6 @@ pub async fn discard(state: &AppState, answer: Answer) -> Option<String> {
         }
     })
     .await;
-    release(state, *up, peer.as_ref()).await;
+    release(state, up, peer.as_ref()).await;
     weir_filters::response_body::error_code(&body)
 }

@@ -488,7 +488,7 @@ async fn usage_of(is_sse: bool, tap: SseTap, kept: &[u8], request: &JsonBody) ->
 /// Returns a finished upstream connection to the pool.
 async fn finish(state: &AppState, source: Source) {
     if let Source::Upstream { up, peer } = source {
-        super::exchange::release(state, *up, peer.as_ref()).await;
+        super::exchange::release(state, up, peer.as_ref()).await;
     }
 }
 

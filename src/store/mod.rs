@@ -5,20 +5,24 @@
 //! The request path never waits for it.
 
 pub mod calllog;
+pub mod entities;
 pub mod ops;
 pub mod queries;
 pub mod schema;
+pub mod sealed;
 
 use crate::accounts::{month_of, now_unix, Accounts, KeyMoney};
+use arc_swap::ArcSwap;
 use rusqlite::{params, Connection};
+use sealed::Sealer;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use weir_filters::calllog::{ExportFormat, LogQuery};
-use weir_filters::config::LogsConfig;
+use weir_filters::config::{FileConfig, LogsConfig, Stored};
 use weir_filters::GatewayError;
 
 /// One request that reached a gateway, as the call log keeps it (refused ones
@@ -83,6 +87,51 @@ pub struct Store {
     /// The database file, for exports on a connection of their own.
     path: String,
     retention: Arc<Retention>,
+    entities: Arc<Entities>,
+    sealer: Option<Arc<Sealer>>,
+}
+
+/// The stored channels and gateways as last read, and a count of their changes:
+/// the gateway rebuilds its snapshot when the count moves (an admin write here, or
+/// another process's).
+pub struct Entities {
+    current: ArcSwap<Stored>,
+    changes: AtomicU64,
+    /// Their last serialisation: a refresh that changed nothing is not a change.
+    last: Mutex<String>,
+}
+
+impl Entities {
+    fn new() -> Entities {
+        Entities {
+            current: ArcSwap::from_pointee(Stored::default()),
+            changes: AtomicU64::new(0),
+            last: Mutex::new(Self::text(&Stored::default())),
+        }
+    }
+
+    fn text(stored: &Stored) -> String {
+        format!("{:?}", (&stored.channels, &stored.gateways))
+    }
+
+    /// Sets them; true when they differ from before.
+    fn set(&self, stored: Stored) -> bool {
+        let text = Self::text(&stored);
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == text {
+            return false;
+        }
+        *last = text;
+        self.current.store(Arc::new(stored));
+        self.changes.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// The entities and the change count they belong to.
+    pub fn get(&self) -> (u64, Arc<Stored>) {
+        let n = self.changes.load(Ordering::Acquire);
+        (n, self.current.load_full())
+    }
 }
 
 /// How long the call log keeps rows and failed calls' bodies; a reload changes it.
@@ -130,13 +179,22 @@ impl Store {
         path: &str,
         flush_interval: Duration,
         logs: &LogsConfig,
+        secret_key: Option<&str>,
         accounts: Arc<Accounts>,
     ) -> Result<Store, String> {
+        let sealer = secret_key
+            .filter(|k| !k.is_empty())
+            .map(Sealer::new)
+            .transpose()?
+            .map(Arc::new);
+        let entities = Arc::new(Entities::new());
         let conn = schema::open(path)?;
         let reader = Arc::new(Mutex::new(schema::open(path)?));
         let queue = Arc::new(Mutex::new(Vec::with_capacity(BATCH)));
         let retention = Arc::new(Retention::new(logs));
         let mut worker = Worker {
+            entities: entities.clone(),
+            sealer: sealer.clone(),
             retention: retention.clone(),
             last_log_prune: Instant::now(),
             queue: queue.clone(),
@@ -165,6 +223,8 @@ impl Store {
             reader,
             path: path.to_string(),
             retention,
+            entities,
+            sealer,
         })
     }
 
@@ -211,6 +271,28 @@ impl Store {
         })
         .await
         .map_err(|e| GatewayError::Internal(format!("report failed: {e}")))?
+    }
+
+    /// The stored channels and gateways (A1).
+    pub fn entities(&self) -> &Entities {
+        &self.entities
+    }
+
+    /// Makes one change to the stored channels and gateways, checked against the
+    /// whole config with `file`; returns them as they now are.
+    pub async fn change_entities(
+        &self,
+        change: entities::Change,
+        file: FileConfig,
+    ) -> Result<Arc<Stored>, GatewayError> {
+        let sealer = self.sealer.clone();
+        let entities = self.entities.clone();
+        self.call(true, move |conn| {
+            let stored = entities::apply(conn, change, sealer.as_deref(), &file, now_unix())?;
+            entities.set(stored);
+            Ok(entities.get().1)
+        })
+        .await
     }
 
     /// How long the call log keeps what; a reload sets it.
@@ -265,6 +347,8 @@ struct Worker {
     last_prune: Instant,
     retention: Arc<Retention>,
     last_log_prune: Instant,
+    entities: Arc<Entities>,
+    sealer: Option<Arc<Sealer>>,
 }
 
 impl Worker {
@@ -330,6 +414,8 @@ impl Worker {
     fn refresh(&mut self) -> Result<(), GatewayError> {
         let version = ops::meta_version(&self.conn)?;
         let snap = ops::load_snapshot(&self.conn)?;
+        self.entities
+            .set(entities::load(&self.conn, self.sealer.as_deref())?);
         let month = month_of(now_unix());
         let money = ops::load_money(&self.conn, month)?;
         {

@@ -17,7 +17,7 @@ pub fn db_err(e: rusqlite::Error) -> GatewayError {
 }
 
 /// Every write bumps this so other processes (and `weir keys`) notice it.
-fn bump(tx: &Transaction<'_>) -> OpResult<()> {
+pub fn bump(tx: &Transaction<'_>) -> OpResult<()> {
     tx.execute(
         "UPDATE meta SET value = value + 1 WHERE key = 'version'",
         [],

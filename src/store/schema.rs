@@ -134,6 +134,23 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX call_bodies_ts ON call_bodies (ts);
     "#,
+    // 4: channels and gateways as data (A1): the entry as JSON in the YAML's field
+    // names; a channel's provider keys sealed with storage.secret_key, apart.
+    r#"
+    CREATE TABLE channels (
+        name TEXT PRIMARY KEY,
+        config TEXT NOT NULL,
+        keys BLOB,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE gateways (
+        name TEXT PRIMARY KEY,
+        config TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Opens (creating) the database, in WAL mode, migrated to the current schema.

@@ -9,32 +9,49 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(super) fn runtime(file: FileConfig) -> Result<Runtime, ConfigError> {
+pub(super) fn runtime(file: FileConfig, stored: Stored) -> Result<Runtime, ConfigError> {
     let mut problems = Vec::new();
     validate_server(&file.server, &mut problems);
+    let stored = without_clashes(&file, stored, &mut problems);
     let mut index = ChannelIndex::default();
     for (i, c) in file.channels.iter().enumerate() {
-        index.add(&format!("channels[{i}]"), c, &mut problems);
+        index.add(&format!("channels[{i}]"), c, Source::File, &mut problems);
     }
-    let served = Served::by(&file.channels);
-    if file.gateways.is_empty() {
+    for c in &stored.channels {
+        index.add(
+            &format!("stored channel `{}`", c.name),
+            c,
+            Source::Store,
+            &mut problems,
+        );
+    }
+    let all_channels: Vec<ChannelConfig> = file
+        .channels
+        .iter()
+        .chain(&stored.channels)
+        .cloned()
+        .collect();
+    let served = Served::by(&all_channels);
+    if file.gateways.is_empty() && stored.gateways.is_empty() {
         problems.push(
             "gateways: at least one gateway is needed (e.g. `{name: default, path: /v1}`)".into(),
         );
     }
     let mut seen = Taken::default();
-    let mut gateways: Vec<Gateway> = file
-        .gateways
-        .iter()
-        .enumerate()
-        .map(|(i, g)| {
-            gateway(
-                &format!("gateways[{i}]"),
-                g,
-                &served,
-                &mut seen,
-                &mut problems,
-            )
+    let file_gateways = file.gateways.iter().enumerate();
+    let labelled = file_gateways
+        .map(|(i, g)| (format!("gateways[{i}]"), g, Source::File))
+        .chain(
+            stored
+                .gateways
+                .iter()
+                .map(|g| (format!("stored gateway `{}`", g.name), g, Source::Store)),
+        );
+    let mut gateways: Vec<Gateway> = labelled
+        .map(|(at, g, source)| {
+            let mut gw = gateway(&at, g, &served, &mut seen, &mut problems);
+            gw.source = source;
+            gw
         })
         .collect();
     gateways.sort_by_key(|g| std::cmp::Reverse(g.path.len()));
@@ -56,6 +73,7 @@ pub(super) fn runtime(file: FileConfig) -> Result<Runtime, ConfigError> {
     } = index;
     Ok(Runtime {
         file,
+        stored,
         gateways,
         channels,
         models,
@@ -63,6 +81,51 @@ pub(super) fn runtime(file: FileConfig) -> Result<Runtime, ConfigError> {
         prices,
         cache,
     })
+}
+
+/// A name in the file and in the store is an error naming both places; the stored
+/// entry is left out so that it is not reported twice.
+fn without_clashes(file: &FileConfig, mut stored: Stored, problems: &mut Vec<String>) -> Stored {
+    drop_clashes(
+        "channels",
+        &file.channels,
+        &mut stored.channels,
+        |c| &c.name,
+        problems,
+    );
+    drop_clashes(
+        "gateways",
+        &file.gateways,
+        &mut stored.gateways,
+        |g| &g.name,
+        problems,
+    );
+    stored
+}
+
+fn drop_clashes<T>(
+    list: &str,
+    file: &[T],
+    stored: &mut Vec<T>,
+    name: impl Fn(&T) -> &String,
+    problems: &mut Vec<String>,
+) {
+    let in_file: HashMap<&str, usize> = file
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (name(e).as_str(), i))
+        .collect();
+    stored.retain(|e| match in_file.get(name(e).as_str()) {
+        Some(i) => {
+            problems.push(format!(
+                "{list}[{i}].name: `{}` is defined in the file and in the store (created \
+                 through the admin API); rename or delete one",
+                name(e)
+            ));
+            false
+        }
+        None => true,
+    });
 }
 
 /// Channels as the request path reads them, and which serve each model name.
@@ -75,7 +138,7 @@ struct ChannelIndex {
 }
 
 impl ChannelIndex {
-    fn add(&mut self, at: &str, c: &ChannelConfig, problems: &mut Vec<String>) {
+    fn add(&mut self, at: &str, c: &ChannelConfig, source: Source, problems: &mut Vec<String>) {
         check_name(at, "channel", &c.name, &mut self.names, problems);
         let upstream = upstream(at, c, problems);
         check_channel(at, c, problems);
@@ -117,6 +180,8 @@ impl ChannelIndex {
             exposed: exposed.into_iter().map(|(from, _)| from).collect(),
             api_version: c.api_version.clone(),
             default_max_tokens: c.default_max_tokens,
+            enabled: c.enabled,
+            source,
         });
     }
 }
@@ -331,6 +396,7 @@ fn gateway(
         param_fixed: g.param_fixed.clone(),
         rewrite_digest: serde_json::json!([g.prompt_template, g.param_map, g.param_fixed])
             .to_string(),
+        source: Source::File,
     }
 }
 

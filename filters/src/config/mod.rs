@@ -47,13 +47,25 @@ pub fn parse(text: &str) -> Result<Runtime, ConfigError> {
     parse_with_env(text, |k| std::env::var(k).ok())
 }
 
+/// Parses and checks the file alone, for a snapshot with the store's entities too.
+pub fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
+    file_with_env(text, |k| std::env::var(k).ok())
+}
+
 pub fn parse_with_env(
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<Runtime, ConfigError> {
+    Runtime::build(file_with_env(text, lookup)?)
+}
+
+fn file_with_env(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<FileConfig, ConfigError> {
     let text = env::substitute(text, lookup).map_err(ConfigError::one)?;
     let de = serde_yaml::Deserializer::from_str(&text);
-    let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         if path == "." || path.is_empty() {
@@ -61,8 +73,7 @@ pub fn parse_with_env(
         } else {
             ConfigError::one(format!("{path}: {inner}"))
         }
-    })?;
-    Runtime::build(file)
+    })
 }
 
 /// Where a channel's requests go, resolved from `base_url` once at load time.
@@ -160,6 +171,26 @@ pub struct Channel {
     pub api_version: Option<String>,
     /// `anthropic`: `max_tokens` when a request names none.
     pub default_max_tokens: Option<u32>,
+    /// A disabled channel is listed but serves nothing.
+    pub enabled: bool,
+    pub source: Source,
+}
+
+/// Where an entity is defined: the YAML file (read-only through the API) or the
+/// store (created through the admin API, an import or docking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    File,
+    Store,
+}
+
+/// Channels and gateways kept in the store (A1), merged with the file's into one
+/// snapshot. Their keys are in clear here: the store decrypts them on load.
+#[derive(Debug, Clone, Default)]
+pub struct Stored {
+    pub channels: Vec<ChannelConfig>,
+    pub gateways: Vec<GatewayConfig>,
 }
 
 impl Channel {
@@ -191,6 +222,7 @@ pub struct Gateway {
     pub param_fixed: indexmap::IndexMap<String, serde_json::Value>,
     /// The rewrite rules above in one string (part of cache keys).
     pub rewrite_digest: String,
+    pub source: Source,
 }
 
 impl Gateway {
@@ -231,7 +263,10 @@ pub struct Route {
 /// The validated configuration, indexed for the request path. Swapped whole on reload.
 #[derive(Debug)]
 pub struct Runtime {
+    /// The YAML file as parsed: what ops wrote, without the stored entities.
     pub file: FileConfig,
+    /// The entities from the store this snapshot was built with.
+    pub stored: Stored,
     /// Longest path first, so the first prefix that matches is the most specific.
     pub gateways: Vec<Gateway>,
     pub channels: Vec<Channel>,
@@ -296,7 +331,13 @@ impl Runtime {
     /// Validates a whole file and indexes it for the request path; every problem
     /// found is reported, each with its field path.
     pub fn build(file: FileConfig) -> Result<Runtime, ConfigError> {
-        build::runtime(file)
+        build::runtime(file, Stored::default())
+    }
+
+    /// The file's entities and the store's, in one snapshot; a name in both is an
+    /// error naming both places.
+    pub fn build_with(file: FileConfig, stored: Stored) -> Result<Runtime, ConfigError> {
+        build::runtime(file, stored)
     }
 
     pub fn server(&self) -> &ServerConfig {
@@ -370,9 +411,11 @@ impl Runtime {
     /// The file as JSON with every secret replaced, for `GET /admin/config`.
     pub fn redacted_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.file).unwrap_or(serde_json::Value::Null);
-        if let Some(key) = v.pointer_mut("/server/admin_key") {
-            if !key.is_null() {
-                *key = serde_json::Value::String(REDACTED.into());
+        for secret in ["/server/admin_key", "/storage/secret_key"] {
+            if let Some(key) = v.pointer_mut(secret) {
+                if !key.is_null() {
+                    *key = serde_json::Value::String(REDACTED.into());
+                }
             }
         }
         if let Some(gateways) = v.get_mut("gateways").and_then(|c| c.as_array_mut()) {

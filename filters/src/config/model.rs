@@ -159,6 +159,9 @@ pub struct StorageConfig {
     pub sqlite: String,
     /// How often usage and counters are written (at most this much is lost on `kill -9`).
     pub flush_interval: Dur,
+    /// Encrypts provider keys of channels stored through the admin API (A1); give it
+    /// from the environment (`${WEIR_SECRET_KEY}`). Without it such keys are refused.
+    pub secret_key: Option<String>,
 }
 
 impl Default for StorageConfig {
@@ -166,6 +169,7 @@ impl Default for StorageConfig {
         StorageConfig {
             sqlite: "data/weir.db".into(),
             flush_interval: Dur::millis(250),
+            secret_key: None,
         }
     }
 }

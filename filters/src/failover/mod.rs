@@ -19,7 +19,7 @@ pub use summary::{FailKind, Summary};
 
 #[cfg(test)]
 mod testkit {
-    use crate::config::{Channel, ChannelType, Route};
+    use crate::config::{Channel, ChannelType, Route, Source};
     use std::time::Duration;
 
     pub fn channel(name: &str, priority: i32, weight: u32, keys: usize, retries: u32) -> Channel {
@@ -38,6 +38,8 @@ mod testkit {
             exposed: vec!["m".into()],
             api_version: None,
             default_max_tokens: None,
+            enabled: true,
+            source: Source::File,
         }
     }
 

@@ -1,0 +1,254 @@
+//! Channels and gateways as data (A1): one row each, the entry as JSON in the YAML's
+//! own field names, a channel's provider keys sealed apart. Every change is checked
+//! against the whole config (the file's entries and the store's) inside the
+//! transaction that makes it: an entry that would not load is never written.
+
+use super::ops::{bump, db_err, OpResult};
+use super::sealed::Sealer;
+use rusqlite::{params, Connection, Transaction};
+use serde_json::{Map, Value};
+use weir_filters::config::{ChannelConfig, FileConfig, GatewayConfig, Runtime, Stored};
+use weir_filters::GatewayError;
+
+/// One write to the stored entities.
+#[derive(Debug, Clone)]
+pub enum Change {
+    CreateChannel(Value),
+    PatchChannel(String, Map<String, Value>),
+    DeleteChannel(String),
+    CreateGateway(Value),
+    PatchGateway(String, Map<String, Value>),
+    DeleteGateway(String),
+}
+
+/// The stored channels and gateways, keys opened.
+pub fn load(conn: &Connection, sealer: Option<&Sealer>) -> OpResult<Stored> {
+    let mut stored = Stored::default();
+    let mut stmt = conn
+        .prepare("SELECT name, config, keys FROM channels ORDER BY name")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<Vec<u8>>>(2)?,
+            ))
+        })
+        .map_err(db_err)?;
+    for row in rows {
+        let (name, config, keys) = row.map_err(db_err)?;
+        let mut c: ChannelConfig = serde_json::from_str(&config)
+            .map_err(|e| GatewayError::Internal(format!("stored channel `{name}`: {e}")))?;
+        c.keys = open_keys(&name, keys.as_deref(), sealer)?;
+        stored.channels.push(c);
+    }
+    let mut stmt = conn
+        .prepare("SELECT name, config FROM gateways ORDER BY name")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(db_err)?;
+    for row in rows {
+        let (name, config) = row.map_err(db_err)?;
+        stored.gateways.push(
+            serde_json::from_str(&config)
+                .map_err(|e| GatewayError::Internal(format!("stored gateway `{name}`: {e}")))?,
+        );
+    }
+    Ok(stored)
+}
+
+fn open_keys(name: &str, sealed: Option<&[u8]>, sealer: Option<&Sealer>) -> OpResult<Vec<String>> {
+    let Some(sealed) = sealed else {
+        return Ok(Vec::new());
+    };
+    let sealer = sealer.ok_or_else(|| {
+        GatewayError::Internal(format!(
+            "stored channel `{name}` has keys, and storage.secret_key is not set"
+        ))
+    })?;
+    let plain = sealer
+        .open(sealed)
+        .map_err(|e| GatewayError::Internal(format!("stored channel `{name}`: {e}")))?;
+    serde_json::from_slice(&plain)
+        .map_err(|e| GatewayError::Internal(format!("stored channel `{name}` keys: {e}")))
+}
+
+/// Applies `change` in one transaction, after checking that the file and the store
+/// together still make a valid config; returns the stored entities as they now are.
+pub fn apply(
+    conn: &mut Connection,
+    change: Change,
+    sealer: Option<&Sealer>,
+    file: &FileConfig,
+    now: i64,
+) -> OpResult<Stored> {
+    let tx = conn.transaction().map_err(db_err)?;
+    let mut stored = load(&tx, sealer)?;
+    let (kind, name) = edit(&mut stored, change)?;
+    if let Err(e) = Runtime::build_with(file.clone(), stored.clone()) {
+        return Err(GatewayError::BadRequest(format!(
+            "the {kind} would not load: {e}"
+        )));
+    }
+    match kind {
+        "channel" => match stored.channels.iter().find(|c| c.name == name) {
+            Some(c) => write_channel(&tx, c, sealer, now)?,
+            None => delete(&tx, "channels", &name)?,
+        },
+        _ => match stored.gateways.iter().find(|g| g.name == name) {
+            Some(g) => write_gateway(&tx, g, now)?,
+            None => delete(&tx, "gateways", &name)?,
+        },
+    }
+    bump(&tx)?;
+    tx.commit().map_err(db_err)?;
+    Ok(stored)
+}
+
+/// The change made to the list in memory; returns which entity it touched.
+fn edit(stored: &mut Stored, change: Change) -> OpResult<(&'static str, String)> {
+    match change {
+        Change::CreateChannel(v) => {
+            let c: ChannelConfig = entry("channel", v)?;
+            if stored.channels.iter().any(|x| x.name == c.name) {
+                return Err(exists("channel", &c.name));
+            }
+            let name = c.name.clone();
+            stored.channels.push(c);
+            Ok(("channel", name))
+        }
+        Change::PatchChannel(name, patch) => {
+            let i = position(&stored.channels, |c| c.name == name, "channel", &name)?;
+            stored.channels[i] = patched("channel", &stored.channels[i], &name, patch)?;
+            Ok(("channel", name))
+        }
+        Change::DeleteChannel(name) => {
+            let i = position(&stored.channels, |c| c.name == name, "channel", &name)?;
+            stored.channels.remove(i);
+            Ok(("channel", name))
+        }
+        Change::CreateGateway(v) => {
+            let g: GatewayConfig = entry("gateway", v)?;
+            if stored.gateways.iter().any(|x| x.name == g.name) {
+                return Err(exists("gateway", &g.name));
+            }
+            let name = g.name.clone();
+            stored.gateways.push(g);
+            Ok(("gateway", name))
+        }
+        Change::PatchGateway(name, patch) => {
+            let i = position(&stored.gateways, |g| g.name == name, "gateway", &name)?;
+            stored.gateways[i] = patched("gateway", &stored.gateways[i], &name, patch)?;
+            Ok(("gateway", name))
+        }
+        Change::DeleteGateway(name) => {
+            let i = position(&stored.gateways, |g| g.name == name, "gateway", &name)?;
+            stored.gateways.remove(i);
+            Ok(("gateway", name))
+        }
+    }
+}
+
+fn exists(kind: &str, name: &str) -> GatewayError {
+    GatewayError::Conflict(format!(
+        "a stored {kind} named `{name}` exists; PATCH it or pick another name"
+    ))
+}
+
+fn position<T>(list: &[T], is: impl Fn(&T) -> bool, kind: &str, name: &str) -> OpResult<usize> {
+    list.iter()
+        .position(is)
+        .ok_or_else(|| GatewayError::NotFound(format!("no stored {kind} named `{name}`")))
+}
+
+/// An entry from the API's JSON, with the field path of whatever is wrong.
+fn entry<T: serde::de::DeserializeOwned>(kind: &str, v: Value) -> OpResult<T> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        GatewayError::BadRequest(if path == "." {
+            format!("{kind}: {inner}")
+        } else {
+            format!("{kind}.{path}: {inner}")
+        })
+    })
+}
+
+/// `current` with the patch's fields replaced (`null` puts a field back to its
+/// default); the name stays.
+fn patched<T>(kind: &str, current: &T, name: &str, patch: Map<String, Value>) -> OpResult<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    if patch.get("name").is_some_and(|n| n.as_str() != Some(name)) {
+        return Err(GatewayError::BadRequest(format!(
+            "{kind}.name: a {kind} cannot be renamed; create a new one and delete this"
+        )));
+    }
+    let mut v = serde_json::to_value(current).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let Value::Object(fields) = &mut v else {
+        return Err(GatewayError::Internal(format!("{kind} is not an object")));
+    };
+    for (k, value) in patch {
+        if value.is_null() {
+            fields.remove(&k);
+        } else {
+            fields.insert(k, value);
+        }
+    }
+    entry(kind, v)
+}
+
+fn write_channel(
+    tx: &Transaction<'_>,
+    c: &ChannelConfig,
+    sealer: Option<&Sealer>,
+    now: i64,
+) -> OpResult<()> {
+    let keys = if c.keys.is_empty() {
+        None
+    } else {
+        let sealer = sealer.ok_or_else(|| {
+            GatewayError::BadRequest(
+                "channel.keys: storing provider keys needs storage.secret_key (set it from the \
+                 environment, e.g. `secret_key: ${WEIR_SECRET_KEY}`)"
+                    .into(),
+            )
+        })?;
+        let plain =
+            serde_json::to_vec(&c.keys).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        Some(sealer.seal(&plain).map_err(GatewayError::Internal)?)
+    };
+    // The entry without its keys: they live only in the sealed column.
+    let mut bare = c.clone();
+    bare.keys.clear();
+    let config = serde_json::to_string(&bare).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO channels (name, config, keys, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+         ON CONFLICT (name) DO UPDATE SET config = excluded.config, keys = excluded.keys,
+         updated_at = excluded.updated_at",
+        params![c.name, config, keys, now],
+    )
+    .map(drop)
+    .map_err(db_err)
+}
+
+fn write_gateway(tx: &Transaction<'_>, g: &GatewayConfig, now: i64) -> OpResult<()> {
+    let config = serde_json::to_string(g).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO gateways (name, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
+         ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
+        params![g.name, config, now],
+    )
+    .map(drop)
+    .map_err(db_err)
+}
+
+fn delete(tx: &Transaction<'_>, table: &str, name: &str) -> OpResult<()> {
+    // `table` is one of two constants above, never input.
+    tx.execute(&format!("DELETE FROM {table} WHERE name = ?1"), [name])
+        .map(drop)
+        .map_err(db_err)
+}
