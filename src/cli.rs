@@ -2,7 +2,7 @@
 
 use crate::accounts::now_unix;
 use crate::store::{ops, schema};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::Path;
 use weir_filters::accounts::{NewKey, Role};
@@ -10,28 +10,7 @@ use weir_filters::accounts::{NewKey, Role};
 #[derive(Subcommand)]
 pub enum KeysAction {
     /// Create a key; prints it once.
-    Create {
-        #[arg(long)]
-        name: String,
-        #[arg(long, default_value = "user", value_parser = ["user", "admin"])]
-        role: String,
-        #[arg(long, default_value = "default")]
-        group: String,
-        #[arg(long)]
-        email: Option<String>,
-        /// Money per calendar month (UTC).
-        #[arg(long)]
-        monthly_budget: Option<f64>,
-        /// Prepaid balance.
-        #[arg(long)]
-        balance: Option<f64>,
-        /// RFC 3339 time or YYYY-MM-DD.
-        #[arg(long)]
-        expires_at: Option<String>,
-        /// Models granted to the key, comma-separated (`*` for all).
-        #[arg(long, value_delimiter = ',')]
-        models: Vec<String>,
-    },
+    Create(CreateArgs),
     /// List keys (never their secrets).
     List,
     /// Give a key a new secret; the old one stops working.
@@ -40,31 +19,53 @@ pub enum KeysAction {
     Topup { id: i64, amount: f64 },
 }
 
+#[derive(Args)]
+pub struct CreateArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value = "user", value_parser = ["user", "admin"])]
+    role: String,
+    #[arg(long, default_value = "default")]
+    group: String,
+    #[arg(long)]
+    email: Option<String>,
+    /// Money per calendar month (UTC).
+    #[arg(long)]
+    monthly_budget: Option<f64>,
+    /// Prepaid balance.
+    #[arg(long)]
+    balance: Option<f64>,
+    /// RFC 3339 time or YYYY-MM-DD.
+    #[arg(long)]
+    expires_at: Option<String>,
+    /// Models granted to the key, comma-separated (`*` for all).
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+}
+
+impl CreateArgs {
+    fn into_new_key(self) -> NewKey {
+        NewKey {
+            // The parser admits only `user` and `admin`.
+            role: Role::parse(&self.role).unwrap_or(Role::User),
+            name: self.name,
+            group: self.group,
+            email: self.email,
+            monthly_budget: self.monthly_budget,
+            balance: self.balance,
+            expires_at: self.expires_at,
+            models: self.models,
+        }
+    }
+}
+
 pub fn keys(config: &Path, action: KeysAction) -> Result<String, String> {
     let (_, rt) = crate::server::load(config)?;
     let mut conn = schema::open(&rt.file.storage.sqlite)?;
     let err = |e: weir_filters::GatewayError| e.to_string();
     let out = match action {
-        KeysAction::Create {
-            name,
-            role,
-            group,
-            email,
-            monthly_budget,
-            balance,
-            expires_at,
-            models,
-        } => {
-            let new = NewKey {
-                name,
-                role: Role::parse(&role).unwrap_or(Role::User),
-                group,
-                email,
-                monthly_budget,
-                balance,
-                expires_at,
-                models,
-            };
+        KeysAction::Create(args) => {
+            let new = args.into_new_key();
             let (id, secret) = ops::create_key(&mut conn, &new, now_unix()).map_err(err)?;
             json!({"id": id, "key": secret, "note": "shown this once; weir keeps only its hash"})
         }
