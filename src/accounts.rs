@@ -39,6 +39,7 @@ pub struct ModelRecord {
     pub price_out: f64,
     pub multimodal: bool,
     pub config: Option<serde_json::Value>,
+    pub provider: Option<String>,
 }
 
 /// Keys, groups and models as stored, indexed for the request path.
@@ -246,6 +247,15 @@ impl Accounts {
             }
         }
         (0.0, 0.0)
+    }
+
+    /// Whether the model takes image and audio parts: the store's registry before the
+    /// file's `models:`; `None` when neither lists it (then nothing is enforced).
+    pub fn multimodal(&self, rt: &Runtime, name: &str) -> Option<bool> {
+        if let Some(m) = self.snapshot.load().models.get(name) {
+            return Some(m.multimodal);
+        }
+        rt.prices.get(name).map(|p| p.multimodal)
     }
 
     /// Refuses a key over its monthly budget or out of balance, before any upstream call.

@@ -340,3 +340,54 @@ async fn stored_gateways_open_close_and_go() {
         404
     );
 }
+
+/// A chat request with an image part (and a text part).
+fn with_image(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is in it?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]})
+}
+
+#[tokio::test]
+async fn text_only_models_refuse_images_and_models_carry_a_provider() {
+    let a = Upstream::start("mm").await;
+    let body = Config::new()
+        .model("name: m, multimodal: false, provider: openai")
+        .model("name: vision, multimodal: true, provider: file-ch")
+        .channel_at("file-ch", "openai", &a.url(), "models: [m, vision, n]")
+        .gateway("name: default, path: /v1")
+        .build();
+    let weir = Weir::start(&body).await;
+    let client = reqwest::Client::new();
+    let url = weir.url("/v1/chat/completions");
+    let (status, text) = post(&client, &url, &with_image("m")).await;
+    assert_eq!(status, 400, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "model_not_multimodal");
+    assert_eq!(a.calls(), 0, "refused before any upstream call");
+    assert_eq!(post(&client, &url, &chat("m", false)).await.0, 200);
+    assert_eq!(post(&client, &url, &with_image("vision")).await.0, 200);
+    // Not in the registry: not checked.
+    assert_eq!(post(&client, &url, &with_image("n")).await.0, 200);
+    // Registered through the API as text-only: refused from the next request.
+    let def = json!({"name": "n", "multimodal": false, "provider": "openai"});
+    let (status, v) = weir.admin("POST", "/admin/models", Some(def)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(post(&client, &url, &with_image("n")).await.0, 400);
+    let models = weir.admin_get("/admin/models").await;
+    let n = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "n")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (n["provider"].as_str(), n["source"].as_str()),
+        (Some("openai"), Some("store"))
+    );
+    let bad = json!({"name": "z", "provider": "nowhere"});
+    let (status, v) = weir.admin("POST", "/admin/models", Some(bad)).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(message(&v).contains("provider"), "{v}");
+}

@@ -107,6 +107,9 @@ pub struct ModelDef {
     pub multimodal: bool,
     #[serde(default)]
     pub config: Option<serde_json::Value>,
+    /// Who serves it: a channel type (`openai`, `anthropic`…) or a channel's name.
+    #[serde(default)]
+    pub provider: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -65,6 +65,8 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("the model `{0}` takes text only (multimodal: false); send the image or audio to a multimodal model")]
+    ModelNotMultimodal(String),
     /// An entity of the YAML file: read-only through the API.
     #[error("`{0}` is defined in the config file; change it there (the API changes only what it created)")]
     DefinedInFile(String),
@@ -96,6 +98,7 @@ impl GatewayError {
             GatewayInactive(_) | GatewayExpired(_) | Forbidden { .. } => 403,
             RouteNotFound { .. } | ModelNotFound(_) | NotFound(_) => 404,
             Conflict(_) | DefinedInFile(_) => 409,
+            ModelNotMultimodal(_) => 400,
             RateLimited { .. } | QuotaExceeded { .. } | BudgetExceeded { .. } => 429,
             MethodNotAllowed { .. } => 405,
             BodyTooLarge { .. } => 413,
@@ -119,7 +122,8 @@ impl GatewayError {
             | ModelNotFound(_)
             | NotFound(_)
             | Conflict(_)
-            | DefinedInFile(_) => "invalid_request_error",
+            | DefinedInFile(_)
+            | ModelNotMultimodal(_) => "invalid_request_error",
             AdminUnauthorized(_) | InvalidKey(_) => "authentication_error",
             GatewayInactive(_) | GatewayExpired(_) | Forbidden { .. } => "permission_error",
             UpstreamRateLimited { .. } | RateLimited { .. } => "rate_limit_error",
@@ -159,6 +163,7 @@ impl GatewayError {
             NotFound(_) => "not_found",
             Conflict(_) => "conflict",
             DefinedInFile(_) => "defined_in_file",
+            ModelNotMultimodal(_) => "model_not_multimodal",
             Internal(_) => "internal_error",
         }
     }

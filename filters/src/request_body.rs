@@ -303,6 +303,39 @@ fn unreachable_value<'a>() -> &'a mut serde_json::Value {
     unreachable!("set_path makes every intermediate value an object or an array")
 }
 
+/// Content part types that carry an image or audio (OpenAI's `image_url` and
+/// `input_audio`, and the `image` / `audio` some clients send).
+const MEDIA_PARTS: &[&str] = &["image_url", "input_audio", "image", "audio"];
+
+/// Whether any message has an image or audio part. Text-only bodies (most) are
+/// told apart by a substring scan; only a body that names a media type is parsed.
+pub fn has_media(body: &JsonBody) -> bool {
+    let Some(messages) = body.get("messages") else {
+        return false;
+    };
+    let raw = messages.get();
+    let finder = |t: &str| memchr::memmem::find(raw.as_bytes(), t.as_bytes()).is_some();
+    if !MEDIA_PARTS.iter().any(|t| finder(t)) {
+        return false;
+    }
+    #[derive(serde::Deserialize)]
+    struct Message {
+        #[serde(default)]
+        content: Option<serde_json::Value>,
+    }
+    let Ok(messages) = serde_json::from_str::<Vec<Message>>(raw) else {
+        return false;
+    };
+    messages.iter().any(|m| match &m.content {
+        Some(serde_json::Value::Array(parts)) => parts.iter().any(|p| {
+            p.get("type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| MEDIA_PARTS.contains(&t))
+        }),
+        _ => false,
+    })
+}
+
 /// The text a tokenizer estimate counts for the prompt: every string in `messages`
 /// (chat), `prompt` (completions) or `input` (embeddings), plus the number of messages.
 pub fn prompt_text(body: &JsonBody) -> (String, usize) {
@@ -487,5 +520,29 @@ mod tests {
         let (text, n) = prompt_text(&b);
         assert_eq!(n, 2);
         assert!(text.contains("be brief") && text.contains("hello") && !text.contains("image"));
+    }
+
+    #[test]
+    fn media_parts_are_found_and_text_mentions_are_not() {
+        let body =
+            |v: serde_json::Value| JsonBody::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+        let image = body(
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}),
+        );
+        assert!(has_media(&image));
+        let audio = body(
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]}),
+        );
+        assert!(has_media(&audio));
+        let text = body(serde_json::json!({"model": "m", "messages": [
+            {"role": "user", "content": "tell me about image_url and audio"},
+            {"role": "user", "content": [{"type": "text", "text": "an image, please"}]}]}));
+        assert!(!has_media(&text));
+        assert!(!has_media(&body(
+            serde_json::json!({"model": "m", "input": "image"})
+        )));
     }
 }

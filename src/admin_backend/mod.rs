@@ -312,6 +312,12 @@ impl Admin {
     }
 
     async fn put_model(&self, m: ModelDef) -> Reply {
+        if let Some(p) = &m.provider {
+            self.state
+                .snapshot()
+                .check_provider(p)
+                .map_err(|e| GatewayError::BadRequest(format!("provider: {e}")))?;
+        }
         let view = serde_json::to_value(&m).unwrap_or(Value::Null);
         let store = &self.state.store;
         store.call(true, move |c| ops::upsert_model(c, &m)).await?;

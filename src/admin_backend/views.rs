@@ -186,6 +186,7 @@ pub fn models(state: &AppState) -> Value {
                 "price_out": m.price_out,
                 "multimodal": m.multimodal,
                 "config": m.config,
+                "provider": m.provider,
                 "source": "file",
             });
             (m.name.clone(), v)

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use pingora_core::protocols::http::ServerSession as Session;
 use weir_filters::adapters;
 use weir_filters::config::Route;
-use weir_filters::request_body::JsonBody;
+use weir_filters::request_body::{self, JsonBody};
 use weir_filters::GatewayError;
 
 pub async fn proxy(
@@ -33,11 +33,34 @@ pub async fn proxy(
     ctx.route.stream = facts.stream;
     ctx.route.requested_model = Some(facts.model.clone());
     let routes = route(ctx, req, &facts.model)?;
+    check_media(state, req, &facts.model, &ctx.route.model_label, &parsed)?;
     if let Some(hit) = cached::lookup(state, ctx, req, &routes, &facts.model, &parsed).await {
         return cached::serve(session, ctx, &hit).await;
     }
     let mut bodies = Bodies::prepare(raw, parsed, &facts, req, req.body_key.is_some())?;
     dispatch::run(state, session, ctx, req, &routes, &mut bodies).await
+}
+
+/// An image or audio part to a model registered as text-only is refused (K3): the
+/// name asked for, else the configured name it routed to. A model the registry
+/// does not list is not checked (nor by the catch-all `default` entry, which only
+/// prices).
+fn check_media(
+    state: &AppState,
+    req: &Request<'_>,
+    model: &str,
+    label: &str,
+    body: &JsonBody,
+) -> Result<(), GatewayError> {
+    let multimodal = state.accounts.multimodal(req.snap, model).or_else(|| {
+        (label != weir_filters::config::CATCH_ALL_MODEL)
+            .then(|| state.accounts.multimodal(req.snap, label))
+            .flatten()
+    });
+    if multimodal == Some(false) && request_body::has_media(body) {
+        return Err(GatewayError::ModelNotMultimodal(model.to_string()));
+    }
+    Ok(())
 }
 
 /// The routes that may serve this model for this caller, and the configured model

@@ -287,10 +287,11 @@ pub fn upsert_model(conn: &mut Connection, m: &ModelDef) -> OpResult<()> {
     let config = m.config.as_ref().map(|c| c.to_string());
     let tx = conn.transaction().map_err(db_err)?;
     tx.execute(
-        "INSERT INTO models (name, price_in, price_out, multimodal, config) VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO models (name, price_in, price_out, multimodal, config, provider)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (name) DO UPDATE SET price_in = excluded.price_in, price_out = excluded.price_out,
-           multimodal = excluded.multimodal, config = excluded.config",
-        params![m.name, m.price_in, m.price_out, m.multimodal, config],
+           multimodal = excluded.multimodal, config = excluded.config, provider = excluded.provider",
+        params![m.name, m.price_in, m.price_out, m.multimodal, config, m.provider],
     )
     .map_err(db_err)?;
     bump(&tx)?;
@@ -349,7 +350,7 @@ pub fn load_snapshot(conn: &Connection) -> OpResult<AccountsSnapshot> {
     for (g, m) in all(conn, sql, [], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))? {
         snap.groups.entry(g).or_default().push(m);
     }
-    let sql = "SELECT name, price_in, price_out, multimodal, config FROM models";
+    let sql = "SELECT name, price_in, price_out, multimodal, config, provider FROM models";
     let models = all(conn, sql, [], |r| {
         Ok(ModelRecord {
             name: r.get(0)?,
@@ -359,6 +360,7 @@ pub fn load_snapshot(conn: &Connection) -> OpResult<AccountsSnapshot> {
             config: r
                 .get::<_, Option<String>>(4)?
                 .and_then(|c| serde_json::from_str(&c).ok()),
+            provider: r.get(5)?,
         })
     })?;
     for m in models {

@@ -151,6 +151,10 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );
     "#,
+    // 5: a model's provider (K3).
+    r#"
+    ALTER TABLE models ADD COLUMN provider TEXT;
+    "#,
 ];
 
 /// Opens (creating) the database, in WAL mode, migrated to the current schema.

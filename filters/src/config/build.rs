@@ -56,6 +56,13 @@ pub(super) fn runtime(file: FileConfig, stored: Stored) -> Result<Runtime, Confi
         .collect();
     gateways.sort_by_key(|g| std::cmp::Reverse(g.path.len()));
     let prices = prices(&file.models, &mut problems);
+    for (i, m) in file.models.iter().enumerate() {
+        if let Some(p) = &m.provider {
+            if let Err(e) = check_provider(p, &all_channels) {
+                problems.push(format!("models[{i}].provider: {e}"));
+            }
+        }
+    }
     check_storage(&file.storage, &mut problems);
     check_logs(&file.logs, &mut problems);
     if !problems.is_empty() {
@@ -475,6 +482,17 @@ fn check_rewrites(at: &str, g: &GatewayConfig, problems: &mut Vec<String>) {
             }
         }
     }
+}
+
+/// A model's provider names a channel type or a channel.
+pub fn check_provider(provider: &str, channels: &[ChannelConfig]) -> Result<(), String> {
+    let is_type = serde_json::from_value::<ChannelType>(serde_json::Value::from(provider)).is_ok();
+    if is_type || channels.iter().any(|c| c.name == provider) {
+        return Ok(());
+    }
+    Err(format!(
+        "`{provider}` is neither a channel type (openai, azure, anthropic, gemini, mock) nor a channel's name"
+    ))
 }
 
 fn prices(models: &[ModelConfig], problems: &mut Vec<String>) -> HashMap<String, ModelPrice> {

@@ -334,6 +334,19 @@ impl Runtime {
         build::runtime(file, Stored::default())
     }
 
+    /// Whether a model's `provider` names a channel type or one of this snapshot's
+    /// channels.
+    pub fn check_provider(&self, provider: &str) -> Result<(), String> {
+        let channels: Vec<ChannelConfig> = self
+            .file
+            .channels
+            .iter()
+            .chain(&self.stored.channels)
+            .cloned()
+            .collect();
+        build::check_provider(provider, &channels)
+    }
+
     /// The file's entities and the store's, in one snapshot; a name in both is an
     /// error naming both places.
     pub fn build_with(file: FileConfig, stored: Stored) -> Result<Runtime, ConfigError> {
@@ -599,6 +612,14 @@ gateways:
         assert!(e.to_string().starts_with("logs.keep"), "{e}");
         let e = load("logs: {retention: 1d}\n").unwrap_err();
         assert!(e.to_string().contains("unknown field `retention`"), "{e}");
+    }
+
+    #[test]
+    fn a_model_provider_is_a_channel_type_or_a_channel() {
+        let ok = "channels:\n  - {name: c1, type: mock, models: [m]}\nmodels:\n  - {name: m, provider: c1}\n  - {name: n, provider: anthropic}\n";
+        assert!(load(ok).is_ok());
+        let e = load("models:\n  - {name: m, provider: elsewhere}\n").unwrap_err();
+        assert!(e.to_string().starts_with("models[0].provider: "), "{e}");
     }
 
     #[test]

@@ -188,6 +188,9 @@ pub struct ModelConfig {
     pub multimodal: bool,
     #[serde(default)]
     pub cache: bool,
+    /// Who serves it: a channel type (`openai`, `anthropic`…) or a channel's name.
+    #[serde(default)]
+    pub provider: Option<String>,
     /// Free-form settings kept with the model.
     #[serde(default)]
     pub config: Option<serde_json::Value>,
