@@ -24,6 +24,7 @@ pub struct Metrics {
     pub channel_state: IntGaugeVec,
     pub key_up: IntGaugeVec,
     pub reloads: IntCounterVec,
+    pub probes: IntCounterVec,
     pub refused: IntCounterVec,
     pub cache: IntCounterVec,
     pub config_version: IntGauge,
@@ -168,6 +169,12 @@ const KEY_UP: Def = Def {
     labels: &["channel", "key"],
 };
 
+const PROBES: Def = Def {
+    name: "weir_channel_probes_total",
+    help: "Background probes of suspended channels by result (ok readmits the channel, failed keeps it out).",
+    labels: &["channel", "result"],
+};
+
 const RELOADS: Def = Def {
     name: "weir_config_reloads_total",
     help: "Config reloads by result.",
@@ -233,6 +240,7 @@ impl Metrics {
             channel_state: r.gauge(&CHANNEL_STATE)?,
             key_up: r.gauge(&KEY_UP)?,
             reloads: r.counter(&RELOADS)?,
+            probes: r.counter(&PROBES)?,
             cache: r.counter(&CACHE)?,
             refused: r.counter(&REFUSED)?,
             config_version,

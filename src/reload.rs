@@ -14,6 +14,27 @@ pub struct Reloader {
     pub state: Arc<AppState>,
 }
 
+/// Probes suspended channels every `server.health.probe` (A5), so a channel comes
+/// back when it works again, without waiting for live traffic to gamble a trial.
+pub struct Prober {
+    pub state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for Prober {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let every = self.state.snapshot().server().health.probe.0;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {
+                    crate::proxy::probe::probe_suspended(&self.state).await;
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+}
+
 /// How often the store's channels and gateways are checked for changes made
 /// elsewhere (admin writes here rebuild at once).
 const ENTITY_POLL: Duration = Duration::from_millis(500);

@@ -5,7 +5,7 @@ use crate::accounts::Accounts;
 use crate::admin_backend::Admin;
 use crate::listeners::{self, Adopting, Bound};
 use crate::proxy::Weir;
-use crate::reload::Reloader;
+use crate::reload::{Prober, Reloader};
 use crate::state::AppState;
 use crate::store::Store;
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
@@ -184,4 +184,10 @@ fn add_services(server: &mut Server, state: &Arc<AppState>, proxy: Bound, admin:
     server.add_service(Adopting::new(proxy_service, vec![proxy]));
     server.add_service(Adopting::new(admin_service, vec![admin]));
     server.add_service(reloader);
+    server.add_service(background_service(
+        "channel prober",
+        Prober {
+            state: state.clone(),
+        },
+    ));
 }

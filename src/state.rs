@@ -31,6 +31,8 @@ pub struct AppState {
     pub store: Store,
     /// Cached answers (P10); kept across reloads, resized by them.
     pub cache: Arc<dyn CacheStore>,
+    /// The last background probe of each suspended channel.
+    pub probes: crate::proxy::probe::Probes,
     /// The store's entity change count the snapshot was last built with.
     entities_applied: AtomicU64,
 }
@@ -75,6 +77,7 @@ impl AppState {
             accounts,
             store,
             entities_applied: AtomicU64::new(0),
+            probes: Default::default(),
         })
     }
 

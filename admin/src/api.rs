@@ -21,6 +21,17 @@ pub struct TopUp {
     pub amount: f64,
 }
 
+/// The body of a channel test: which models (default: all of the channel's), and
+/// whether a suspended channel that passes is admitted again.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelTest {
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    #[serde(default)]
+    pub readmit: bool,
+}
+
 /// Everything the admin API can be asked to do.
 #[derive(Debug, Clone)]
 pub enum Command {
@@ -50,6 +61,8 @@ pub enum Command {
     GetChannel(String),
     PatchChannel(String, serde_json::Map<String, serde_json::Value>),
     DeleteChannel(String),
+    /// `POST /admin/channels/{name}/test`.
+    TestChannel(String, ChannelTest),
     CreateGateway(serde_json::Value),
     GetGateway(String),
     PatchGateway(String, serde_json::Map<String, serde_json::Value>),
@@ -127,6 +140,7 @@ fn known_path(segs: &[&str]) -> bool {
             ]
             | ["keys", _, "reset" | "topup" | "models"]
             | ["groups", _, "models"]
+            | ["channels", _, "test"]
             | ["me", "usage"]
     )
 }
@@ -139,6 +153,14 @@ fn entity_route(segs: &[&str], method: &str, body: &[u8]) -> Result<Option<Comma
         (["channels", name], "GET") => GetChannel(decode_segment(name)),
         (["channels", name], "PATCH") => PatchChannel(decode_segment(name), json_object(body)?),
         (["channels", name], "DELETE") => DeleteChannel(decode_segment(name)),
+        (["channels", name, "test"], "POST") => {
+            let test = if body.iter().all(u8::is_ascii_whitespace) {
+                ChannelTest::default()
+            } else {
+                json_body(body)?
+            };
+            TestChannel(decode_segment(name), test)
+        }
         (["gateways"], "POST") => CreateGateway(json_object(body)?.into()),
         (["gateways", name], "GET") => GetGateway(decode_segment(name)),
         (["gateways", name], "PATCH") => PatchGateway(decode_segment(name), json_object(body)?),

@@ -4,17 +4,19 @@
 mod views;
 
 use crate::accounts::now_unix;
+use crate::proxy::probe;
 use crate::state::{AppState, ReloadOutcome};
 use crate::store::entities::Change;
 use crate::store::{calllog, ops, queries};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use weir_admin::api::{Caller, Command};
+use weir_admin::api::{Caller, ChannelTest, Command};
 use weir_admin::{is_bootstrap_key, AdminBackend, Answer};
 use weir_filters::accounts::{KeyPatch, ModelDef, NewGroup, NewKey, Role, UsageGroup, UsageQuery};
 use weir_filters::auth::hash_key;
 use weir_filters::calllog::{ExportFormat, LogQuery};
+use weir_filters::config::CATCH_ALL_MODEL;
 use weir_filters::GatewayError;
 
 type Reply = Result<Answer, GatewayError>;
@@ -101,6 +103,7 @@ impl AdminBackend for Admin {
                 self.change(Change::DeleteChannel(name.clone())).await?;
                 ok(json!({"deleted": name}))
             }
+            Command::TestChannel(name, test) => self.test_channel(&name, test).await,
             Command::CreateGateway(v) => self.create(Change::CreateGateway(v), "gateway").await,
             Command::GetGateway(name) => ok(views::gateway_named(state, &name)?),
             Command::PatchGateway(name, patch) => {
@@ -197,6 +200,37 @@ impl Admin {
             _ => views::gateway_named(&self.state, &name)?,
         };
         Ok(Answer::Json(201, view))
+    }
+
+    /// One real request per model through the channel's adapter (A5); nothing billed.
+    async fn test_channel(&self, name: &str, test: ChannelTest) -> Reply {
+        let rt = self.state.snapshot();
+        let index = probe::index_of(&rt, name)?;
+        let channel = &rt.channels[index];
+        let models = test
+            .models
+            .unwrap_or_else(|| probe::default_models(channel));
+        if models.is_empty() {
+            return Err(GatewayError::BadRequest(format!(
+                "`{name}` lists no model to test; name one in `models`"
+            )));
+        }
+        let catches_all = channel.exposed.iter().any(|m| m == CATCH_ALL_MODEL);
+        if let Some(m) = models
+            .iter()
+            .find(|m| !catches_all && !channel.exposed.contains(m))
+        {
+            return Err(GatewayError::BadRequest(format!(
+                "models: `{m}` is not a model of the channel `{name}`"
+            )));
+        }
+        let results = probe::test(&self.state, &rt, index, &models).await;
+        let passed = results.iter().all(|r| r.ok);
+        let readmitted = test.readmit && passed && probe::suspended(&self.state, channel);
+        if readmitted {
+            probe::readmit(&self.state, channel);
+        }
+        ok(json!({"channel": name, "results": results, "readmitted": readmitted}))
     }
 
     async fn logs(&self, caller: Caller, q: LogQuery) -> Reply {

@@ -94,6 +94,7 @@ fn channel(state: &AppState, c: &config::Channel) -> Value {
         "groups": c.groups,
         "models": c.exposed,
         "health": state.health.report(&HealthId::channel(&c.name)),
+        "probe": state.probes.get(&c.name),
         "keys": keys,
     })
 }

@@ -59,7 +59,7 @@ pub async fn run(
         // as long as its stream is relayed, and should not reserve room for them.
         let sent = Box::pin(exchange(
             state,
-            session,
+            Some(&mut *session),
             channel,
             attempt.key,
             &out,

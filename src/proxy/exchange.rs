@@ -88,6 +88,15 @@ pub enum AttemptError {
 }
 
 impl AttemptError {
+    /// For a channel test's report: what went wrong, with the detail.
+    pub fn describe(&self) -> String {
+        match self {
+            AttemptError::Failed(kind, detail) => kind.describe(detail),
+            AttemptError::ClientGone => "the client left".into(),
+            AttemptError::Refused(e) => e.to_string(),
+        }
+    }
+
     /// What the failover plan is told; `None` when the client left (nothing learned).
     pub fn outcome(&self) -> Option<Outcome<'_>> {
         match self {
@@ -150,7 +159,7 @@ const STALE_REUSE_RETRIES: usize = 3;
 /// Sends one request to one channel with one key and waits for the response header.
 pub async fn exchange(
     state: &AppState,
-    session: &mut Session,
+    session: Option<&mut Session>,
     channel: &Channel,
     key: Option<&str>,
     out: &Outbound<'_>,
@@ -266,7 +275,7 @@ struct Wire<'a> {
 /// A pooled connection the upstream had already closed is replaced, not counted.
 async fn send(
     state: &AppState,
-    session: &mut Session,
+    mut session: Option<&mut Session>,
     channel: &Channel,
     peer: &HttpPeer,
     request: Wire<'_>,
@@ -286,7 +295,7 @@ async fn send(
                 Ok(r) => r,
                 Err(_) => return Err(timeout(format!("no response header within {wait:?}"))),
             },
-            _ = session.read_body_or_idle(true) => return Err(AttemptError::ClientGone),
+            _ = client_left(session.as_deref_mut()) => return Err(AttemptError::ClientGone),
         };
         match result {
             Ok(up) => return Ok(up),
@@ -302,6 +311,17 @@ async fn send(
                 return Err(classify_error(&e));
             }
         }
+    }
+}
+
+/// Resolves when the client leaves; never for a request weir makes itself (a
+/// channel test or probe, which has no client).
+async fn client_left(session: Option<&mut Session>) {
+    match session {
+        Some(s) => {
+            let _ = s.read_body_or_idle(true).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

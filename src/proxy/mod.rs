@@ -21,6 +21,7 @@ mod failure;
 mod intake;
 mod logging;
 mod models;
+pub mod probe;
 mod relay;
 mod request;
 mod respond;

@@ -685,6 +685,7 @@ fn validate_server(s: &ServerConfig, problems: &mut Vec<String>) {
     check_duration("server.grace_period", s.grace_period, HOUR, problems);
     check_duration("server.backoff.max", s.backoff.max, HOUR, problems);
     check_duration("server.health.cooldown", s.health.cooldown, DAY, problems);
+    check_duration("server.health.probe", s.health.probe, DAY, problems);
     check_duration(
         "server.health.max_cooldown",
         s.health.max_cooldown,

@@ -334,6 +334,16 @@ impl Runtime {
         build::runtime(file, Stored::default())
     }
 
+    /// The name channel `index` is sent for the client-facing `model` (its mapping),
+    /// or `model` itself when it has none.
+    pub fn upstream_name(&self, index: usize, model: &str) -> String {
+        self.models
+            .get(model)
+            .and_then(|routes| routes.iter().find(|r| r.channel == index))
+            .map(|r| r.upstream_model.clone())
+            .unwrap_or_else(|| model.to_string())
+    }
+
     /// Whether a model's `provider` names a channel type or one of this snapshot's
     /// channels.
     pub fn check_provider(&self, provider: &str) -> Result<(), String> {

@@ -229,6 +229,8 @@ pub struct HealthConfig {
     pub failures: u32,
     pub cooldown: Dur,
     pub max_cooldown: Dur,
+    /// How often suspended channels are probed in the background (A5).
+    pub probe: Dur,
 }
 
 impl Default for HealthConfig {
@@ -237,6 +239,7 @@ impl Default for HealthConfig {
             failures: 3,
             cooldown: Dur::secs(30),
             max_cooldown: Dur::secs(300),
+            probe: Dur::secs(30),
         }
     }
 }
