@@ -32,6 +32,22 @@ pub struct ChannelTest {
     pub readmit: bool,
 }
 
+/// Docking (A6): where a provider is and its key; with `save`, the channel is
+/// stored under `name`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Discover {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub base_url: String,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub save: bool,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
 /// Everything the admin API can be asked to do.
 #[derive(Debug, Clone)]
 pub enum Command {
@@ -61,6 +77,8 @@ pub enum Command {
     GetChannel(String),
     PatchChannel(String, serde_json::Map<String, serde_json::Value>),
     DeleteChannel(String),
+    /// `POST /admin/channels/discover`.
+    Discover(Discover),
     /// `POST /admin/channels/{name}/test`.
     TestChannel(String, ChannelTest),
     CreateGateway(serde_json::Value),
@@ -150,6 +168,7 @@ fn entity_route(segs: &[&str], method: &str, body: &[u8]) -> Result<Option<Comma
     use Command::*;
     Ok(Some(match (segs, method) {
         (["channels"], "POST") => CreateChannel(json_object(body)?.into()),
+        (["channels", "discover"], "POST") => Discover(json_body(body)?),
         (["channels", name], "GET") => GetChannel(decode_segment(name)),
         (["channels", name], "PATCH") => PatchChannel(decode_segment(name), json_object(body)?),
         (["channels", name], "DELETE") => DeleteChannel(decode_segment(name)),

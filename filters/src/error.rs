@@ -40,6 +40,9 @@ pub enum GatewayError {
     },
     #[error("upstream timed out for model `{model}`: {detail}")]
     UpstreamTimeout { model: String, detail: String },
+    /// Docking (A6): the upstream could not be reached or said nothing usable.
+    #[error("{0}")]
+    DockingFailed(String),
     #[error("admin authentication failed: {0}")]
     AdminUnauthorized(String),
     /// No key, or a key that is wrong, expired or disabled.
@@ -104,7 +107,7 @@ impl GatewayError {
             BodyTooLarge { .. } => 413,
             UpstreamRateLimited { .. } => 429,
             Internal(_) => 500,
-            UpstreamFailed { .. } => 502,
+            UpstreamFailed { .. } | DockingFailed(_) => 502,
             NoChannelAvailable { .. } => 503,
             UpstreamTimeout { .. } => 504,
         }
@@ -130,9 +133,10 @@ impl GatewayError {
             QuotaExceeded { .. } | BudgetExceeded { .. } | InsufficientBalance { .. } => {
                 "insufficient_quota"
             }
-            NoChannelAvailable { .. } | UpstreamFailed { .. } | UpstreamTimeout { .. } => {
-                "upstream_error"
-            }
+            NoChannelAvailable { .. }
+            | UpstreamFailed { .. }
+            | UpstreamTimeout { .. }
+            | DockingFailed(_) => "upstream_error",
             Internal(_) => "server_error",
         }
     }
@@ -151,6 +155,7 @@ impl GatewayError {
             GatewayExpired(_) => "gateway_expired",
             NoChannelAvailable { .. } => "no_channel_available",
             UpstreamFailed { .. } => "upstream_failed",
+            DockingFailed(_) => "docking_failed",
             UpstreamRateLimited { .. } => "upstream_rate_limited",
             UpstreamTimeout { .. } => "upstream_timeout",
             AdminUnauthorized(_) => "invalid_admin_key",

@@ -83,8 +83,35 @@ pub fn encode(head: &RequestHead<'_>, body: &[u8], out: &mut Vec<u8>) -> Result<
     out.extend_from_slice(b"\r\nContent-Length: ");
     out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in head.headers {
-        // The framing and the fixed fields are weir's: a second one would conflict.
+    provider_fields(out, head.headers)?;
+    out.extend_from_slice(b"\r\n");
+    if inline {
+        out.extend_from_slice(body);
+    }
+    Ok(inline)
+}
+
+/// A GET without a body (a provider's model list, A6), in the same checked way.
+pub fn encode_get(head: &RequestHead<'_>, out: &mut Vec<u8>) -> Result<(), WireError> {
+    if !valid_target(head.path) {
+        return Err(WireError::Path);
+    }
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(head.path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    field(out, "Host", head.authority)?;
+    out.extend_from_slice(b"Accept: application/json\r\nAccept-Encoding: identity\r\nUser-Agent: ");
+    out.extend_from_slice(USER_AGENT.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    provider_fields(out, head.headers)?;
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// The provider's own headers; the framing and the fixed fields are weir's, and a
+/// second one would conflict.
+fn provider_fields(out: &mut Vec<u8>, headers: &[(&'static str, String)]) -> Result<(), WireError> {
+    for (name, value) in headers {
         if name.is_empty()
             || !name.bytes().all(is_token)
             || RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r))
@@ -93,11 +120,7 @@ pub fn encode(head: &RequestHead<'_>, body: &[u8], out: &mut Vec<u8>) -> Result<
         }
         field(out, name, value)?;
     }
-    out.extend_from_slice(b"\r\n");
-    if inline {
-        out.extend_from_slice(body);
-    }
-    Ok(inline)
+    Ok(())
 }
 
 fn field(out: &mut Vec<u8>, name: &'static str, value: &str) -> Result<(), WireError> {

@@ -11,7 +11,7 @@ use crate::store::{calllog, ops, queries};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use weir_admin::api::{Caller, ChannelTest, Command};
+use weir_admin::api::{Caller, ChannelTest, Command, Discover};
 use weir_admin::{is_bootstrap_key, AdminBackend, Answer};
 use weir_filters::accounts::{KeyPatch, ModelDef, NewGroup, NewKey, Role, UsageGroup, UsageQuery};
 use weir_filters::auth::hash_key;
@@ -104,6 +104,7 @@ impl AdminBackend for Admin {
                 ok(json!({"deleted": name}))
             }
             Command::TestChannel(name, test) => self.test_channel(&name, test).await,
+            Command::Discover(d) => self.discover(d).await,
             Command::CreateGateway(v) => self.create(Change::CreateGateway(v), "gateway").await,
             Command::GetGateway(name) => ok(views::gateway_named(state, &name)?),
             Command::PatchGateway(name, patch) => {
@@ -119,21 +120,7 @@ impl AdminBackend for Admin {
             }
             Command::Logs(q) => self.logs(caller, q).await,
             Command::Log(id) => self.log(caller, id).await,
-            Command::ExportLogs(q, format) => {
-                let q = scoped(caller, q);
-                let name = match format {
-                    ExportFormat::Csv => "weir-calls.csv",
-                    ExportFormat::Ndjson => "weir-calls.ndjson",
-                };
-                Ok(Answer::Stream {
-                    content_type: match format {
-                        ExportFormat::Csv => "text/csv; charset=utf-8",
-                        ExportFormat::Ndjson => "application/x-ndjson",
-                    },
-                    filename: name.into(),
-                    chunks: state.store.export(q, format),
-                })
-            }
+            Command::ExportLogs(q, format) => Ok(self.export(caller, q, format)),
         }
     }
 
@@ -202,6 +189,26 @@ impl Admin {
         Ok(Answer::Json(201, view))
     }
 
+    /// Docking (A6): a channel template from the provider's model list; stored when
+    /// asked, with the key, under the given name.
+    async fn discover(&self, d: Discover) -> Reply {
+        let docked = probe::discover(&self.state, &d.kind, &d.base_url, d.key.as_deref()).await?;
+        if !d.save {
+            return ok(json!({"channel": docked.template, "models": docked.models}));
+        }
+        let name = d.name.ok_or_else(|| {
+            GatewayError::BadRequest(
+                "name: `save` needs the name to store the channel under".into(),
+            )
+        })?;
+        let mut entry = docked.template;
+        entry["name"] = Value::from(name);
+        if let Some(key) = d.key {
+            entry["keys"] = json!([key]);
+        }
+        self.create(Change::CreateChannel(entry), "channel").await
+    }
+
     /// One real request per model through the channel's adapter (A5); nothing billed.
     async fn test_channel(&self, name: &str, test: ChannelTest) -> Reply {
         let rt = self.state.snapshot();
@@ -231,6 +238,19 @@ impl Admin {
             probe::readmit(&self.state, channel);
         }
         ok(json!({"channel": name, "results": results, "readmitted": readmitted}))
+    }
+
+    /// Every row a log query selects, streamed as CSV or NDJSON.
+    fn export(&self, caller: Caller, q: LogQuery, format: ExportFormat) -> Answer {
+        let (content_type, filename) = match format {
+            ExportFormat::Csv => ("text/csv; charset=utf-8", "weir-calls.csv"),
+            ExportFormat::Ndjson => ("application/x-ndjson", "weir-calls.ndjson"),
+        };
+        Answer::Stream {
+            content_type,
+            filename: filename.into(),
+            chunks: self.state.store.export(scoped(caller, q), format),
+        }
     }
 
     async fn logs(&self, caller: Caller, q: LogQuery) -> Reply {

@@ -221,6 +221,59 @@ pub async fn exchange(
     })
 }
 
+/// Largest model list read when docking.
+const MAX_LIST: usize = 4 * 1024 * 1024;
+
+/// A GET on the channel's upstream (its model list, A6): the status and the body,
+/// read within the channel's total timeout.
+pub async fn fetch(
+    state: &AppState,
+    channel: &Channel,
+    get: &adapters::Outgoing,
+) -> Result<(u16, Vec<u8>), AttemptError> {
+    let Some(upstream) = &channel.upstream else {
+        return Err(broke("the mock channel has no upstream to list"));
+    };
+    let deadline = Instant::now() + channel.total_timeout;
+    let peer = peer(
+        state,
+        channel,
+        upstream,
+        state.snapshot().server().dns_ttl.0,
+    )
+    .await?;
+    let head = RequestHead {
+        authority: upstream.authority.as_str(),
+        path: &get.path,
+        accept: None,
+        headers: &get.headers,
+    };
+    let mut wire = Vec::new();
+    upstream_request::encode_get(&head, &mut wire).map_err(|e| broke(e.to_string()))?;
+    let request = Wire {
+        head: &wire,
+        body: None,
+    };
+    let mut up = send(state, None, channel, &peer, request).await?;
+    let status = up.resp_header().map(|h| h.status.as_u16()).unwrap_or(0);
+    let mut body = Vec::new();
+    let read = async {
+        while let Some(chunk) = up.read_body_bytes().await.map_err(|e| e.to_string())? {
+            if body.len() + chunk.len() > MAX_LIST {
+                return Err("the answer is larger than 4 MiB".to_string());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout_at(deadline.into(), read).await {
+        Ok(Ok(())) => release(state, up, &peer).await,
+        Ok(Err(e)) => return Err(broke(e)),
+        Err(_) => return Err(timeout("the answer did not end within the timeout".into())),
+    }
+    Ok((status, body))
+}
+
 /// `mock`: answered here, the same way a server would.
 fn mock_answer(channel: &Channel, out: &Outbound<'_>) -> Result<Answer, AttemptError> {
     let body = JsonBody::parse(&out.body).map_err(|e| broke(e.to_string()))?;

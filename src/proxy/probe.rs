@@ -209,3 +209,73 @@ pub fn suspended(state: &AppState, channel: &Channel) -> bool {
     state.health.report(&HealthId::channel(&channel.name)).state
         == weir_filters::health::HealthState::Suspended
 }
+
+/// A channel template read from a provider's model list (A6): the entry as the
+/// API would store it (without its key), and the models found.
+pub struct Docked {
+    pub template: serde_json::Value,
+    pub models: Vec<String>,
+}
+
+/// Reads the model list of a provider at `base_url` with `key`; every way it can
+/// fail is an error that says which.
+pub async fn discover(
+    state: &AppState,
+    kind: &str,
+    base_url: &str,
+    key: Option<&str>,
+) -> Result<Docked, GatewayError> {
+    // Checked as a channel would be (the URL above all), with short timeouts.
+    let entry = serde_json::json!({
+        "name": "discovered",
+        "type": kind,
+        "base_url": base_url,
+        "models": [CATCH_ALL_MODEL],
+        "timeouts": {"connect": "5s", "first_byte": "15s", "total": "15s"},
+    });
+    // Problems are named by the request's own field names.
+    let unprefixed = |e: String| GatewayError::BadRequest(e.replace("channels[0].", ""));
+    let file: weir_filters::config::FileConfig =
+        serde_path_to_error::deserialize(serde_json::json!({"channels": [entry]}))
+            .map_err(|e| unprefixed(format!("{}: {}", e.path(), e.inner())))?;
+    let rt = Runtime::build(file).map_err(|e| unprefixed(e.to_string()))?;
+    let channel = &rt.channels[0];
+    let Some(upstream) = &channel.upstream else {
+        return Err(GatewayError::BadRequest(
+            "type: `mock` has no upstream to dock".into(),
+        ));
+    };
+    let get = weir_filters::adapters::models_request(channel.kind, upstream, key)?;
+    let (status, body) = super::exchange::fetch(state, channel, &get)
+        .await
+        .map_err(|e| {
+            GatewayError::DockingFailed(format!("cannot read {}: {}", upstream.url, e.describe()))
+        })?;
+    match status {
+        200..=299 => {}
+        401 | 403 => {
+            return Err(GatewayError::BadRequest(format!(
+                "key: {} refused it (HTTP {status}); check the key",
+                upstream.url
+            )))
+        }
+        _ => {
+            return Err(GatewayError::DockingFailed(format!(
+                "{} answered HTTP {status} to its model list",
+                upstream.url
+            )))
+        }
+    }
+    let mut models =
+        weir_filters::adapters::parse_models(channel.kind, &body).ok_or_else(|| {
+            GatewayError::DockingFailed(format!(
+                "{} answered {} bytes that are not a {kind} model list",
+                upstream.url,
+                body.len()
+            ))
+        })?;
+    models.sort();
+    models.dedup();
+    let template = serde_json::json!({"type": kind, "base_url": base_url, "models": models});
+    Ok(Docked { template, models })
+}
