@@ -30,20 +30,19 @@ fn account(state: &AppState, ctx: &Ctx, gateway: &str, status: u16, elapsed: Dur
         .requested_model
         .as_deref()
         .unwrap_or(&ctx.route.model_label);
-    let routed = ctx.route.model_label != "-";
-    let cost = if routed {
-        let (price_in, price_out) = state.accounts.price(snap, &[model, &ctx.route.model_label]);
-        cost(&usage, price_in, price_out)
-    } else {
-        0.0
-    };
     let now = now_unix();
-    if routed {
+    // Only a routed request is priced and counted; a refused one is logged at 0.
+    let cost = if ctx.route.model_label != "-" {
+        let (price_in, price_out) = state.accounts.price(snap, &[model, &ctx.route.model_label]);
+        let cost = cost(&usage, price_in, price_out);
         let tokens = usage.prompt_tokens + usage.completion_tokens;
         state
             .accounts
             .charge(ctx.who.key_id, gateway, tokens, cost, now);
-    }
+        cost
+    } else {
+        0.0
+    };
     let failed = status >= 400 || ctx.reply.broken;
     state.store.record(UsageEvent {
         ts: now,

@@ -5,7 +5,7 @@
 use super::ops::{db_err, OpResult};
 use super::UsageEvent;
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, Connection, Row, ToSql, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, Transaction};
 use serde_json::{json, Value};
 use std::sync::LazyLock;
 use weir_filters::accounts::format_time as rfc3339;
@@ -33,26 +33,24 @@ static INSERT_MANY: LazyLock<String> = LazyLock::new(|| insert_sql(ROWS_PER_INSE
 static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert_sql(1));
 
 /// The integers of a row, as SQLite's i64.
-struct Counts([i64; 4]);
+struct Counts([i64; 3], Option<i64>);
 
 impl Counts {
     fn of(e: &UsageEvent) -> Counts {
-        Counts([
-            e.prompt_tokens as i64,
-            e.completion_tokens as i64,
-            e.latency_ms as i64,
-            e.ttft_ms.map_or(-1, |t| t as i64),
-        ])
+        Counts(
+            [
+                e.prompt_tokens as i64,
+                e.completion_tokens as i64,
+                e.latency_ms as i64,
+            ],
+            e.ttft_ms.map(|t| t as i64),
+        )
     }
 }
 
 fn push_values<'a>(values: &mut Vec<&'a dyn ToSql>, ev: &'a UsageEvent, n: &'a Counts) {
-    let [prompt, completion, latency, ttft] = &n.0;
-    let ttft: &dyn ToSql = if *ttft < 0 {
-        &rusqlite::types::Null
-    } else {
-        ttft
-    };
+    let [prompt, completion, latency] = &n.0;
+    let ttft = &n.1;
     values.extend([
         &ev.ts as &dyn ToSql,
         &ev.key_id,
@@ -255,11 +253,7 @@ pub fn one(conn: &Connection, id: i64, key_id: Option<i64>) -> OpResult<Option<V
     let sql = format!("{SELECT} WHERE id = ?1 AND (?2 IS NULL OR key_id = ?2)");
     let row = conn
         .query_row(&sql, params![id, key_id], row_json)
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })
+        .optional()
         .map_err(db_err)?;
     let Some(mut row) = row else {
         return Ok(None);
@@ -275,11 +269,7 @@ pub fn one(conn: &Connection, id: i64, key_id: Option<i64>) -> OpResult<Option<V
                 ))
             },
         )
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })
+        .optional()
         .map_err(db_err)?;
     let (request, error) = bodies.unwrap_or((None, None));
     let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
