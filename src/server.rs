@@ -15,6 +15,7 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use weir_admin::manager::Manager;
 use weir_admin::AdminApp;
 use weir_filters::config::{self, ChannelType, LogFormat, Runtime, ServerConfig};
 
@@ -156,10 +157,13 @@ fn pingora_server(cfg: &ServerConfig) -> Server {
 
 /// The proxy and admin services on their sockets, and the reload watcher.
 fn add_services(server: &mut Server, state: &Arc<AppState>, proxy: Bound, admin: Bound) {
+    let backend = Arc::new(Admin::new(state.clone(), proxy.addr));
+    let manager = Arc::new(Manager::new(backend.clone()));
     let mut proxy_service = Service::new(
         "weir proxy".to_string(),
         Weir {
             state: state.clone(),
+            manager: manager.clone(),
         },
     );
     // Plain TCP: Pingora reads headers and bodies into its own buffers, so a 64 KiB L4
@@ -169,10 +173,7 @@ fn add_services(server: &mut Server, state: &Arc<AppState>, proxy: Bound, admin:
             .config()
             .l4_buffer(pingora_core::protocols::l4::stream::L4BufferSettings::default().read(0)),
     );
-    let mut admin_service = Service::new(
-        "weir admin".to_string(),
-        AdminApp::new(Arc::new(Admin::new(state.clone()))),
-    );
+    let mut admin_service = Service::new("weir admin".to_string(), AdminApp::new(backend, manager));
     admin_service.add_listener(admin.config());
     admin_service.threads = Some(1);
     let reloader = background_service(

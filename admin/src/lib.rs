@@ -19,6 +19,12 @@ use weir_filters::GatewayError;
 pub trait AdminBackend: Send + Sync + 'static {
     /// Who holds this bearer token: the bootstrap admin key or a stored key.
     fn authenticate(&self, token: &str) -> Option<api::Caller>;
+    /// Who holds the key with this hash (`weir_filters::auth::hash_key`), asked
+    /// again on every manager request so a session ends with its key.
+    fn session_caller(&self, key_hash: &str) -> Option<api::Caller>;
+    /// The base URL clients call (for the manager's "how to call" page): the proxy
+    /// listener's address, with the host the browser used when it listens on all.
+    fn base_url(&self, host: Option<&str>) -> String;
     /// Runs a command the caller is permitted.
     async fn execute(&self, caller: api::Caller, cmd: api::Command)
         -> Result<Answer, GatewayError>;
@@ -57,11 +63,14 @@ impl From<Response<Vec<u8>>> for Reply {
 
 pub struct AdminApp<B: AdminBackend> {
     backend: Arc<B>,
+    manager: Arc<manager::Manager<B>>,
 }
 
 impl<B: AdminBackend> AdminApp<B> {
-    pub fn new(backend: Arc<B>) -> Self {
-        AdminApp { backend }
+    /// The manager is shared with the proxy listener's self-service pages, so one
+    /// sign-in is one session wherever it is used.
+    pub fn new(backend: Arc<B>, manager: Arc<manager::Manager<B>>) -> Self {
+        AdminApp { backend, manager }
     }
 }
 
@@ -232,6 +241,36 @@ impl<B: AdminBackend> AdminApp<B> {
                 respond(200, "text/plain; version=0.0.4", self.backend.metrics()).into()
             }
             ("GET", "/health") => json_response(200, &json!({"status": "ok"})).into(),
+            (_, p) if p == "/manager" || p.starts_with("/manager/") => {
+                let header = |name: http::header::HeaderName| {
+                    session
+                        .req_header()
+                        .headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let (cookie, lang, host) = (
+                    header(http::header::COOKIE),
+                    header(http::header::ACCEPT_LANGUAGE),
+                    header(http::header::HOST),
+                );
+                let req = manager::ManagerRequest {
+                    method: &method,
+                    path: p,
+                    query: &query,
+                    cookie: cookie.as_deref(),
+                    accept_language: lang.as_deref(),
+                    host: host.as_deref(),
+                    body: &body,
+                    public: false,
+                    tls: false,
+                };
+                match self.manager.serve(&req).await {
+                    manager::ManagerReply::Page(r) => r.into(),
+                    manager::ManagerReply::Export(a) => answer_reply(a),
+                }
+            }
             (_, p) if p == "/admin" || p.starts_with("/admin/") => {
                 self.admin(&method, p, &query, &body, auth.as_deref()).await
             }
@@ -267,18 +306,24 @@ impl<B: AdminBackend> AdminApp<B> {
         }
         .await;
         match result {
-            Ok(Answer::Json(status, v)) => json_response(status, &v).into(),
-            Ok(Answer::Stream {
-                content_type,
-                filename,
-                chunks,
-            }) => Reply::Stream {
-                content_type,
-                filename,
-                chunks,
-            },
+            Ok(a) => answer_reply(a),
             Err(e) => error_response(&e).into(),
         }
+    }
+}
+
+fn answer_reply(a: Answer) -> Reply {
+    match a {
+        Answer::Json(status, v) => json_response(status, &v).into(),
+        Answer::Stream {
+            content_type,
+            filename,
+            chunks,
+        } => Reply::Stream {
+            content_type,
+            filename,
+            chunks,
+        },
     }
 }
 
@@ -307,3 +352,4 @@ mod tests {
     }
 }
 pub mod api;
+pub mod manager;

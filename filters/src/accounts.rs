@@ -142,12 +142,13 @@ pub enum UsageGroup {
     Key,
     Gateway,
     Model,
+    Channel,
     Day,
     Hour,
 }
 
 impl UsageQuery {
-    /// Parses `group_by=key|gateway|model|day|hour&key_id=&gateway=&model=&from=&to=`;
+    /// Parses `group_by=key|gateway|model|channel|day|hour&key_id=&gateway=&model=&from=&to=`;
     /// `from`/`to` are `YYYY-MM-DD` (UTC) or unix seconds.
     pub fn parse(query: &str) -> Result<UsageQuery, GatewayError> {
         let mut q = UsageQuery::default();
@@ -158,11 +159,12 @@ impl UsageQuery {
                         "key" => UsageGroup::Key,
                         "gateway" => UsageGroup::Gateway,
                         "model" => UsageGroup::Model,
+                        "channel" => UsageGroup::Channel,
                         "day" => UsageGroup::Day,
                         "hour" => UsageGroup::Hour,
                         other => {
                             return Err(GatewayError::BadRequest(format!(
-                                "group_by `{other}`: use key, gateway, model, day or hour"
+                                "group_by `{other}`: use key, gateway, model, channel, day or hour"
                             )))
                         }
                     })

@@ -10,6 +10,7 @@ use crate::store::entities::Change;
 use crate::store::{calllog, ops, queries};
 use async_trait::async_trait;
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use weir_admin::api::{Caller, ChannelTest, Command, Discover};
 use weir_admin::{is_bootstrap_key, AdminBackend, Answer};
@@ -28,23 +29,19 @@ fn ok(v: Value) -> Reply {
 /// The admin plane over the running gateway's state.
 pub struct Admin {
     state: Arc<AppState>,
+    /// Where the proxy listener listens (the port the kernel gave, for port 0).
+    proxy_addr: SocketAddr,
 }
 
 impl Admin {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Admin { state }
+    pub fn new(state: Arc<AppState>, proxy_addr: SocketAddr) -> Self {
+        Admin { state, proxy_addr }
     }
-}
 
-#[async_trait]
-impl AdminBackend for Admin {
-    fn authenticate(&self, token: &str) -> Option<Caller> {
-        let state = &self.state;
-        if is_bootstrap_key(state.snapshot().server().admin_key.as_deref(), token) {
-            return Some(Caller::Admin { key_id: None });
-        }
-        let snap = state.accounts.snapshot();
-        let key = snap.keys_by_hash.get(&hash_key(token))?;
+    /// A stored key that is active and not expired.
+    fn stored_caller(&self, key_hash: &str) -> Option<Caller> {
+        let snap = self.state.accounts.snapshot();
+        let key = snap.keys_by_hash.get(key_hash)?;
         if !key.active || key.expires_at.is_some_and(|t| t <= now_unix()) {
             return None;
         }
@@ -54,6 +51,53 @@ impl AdminBackend for Admin {
             },
             Role::User => Caller::User { key_id: key.id },
         })
+    }
+}
+
+/// `http://host:port` of a listener: its own address, or the host the browser
+/// used when it listens on every address.
+fn base_url_of(addr: SocketAddr, host_header: Option<&str>) -> String {
+    let ip = addr.ip();
+    let host = if ip.is_unspecified() {
+        host_header
+            .map(|h| match h.rsplit_once(':') {
+                // `[::1]:8081` or `name:8081`: the part before the port.
+                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+                _ => h,
+            })
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| "127.0.0.1".into())
+    } else if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    format!("http://{host}:{}", addr.port())
+}
+
+#[async_trait]
+impl AdminBackend for Admin {
+    fn authenticate(&self, token: &str) -> Option<Caller> {
+        if is_bootstrap_key(self.state.snapshot().server().admin_key.as_deref(), token) {
+            return Some(Caller::Admin { key_id: None });
+        }
+        self.stored_caller(&hash_key(token))
+    }
+
+    fn session_caller(&self, key_hash: &str) -> Option<Caller> {
+        let bootstrap = self.state.snapshot().server().admin_key.clone();
+        if let Some(k) = bootstrap.filter(|k| !k.is_empty()) {
+            // Hashes of equal length, compared in constant time.
+            if is_bootstrap_key(Some(&hash_key(&k)), key_hash) {
+                return Some(Caller::Admin { key_id: None });
+            }
+        }
+        self.stored_caller(key_hash)
+    }
+
+    fn base_url(&self, host: Option<&str>) -> String {
+        base_url_of(self.proxy_addr, host)
     }
 
     async fn execute(&self, caller: Caller, cmd: Command) -> Reply {
@@ -86,7 +130,9 @@ impl AdminBackend for Admin {
             Command::Me => match caller {
                 Caller::Admin { key_id: None } => ok(json!({"role": "admin", "bootstrap": true})),
                 Caller::Admin { key_id: Some(id) } | Caller::User { key_id: id } => {
-                    ok(views::key_by_id(state, id)?)
+                    let mut me = views::key_by_id(state, id)?;
+                    me["gateways"] = views::gateway_paths(state);
+                    ok(me)
                 }
             },
             Command::MyUsage(q) => self.my_usage(caller, q).await,
@@ -424,5 +470,25 @@ impl Admin {
             .read(move |c| Ok((queries::usage(c, &q)?, queries::recent_calls(c, id, 50)?)))
             .await?;
         ok(json!({"key": views::key_by_id(&self.state, id)?, "usage": rows, "recent_calls": calls}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_url_is_the_proxy_listener() {
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(
+            base_url_of(any, Some("gw.example:8081")),
+            "http://gw.example:8080"
+        );
+        assert_eq!(base_url_of(any, Some("[::1]:8081")), "http://[::1]:8080");
+        assert_eq!(base_url_of(any, None), "http://127.0.0.1:8080");
+        let one: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        assert_eq!(base_url_of(one, Some("x:1")), "http://127.0.0.1:9000");
+        let v6: SocketAddr = "[::1]:9000".parse().unwrap();
+        assert_eq!(base_url_of(v6, None), "http://[::1]:9000");
     }
 }

@@ -126,6 +126,17 @@ pub fn gateways(state: &AppState, day_start: i64, hourly: &[(String, i64, i64, i
     json!({"gateways": list})
 }
 
+/// The active gateways' names and paths: where a key's holder may call.
+pub fn gateway_paths(state: &AppState) -> Value {
+    let rt = state.snapshot();
+    let mut list: Vec<&config::Gateway> = rt.gateways.iter().filter(|g| g.active).collect();
+    list.sort_by(|a, b| a.path.cmp(&b.path));
+    list.iter()
+        .map(|g| json!({"name": g.name, "path": g.path}))
+        .collect::<Vec<_>>()
+        .into()
+}
+
 /// One gateway by name, wherever it is defined.
 pub fn gateway_named(state: &AppState, name: &str) -> Result<Value, GatewayError> {
     let rt = state.snapshot();

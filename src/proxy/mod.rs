@@ -25,7 +25,9 @@ pub mod probe;
 mod relay;
 mod request;
 mod respond;
+mod self_service;
 
+use crate::admin_backend::Admin;
 use crate::state::AppState;
 use async_trait::async_trait;
 use ctx::Ctx;
@@ -35,6 +37,7 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType};
 use std::sync::Arc;
+use weir_admin::manager::Manager;
 use weir_filters::GatewayError;
 
 /// The gateway's HTTP application. Weir answers every request itself (see
@@ -43,6 +46,8 @@ use weir_filters::GatewayError;
 /// which weir never uses, for as long as each connection lives.
 pub struct Weir {
     pub state: Arc<AppState>,
+    /// The manager's self-service pages, served here with `server.public_manager`.
+    pub manager: Arc<Manager<Admin>>,
 }
 
 #[async_trait]
@@ -75,6 +80,11 @@ impl HttpServerApp for Weir {
         if *shutdown.borrow() {
             // Stopping soon: this connection takes no further request.
             session.set_keepalive(None);
+        }
+        if session.req_header().uri.path().starts_with("/manager")
+            && self.state.snapshot().server().public_manager
+        {
+            return self.manager_page(session).await;
         }
         let mut ctx = Ctx::new();
         self.state.metrics.in_flight.inc();

@@ -12,6 +12,7 @@ pub fn usage(conn: &Connection, q: &UsageQuery) -> OpResult<Vec<Value>> {
         UsageGroup::Key => "COALESCE('key:' || key_id, identity, '-')",
         UsageGroup::Gateway => "gateway",
         UsageGroup::Model => "model",
+        UsageGroup::Channel => "channel",
         UsageGroup::Day => "strftime('%Y-%m-%d', ts, 'unixepoch')",
         UsageGroup::Hour => "strftime('%Y-%m-%dT%H:00:00Z', ts, 'unixepoch')",
     };
@@ -43,7 +44,7 @@ pub fn usage(conn: &Connection, q: &UsageQuery) -> OpResult<Vec<Value>> {
         format!("WHERE {}", filters.join(" AND "))
     };
     let sql = format!(
-        "SELECT {group} AS g, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost), SUM(estimated), SUM(status >= 400)
+        "SELECT {group} AS g, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost), SUM(estimated), SUM(status >= 400), AVG(latency_ms)
          FROM usage {where_clause} GROUP BY g ORDER BY g"
     );
     let mut stmt = conn.prepare(&sql).map_err(db_err)?;
@@ -60,6 +61,7 @@ pub fn usage(conn: &Connection, q: &UsageQuery) -> OpResult<Vec<Value>> {
                 "cost": r.get::<_, f64>(4)?,
                 "estimated_calls": r.get::<_, i64>(5)?,
                 "errors": r.get::<_, i64>(6)?,
+                "latency_ms_avg": r.get::<_, f64>(7)?,
             }))
         })
         .map_err(db_err)?;

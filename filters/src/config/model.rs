@@ -132,6 +132,9 @@ pub struct ServerConfig {
     /// PEM bundle that verifies `https` upstreams instead of the system roots
     /// (which also honour `SSL_CERT_FILE` / `SSL_CERT_DIR`).
     pub ca_file: Option<String>,
+    /// Also serve the manager's user view (never its admin pages) at `/manager/`
+    /// on the proxy listener, for operators who keep the admin port private.
+    pub public_manager: bool,
 }
 
 impl Default for ServerConfig {
@@ -148,6 +151,7 @@ impl Default for ServerConfig {
             dns_ttl: Dur::secs(60),
             log_format: LogFormat::Text,
             ca_file: None,
+            public_manager: false,
         }
     }
 }

@@ -1,0 +1,82 @@
+//! The manager's user view on the proxy listener (`server.public_manager`), for
+//! operators who keep the admin port private: the same pages and sessions as on
+//! the admin listener, with every admin page and route refused.
+
+use super::Weir;
+use bytes::Bytes;
+use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
+use pingora_core::protocols::http::ServerSession;
+use pingora_http::ResponseHeader;
+use weir_admin::manager::{ManagerReply, ManagerRequest};
+
+/// Forms are small: a sign-in key or nothing (the user view has no other writes).
+const MAX_FORM: usize = 64 * 1024;
+
+impl Weir {
+    pub(super) async fn manager_page(
+        &self,
+        mut session: ServerSession,
+    ) -> Option<ReusedHttpStream> {
+        let body = read_form(&mut session).await?;
+        let head = session.req_header();
+        let header = |name: http::header::HeaderName| {
+            head.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (cookie, lang, host) = (
+            header(http::header::COOKIE),
+            header(http::header::ACCEPT_LANGUAGE),
+            header(http::header::HOST),
+        );
+        let (method, path) = (
+            head.method.as_str().to_string(),
+            head.uri.path().to_string(),
+        );
+        let query = head.uri.query().unwrap_or("").to_string();
+        let req = ManagerRequest {
+            method: &method,
+            path: &path,
+            query: &query,
+            cookie: cookie.as_deref(),
+            accept_language: lang.as_deref(),
+            host: host.as_deref(),
+            body: &body,
+            public: true,
+            tls: false,
+        };
+        let response = match self.manager.serve(&req).await {
+            ManagerReply::Page(r) => r,
+            // Exports are served on the admin listener only.
+            ManagerReply::Export(_) => return None,
+        };
+        let (parts, body) = response.into_parts();
+        let header: ResponseHeader = parts.into();
+        session.write_response_header(Box::new(header)).await.ok()?;
+        session
+            .write_response_body(Bytes::from(body), true)
+            .await
+            .ok()?;
+        let settings = HttpPersistentSettings::for_session(&session);
+        session
+            .finish()
+            .await
+            .ok()
+            .flatten()
+            .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+    }
+}
+
+/// The request body, or `None` (the connection closed) when it is too large or
+/// cannot be read.
+async fn read_form(session: &mut ServerSession) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await.ok()? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_FORM {
+            return None;
+        }
+    }
+    Some(body)
+}
