@@ -88,6 +88,18 @@ fn chart_fn(title: &str, series: Tv, field: &str, unit: Option<&str>) -> Tv {
     Tv::from_safe_string(chart::bars(title, &points, unit.unwrap_or("")))
 }
 
+/// `mark_shown()`: the flash was drawn next to its form.
+fn mark_shown(state: &mut State) -> String {
+    state.set_temp("flash_shown", Tv::from(true));
+    String::new()
+}
+
+/// `flash_shown()`: whether a form on the page drew the flash (else the layout
+/// shows it on top, so no outcome goes unseen).
+fn flash_shown(state: &State) -> bool {
+    state.get_temp("flash_shown").is_some_and(|v| v.is_true())
+}
+
 fn short_fn(v: Tv) -> String {
     f64::try_from(v).map(chart::short).unwrap_or_default()
 }
@@ -107,6 +119,8 @@ impl Views {
         }
         env.add_function("t", t);
         env.add_function("chart", chart_fn);
+        env.add_function("mark_shown", mark_shown);
+        env.add_function("flash_shown", flash_shown);
         env.add_filter("short", short_fn);
         Views { env }
     }
