@@ -90,11 +90,17 @@ pub fn bars(title: &str, points: &[(String, f64)], unit: &str) -> String {
     // The first, middle and last labels under the axis: enough to read the range.
     let mut shown: Vec<usize> = vec![0, points.len() / 2, points.len().saturating_sub(1)];
     shown.dedup();
+    let last = points.len().saturating_sub(1);
     for i in shown.into_iter().filter(|i| *i < points.len()) {
-        let x = LEFT + i as f64 * slot + slot / 2.0;
+        // The end labels align inward, so they are not cut at the edges.
+        let (x, anchor) = match i {
+            0 => (LEFT, "start"),
+            i if i == last => (WIDTH, "end"),
+            i => (LEFT + i as f64 * slot + slot / 2.0, "middle"),
+        };
         let _ = write!(
             svg,
-            r#"<text class="tick" x="{x:.1}" y="{y}" text-anchor="middle">{l}</text>"#,
+            r#"<text class="tick" x="{x:.1}" y="{y}" text-anchor="{anchor}">{l}</text>"#,
             y = HEIGHT - 6.0,
             l = escape(&points[i].0)
         );

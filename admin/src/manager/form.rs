@@ -26,6 +26,8 @@ pub struct Call {
     pub csrf: String,
     /// The data fields as typed, to fill the form again after an error.
     pub values: HashMap<String, String>,
+    /// `_keep`: fill the form again after success too (docking: discover, then save).
+    pub keep: bool,
 }
 
 /// A form field that cannot become its JSON type.
@@ -85,6 +87,7 @@ pub fn parse(body: &[u8]) -> Result<Call, FieldError> {
         form: take("form"),
         csrf: take("csrf"),
         values,
+        keep: control.contains_key("keep"),
     })
 }
 

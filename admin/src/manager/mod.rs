@@ -351,7 +351,11 @@ impl<B: AdminBackend> Manager<B> {
                 ok: true,
                 message: i18n::t(lang, "Done.").to_string(),
                 answer: Some(answer),
-                values: Default::default(),
+                values: if call.keep {
+                    call.values.clone()
+                } else {
+                    Default::default()
+                },
             },
             Err(e) => Flash {
                 form: call.form.clone(),

@@ -8,10 +8,10 @@ document.addEventListener("click", (ev) => {
     if (!source) return;
     const text = source.textContent;
     const done = () => { copy.dataset.label = copy.dataset.label || copy.textContent; copy.textContent = "✓"; setTimeout(() => { copy.textContent = copy.dataset.label; }, 1500); };
+    // Selected first, so Ctrl+C works even where the clipboard API is refused.
+    selectText(source);
     if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(text).then(done, () => selectText(source));
-    } else {
-      selectText(source);
+      navigator.clipboard.writeText(text).then(done, () => {});
     }
   }
 });
