@@ -196,6 +196,17 @@ async fn open(c: &Client, weir: &Weir, path: &str, name: &str) {
     c.goto(&weir.admin_url(path)).await.unwrap();
     wait_loaded(c).await;
     shot(c, name).await;
+    // Every field a person fills has its label.
+    let unlabelled = c
+        .execute(
+            "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+               .filter(e => !(e.id && document.querySelector(`label[for='${e.id}']`)) && !e.getAttribute('aria-label'))
+               .map(e => e.name)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(unlabelled, json!([]), "{path}: fields without a label");
 }
 
 async fn sign_in(c: &Client, weir: &Weir, key: &str) {

@@ -242,30 +242,7 @@ impl<B: AdminBackend> AdminApp<B> {
             }
             ("GET", "/health") => json_response(200, &json!({"status": "ok"})).into(),
             (_, p) if p == "/manager" || p.starts_with("/manager/") => {
-                let header = |name: http::header::HeaderName| {
-                    session
-                        .req_header()
-                        .headers
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
-                };
-                let (cookie, lang, host) = (
-                    header(http::header::COOKIE),
-                    header(http::header::ACCEPT_LANGUAGE),
-                    header(http::header::HOST),
-                );
-                let req = manager::ManagerRequest {
-                    method: &method,
-                    path: p,
-                    query: &query,
-                    cookie: cookie.as_deref(),
-                    accept_language: lang.as_deref(),
-                    host: host.as_deref(),
-                    body: &body,
-                    public: false,
-                    tls: false,
-                };
+                let req = manager::ManagerRequest::from_head(session.req_header(), &body, false);
                 match self.manager.serve(&req).await {
                     manager::ManagerReply::Page(r) => r.into(),
                     manager::ManagerReply::Export(a) => answer_reply(a),

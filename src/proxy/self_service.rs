@@ -18,34 +18,7 @@ impl Weir {
         mut session: ServerSession,
     ) -> Option<ReusedHttpStream> {
         let body = read_form(&mut session).await?;
-        let head = session.req_header();
-        let header = |name: http::header::HeaderName| {
-            head.headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let (cookie, lang, host) = (
-            header(http::header::COOKIE),
-            header(http::header::ACCEPT_LANGUAGE),
-            header(http::header::HOST),
-        );
-        let (method, path) = (
-            head.method.as_str().to_string(),
-            head.uri.path().to_string(),
-        );
-        let query = head.uri.query().unwrap_or("").to_string();
-        let req = ManagerRequest {
-            method: &method,
-            path: &path,
-            query: &query,
-            cookie: cookie.as_deref(),
-            accept_language: lang.as_deref(),
-            host: host.as_deref(),
-            body: &body,
-            public: true,
-            tls: false,
-        };
+        let req = ManagerRequest::from_head(session.req_header(), &body, true);
         let response = match self.manager.serve(&req).await {
             ManagerReply::Page(r) => r,
             // Exports are served on the admin listener only.

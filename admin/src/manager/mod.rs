@@ -42,6 +42,26 @@ pub struct ManagerRequest<'a> {
     pub tls: bool,
 }
 
+impl<'a> ManagerRequest<'a> {
+    /// The request as a listener read it: its head and its (bounded) body.
+    pub fn from_head(head: &'a pingora_http::RequestHeader, body: &'a [u8], public: bool) -> Self {
+        let header =
+            |name: http::header::HeaderName| head.headers.get(name).and_then(|v| v.to_str().ok());
+        ManagerRequest {
+            method: head.method.as_str(),
+            path: head.uri.path(),
+            query: head.uri.query().unwrap_or(""),
+            cookie: header(http::header::COOKIE),
+            accept_language: header(http::header::ACCEPT_LANGUAGE),
+            host: header(http::header::HOST),
+            body,
+            public,
+            // No listener speaks TLS yet; when one does, it says so here.
+            tls: false,
+        }
+    }
+}
+
 /// What the manager answers: a page (or redirect), or a log export to stream.
 pub enum ManagerReply {
     Page(Response<Vec<u8>>),
@@ -422,17 +442,7 @@ impl<B: AdminBackend> Manager<B> {
             data.insert(fetch.name.to_string(), value);
         }
         let base_url = self.backend.base_url(req.host);
-        let ctx = render::PageContext {
-            lang,
-            csrf: &who.session.csrf,
-            admin: who.admin(),
-            public: req.public,
-            bootstrap: matches!(who.caller, Caller::Admin { key_id: None }),
-            path: req.path,
-            query: req.query,
-            flash: who.session.flash.as_ref(),
-            base_url: &base_url,
-        };
+        let ctx = page_context(req, lang, who, &base_url, who.session.flash.as_ref());
         match self.views.page(&page, &ctx, Value::Object(data)) {
             Ok(html) => Out::html(200, html),
             Err(e) => Out::html(
@@ -451,20 +461,31 @@ impl<B: AdminBackend> Manager<B> {
         message: &str,
     ) -> Out {
         let base_url = self.backend.base_url(req.host);
-        let ctx = render::PageContext {
-            lang,
-            csrf: &who.session.csrf,
-            admin: who.admin(),
-            public: req.public,
-            bootstrap: matches!(who.caller, Caller::Admin { key_id: None }),
-            path: req.path,
-            query: req.query,
-            flash: None,
-            base_url: &base_url,
-        };
+        let ctx = page_context(req, lang, who, &base_url, None);
         Out::html(
             status,
             self.views.error(&ctx, status, i18n::t(lang, message)),
         )
+    }
+}
+
+/// What a signed-in page knows besides its data.
+fn page_context<'a>(
+    req: &'a ManagerRequest<'_>,
+    lang: Lang,
+    who: &'a Who,
+    base_url: &'a str,
+    flash: Option<&'a Flash>,
+) -> render::PageContext<'a> {
+    render::PageContext {
+        lang,
+        csrf: &who.session.csrf,
+        admin: who.admin(),
+        public: req.public,
+        bootstrap: matches!(who.caller, Caller::Admin { key_id: None }),
+        path: req.path,
+        query: req.query,
+        flash,
+        base_url,
     }
 }
