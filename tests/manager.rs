@@ -304,3 +304,37 @@ async fn the_language_follows_the_browser_unless_switched() {
     let p = v.send(req).await;
     assert!(p.body.contains(r#"<html lang="en">"#) && p.body.contains("Sign in"));
 }
+
+#[tokio::test]
+async fn a_refused_reload_shows_why_and_the_old_config_keeps_serving() {
+    let weir = Weir::start(&config()).await;
+    let mut v = Visitor::new(weir.admin_url(""));
+    assert_eq!(v.login(ADMIN_KEY).await.status, 303);
+    let page = v.get("/manager/config").await;
+    assert!(page.body.contains("Running config") && !page.body.contains(ADMIN_KEY));
+    weir.write_raw("server: {listen: 127.0.0.1:0}\nchannels: [{name: x, type: nope}]\n");
+    let reload = [
+        ("_csrf", csrf(&page.body)),
+        ("_method", "POST".into()),
+        ("_path", "/admin/reload".into()),
+        ("_back", "/manager/config".into()),
+        ("_form", "reload".into()),
+    ];
+    let form: Vec<(&str, &str)> = reload.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(v.post("/manager/do", &form).await.status, 303);
+    let shown = v.get("/manager/config").await;
+    let note = shown
+        .body
+        .split(r#"data-form="reload">"#)
+        .nth(1)
+        .expect("the outcome sits next to the reload button");
+    assert!(note.starts_with("config rejected"), "{}", &note[..200.min(note.len())]);
+    assert!(note.contains("nope"), "{}", &note[..300.min(note.len())]);
+    let r = reqwest::Client::new()
+        .post(weir.url("/v1/chat/completions"))
+        .json(&chat("m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the old config, with its key check, keeps serving");
+}
