@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::Path;
 use weir_filters::accounts::{NewKey, Role};
+use weir_filters::people::{self, ImportOptions};
 
 #[derive(Subcommand)]
 pub enum KeysAction {
@@ -17,6 +18,44 @@ pub enum KeysAction {
     Reset { id: i64 },
     /// Add to a key's balance.
     Topup { id: i64, amount: f64 },
+    /// A key for each person of a CSV file (`name,email`, or a Cognito user
+    /// export); people whose email already has a key are skipped.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The CSV file.
+    file: std::path::PathBuf,
+    #[arg(long, default_value = "default")]
+    group: String,
+    /// Models granted to every new key, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+    #[arg(long)]
+    monthly_budget: Option<f64>,
+    /// Show what would be created; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Imports the file's people; answers the same JSON as `POST /admin/keys/import`.
+fn import(conn: &mut rusqlite::Connection, args: ImportArgs) -> Result<serde_json::Value, String> {
+    let bytes = std::fs::read(&args.file)
+        .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let (found, unreadable) = people::parse(&bytes).map_err(|e| e.to_string())?;
+    let options = ImportOptions {
+        group: args.group,
+        models: args.models,
+        monthly_budget: args.monthly_budget,
+        dry_run: args.dry_run,
+    };
+    let done = ops::import_keys(conn, &found, &options, now_unix()).map_err(|e| e.to_string())?;
+    Ok(crate::admin_backend::imported_view(
+        done,
+        unreadable,
+        options.dry_run,
+    ))
 }
 
 #[derive(Args)]
@@ -97,6 +136,7 @@ pub fn keys(config: &Path, action: KeysAction) -> Result<String, String> {
             let balance = ops::top_up(&mut conn, id, amount).map_err(err)?;
             json!({"id": id, "balance": balance})
         }
+        KeysAction::Import(args) => import(&mut conn, args)?,
     };
     serde_json::to_string_pretty(&out).map_err(|e| e.to_string())
 }

@@ -328,7 +328,11 @@ async fn a_refused_reload_shows_why_and_the_old_config_keeps_serving() {
         .split(r#"data-form="reload">"#)
         .nth(1)
         .expect("the outcome sits next to the reload button");
-    assert!(note.starts_with("config rejected"), "{}", &note[..200.min(note.len())]);
+    assert!(
+        note.starts_with("config rejected"),
+        "{}",
+        &note[..200.min(note.len())]
+    );
     assert!(note.contains("nope"), "{}", &note[..300.min(note.len())]);
     let r = reqwest::Client::new()
         .post(weir.url("/v1/chat/completions"))
@@ -336,5 +340,42 @@ async fn a_refused_reload_shows_why_and_the_old_config_keeps_serving() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 401, "the old config, with its key check, keeps serving");
+    assert_eq!(
+        r.status(),
+        401,
+        "the old config, with its key check, keeps serving"
+    );
+}
+
+#[tokio::test]
+async fn keys_are_imported_from_a_pasted_csv() {
+    let weir = Weir::start(&config()).await;
+    let mut v = Visitor::new(weir.admin_url(""));
+    assert_eq!(v.login(ADMIN_KEY).await.status, 303);
+    let page = v.get("/manager/keys").await;
+    let token = csrf(&page.body);
+    let form = [
+        ("_csrf", token.as_str()),
+        ("_method", "POST"),
+        ("_path", "/admin/keys/import"),
+        ("_back", "/manager/keys"),
+        ("_form", "import-keys"),
+        (
+            "_body:raw",
+            "name,email\r\nAnn,ann@example.com\r\nBad,nope\r\n",
+        ),
+        ("group:q", "default"),
+        ("monthly_budget:q", "3"),
+    ];
+    assert_eq!(v.post("/manager/do", &form).await.status, 303);
+    let shown = v.get("/manager/keys").await;
+    let results = shown
+        .body
+        .split(r#"id="import-results""#)
+        .nth(1)
+        .expect("the results table");
+    assert!(results.contains("ann@example.com") && results.contains("<code>sk-"));
+    assert!(results.contains("is not an address"));
+    let keys = weir.admin_get("/admin/keys").await;
+    assert_eq!(keys["keys"][0]["monthly_budget"], 3.0);
 }

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use weir_filters::accounts::{KeyPatch, ModelDef, NewGroup, NewKey, UsageQuery};
 use weir_filters::calllog::{ExportFormat, LogQuery};
+use weir_filters::people::{self, ImportOptions, Person, RowError};
 use weir_filters::GatewayError;
 
 /// Who calls the admin API.
@@ -91,6 +92,9 @@ pub enum Command {
     Log(i64),
     /// `GET /admin/logs/export`: every row the filters select, streamed.
     ExportLogs(LogQuery, ExportFormat),
+    /// `POST /admin/keys/import`: a key per person of a CSV body (K2), with the
+    /// rows that could not be read.
+    ImportKeys(ImportOptions, Vec<Person>, Vec<RowError>),
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
@@ -213,6 +217,11 @@ pub fn route(method: &str, path: &str, query: &str, body: &[u8]) -> Result<Comma
         (["config"], "GET") => Config,
         (["keys"], "GET") => ListKeys,
         (["keys"], "POST") => CreateKey(json_body(body)?),
+        (["keys", "import"], "POST") => {
+            let options = ImportOptions::parse(query)?;
+            let (found, errors) = people::parse(body)?;
+            ImportKeys(options, found, errors)
+        }
         (["keys", id], "GET") => GetKey(id_of(id)?),
         (["keys", id], "PATCH") => UpdateKey(id_of(id)?, json_body(body)?),
         (["keys", id], "DELETE") => DeleteKey(id_of(id)?),

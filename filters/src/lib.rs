@@ -34,6 +34,7 @@ pub mod health;
 pub mod json_scan;
 pub mod limits;
 pub mod mock;
+pub mod people;
 pub mod request_body;
 pub mod response_body;
 pub mod route;

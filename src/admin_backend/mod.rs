@@ -3,6 +3,8 @@
 
 mod views;
 
+pub use views::imported as imported_view;
+
 use crate::accounts::now_unix;
 use crate::proxy::probe;
 use crate::state::{AppState, ReloadOutcome};
@@ -18,6 +20,7 @@ use weir_filters::accounts::{KeyPatch, ModelDef, NewGroup, NewKey, Role, UsageGr
 use weir_filters::auth::hash_key;
 use weir_filters::calllog::{ExportFormat, LogQuery};
 use weir_filters::config::CATCH_ALL_MODEL;
+use weir_filters::people::{ImportOptions, Person, RowError};
 use weir_filters::GatewayError;
 
 type Reply = Result<Answer, GatewayError>;
@@ -167,6 +170,9 @@ impl AdminBackend for Admin {
             Command::Logs(q) => self.logs(caller, q).await,
             Command::Log(id) => self.log(caller, id).await,
             Command::ExportLogs(q, format) => Ok(self.export(caller, q, format)),
+            Command::ImportKeys(options, people, errors) => {
+                self.import_keys(options, people, errors).await
+            }
         }
     }
 
@@ -284,6 +290,25 @@ impl Admin {
             probe::readmit(&self.state, channel);
         }
         ok(json!({"channel": name, "results": results, "readmitted": readmitted}))
+    }
+
+    /// Bulk import (K2): a key per new email, in one transaction.
+    async fn import_keys(
+        &self,
+        options: ImportOptions,
+        people: Vec<Person>,
+        unreadable: Vec<RowError>,
+    ) -> Reply {
+        let dry_run = options.dry_run;
+        let now = now_unix();
+        let done = self
+            .state
+            .store
+            .call(!dry_run, move |c| {
+                ops::import_keys(c, &people, &options, now)
+            })
+            .await?;
+        ok(views::imported(done, unreadable, dry_run))
     }
 
     /// Every row a log query selects, streamed as CSV or NDJSON.

@@ -4,11 +4,13 @@
 
 use crate::accounts::{now_unix, KeyRecord};
 use crate::state::AppState;
+use crate::store::ops;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use weir_filters::accounts::format_time as rfc3339;
 use weir_filters::config;
 use weir_filters::health::HealthId;
+use weir_filters::people::RowError;
 use weir_filters::GatewayError;
 
 /// A key as the admin API shows it: never its secret, with its money.
@@ -210,4 +212,15 @@ pub fn models(state: &AppState) -> Value {
         out.insert(m.name.clone(), v);
     }
     json!({"models": out.into_values().collect::<Vec<_>>()})
+}
+
+/// An import's answer: every row created, skipped or refused, by row number.
+pub fn imported(done: ops::Imported, unreadable: Vec<RowError>, dry_run: bool) -> Value {
+    let mut errors: Vec<Value> = unreadable
+        .into_iter()
+        .map(|e| json!({"row": e.row, "message": e.message}))
+        .chain(done.errors)
+        .collect();
+    errors.sort_by_key(|e| e["row"].as_u64());
+    json!({"dry_run": dry_run, "created": done.created, "skipped": done.skipped, "errors": errors})
 }

@@ -3,10 +3,12 @@
 
 use crate::accounts::{AccountsSnapshot, KeyRecord, ModelRecord};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use weir_filters::accounts::{check_money, check_name, KeyPatch, ModelDef, NewGroup, NewKey, Role};
 use weir_filters::auth::{generate_key, hash_key};
+use weir_filters::people::{ImportOptions, Person};
 use weir_filters::GatewayError;
 
 pub type OpResult<T> = Result<T, GatewayError>;
@@ -77,10 +79,18 @@ pub fn create_key(conn: &mut Connection, new: &NewKey, now: i64) -> OpResult<(i6
     if let Some(b) = new.balance {
         check_money("balance", b)?;
     }
-    let expires = new.expires_at.as_deref().map(parse_expiry).transpose()?;
-    let secret = generate_key();
     let tx = conn.transaction().map_err(db_err)?;
     group_exists(&tx, &new.group)?;
+    let (id, secret) = insert_key(&tx, new, now)?;
+    bump(&tx)?;
+    tx.commit().map_err(db_err)?;
+    Ok((id, secret))
+}
+
+/// Writes one checked key in the transaction; answers its id and secret.
+fn insert_key(tx: &Transaction<'_>, new: &NewKey, now: i64) -> OpResult<(i64, String)> {
+    let expires = new.expires_at.as_deref().map(parse_expiry).transpose()?;
+    let secret = generate_key();
     tx.execute(
         "INSERT INTO keys (name, key_hash, prefix, role, group_name, email, monthly_budget, balance, expires_at, active, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10)",
@@ -88,10 +98,77 @@ pub fn create_key(conn: &mut Connection, new: &NewKey, now: i64) -> OpResult<(i6
     )
     .map_err(db_err)?;
     let id = tx.last_insert_rowid();
-    set_key_models(&tx, id, &new.models)?;
-    bump(&tx)?;
-    tx.commit().map_err(db_err)?;
+    set_key_models(tx, id, &new.models)?;
     Ok((id, secret))
+}
+
+/// Bulk import (K2): a key for each person whose email has none yet, in one
+/// transaction (a dry run rolls it back and shows no secret). A second run of the
+/// same file creates nothing.
+pub fn import_keys(
+    conn: &mut Connection,
+    people: &[Person],
+    o: &ImportOptions,
+    now: i64,
+) -> OpResult<Imported> {
+    if let Some(b) = o.monthly_budget {
+        check_money("monthly_budget", b)?;
+    }
+    let tx = conn.transaction().map_err(db_err)?;
+    group_exists(&tx, &o.group)?;
+    let mut out = Imported::default();
+    for p in people {
+        if let Some(e) = &p.email {
+            let holder: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM keys WHERE lower(email) = lower(?1)",
+                    [e],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            if let Some(id) = holder {
+                out.skipped
+                    .push(json!({"row": p.row, "reason": format!("{e} already has key {id}")}));
+                continue;
+            }
+        }
+        let new = NewKey {
+            name: p.name.clone(),
+            role: Role::User,
+            group: o.group.clone(),
+            email: p.email.clone(),
+            monthly_budget: o.monthly_budget,
+            balance: None,
+            expires_at: None,
+            models: o.models.clone(),
+        };
+        if let Err(e) = check_name("name", &new.name) {
+            out.errors
+                .push(json!({"row": p.row, "message": e.to_string()}));
+            continue;
+        }
+        let (id, secret) = insert_key(&tx, &new, now)?;
+        let (id, key) = if o.dry_run {
+            (Value::Null, Value::Null)
+        } else {
+            (id.into(), secret.into())
+        };
+        out.created.push(json!({"row": p.row, "id": id, "name": p.name, "email": p.email, "key": key, "mailed": null}));
+    }
+    if !o.dry_run {
+        bump(&tx)?;
+        tx.commit().map_err(db_err)?;
+    }
+    Ok(out)
+}
+
+/// What an import did, row by row.
+#[derive(Debug, Default)]
+pub struct Imported {
+    pub created: Vec<Value>,
+    pub skipped: Vec<Value>,
+    pub errors: Vec<Value>,
 }
 
 fn key_exists(tx: &Transaction<'_>, id: i64) -> OpResult<()> {

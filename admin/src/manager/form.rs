@@ -9,8 +9,9 @@
 //! `budget:num` / `budget:numnull` number, `models:list` strings split on commas and
 //! new lines (`:listopt` the same, left out when empty), `keys:lines` strings one
 //! per line (left out when empty: an empty key box keeps the keys), `active:bool` (a hidden `false`
-//! before the checkbox, the last value wins), `config:json` any JSON. A field named
-//! `_body:list` or `_body:json` is the whole body.
+//! before the checkbox, the last value wins), `config:json` any JSON, `group:q` a
+//! query parameter (left out when empty). A field named `_body:list` or
+//! `_body:json` is the whole body; `_body:raw` is the body as typed (a CSV).
 
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -20,6 +21,8 @@ use std::collections::HashMap;
 pub struct Call {
     pub method: String,
     pub path: String,
+    /// The query of the call, from `_path`'s own and the `:q` fields.
+    pub query: String,
     pub body: Vec<u8>,
     pub back: String,
     pub form: String,
@@ -74,6 +77,19 @@ pub fn parse(body: &[u8]) -> Result<Call, FieldError> {
     if !matches!(method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE") {
         return Err(field_error("_method", "must be POST, PUT, PATCH or DELETE"));
     }
+    let (path, mut query) = match path.split_once('?') {
+        Some((p, q)) => (
+            p.to_string(),
+            form_urlencoded::Serializer::new(q.to_string()),
+        ),
+        None => (path, form_urlencoded::Serializer::new(String::new())),
+    };
+    for (k, v) in data.iter().filter(|(k, _)| k.ends_with(":q")) {
+        if !v.trim().is_empty() {
+            query.append_pair(base(k), v.trim());
+        }
+    }
+    data.retain(|(k, _)| !k.ends_with(":q"));
     let values = data
         .iter()
         .filter(|(k, _)| !secret(k))
@@ -82,6 +98,7 @@ pub fn parse(body: &[u8]) -> Result<Call, FieldError> {
     Ok(Call {
         method,
         path,
+        query: query.finish(),
         body: body_of(&data)?,
         back: safe_back(&back),
         form: take("form"),
@@ -113,6 +130,9 @@ fn body_of(data: &[(String, String)]) -> Result<Vec<u8>, FieldError> {
     let mut obj = Map::new();
     let mut whole: Option<Value> = None;
     for (k, v) in data {
+        if k == "_body:raw" {
+            return Ok(v.as_bytes().to_vec());
+        }
         let (name, kind) = k.split_once(':').unwrap_or((k.as_str(), "str"));
         let Some(value) = typed(name, kind, v)? else {
             obj.remove(name);
@@ -223,6 +243,19 @@ mod tests {
         let c = parse(b"_method=POST&_path=/admin/channels&keys:lines=sk-1%0Ask-2&name=c").unwrap();
         assert_eq!(body(&c), json!({"keys": ["sk-1", "sk-2"], "name": "c"}));
         assert!(!c.values.contains_key("keys"));
+    }
+
+    #[test]
+    fn query_fields_and_raw_bodies() {
+        let c = parse(
+            b"_method=POST&_path=/admin/keys/import?x=1&group:q=team&dry_run:q=&_body:raw=name,email%0Aa,a@x.io",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.path.as_str(), c.query.as_str()),
+            ("/admin/keys/import", "x=1&group=team")
+        );
+        assert_eq!(c.body, b"name,email\na,a@x.io");
     }
 
     #[test]

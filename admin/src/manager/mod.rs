@@ -357,7 +357,13 @@ impl<B: AdminBackend> Manager<B> {
             return self.error_page(lang, who, req, 403, CSRF_REFUSED);
         }
         let result = self
-            .call(who.caller, &call.method, &call.path, "", &call.body)
+            .call(
+                who.caller,
+                &call.method,
+                &call.path,
+                &call.query,
+                &call.body,
+            )
             .await;
         // After a delete, the entry's own page is gone: back to its list.
         let back = if call.method == "DELETE" && result.is_ok() {
