@@ -1045,19 +1045,9 @@ async fn the_keys_cli_works_beside_a_running_gateway() {
     let up = Upstream::start("cli").await;
     let weir = Weir::start(&config(&up).gateway(DB_GATEWAY).build()).await;
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["keys"])
-            .args(args)
-            .arg("-c")
-            .arg(&weir.config_path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        let mut all: Vec<&std::ffi::OsStr> = vec!["keys".as_ref()];
+        all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+        weir.cli(&all)
     };
     let created = run(&[
         "create",

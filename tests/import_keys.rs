@@ -154,20 +154,10 @@ async fn the_cli_imports_the_same_way() {
     )
     .unwrap();
     let run = |extra: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["keys", "import"])
-            .arg(&file)
-            .args(extra)
-            .arg("-c")
-            .arg(&weir.config_path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["keys".as_ref(), "import".as_ref(), file.as_os_str()];
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+        weir.cli(&args)
     };
     let plan = run(&["--dry-run"]);
     assert_eq!(plan["created"].as_array().unwrap().len(), 2);

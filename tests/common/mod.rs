@@ -690,6 +690,23 @@ impl Weir {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Runs `weir ARGS -c CONFIG` beside this process, which must succeed; answers
+    /// its JSON output.
+    pub fn cli(&self, args: &[&std::ffi::OsStr]) -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .arg("-c")
+            .arg(&self.config_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// Creates a key through the admin API; returns its id and secret.
     pub async fn create_key(&self, body: Value) -> (i64, String) {
         let (status, v) = self.admin("POST", "/admin/keys", Some(body)).await;
