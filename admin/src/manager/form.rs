@@ -26,7 +26,6 @@ pub struct Call {
     pub body: Vec<u8>,
     pub back: String,
     pub form: String,
-    pub csrf: String,
     /// The data fields as typed, to fill the form again after an error.
     pub values: HashMap<String, String>,
     /// `_keep`: fill the form again after success too (docking: discover, then save).
@@ -51,6 +50,16 @@ fn secret(field: &str) -> bool {
 /// Pairs of an `application/x-www-form-urlencoded` body, in order.
 pub fn pairs(body: &[u8]) -> Vec<(String, String)> {
     form_urlencoded::parse(body).into_owned().collect()
+}
+
+/// One field of a form body (the last one of that name), or empty.
+pub fn field(body: &[u8], name: &str) -> String {
+    pairs(body)
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .unwrap_or_default()
 }
 
 pub fn parse(body: &[u8]) -> Result<Call, FieldError> {
@@ -102,14 +111,13 @@ pub fn parse(body: &[u8]) -> Result<Call, FieldError> {
         body: body_of(&data)?,
         back: safe_back(&back),
         form: take("form"),
-        csrf: take("csrf"),
         values,
         keep: control.contains_key("keep"),
     })
 }
 
 /// Only a manager page: a form cannot send the browser anywhere else.
-fn safe_back(back: &str) -> String {
+pub fn safe_back(back: &str) -> String {
     let ok = back.starts_with("/manager/") && !back.contains("//") && !back.contains('\\');
     if ok { back } else { "/manager/" }.to_string()
 }
@@ -222,9 +230,10 @@ mod tests {
             ("PATCH", "/admin/keys/3")
         );
         assert_eq!(
-            (c.back.as_str(), c.form.as_str(), c.csrf.as_str()),
-            ("/manager/keys", "edit-3", "t")
+            (c.back.as_str(), c.form.as_str()),
+            ("/manager/keys", "edit-3")
         );
+        assert_eq!(field(b"_csrf=a&x=1&_csrf=t", "_csrf"), "t");
         assert_eq!(
             body(&c),
             json!({"name": "ann", "email": null, "monthly_budget": 12.5,

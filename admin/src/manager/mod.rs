@@ -192,6 +192,14 @@ impl<B: AdminBackend> Manager<B> {
         who: Who,
         sub: &str,
     ) -> ManagerReply {
+        // Every write of a signed-in page carries the session's token.
+        if req.method == "POST"
+            && !session::same_token(&form::field(req.body, "_csrf"), &who.session.csrf)
+        {
+            return ManagerReply::Page(
+                self.error_page(lang, &who, req, 403, CSRF_REFUSED).finish(),
+            );
+        }
         let out = match (req.method, sub) {
             ("POST", "/logout") => self.logout(req, &who),
             ("POST", "/do") => self.act(req, lang, &who).await,
@@ -263,14 +271,7 @@ impl<B: AdminBackend> Manager<B> {
     }
 
     fn login(&self, req: &ManagerRequest<'_>, lang: Lang) -> Out {
-        let fields = form::pairs(req.body);
-        let get = |k: &str| {
-            fields
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.trim().to_string())
-                .unwrap_or_default()
-        };
+        let get = |k: &str| form::field(req.body, k).trim().to_string();
         let expected = session::cookie(req.cookie, LOGIN_COOKIE).unwrap_or("");
         if !session::same_token(&get("_csrf"), expected) {
             let msg = i18n::t(lang, "The sign-in form expired; please sign in again.");
@@ -298,14 +299,6 @@ impl<B: AdminBackend> Manager<B> {
     }
 
     fn logout(&self, req: &ManagerRequest<'_>, who: &Who) -> Out {
-        let fields = form::pairs(req.body);
-        let csrf = fields
-            .iter()
-            .find(|(k, _)| k == "_csrf")
-            .map(|(_, v)| v.as_str());
-        if !session::same_token(csrf.unwrap_or(""), &who.session.csrf) {
-            return Out::html(403, render::plain_error(CSRF_REFUSED));
-        }
         self.sessions.remove(&who.session_id);
         Out::redirect("/manager/login").cookie(session::set_cookie(
             SESSION_COOKIE,
@@ -321,41 +314,18 @@ impl<B: AdminBackend> Manager<B> {
         let call = match form::parse(req.body) {
             Ok(c) => c,
             Err(e) => {
-                let fields = form::pairs(req.body);
-                let csrf = fields
-                    .iter()
-                    .find(|(k, _)| k == "_csrf")
-                    .map(|(_, v)| v.as_str());
-                if !session::same_token(csrf.unwrap_or(""), &who.session.csrf) {
-                    return self.error_page(lang, who, req, 403, CSRF_REFUSED);
-                }
-                let back = fields
-                    .iter()
-                    .find(|(k, _)| k == "_back")
-                    .map(|(_, v)| v.clone());
-                let form = fields
-                    .iter()
-                    .find(|(k, _)| k == "_form")
-                    .map(|(_, v)| v.clone());
                 self.sessions.set_flash(
                     &who.session_id,
                     Flash {
-                        form: form.unwrap_or_default(),
+                        form: form::field(req.body, "_form"),
                         ok: false,
                         message: format!("{}: {}", e.field, e.message),
                         ..Flash::default()
                     },
                 );
-                return Out::redirect(
-                    &back
-                        .filter(|b| b.starts_with("/manager/"))
-                        .unwrap_or("/manager/".into()),
-                );
+                return Out::redirect(&form::safe_back(&form::field(req.body, "_back")));
             }
         };
-        if !session::same_token(&call.csrf, &who.session.csrf) {
-            return self.error_page(lang, who, req, 403, CSRF_REFUSED);
-        }
         let result = self
             .call(
                 who.caller,
