@@ -1,11 +1,15 @@
 //! `weir keys …`: key management from a shell, straight on the store file.
 
 use crate::accounts::now_unix;
+use crate::mail;
 use crate::store::{ops, schema};
 use clap::{Args, Subcommand};
 use serde_json::json;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 use weir_filters::accounts::{NewKey, Role};
+use weir_filters::key_mail::KeyMail;
 use weir_filters::people::{self, ImportOptions};
 
 #[derive(Subcommand)]
@@ -40,7 +44,13 @@ pub struct ImportArgs {
 }
 
 /// Imports the file's people; answers the same JSON as `POST /admin/keys/import`.
-fn import(conn: &mut rusqlite::Connection, args: ImportArgs) -> Result<serde_json::Value, String> {
+/// With `smtp:` set the mails go out before it returns, retried as configured, and
+/// each row's `mailed` says how its mail ended (`sent` or `failed`).
+fn import(
+    conn: &mut rusqlite::Connection,
+    args: ImportArgs,
+    smtp: Option<mail::Settings>,
+) -> Result<serde_json::Value, String> {
     let bytes = std::fs::read(&args.file)
         .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
     let (found, unreadable) = people::parse(&bytes).map_err(|e| e.to_string())?;
@@ -50,12 +60,59 @@ fn import(conn: &mut rusqlite::Connection, args: ImportArgs) -> Result<serde_jso
         monthly_budget: args.monthly_budget,
         dry_run: args.dry_run,
     };
-    let done = ops::import_keys(conn, &found, &options, now_unix()).map_err(|e| e.to_string())?;
-    Ok(crate::admin_backend::imported_view(
-        done,
-        unreadable,
-        options.dry_run,
-    ))
+    let mut done = ops::import_keys(conn, &found, &options, smtp.is_some(), now_unix())
+        .map_err(|e| e.to_string())?;
+    let mails = std::mem::take(&mut done.mails);
+    let mut view = crate::admin_backend::imported_view(done, unreadable, options.dry_run);
+    if let (Some(smtp), false) = (smtp, mails.is_empty()) {
+        let outcome = send_now(conn, &mails, smtp)?;
+        for row in view["created"].as_array_mut().into_iter().flatten() {
+            if let Some((status, error)) = row["id"].as_i64().and_then(|id| outcome.get(&id)) {
+                row["mailed"] = json!(status);
+                row["mail_error"] = json!(error);
+            }
+        }
+    }
+    Ok(view)
+}
+
+/// Sends `mails` one after another on a runtime of its own, recording each in the
+/// outbox as the server would; returns each key's final state and error.
+fn send_now(
+    conn: &rusqlite::Connection,
+    mails: &[KeyMail],
+    smtp: mail::Settings,
+) -> Result<HashMap<i64, (String, Option<String>)>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the mailer: {e}"))?;
+    let outcome = RefCell::new(HashMap::new());
+    let transports = mail::Transports::default();
+    let outcomes = &outcome;
+    runtime.block_on(async {
+        for m in mails {
+            eprintln!("mailing key {} to {}", m.key_id, m.email);
+            let record = |a: mail::Attempt| async move {
+                let written = crate::store::mail::record(
+                    conn,
+                    a.key_id,
+                    a.status,
+                    a.attempts,
+                    a.error.as_deref(),
+                    now_unix(),
+                );
+                if let Err(e) = written {
+                    eprintln!("cannot record the mail of key {}: {e}", a.key_id);
+                }
+                outcomes
+                    .borrow_mut()
+                    .insert(a.key_id, (a.status.to_string(), a.error));
+            };
+            mail::deliver(m, &transports, || Some(smtp.clone()), record, |_| {}).await;
+        }
+    });
+    Ok(outcome.into_inner())
 }
 
 #[derive(Args)]
@@ -136,7 +193,14 @@ pub fn keys(config: &Path, action: KeysAction) -> Result<String, String> {
             let balance = ops::top_up(&mut conn, id, amount).map_err(err)?;
             json!({"id": id, "balance": balance})
         }
-        KeysAction::Import(args) => import(&mut conn, args)?,
+        KeysAction::Import(args) => {
+            let smtp = rt
+                .file
+                .smtp
+                .clone()
+                .map(|s| (s, rt.file.server.ca_file.clone()));
+            import(&mut conn, args, smtp)?
+        }
     };
     serde_json::to_string_pretty(&out).map_err(|e| e.to_string())
 }

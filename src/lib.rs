@@ -16,6 +16,7 @@ pub mod cli;
 pub mod dns;
 pub mod listeners;
 pub mod logbuf;
+pub mod mail;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub key_up: IntGaugeVec,
     pub reloads: IntCounterVec,
     pub probes: IntCounterVec,
+    pub mails: IntCounterVec,
     pub refused: IntCounterVec,
     pub cache: IntCounterVec,
     pub config_version: IntGauge,
@@ -175,6 +176,12 @@ const PROBES: Def = Def {
     labels: &["channel", "result"],
 };
 
+const MAILS: Def = Def {
+    name: "weir_mail_attempts_total",
+    help: "Attempts to mail a new key by result (sent, retry: failed and tried again later, failed: given up).",
+    labels: &["result"],
+};
+
 const RELOADS: Def = Def {
     name: "weir_config_reloads_total",
     help: "Config reloads by result.",
@@ -241,6 +248,7 @@ impl Metrics {
             key_up: r.gauge(&KEY_UP)?,
             reloads: r.counter(&RELOADS)?,
             probes: r.counter(&PROBES)?,
+            mails: r.counter(&MAILS)?,
             cache: r.counter(&CACHE)?,
             refused: r.counter(&REFUSED)?,
             config_version,

@@ -186,6 +186,12 @@ fn add_services(server: &mut Server, state: &Arc<AppState>, proxy: Bound, admin:
     server.add_service(Adopting::new(admin_service, vec![admin]));
     server.add_service(reloader);
     server.add_service(background_service(
+        "mailer",
+        crate::mail::Mailer {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "channel prober",
         Prober {
             state: state.clone(),

@@ -33,6 +33,8 @@ pub struct AppState {
     pub cache: Arc<dyn CacheStore>,
     /// The last background probe of each suspended channel.
     pub probes: crate::proxy::probe::Probes,
+    /// New keys waiting to be mailed (K2).
+    pub outbox: crate::mail::Outbox,
     /// The store's entity change count the snapshot was last built with.
     entities_applied: AtomicU64,
 }
@@ -78,6 +80,7 @@ impl AppState {
             store,
             entities_applied: AtomicU64::new(0),
             probes: Default::default(),
+            outbox: Default::default(),
         })
     }
 

@@ -16,16 +16,7 @@ fn config() -> String {
 }
 
 async fn import(weir: &Weir, query: &str, csv: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(weir.admin_url(&format!("/admin/keys/import?{query}")))
-        .bearer_auth(ADMIN_KEY)
-        .header("content-type", "text/csv")
-        .body(csv.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
+    weir.import_csv(query, csv).await
 }
 
 const COGNITO: &str = "\u{feff}name,given_name,email,email_verified,cognito:username\r\n\

@@ -95,6 +95,52 @@ pub enum Command {
     /// `POST /admin/keys/import`: a key per person of a CSV body (K2), with the
     /// rows that could not be read.
     ImportKeys(ImportOptions, Vec<Person>, Vec<RowError>),
+    /// `GET /admin/mail?status=`: where each imported key's mail stands.
+    Mail(Option<MailStatus>),
+    /// `POST /admin/keys/{id}/mail`: a new secret for the key, mailed to its email
+    /// (the way to recover a mail that failed).
+    MailKey(i64),
+}
+
+/// The state of one key's mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailStatus {
+    Queued,
+    Sent,
+    Failed,
+}
+
+impl MailStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailStatus::Queued => "queued",
+            MailStatus::Sent => "sent",
+            MailStatus::Failed => "failed",
+        }
+    }
+
+    fn parse_query(query: &str) -> Result<Option<MailStatus>, GatewayError> {
+        let mut status = None;
+        for (k, v) in query.split('&').filter_map(|p| p.split_once('=')) {
+            match (k, v) {
+                ("status", "") => {}
+                ("status", "queued") => status = Some(MailStatus::Queued),
+                ("status", "sent") => status = Some(MailStatus::Sent),
+                ("status", "failed") => status = Some(MailStatus::Failed),
+                ("status", other) => {
+                    return Err(GatewayError::BadRequest(format!(
+                        "status: `{other}` is not queued, sent or failed"
+                    )))
+                }
+                (other, _) => {
+                    return Err(GatewayError::BadRequest(format!(
+                        "`{other}` is not a filter of /admin/mail (status)"
+                    )))
+                }
+            }
+        }
+        Ok(status)
+    }
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
@@ -155,12 +201,12 @@ fn known_path(segs: &[&str]) -> bool {
     matches!(
         segs,
         ["reload" | "channels" | "config" | "keys" | "groups" | "models" | "usage"]
-            | ["gateways" | "me" | "logs"]
+            | ["gateways" | "me" | "logs" | "mail"]
             | [
                 "keys" | "groups" | "models" | "channels" | "gateways" | "logs",
                 _
             ]
-            | ["keys", _, "reset" | "topup" | "models"]
+            | ["keys", _, "reset" | "topup" | "models" | "mail"]
             | ["groups", _, "models"]
             | ["channels", _, "test"]
             | ["me", "usage"]
@@ -226,6 +272,8 @@ pub fn route(method: &str, path: &str, query: &str, body: &[u8]) -> Result<Comma
         (["keys", id], "PATCH") => UpdateKey(id_of(id)?, json_body(body)?),
         (["keys", id], "DELETE") => DeleteKey(id_of(id)?),
         (["keys", id, "reset"], "POST") => ResetKey(id_of(id)?),
+        (["keys", id, "mail"], "POST") => MailKey(id_of(id)?),
+        (["mail"], "GET") => Mail(MailStatus::parse_query(query)?),
         (["keys", id, "topup"], "POST") => TopUp(id_of(id)?, top_up_amount(body)?),
         (["keys", id, "models"], "PUT") => UpdateKey(
             id_of(id)?,

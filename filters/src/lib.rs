@@ -20,6 +20,7 @@
 //! | `response_body` | SSE tap, usage in answers | `relay` |
 //! | `usage` | token counts and estimates | `relay`, `logging` |
 //! | `mock` | the built-in `mock` channel | `exchange` |
+//! | `people`, `key_mail` | bulk key import: CSV rows, the mail a key goes out in | admin, CLI, `mail` |
 
 pub mod access;
 pub mod accounts;
@@ -32,6 +33,7 @@ pub mod error;
 pub mod failover;
 pub mod health;
 pub mod json_scan;
+pub mod key_mail;
 pub mod limits;
 pub mod mock;
 pub mod people;

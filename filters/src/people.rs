@@ -98,7 +98,7 @@ impl ImportOptions {
 
 /// A plausible address: one `@`, something on each side, a dot in the domain,
 /// no spaces. Whether it receives mail only sending can tell.
-fn plausible_email(e: &str) -> bool {
+pub fn plausible_email(e: &str) -> bool {
     let Some((local, domain)) = e.split_once('@') else {
         return false;
     };

@@ -173,6 +173,15 @@ impl AdminBackend for Admin {
             Command::ImportKeys(options, people, errors) => {
                 self.import_keys(options, people, errors).await
             }
+            Command::Mail(status) => {
+                let status = status.map(|s| s.as_str());
+                let rows = state
+                    .store
+                    .read(move |c| crate::store::mail::list(c, status))
+                    .await?;
+                ok(json!({"data": rows}))
+            }
+            Command::MailKey(id) => self.mail_key(id).await,
         }
     }
 
@@ -300,15 +309,37 @@ impl Admin {
         unreadable: Vec<RowError>,
     ) -> Reply {
         let dry_run = options.dry_run;
+        let mail = self.state.snapshot().file.smtp.is_some();
         let now = now_unix();
-        let done = self
+        let mut done = self
             .state
             .store
             .call(!dry_run, move |c| {
-                ops::import_keys(c, &people, &options, now)
+                ops::import_keys(c, &people, &options, mail, now)
             })
             .await?;
+        self.state.outbox.send(std::mem::take(&mut done.mails));
         ok(views::imported(done, unreadable, dry_run))
+    }
+
+    /// A new secret for a key, mailed to its email: how a failed mail is recovered.
+    async fn mail_key(&self, id: i64) -> Reply {
+        if self.state.snapshot().file.smtp.is_none() {
+            return Err(GatewayError::BadRequest(
+                "smtp: is not configured, so weir cannot mail keys".into(),
+            ));
+        }
+        let now = now_unix();
+        let m = self
+            .state
+            .store
+            .call(true, move |c| crate::store::mail::remail(c, id, now))
+            .await?;
+        let email = m.email.clone();
+        self.state.outbox.send(vec![m]);
+        ok(
+            json!({"id": id, "email": email, "mailed": "queued", "note": "the key has a new secret, on its way by mail; the old one has stopped"}),
+        )
     }
 
     /// Every row a log query selects, streamed as CSV or NDJSON.

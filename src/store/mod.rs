@@ -6,6 +6,7 @@
 
 pub mod calllog;
 pub mod entities;
+pub mod mail;
 pub mod ops;
 pub mod queries;
 pub mod schema;
@@ -189,6 +190,14 @@ impl Store {
             .map(Arc::new);
         let entities = Arc::new(Entities::new());
         let conn = schema::open(path)?;
+        let lost = mail::abandon_queued(&conn, now_unix())
+            .map_err(|e| format!("cannot open the mail outbox of {path}: {e}"))?;
+        if lost > 0 {
+            tracing::warn!(
+                mails = lost,
+                "mail left queued by the last run is marked failed"
+            );
+        }
         let reader = Arc::new(Mutex::new(schema::open(path)?));
         let queue = Arc::new(Mutex::new(Vec::with_capacity(BATCH)));
         let retention = Arc::new(Retention::new(logs));

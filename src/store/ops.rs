@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use weir_filters::accounts::{check_money, check_name, KeyPatch, ModelDef, NewGroup, NewKey, Role};
 use weir_filters::auth::{generate_key, hash_key};
+use weir_filters::key_mail::KeyMail;
 use weir_filters::people::{ImportOptions, Person};
 use weir_filters::GatewayError;
 
@@ -105,10 +106,13 @@ fn insert_key(tx: &Transaction<'_>, new: &NewKey, now: i64) -> OpResult<(i64, St
 /// Bulk import (K2): a key for each person whose email has none yet, in one
 /// transaction (a dry run rolls it back and shows no secret). A second run of the
 /// same file creates nothing.
+/// With `mail`, each new key with an email is queued in the outbox, in the same
+/// transaction, and handed back in `mails` for the mailer.
 pub fn import_keys(
     conn: &mut Connection,
     people: &[Person],
     o: &ImportOptions,
+    mail: bool,
     now: i64,
 ) -> OpResult<Imported> {
     if let Some(b) = o.monthly_budget {
@@ -149,12 +153,26 @@ pub fn import_keys(
             continue;
         }
         let (id, secret) = insert_key(&tx, &new, now)?;
+        let mailed = match (&p.email, mail && !o.dry_run) {
+            (Some(email), true) => {
+                let m = KeyMail {
+                    key_id: id,
+                    name: p.name.clone(),
+                    email: email.clone(),
+                    key: secret.clone(),
+                };
+                super::mail::queue(&tx, &m, now)?;
+                out.mails.push(m);
+                Value::from("queued")
+            }
+            _ => Value::Null,
+        };
         let (id, key) = if o.dry_run {
             (Value::Null, Value::Null)
         } else {
             (id.into(), secret.into())
         };
-        out.created.push(json!({"row": p.row, "id": id, "name": p.name, "email": p.email, "key": key, "mailed": null}));
+        out.created.push(json!({"row": p.row, "id": id, "name": p.name, "email": p.email, "key": key, "mailed": mailed}));
     }
     if !o.dry_run {
         bump(&tx)?;
@@ -167,6 +185,8 @@ pub fn import_keys(
 #[derive(Debug, Default)]
 pub struct Imported {
     pub created: Vec<Value>,
+    /// The keys to mail, already queued in the outbox.
+    pub mails: Vec<KeyMail>,
     pub skipped: Vec<Value>,
     pub errors: Vec<Value>,
 }
@@ -245,16 +265,22 @@ pub fn update_key(conn: &mut Connection, id: i64, p: &KeyPatch) -> OpResult<()> 
 
 /// A new secret for a key; the old one stops working with the next snapshot.
 pub fn reset_key(conn: &mut Connection, id: i64) -> OpResult<String> {
-    let secret = generate_key();
     let tx = conn.transaction().map_err(db_err)?;
-    key_exists(&tx, id)?;
+    let secret = new_secret(&tx, id)?;
+    bump(&tx)?;
+    tx.commit().map_err(db_err)?;
+    Ok(secret)
+}
+
+/// Gives key `id` a new secret inside `tx`; the old one stops at the next snapshot.
+pub(super) fn new_secret(tx: &Transaction<'_>, id: i64) -> OpResult<String> {
+    let secret = generate_key();
+    key_exists(tx, id)?;
     tx.execute(
         "UPDATE keys SET key_hash = ?1, prefix = ?2 WHERE id = ?3",
         params![hash_key(&secret), prefix_of(&secret), id],
     )
     .map_err(db_err)?;
-    bump(&tx)?;
-    tx.commit().map_err(db_err)?;
     Ok(secret)
 }
 

@@ -155,6 +155,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE models ADD COLUMN provider TEXT;
     "#,
+    // 6: the mail of each imported key (K2): its state, never its secret.
+    r#"
+    CREATE TABLE mail_outbox (
+        key_id INTEGER PRIMARY KEY REFERENCES keys(id) ON DELETE CASCADE,
+        email TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('queued', 'sent', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        updated_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Opens (creating) the database, in WAL mode, migrated to the current schema.

@@ -86,18 +86,7 @@ impl Upstream {
     /// CA; returns the CA's PEM for the client side.
     pub async fn start_tls(name: &str) -> (Upstream, String) {
         use tokio_rustls::rustls;
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "weir test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca, &ca_key)
-            .unwrap();
+        let (ca, leaf, leaf_key) = localhost_certificate();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -562,6 +551,23 @@ fn read_ready(path: &std::path::Path, pid: u32) -> Option<(u16, u16)> {
     Some((port("proxy")?, port("admin")?))
 }
 
+/// A fresh CA and a certificate for `localhost` it signed, with the leaf's key.
+pub fn localhost_certificate() -> (rcgen::Certificate, rcgen::Certificate, rcgen::KeyPair) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "weir test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    (ca, leaf, leaf_key)
+}
+
 /// A running weir process; killed when dropped.
 pub struct Weir {
     child: Child,
@@ -705,6 +711,20 @@ impl Weir {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `POST /admin/keys/import?{query}` with a CSV body.
+    pub async fn import_csv(&self, query: &str, csv: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(self.admin_url(&format!("/admin/keys/import?{query}")))
+            .bearer_auth(ADMIN_KEY)
+            .header("content-type", "text/csv")
+            .body(csv.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
     }
 
     /// Creates a key through the admin API; returns its id and secret.

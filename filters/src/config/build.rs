@@ -12,6 +12,9 @@ use std::time::Duration;
 pub(super) fn runtime(file: FileConfig, stored: Stored) -> Result<Runtime, ConfigError> {
     let mut problems = Vec::new();
     validate_server(&file.server, &mut problems);
+    if let Some(smtp) = &file.smtp {
+        check_smtp(smtp, &mut problems);
+    }
     let stored = without_clashes(&file, stored, &mut problems);
     let mut index = ChannelIndex::default();
     for (i, c) in file.channels.iter().enumerate() {
@@ -650,6 +653,44 @@ fn check_duration(path: &str, d: units::Dur, max: Duration, problems: &mut Vec<S
             humantime::format_duration(max)
         ));
     }
+}
+
+fn check_smtp(m: &SmtpConfig, problems: &mut Vec<String>) {
+    if m.host.trim().is_empty() {
+        problems.push("smtp.host: name the mail server".into());
+    }
+    if m.port == Some(0) {
+        problems.push("smtp.port: must be a port between 1 and 65535".into());
+    }
+    let address = match m.from.rsplit_once('<') {
+        Some((_, rest)) => rest.strip_suffix('>').unwrap_or(""),
+        None => m.from.trim(),
+    };
+    if !crate::people::plausible_email(address) {
+        problems.push(format!(
+            "smtp.from: `{}` is not an address such as `weir <noreply@example.com>`",
+            m.from
+        ));
+    }
+    if !(m.public_url.starts_with("http://") || m.public_url.starts_with("https://")) {
+        problems.push(format!(
+            "smtp.public_url: `{}` must be the http(s) base URL users call, e.g. https://llm.example.com/v1",
+            m.public_url
+        ));
+    }
+    if m.username.is_some() != m.password.is_some() {
+        problems.push("smtp.username: a login needs both username and password".into());
+    }
+    if m.retries > 20 {
+        problems.push("smtp.retries: must not exceed 20".into());
+    }
+    check_duration("smtp.retry_interval", m.retry_interval, HOUR, problems);
+    check_duration(
+        "smtp.timeout",
+        m.timeout,
+        Duration::from_secs(600),
+        problems,
+    );
 }
 
 fn validate_server(s: &ServerConfig, problems: &mut Vec<String>) {

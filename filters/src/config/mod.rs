@@ -518,6 +518,34 @@ gateways:
     }
 
     #[test]
+    fn smtp_is_checked_field_by_field() {
+        let good = format!(
+            "{BASIC}smtp: {{host: mail.example.com, tls: tls, from: 'weir <noreply@example.com>', public_url: 'https://llm.example.com/v1'}}\n"
+        );
+        let rt = load(&good).unwrap();
+        let smtp = rt.file.smtp.as_ref().unwrap();
+        assert_eq!((smtp.port(), smtp.retries), (465, 5));
+        let bad = format!(
+            "{BASIC}smtp: {{host: '', port: 0, from: nobody, public_url: llm.example.com, username: u, retry_interval: 0s}}\n"
+        );
+        let text = load(&bad).unwrap_err().to_string();
+        for field in [
+            "smtp.host",
+            "smtp.port",
+            "smtp.from: `nobody`",
+            "smtp.public_url",
+            "smtp.username",
+            "smtp.retry_interval",
+        ] {
+            assert!(text.contains(field), "{field} in {text}");
+        }
+        let typo =
+            format!("{BASIC}smtp: {{host: h, from: a@b.c, public_url: http://x, tls: ssl}}\n");
+        let text = load(&typo).unwrap_err().to_string();
+        assert!(text.contains("smtp.tls"), "{text}");
+    }
+
+    #[test]
     fn base_url_with_or_without_v1_is_the_same() {
         let a = Upstream::parse("http://h:8000").unwrap();
         assert_eq!(a, Upstream::parse("http://h:8000/v1").unwrap());

@@ -22,6 +22,71 @@ pub struct FileConfig {
     pub cache: CacheConfig,
     #[serde(default)]
     pub logs: LogsConfig,
+    /// Mail for new keys (K2); without it imported keys are not mailed.
+    #[serde(default)]
+    pub smtp: Option<SmtpConfig>,
+}
+
+/// How weir sends mail (K2): one SMTP relay, its TLS and login.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    /// Default by `tls`: 25 (`none`), 587 (`starttls`), 465 (`tls`).
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The sender, `noreply@example.com` or `weir <noreply@example.com>`.
+    pub from: String,
+    /// The base URL users point their OpenAI SDK at, named in the mail.
+    pub public_url: String,
+    /// Attempts after the first for one mail.
+    #[serde(default = "default_mail_retries")]
+    pub retries: u32,
+    /// Wait before the first retry; doubled each time, at most 15 minutes.
+    #[serde(default = "default_mail_retry_interval")]
+    pub retry_interval: Dur,
+    /// One attempt's limit, connection to the server's last answer.
+    #[serde(default = "default_mail_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_mail_retries() -> u32 {
+    5
+}
+
+fn default_mail_retry_interval() -> Dur {
+    Dur::secs(30)
+}
+
+fn default_mail_timeout() -> Dur {
+    Dur::secs(30)
+}
+
+impl SmtpConfig {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            SmtpTls::None => 25,
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+        })
+    }
+}
+
+/// `none` (plain, for a relay on the same host), `starttls` (upgrade after
+/// connecting) or `tls` (implicit TLS from the first byte).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    #[default]
+    Starttls,
+    Tls,
 }
 
 /// The call log's retention (A4).
