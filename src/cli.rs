@@ -204,3 +204,58 @@ pub fn keys(config: &Path, action: KeysAction) -> Result<String, String> {
     };
     serde_json::to_string_pretty(&out).map_err(|e| e.to_string())
 }
+
+#[derive(Subcommand)]
+pub enum ImportAction {
+    /// Channels (and with --tokens, tokens as keys) from a One API or New API
+    /// database: `mysql://user:pass@host:3306/oneapi`, One API's own
+    /// `user:pass@tcp(host:3306)/oneapi`, or `sqlite:PATH`.
+    OneApi(OneApiArgs),
+}
+
+#[derive(Args)]
+pub struct OneApiArgs {
+    dsn: String,
+    /// Show the plan; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Also import tokens as keys (stored hashed; clients keep their keys).
+    #[arg(long)]
+    tokens: bool,
+    /// Channels are named `{prefix}-{source id}` (default: one-api or new-api).
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+/// `weir import one-api DSN`: the same plan and report as `POST /admin/import/one-api`,
+/// written straight to the store file (a running gateway takes it up within a second).
+pub fn import_from(config: &Path, action: ImportAction) -> Result<String, String> {
+    let ImportAction::OneApi(args) = action;
+    let (_, rt) = crate::server::load(config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the reader: {e}"))?;
+    let source = runtime
+        .block_on(crate::one_api::read(&args.dsn, args.tokens))
+        .map_err(|e| e.to_string())?;
+    let plan = crate::one_api::plan(source, args.prefix.as_deref()).map_err(|e| e.to_string())?;
+    let storage = &rt.file.storage;
+    let sealer = storage
+        .secret_key
+        .as_deref()
+        .filter(|k| !k.is_empty())
+        .map(crate::store::sealed::Sealer::new)
+        .transpose()?;
+    let mut conn = schema::open(&storage.sqlite)?;
+    let done = crate::store::one_api::apply(
+        &mut conn,
+        &plan,
+        sealer.as_ref(),
+        &rt.file,
+        args.dry_run,
+        now_unix(),
+    )
+    .map_err(|e| e.to_string())?;
+    serde_json::to_string_pretty(&done.report).map_err(|e| e.to_string())
+}

@@ -18,6 +18,7 @@ pub mod listeners;
 pub mod logbuf;
 pub mod mail;
 pub mod metrics;
+pub mod one_api;
 pub mod proxy;
 pub mod reload;
 pub mod server;

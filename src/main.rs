@@ -54,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         action: weir::cli::KeysAction,
     },
+    /// Import from another gateway's database into the store.
+    Import {
+        #[command(subcommand)]
+        action: weir::cli::ImportAction,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,15 +86,21 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Keys { action } => match weir::cli::keys(&cli.config, action) {
-            Ok(out) => {
-                println!("{out}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("weir keys: {e}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Keys { action } => answer("keys", weir::cli::keys(&cli.config, action)),
+        Command::Import { action } => answer("import", weir::cli::import_from(&cli.config, action)),
+    }
+}
+
+/// Prints a command's JSON answer, or its error on stderr with exit code 1.
+fn answer(command: &str, result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("weir {command}: {e}");
+            ExitCode::from(1)
+        }
     }
 }

@@ -69,7 +69,7 @@ impl AppState {
     ) -> Result<Self, String> {
         let metrics = Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?;
         metrics.config_version.set(1);
-        Ok(AppState {
+        let state = AppState {
             cache: Arc::new(MemoryCache::new(cache_budget(&runtime.cache))),
             config: ConfigCell::new(config_path, text, runtime),
             health: HealthRegistry::default(),
@@ -81,7 +81,12 @@ impl AppState {
             entities_applied: AtomicU64::new(0),
             probes: Default::default(),
             outbox: Default::default(),
-        })
+        };
+        let rt = state.snapshot();
+        for c in rt.channels.iter().filter(|c| c.starts_suspended) {
+            state.suspend_new(&rt, c);
+        }
+        Ok(state)
     }
 
     /// The config every phase of one request uses, start to end.
@@ -146,15 +151,27 @@ impl AppState {
 
     /// What outlives a snapshot, fitted to the next one: health of removed channels
     /// goes, a channel pointed elsewhere or given other keys starts with a clean slate.
+    /// A channel configured `suspended: true` enters suspended, once: from then on
+    /// health decides, as for any channel.
+    fn suspend_new(&self, rt: &Runtime, c: &weir_filters::config::Channel) {
+        let policy = weir_filters::health::HealthPolicy::from(&rt.server().health);
+        self.health
+            .suspend(&weir_filters::health::HealthId::channel(&c.name), &policy);
+        tracing::info!(channel = %c.name, "channel starts suspended, as configured");
+    }
+
     fn carry_over(&self, old: &Runtime, new: &Runtime) {
         warn_restart_only(old.server(), new.server());
         let names: Vec<&str> = new.channels.iter().map(|c| c.name.as_str()).collect();
         self.health.retain_channels(&names);
         for c in &new.channels {
-            if let Some(prev) = old.channels.iter().find(|p| p.name == c.name) {
-                if prev.upstream != c.upstream || prev.keys != c.keys {
+            match old.channels.iter().find(|p| p.name == c.name) {
+                Some(prev) if prev.upstream != c.upstream || prev.keys != c.keys => {
                     self.health.reset_channel(&c.name);
                 }
+                Some(_) => {}
+                None if c.starts_suspended => self.suspend_new(new, c),
+                None => {}
             }
         }
         self.cache.resize(cache_budget(&new.cache));

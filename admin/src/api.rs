@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use weir_filters::accounts::{KeyPatch, ModelDef, NewGroup, NewKey, UsageQuery};
 use weir_filters::calllog::{ExportFormat, LogQuery};
+use weir_filters::one_api::ImportRequest;
 use weir_filters::people::{self, ImportOptions, Person, RowError};
 use weir_filters::GatewayError;
 
@@ -97,6 +98,9 @@ pub enum Command {
     ImportKeys(ImportOptions, Vec<Person>, Vec<RowError>),
     /// `GET /admin/mail?status=`: where each imported key's mail stands.
     Mail(Option<MailStatus>),
+    /// `POST /admin/import/one-api`: channels (and tokens) from a One API or New API
+    /// database (A7).
+    ImportOneApi(ImportRequest),
     /// `POST /admin/keys/{id}/mail`: a new secret for the key, mailed to its email
     /// (the way to recover a mail that failed).
     MailKey(i64),
@@ -210,6 +214,7 @@ fn known_path(segs: &[&str]) -> bool {
             | ["groups", _, "models"]
             | ["channels", _, "test"]
             | ["me", "usage"]
+            | ["import", "one-api"]
     )
 }
 
@@ -274,6 +279,7 @@ pub fn route(method: &str, path: &str, query: &str, body: &[u8]) -> Result<Comma
         (["keys", id, "reset"], "POST") => ResetKey(id_of(id)?),
         (["keys", id, "mail"], "POST") => MailKey(id_of(id)?),
         (["mail"], "GET") => Mail(MailStatus::parse_query(query)?),
+        (["import", "one-api"], "POST") => ImportOneApi(json_body(body)?),
         (["keys", id, "topup"], "POST") => TopUp(id_of(id)?, top_up_amount(body)?),
         (["keys", id, "models"], "PUT") => UpdateKey(
             id_of(id)?,

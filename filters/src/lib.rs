@@ -20,6 +20,7 @@
 //! | `response_body` | SSE tap, usage in answers | `relay` |
 //! | `usage` | token counts and estimates | `relay`, `logging` |
 //! | `mock` | the built-in `mock` channel | `exchange` |
+//! | `one_api` | what a One API / New API channel or token becomes in weir | admin, CLI |
 //! | `people`, `key_mail` | bulk key import: CSV rows, the mail a key goes out in | admin, CLI, `mail` |
 
 pub mod access;
@@ -36,6 +37,7 @@ pub mod json_scan;
 pub mod key_mail;
 pub mod limits;
 pub mod mock;
+pub mod one_api;
 pub mod people;
 pub mod request_body;
 pub mod response_body;

@@ -182,6 +182,7 @@ impl AdminBackend for Admin {
                 ok(json!({"data": rows}))
             }
             Command::MailKey(id) => self.mail_key(id).await,
+            Command::ImportOneApi(req) => self.import_one_api(req).await,
         }
     }
 
@@ -320,6 +321,27 @@ impl Admin {
             .await?;
         self.state.outbox.send(std::mem::take(&mut done.mails));
         ok(views::imported(done, unreadable, dry_run))
+    }
+
+    /// One API / New API import (A7): read the source, plan, apply in one
+    /// transaction, then serve the new channels from the next request on.
+    async fn import_one_api(&self, req: crate::one_api::ImportRequest) -> Reply {
+        let source = crate::one_api::read(&req.dsn, req.tokens).await?;
+        let plan = crate::one_api::plan(source, req.prefix.as_deref())?;
+        let file = self.state.snapshot().file.clone();
+        let report = self
+            .state
+            .store
+            .import_one_api(plan, file, req.dry_run)
+            .await?;
+        if !req.dry_run {
+            tokio::task::block_in_place(|| self.state.restock("import")).map_err(|problems| {
+                GatewayError::Internal(format!(
+                    "imported, but the snapshot was not rebuilt: {problems}"
+                ))
+            })?;
+        }
+        ok(report)
     }
 
     /// A new secret for a key, mailed to its email: how a failed mail is recovered.

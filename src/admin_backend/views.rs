@@ -95,6 +95,7 @@ fn channel(state: &AppState, c: &config::Channel) -> Value {
         "retries": c.retries,
         "groups": c.groups,
         "models": c.exposed,
+        "api_version": c.api_version,
         "health": state.health.report(&HealthId::channel(&c.name)),
         "probe": state.probes.get(&c.name),
         "keys": keys,

@@ -201,7 +201,7 @@ where
     entry(kind, v)
 }
 
-fn write_channel(
+pub(super) fn write_channel(
     tx: &Transaction<'_>,
     c: &ChannelConfig,
     sealer: Option<&Sealer>,

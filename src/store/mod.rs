@@ -7,6 +7,7 @@
 pub mod calllog;
 pub mod entities;
 pub mod mail;
+pub mod one_api;
 pub mod ops;
 pub mod queries;
 pub mod schema;
@@ -300,6 +301,25 @@ impl Store {
             let stored = entities::apply(conn, change, sealer.as_deref(), &file, now_unix())?;
             entities.set(stored);
             Ok(entities.get().1)
+        })
+        .await
+    }
+
+    /// Applies a One API import's plan (A7) in one transaction; returns its report.
+    pub async fn import_one_api(
+        &self,
+        plan: crate::one_api::Plan,
+        file: FileConfig,
+        dry_run: bool,
+    ) -> Result<serde_json::Value, GatewayError> {
+        let sealer = self.sealer.clone();
+        let entities = self.entities.clone();
+        self.call(!dry_run, move |conn| {
+            let done = one_api::apply(conn, &plan, sealer.as_deref(), &file, dry_run, now_unix())?;
+            if !dry_run {
+                entities.set(done.stored);
+            }
+            Ok(done.report)
         })
         .await
     }

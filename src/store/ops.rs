@@ -90,17 +90,29 @@ pub fn create_key(conn: &mut Connection, new: &NewKey, now: i64) -> OpResult<(i6
 
 /// Writes one checked key in the transaction; answers its id and secret.
 fn insert_key(tx: &Transaction<'_>, new: &NewKey, now: i64) -> OpResult<(i64, String)> {
-    let expires = new.expires_at.as_deref().map(parse_expiry).transpose()?;
     let secret = generate_key();
+    let id = insert_key_with(tx, new, &secret, now)?;
+    Ok((id, secret))
+}
+
+/// Writes one checked key whose secret is given (an imported token); only its hash
+/// is kept.
+pub(super) fn insert_key_with(
+    tx: &Transaction<'_>,
+    new: &NewKey,
+    secret: &str,
+    now: i64,
+) -> OpResult<i64> {
+    let expires = new.expires_at.as_deref().map(parse_expiry).transpose()?;
     tx.execute(
         "INSERT INTO keys (name, key_hash, prefix, role, group_name, email, monthly_budget, balance, expires_at, active, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10)",
-        params![new.name, hash_key(&secret), prefix_of(&secret), new.role.as_str(), new.group, new.email, new.monthly_budget, new.balance, expires, now],
+        params![new.name, hash_key(secret), prefix_of(secret), new.role.as_str(), new.group, new.email, new.monthly_budget, new.balance, expires, now],
     )
     .map_err(db_err)?;
     let id = tx.last_insert_rowid();
     set_key_models(tx, id, &new.models)?;
-    Ok((id, secret))
+    Ok(id)
 }
 
 /// Bulk import (K2): a key for each person whose email has none yet, in one

@@ -191,6 +191,7 @@ impl ChannelIndex {
             api_version: c.api_version.clone(),
             default_max_tokens: c.default_max_tokens,
             enabled: c.enabled,
+            starts_suspended: c.suspended,
             source,
         });
     }

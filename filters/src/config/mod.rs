@@ -173,6 +173,8 @@ pub struct Channel {
     pub default_max_tokens: Option<u32>,
     /// A disabled channel is listed but serves nothing.
     pub enabled: bool,
+    /// Enters the snapshot suspended (see `ChannelConfig::suspended`).
+    pub starts_suspended: bool,
     pub source: Source,
 }
 

@@ -378,6 +378,11 @@ pub struct ChannelConfig {
     /// `anthropic`: `max_tokens` when the request names none (the Messages API needs it).
     #[serde(default)]
     pub default_max_tokens: Option<u32>,
+    /// Starts out of rotation, as health's suspension: a channel test with
+    /// `readmit`, the background probe or the trial after the cooldown lets it back
+    /// in. An import gives this to One API's auto-disabled channels (status 3).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspended: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -39,6 +39,7 @@ mod testkit {
             api_version: None,
             default_max_tokens: None,
             enabled: true,
+            starts_suspended: false,
             source: Source::File,
         }
     }

@@ -127,6 +127,14 @@ impl HealthRegistry {
         }
     }
 
+    /// Takes `id` out of rotation now, as a failure that suspends would.
+    pub fn suspend(&self, id: &HealthId, policy: &HealthPolicy) {
+        self.entry(id)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .suspend(Instant::now(), policy, None);
+    }
+
     /// Gives back a trial slot granted to a request that did not use it.
     pub fn release_trial(&self, id: &HealthId) {
         if let Some(e) = self.existing(id) {
