@@ -114,6 +114,7 @@ pub fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), String> {
     // Bound before anything is served, and exactly as configured: see `listeners`.
     let proxy_socket = listeners::bind("server.listen", &server_cfg.listen)?;
     let admin_socket = listeners::bind("server.admin_listen", &server_cfg.admin_listen)?;
+    state.set_proxy_addr(proxy_socket.addr);
     let ready = listeners::Ready {
         proxy: proxy_socket.addr,
         admin: admin_socket.addr,

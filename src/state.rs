@@ -35,6 +35,10 @@ pub struct AppState {
     pub probes: crate::proxy::probe::Probes,
     /// New keys waiting to be mailed (K2).
     pub outbox: crate::mail::Outbox,
+    /// The bot webhooks' events seen and tokens held (A9).
+    pub bots: crate::proxy::feishu_api::Bots,
+    /// Where the proxy listener is bound, for the calls weir makes to itself.
+    proxy_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// The store's entity change count the snapshot was last built with.
     entities_applied: AtomicU64,
 }
@@ -81,12 +85,32 @@ impl AppState {
             entities_applied: AtomicU64::new(0),
             probes: Default::default(),
             outbox: Default::default(),
+            bots: Default::default(),
+            proxy_addr: Default::default(),
         };
         let rt = state.snapshot();
         for c in rt.channels.iter().filter(|c| c.starts_suspended) {
             state.suspend_new(&rt, c);
         }
         Ok(state)
+    }
+
+    /// Records the proxy listener's bound address (once, at start).
+    pub fn set_proxy_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.proxy_addr.set(addr);
+    }
+
+    /// The proxy listener as weir itself reaches it: loopback when it listens on
+    /// every address.
+    pub fn proxy_addr(&self) -> Option<std::net::SocketAddr> {
+        let mut addr = *self.proxy_addr.get()?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Some(addr)
     }
 
     /// The config every phase of one request uses, start to end.

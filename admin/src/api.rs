@@ -87,6 +87,12 @@ pub enum Command {
     GetGateway(String),
     PatchGateway(String, serde_json::Map<String, serde_json::Value>),
     DeleteGateway(String),
+    /// `GET /admin/webhooks`: the bot webhooks (A9), secrets as hints.
+    Webhooks,
+    CreateWebhook(serde_json::Value),
+    GetWebhook(String),
+    PatchWebhook(String, serde_json::Map<String, serde_json::Value>),
+    DeleteWebhook(String),
     /// `GET /admin/logs`: a page of the call log.
     Logs(LogQuery),
     /// `GET /admin/logs/{id}`: one call with its bodies.
@@ -205,9 +211,9 @@ fn known_path(segs: &[&str]) -> bool {
     matches!(
         segs,
         ["reload" | "channels" | "config" | "keys" | "groups" | "models" | "usage"]
-            | ["gateways" | "me" | "logs" | "mail"]
+            | ["gateways" | "me" | "logs" | "mail" | "webhooks"]
             | [
-                "keys" | "groups" | "models" | "channels" | "gateways" | "logs",
+                "keys" | "groups" | "models" | "channels" | "gateways" | "logs" | "webhooks",
                 _
             ]
             | ["keys", _, "reset" | "topup" | "models" | "mail"]
@@ -239,6 +245,11 @@ fn entity_route(segs: &[&str], method: &str, body: &[u8]) -> Result<Option<Comma
         (["gateways", name], "GET") => GetGateway(decode_segment(name)),
         (["gateways", name], "PATCH") => PatchGateway(decode_segment(name), json_object(body)?),
         (["gateways", name], "DELETE") => DeleteGateway(decode_segment(name)),
+        (["webhooks"], "GET") => Webhooks,
+        (["webhooks"], "POST") => CreateWebhook(json_object(body)?.into()),
+        (["webhooks", name], "GET") => GetWebhook(decode_segment(name)),
+        (["webhooks", name], "PATCH") => PatchWebhook(decode_segment(name), json_object(body)?),
+        (["webhooks", name], "DELETE") => DeleteWebhook(decode_segment(name)),
         _ => return Ok(None),
     }))
 }

@@ -20,6 +20,7 @@
 //! | `response_body` | SSE tap, usage in answers | `relay` |
 //! | `usage` | token counts and estimates | `relay`, `logging` |
 //! | `mock` | the built-in `mock` channel | `exchange` |
+//! | `feishu` | the Feishu bot's events: decryption, signature, questions, replies | `proxy::feishu` |
 //! | `one_api` | what a One API / New API channel or token becomes in weir | admin, CLI |
 //! | `people`, `key_mail` | bulk key import: CSV rows, the mail a key goes out in | admin, CLI, `mail` |
 
@@ -32,6 +33,7 @@ pub mod calllog;
 pub mod config;
 pub mod error;
 pub mod failover;
+pub mod feishu;
 pub mod health;
 pub mod json_scan;
 pub mod key_mail;

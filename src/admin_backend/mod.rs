@@ -167,6 +167,20 @@ impl AdminBackend for Admin {
                 self.change(Change::DeleteGateway(name.clone())).await?;
                 ok(json!({"deleted": name}))
             }
+            Command::Webhooks => ok(views::webhooks(state)),
+            Command::CreateWebhook(v) => self.create(Change::CreateWebhook(v), "webhook").await,
+            Command::GetWebhook(name) => ok(views::webhook_named(state, &name)?),
+            Command::PatchWebhook(name, patch) => {
+                self.file_guard(&name, "webhook")?;
+                self.change(Change::PatchWebhook(name.clone(), patch))
+                    .await?;
+                ok(views::webhook_named(state, &name)?)
+            }
+            Command::DeleteWebhook(name) => {
+                self.file_guard(&name, "webhook")?;
+                self.change(Change::DeleteWebhook(name.clone())).await?;
+                ok(json!({"deleted": name}))
+            }
             Command::Logs(q) => self.logs(caller, q).await,
             Command::Log(id) => self.log(caller, id).await,
             Command::ExportLogs(q, format) => Ok(self.export(caller, q, format)),
@@ -212,6 +226,7 @@ impl Admin {
         let rt = self.state.snapshot();
         let in_file = match kind {
             "channel" => rt.file.channels.iter().any(|c| c.name == name),
+            "webhook" => rt.file.webhooks.iter().any(|w| w.name == name),
             _ => rt.file.gateways.iter().any(|g| g.name == name),
         };
         if in_file {
@@ -235,7 +250,7 @@ impl Admin {
 
     async fn create(&self, change: Change, kind: &str) -> Reply {
         let name = match &change {
-            Change::CreateChannel(v) | Change::CreateGateway(v) => v
+            Change::CreateChannel(v) | Change::CreateGateway(v) | Change::CreateWebhook(v) => v
                 .get("name")
                 .and_then(|n| n.as_str())
                 .unwrap_or("")
@@ -246,6 +261,7 @@ impl Admin {
         self.change(change).await?;
         let view = match kind {
             "channel" => views::channel_named(&self.state, &name)?,
+            "webhook" => views::webhook_named(&self.state, &name)?,
             _ => views::gateway_named(&self.state, &name)?,
         };
         Ok(Answer::Json(201, view))

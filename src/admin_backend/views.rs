@@ -102,6 +102,50 @@ fn channel(state: &AppState, c: &config::Channel) -> Value {
     })
 }
 
+/// A webhook as the API shows it: its secrets as hints, where it is served.
+fn webhook(w: &config::WebhookConfig, source: config::Source) -> Value {
+    let c = &w.config;
+    let hint = |v: &str| config::key_hint(v);
+    json!({
+        "name": w.name,
+        "provider": w.provider,
+        "source": source,
+        "path": format!("/bot/feishu/{}/webhook/event", w.name),
+        "config": {
+            "appId": c.app_id,
+            "appSecret": hint(&c.app_secret),
+            "apiKey": hint(&c.api_key),
+            "modelId": c.model_id,
+            "verificationToken": c.verification_token.as_deref().map(hint),
+            "encryptKey": c.encrypt_key.as_deref().map(hint),
+            "api_base": c.api_base,
+            "gateway": c.gateway,
+        },
+    })
+}
+
+pub fn webhooks(state: &AppState) -> Value {
+    let rt = state.snapshot();
+    let file = rt
+        .file
+        .webhooks
+        .iter()
+        .map(|w| webhook(w, config::Source::File));
+    let stored = rt
+        .stored
+        .webhooks
+        .iter()
+        .map(|w| webhook(w, config::Source::Store));
+    json!({"webhooks": file.chain(stored).collect::<Vec<_>>()})
+}
+
+pub fn webhook_named(state: &AppState, name: &str) -> Result<Value, GatewayError> {
+    let rt = state.snapshot();
+    rt.webhook(name)
+        .map(|(w, source)| webhook(w, source))
+        .ok_or_else(|| GatewayError::NotFound(format!("no webhook named `{name}`")))
+}
+
 /// Per gateway: tokens against the quota, and calls and tokens per hour of the day
 /// that starts at `day_start` (G8), from the store's `(gateway, hour, calls, tokens)`.
 pub fn gateways(state: &AppState, day_start: i64, hourly: &[(String, i64, i64, i64)]) -> Value {

@@ -231,6 +231,18 @@ pub async fn fetch(
     channel: &Channel,
     get: &adapters::Outgoing,
 ) -> Result<(u16, Vec<u8>), AttemptError> {
+    call(state, channel, get, false).await
+}
+
+/// One request on the channel's upstream, a GET or (`post`) a JSON POST of `out`'s
+/// body: the status and the body, read within the channel's total timeout. The
+/// bot's calls to Feishu and to weir itself use it too, on a channel of their own.
+pub async fn call(
+    state: &AppState,
+    channel: &Channel,
+    get: &adapters::Outgoing,
+    post: bool,
+) -> Result<(u16, Vec<u8>), AttemptError> {
     let Some(upstream) = &channel.upstream else {
         return Err(broke("the mock channel has no upstream to list"));
     };
@@ -249,10 +261,15 @@ pub async fn fetch(
         headers: &get.headers,
     };
     let mut wire = Vec::new();
-    upstream_request::encode_get(&head, &mut wire).map_err(|e| broke(e.to_string()))?;
+    let inline = if post {
+        upstream_request::encode(&head, &get.body, &mut wire)
+    } else {
+        upstream_request::encode_get(&head, &mut wire).map(|()| true)
+    }
+    .map_err(|e| broke(e.to_string()))?;
     let request = Wire {
         head: &wire,
-        body: None,
+        body: (!inline).then_some(&get.body[..]),
     };
     let mut up = send(state, None, channel, &peer, request).await?;
     let status = up.resp_header().map(|h| h.status.as_u16()).unwrap_or(0);

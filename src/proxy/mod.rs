@@ -18,6 +18,8 @@ pub mod ctx;
 mod dispatch;
 mod exchange;
 mod failure;
+mod feishu;
+pub mod feishu_api;
 mod intake;
 mod logging;
 mod models;
@@ -81,10 +83,12 @@ impl HttpServerApp for Weir {
             // Stopping soon: this connection takes no further request.
             session.set_keepalive(None);
         }
-        if session.req_header().uri.path().starts_with("/manager")
-            && self.state.snapshot().server().public_manager
-        {
+        let path = session.req_header().uri.path();
+        if path.starts_with("/manager") && self.state.snapshot().server().public_manager {
             return self.manager_page(session).await;
+        }
+        if path.starts_with("/bot/") {
+            return self.bot_event(session).await;
         }
         let mut ctx = Ctx::new();
         self.state.metrics.in_flight.inc();

@@ -210,6 +210,28 @@ pub fn suspended(state: &AppState, channel: &Channel) -> bool {
         == weir_filters::health::HealthState::Suspended
 }
 
+/// A channel of its own for a call weir makes itself (docking, the bot's calls),
+/// checked as a configured one would be (the URL above all), with short timeouts.
+pub fn endpoint(kind: &str, base_url: &str, total: &str) -> Result<Channel, GatewayError> {
+    let entry = serde_json::json!({
+        "name": "endpoint",
+        "type": kind,
+        "base_url": base_url,
+        "models": [CATCH_ALL_MODEL],
+        "timeouts": {"connect": "5s", "first_byte": total, "total": total},
+    });
+    // Problems are named by the request's own field names.
+    let unprefixed = |e: String| GatewayError::BadRequest(e.replace("channels[0].", ""));
+    let file: weir_filters::config::FileConfig =
+        serde_path_to_error::deserialize(serde_json::json!({"channels": [entry]}))
+            .map_err(|e| unprefixed(format!("{}: {}", e.path(), e.inner())))?;
+    let rt = Runtime::build(file).map_err(|e| unprefixed(e.to_string()))?;
+    rt.channels
+        .into_iter()
+        .next()
+        .ok_or_else(|| GatewayError::Internal("the endpoint built no channel".into()))
+}
+
 /// A channel template read from a provider's model list (A6): the entry as the
 /// API would store it (without its key), and the models found.
 pub struct Docked {
@@ -225,21 +247,8 @@ pub async fn discover(
     base_url: &str,
     key: Option<&str>,
 ) -> Result<Docked, GatewayError> {
-    // Checked as a channel would be (the URL above all), with short timeouts.
-    let entry = serde_json::json!({
-        "name": "discovered",
-        "type": kind,
-        "base_url": base_url,
-        "models": [CATCH_ALL_MODEL],
-        "timeouts": {"connect": "5s", "first_byte": "15s", "total": "15s"},
-    });
-    // Problems are named by the request's own field names.
-    let unprefixed = |e: String| GatewayError::BadRequest(e.replace("channels[0].", ""));
-    let file: weir_filters::config::FileConfig =
-        serde_path_to_error::deserialize(serde_json::json!({"channels": [entry]}))
-            .map_err(|e| unprefixed(format!("{}: {}", e.path(), e.inner())))?;
-    let rt = Runtime::build(file).map_err(|e| unprefixed(e.to_string()))?;
-    let channel = &rt.channels[0];
+    let channel = endpoint(kind, base_url, "15s")?;
+    let channel = &channel;
     let Some(upstream) = &channel.upstream else {
         return Err(GatewayError::BadRequest(
             "type: `mock` has no upstream to dock".into(),

@@ -7,7 +7,9 @@ use super::ops::{bump, db_err, OpResult};
 use super::sealed::Sealer;
 use rusqlite::{params, Connection, Transaction};
 use serde_json::{Map, Value};
-use weir_filters::config::{ChannelConfig, FileConfig, GatewayConfig, Runtime, Stored};
+use weir_filters::config::{
+    ChannelConfig, FileConfig, GatewayConfig, Runtime, Stored, WebhookConfig,
+};
 use weir_filters::GatewayError;
 
 /// One write to the stored entities.
@@ -19,6 +21,10 @@ pub enum Change {
     CreateGateway(Value),
     PatchGateway(String, Map<String, Value>),
     DeleteGateway(String),
+    CreateWebhook(Value),
+    /// `config`'s fields are merged into the webhook's: a secret left out is kept.
+    PatchWebhook(String, Map<String, Value>),
+    DeleteWebhook(String),
 }
 
 /// The stored channels and gateways, keys opened.
@@ -56,7 +62,36 @@ pub fn load(conn: &Connection, sealer: Option<&Sealer>) -> OpResult<Stored> {
                 .map_err(|e| GatewayError::Internal(format!("stored gateway `{name}`: {e}")))?,
         );
     }
+    stored.webhooks = load_webhooks(conn, sealer)?;
     Ok(stored)
+}
+
+fn load_webhooks(conn: &Connection, sealer: Option<&Sealer>) -> OpResult<Vec<WebhookConfig>> {
+    let mut stmt = conn
+        .prepare("SELECT name, config FROM webhooks ORDER BY name")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, sealed) = row.map_err(db_err)?;
+        let sealer = sealer.ok_or_else(|| {
+            GatewayError::Internal(format!(
+                "stored webhook `{name}` is sealed, and storage.secret_key is not set"
+            ))
+        })?;
+        let plain = sealer
+            .open(&sealed)
+            .map_err(|e| GatewayError::Internal(format!("stored webhook `{name}`: {e}")))?;
+        out.push(
+            serde_json::from_slice(&plain)
+                .map_err(|e| GatewayError::Internal(format!("stored webhook `{name}`: {e}")))?,
+        );
+    }
+    Ok(out)
 }
 
 fn open_keys(name: &str, sealed: Option<&[u8]>, sealer: Option<&Sealer>) -> OpResult<Vec<String>> {
@@ -96,6 +131,10 @@ pub fn apply(
         "channel" => match stored.channels.iter().find(|c| c.name == name) {
             Some(c) => write_channel(&tx, c, sealer, now)?,
             None => delete(&tx, "channels", &name)?,
+        },
+        "webhook" => match stored.webhooks.iter().find(|w| w.name == name) {
+            Some(w) => write_webhook(&tx, w, sealer, now)?,
+            None => delete(&tx, "webhooks", &name)?,
         },
         _ => match stored.gateways.iter().find(|g| g.name == name) {
             Some(g) => write_gateway(&tx, g, now)?,
@@ -147,6 +186,33 @@ fn edit(stored: &mut Stored, change: Change) -> OpResult<(&'static str, String)>
             let i = position(&stored.gateways, |g| g.name == name, "gateway", &name)?;
             stored.gateways.remove(i);
             Ok(("gateway", name))
+        }
+        Change::CreateWebhook(v) => {
+            let w: WebhookConfig = entry("webhook", v)?;
+            if stored.webhooks.iter().any(|x| x.name == w.name) {
+                return Err(exists("webhook", &w.name));
+            }
+            let name = w.name.clone();
+            stored.webhooks.push(w);
+            Ok(("webhook", name))
+        }
+        Change::PatchWebhook(name, mut patch) => {
+            let i = position(&stored.webhooks, |w| w.name == name, "webhook", &name)?;
+            if let Some(Value::Object(fields)) = patch.get_mut("config") {
+                let mut merged = serde_json::to_value(&stored.webhooks[i].config)
+                    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+                for (k, v) in std::mem::take(fields) {
+                    merged[k] = v;
+                }
+                patch.insert("config".into(), merged);
+            }
+            stored.webhooks[i] = patched("webhook", &stored.webhooks[i], &name, patch)?;
+            Ok(("webhook", name))
+        }
+        Change::DeleteWebhook(name) => {
+            let i = position(&stored.webhooks, |w| w.name == name, "webhook", &name)?;
+            stored.webhooks.remove(i);
+            Ok(("webhook", name))
         }
     }
 }
@@ -235,6 +301,31 @@ pub(super) fn write_channel(
     .map_err(db_err)
 }
 
+/// The whole webhook sealed: its app secret, key and encrypt key are secrets.
+fn write_webhook(
+    tx: &Transaction<'_>,
+    w: &WebhookConfig,
+    sealer: Option<&Sealer>,
+    now: i64,
+) -> OpResult<()> {
+    let sealer = sealer.ok_or_else(|| {
+        GatewayError::BadRequest(
+            "webhook: storing a webhook's secrets needs storage.secret_key (set it from the \
+             environment, e.g. `secret_key: ${WEIR_SECRET_KEY}`)"
+                .into(),
+        )
+    })?;
+    let plain = serde_json::to_vec(w).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let sealed = sealer.seal(&plain).map_err(GatewayError::Internal)?;
+    tx.execute(
+        "INSERT INTO webhooks (name, provider, config, created_at, updated_at) VALUES (?1, 'feishu', ?2, ?3, ?3)
+         ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
+        params![w.name, sealed, now],
+    )
+    .map(drop)
+    .map_err(db_err)
+}
+
 fn write_gateway(tx: &Transaction<'_>, g: &GatewayConfig, now: i64) -> OpResult<()> {
     let config = serde_json::to_string(g).map_err(|e| GatewayError::Internal(e.to_string()))?;
     tx.execute(
@@ -247,7 +338,7 @@ fn write_gateway(tx: &Transaction<'_>, g: &GatewayConfig, now: i64) -> OpResult<
 }
 
 fn delete(tx: &Transaction<'_>, table: &str, name: &str) -> OpResult<()> {
-    // `table` is one of two constants above, never input.
+    // `table` is one of the constants above, never input.
     tx.execute(&format!("DELETE FROM {table} WHERE name = ?1"), [name])
         .map(drop)
         .map_err(db_err)

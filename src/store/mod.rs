@@ -113,7 +113,10 @@ impl Entities {
     }
 
     fn text(stored: &Stored) -> String {
-        format!("{:?}", (&stored.channels, &stored.gateways))
+        format!(
+            "{:?}",
+            (&stored.channels, &stored.gateways, &stored.webhooks)
+        )
     }
 
     /// Sets them; true when they differ from before.

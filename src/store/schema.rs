@@ -166,6 +166,16 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );
     "#,
+    // 7: bot webhooks as data (A9): the whole config sealed, secrets and all.
+    r#"
+    CREATE TABLE webhooks (
+        name TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        config BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Opens (creating) the database, in WAL mode, migrated to the current schema.

@@ -66,6 +66,7 @@ pub(super) fn runtime(file: FileConfig, stored: Stored) -> Result<Runtime, Confi
             }
         }
     }
+    check_webhooks(&file, &stored, &mut problems);
     check_storage(&file.storage, &mut problems);
     check_logs(&file.logs, &mut problems);
     if !problems.is_empty() {
@@ -110,7 +111,67 @@ fn without_clashes(file: &FileConfig, mut stored: Stored, problems: &mut Vec<Str
         |g| &g.name,
         problems,
     );
+    drop_clashes(
+        "webhooks",
+        &file.webhooks,
+        &mut stored.webhooks,
+        |w| &w.name,
+        problems,
+    );
     stored
+}
+
+/// Every webhook's fields, wherever it is defined.
+fn check_webhooks(file: &FileConfig, stored: &Stored, problems: &mut Vec<String>) {
+    let labelled = file
+        .webhooks
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (format!("webhooks[{i}]"), w))
+        .chain(
+            stored
+                .webhooks
+                .iter()
+                .map(|w| (format!("stored webhook `{}`", w.name), w)),
+        );
+    let mut names = HashSet::new();
+    for (at, w) in labelled {
+        if !valid_name(&w.name) {
+            problems.push(format!(
+                "{at}.name: `{}` must be 1-64 letters, digits, `-`, `_` or `.`",
+                w.name
+            ));
+        } else if !names.insert(w.name.clone()) {
+            problems.push(format!(
+                "{at}.name: `{}` is used by another webhook",
+                w.name
+            ));
+        }
+        let c = &w.config;
+        for (field, v) in [
+            ("appId", &c.app_id),
+            ("appSecret", &c.app_secret),
+            ("apiKey", &c.api_key),
+            ("modelId", &c.model_id),
+        ] {
+            if v.trim().is_empty() {
+                problems.push(format!("{at}.config.{field}: must not be empty"));
+            }
+        }
+        if let Err(e) = Upstream::parse(&c.api_base) {
+            problems.push(format!("{at}.config.api_base: {e}"));
+        }
+        if let Some(g) = &c.gateway {
+            let known = file
+                .gateways
+                .iter()
+                .chain(&stored.gateways)
+                .any(|x| &x.name == g);
+            if !known {
+                problems.push(format!("{at}.config.gateway: no gateway is named `{g}`"));
+            }
+        }
+    }
 }
 
 fn drop_clashes<T>(

@@ -193,6 +193,7 @@ pub enum Source {
 pub struct Stored {
     pub channels: Vec<ChannelConfig>,
     pub gateways: Vec<GatewayConfig>,
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 impl Channel {
@@ -367,6 +368,23 @@ impl Runtime {
 
     pub fn server(&self) -> &ServerConfig {
         &self.file.server
+    }
+
+    /// The webhook named `name`, from the file or the store.
+    pub fn webhook(&self, name: &str) -> Option<(&WebhookConfig, Source)> {
+        let file = self.file.webhooks.iter().map(|w| (w, Source::File));
+        let stored = self.stored.webhooks.iter().map(|w| (w, Source::Store));
+        file.chain(stored).find(|(w, _)| w.name == name)
+    }
+
+    /// The gateway a webhook's questions go through: the one it names, else
+    /// `default`, else the first.
+    pub fn webhook_gateway(&self, w: &WebhookConfig) -> Option<&Gateway> {
+        let named = |n: &str| self.gateways.iter().find(|g| g.name == n);
+        match &w.config.gateway {
+            Some(g) => named(g),
+            None => named("default").or(self.gateways.first()),
+        }
     }
 
     /// The gateway whose path prefix matches, and the rest of the path after it

@@ -22,9 +22,55 @@ pub struct FileConfig {
     pub cache: CacheConfig,
     #[serde(default)]
     pub logs: LogsConfig,
+    /// Bot webhooks (A9); more can be added through the admin API.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
     /// Mail for new keys (K2); without it imported keys are not mailed.
     #[serde(default)]
     pub smtp: Option<SmtpConfig>,
+}
+
+/// A bot webhook (A9): `POST /bot/{provider}/{name}/webhook/event` on the proxy
+/// listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub provider: WebhookProvider,
+    pub config: FeishuConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookProvider {
+    Feishu,
+}
+
+/// A Feishu app's bot, in the names Feishu's console uses.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FeishuConfig {
+    pub app_id: String,
+    pub app_secret: String,
+    /// The weir key whose rights, limits and bill the bot's questions use.
+    pub api_key: String,
+    /// The model asked.
+    pub model_id: String,
+    /// Checked against every event's token when set.
+    #[serde(default)]
+    pub verification_token: Option<String>,
+    /// Set when the app encrypts its events (and signs them).
+    #[serde(default)]
+    pub encrypt_key: Option<String>,
+    #[serde(default = "feishu_api_base", rename = "api_base")]
+    pub api_base: String,
+    /// The gateway the questions go through; default `default`, else the first.
+    #[serde(default)]
+    pub gateway: Option<String>,
+}
+
+fn feishu_api_base() -> String {
+    "https://open.feishu.cn".into()
 }
 
 /// How weir sends mail (K2): one SMTP relay, its TLS and login.
