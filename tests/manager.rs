@@ -379,3 +379,84 @@ async fn keys_are_imported_from_a_pasted_csv() {
     let keys = weir.admin_get("/admin/keys").await;
     assert_eq!(keys["keys"][0]["monthly_budget"], 3.0);
 }
+
+#[tokio::test]
+async fn a_feishu_bot_is_added_edited_and_removed_on_the_bots_page() {
+    let body = format!(
+        "  secret_key: 'a-test-secret-key-of-some-length'\n{}",
+        config()
+    );
+    let weir = Weir::start(&body).await;
+    let (_, key) = weir.create_key(json!({"name": "bot"})).await;
+    let mut v = Visitor::new(weir.admin_url(""));
+    assert_eq!(v.login(ADMIN_KEY).await.status, 303);
+    let page = v.get("/manager/webhooks").await;
+    assert!(page.body.contains("No bots yet."), "{}", page.body);
+    let token = csrf(&page.body);
+    let form = [
+        ("_csrf", token.as_str()),
+        ("_method", "POST"),
+        ("_path", "/admin/webhooks"),
+        ("_back", "/manager/webhooks"),
+        ("_form", "create-webhook"),
+        ("provider", "feishu"),
+        ("name", "team"),
+        ("config.appId", "cli_manager"),
+        ("config.appSecret", "the-app-secret-value"),
+        ("config.apiKey", key.as_str()),
+        ("config.modelId", "m"),
+        ("config.verificationToken", ""),
+        ("config.encryptKey", ""),
+        ("config.gateway", "default"),
+        ("config.api_base", ""),
+    ];
+    assert_eq!(v.post("/manager/do", &form).await.status, 303);
+    let shown = v.get("/manager/webhooks").await;
+    assert!(
+        shown.body.contains("/bot/feishu/team/webhook/event"),
+        "{}",
+        shown.body
+    );
+    assert!(shown.body.contains("cli_manager"));
+    assert!(!shown.body.contains("the-app-secret-value") && !shown.body.contains(&key));
+    let stored = weir.admin_get("/admin/webhooks/team").await;
+    assert_eq!(stored["config"]["api_base"], "https://open.feishu.cn");
+
+    let token = csrf(&shown.body);
+    let edit = [
+        ("_csrf", token.as_str()),
+        ("_method", "PATCH"),
+        ("_path", "/admin/webhooks/team"),
+        ("_back", "/manager/webhooks"),
+        ("_form", "edit-team"),
+        ("config.modelId", "m2"),
+        ("config.apiKey", ""),
+    ];
+    assert_eq!(v.post("/manager/do", &edit).await.status, 303);
+    let page = v.get("/manager/webhooks").await;
+    // m2 is no model any channel serves: the refusal shows next to the form.
+    assert!(
+        page.body.contains(r#"data-form="edit-team""#),
+        "{}",
+        page.body
+    );
+    assert_eq!(
+        weir.admin_get("/admin/webhooks/team").await["config"]["modelId"],
+        "m"
+    );
+
+    let token = csrf(&page.body);
+    let delete = [
+        ("_csrf", token.as_str()),
+        ("_method", "DELETE"),
+        ("_path", "/admin/webhooks/team"),
+        ("_back", "/manager/webhooks"),
+        ("_form", "delete-team"),
+    ];
+    assert_eq!(v.post("/manager/do", &delete).await.status, 303);
+    assert!(v
+        .get("/manager/webhooks")
+        .await
+        .body
+        .contains("No bots yet."));
+}

@@ -148,6 +148,14 @@ fn body_of(data: &[(String, String)]) -> Result<Vec<u8>, FieldError> {
         };
         if name == "_body" {
             whole = Some(value);
+        } else if let Some((parent, child)) = name.split_once('.') {
+            // `config.appId`: a field of a nested object (a webhook's config).
+            let nested = obj
+                .entry(parent.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(fields) = nested {
+                fields.insert(child.to_string(), value);
+            }
         } else {
             obj.insert(name.to_string(), value);
         }
@@ -252,6 +260,15 @@ mod tests {
         let c = parse(b"_method=POST&_path=/admin/channels&keys:lines=sk-1%0Ask-2&name=c").unwrap();
         assert_eq!(body(&c), json!({"keys": ["sk-1", "sk-2"], "name": "c"}));
         assert!(!c.values.contains_key("keys"));
+    }
+
+    #[test]
+    fn dotted_names_fill_nested_objects() {
+        let call = parse(b"_method=POST&_path=/admin/webhooks&name=t&config.appId=a&config.modelId=m&config.encryptKey=").unwrap();
+        assert_eq!(
+            body(&call),
+            json!({"name": "t", "config": {"appId": "a", "modelId": "m"}})
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("channels.html", include_str!("templates/channels.html")),
     ("channel.html", include_str!("templates/channel.html")),
     ("gateways.html", include_str!("templates/gateways.html")),
+    ("webhooks.html", include_str!("templates/webhooks.html")),
     ("logs.html", include_str!("templates/logs.html")),
     ("log.html", include_str!("templates/log.html")),
     ("calls.html", include_str!("templates/calls.html")),
@@ -519,6 +520,10 @@ mod tests {
             "gateways": {"gateways": [{"name": "g", "source": "file", "path": "/v1", "active": true,
                 "token_quota": 1000, "tokens_used": 10, "calls_per_hour_today": vec![1; 24]}]},
             "logs": {"data": [call], "next": "1-7"}, "log": call,
+            "webhooks": {"webhooks": [{"name": "team", "provider": "feishu", "source": "store",
+                "path": "/bot/feishu/team/webhook/event", "config": {"appId": "cli_x", "appSecret": "…",
+                "apiKey": "…abcd", "modelId": "m1", "verificationToken": null, "encryptKey": "…",
+                "api_base": "https://open.feishu.cn", "gateway": null}}]},
             "config": {"version": 3, "config": {"server": {"listen": "x"}}},
         })
     }

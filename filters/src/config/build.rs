@@ -66,7 +66,7 @@ pub(super) fn runtime(file: FileConfig, stored: Stored) -> Result<Runtime, Confi
             }
         }
     }
-    check_webhooks(&file, &stored, &mut problems);
+    check_webhooks(&file, &stored, &served, &mut problems);
     check_storage(&file.storage, &mut problems);
     check_logs(&file.logs, &mut problems);
     if !problems.is_empty() {
@@ -122,7 +122,7 @@ fn without_clashes(file: &FileConfig, mut stored: Stored, problems: &mut Vec<Str
 }
 
 /// Every webhook's fields, wherever it is defined.
-fn check_webhooks(file: &FileConfig, stored: &Stored, problems: &mut Vec<String>) {
+fn check_webhooks(file: &FileConfig, stored: &Stored, served: &Served, problems: &mut Vec<String>) {
     let labelled = file
         .webhooks
         .iter()
@@ -157,6 +157,12 @@ fn check_webhooks(file: &FileConfig, stored: &Stored, problems: &mut Vec<String>
             if v.trim().is_empty() {
                 problems.push(format!("{at}.config.{field}: must not be empty"));
             }
+        }
+        if !c.model_id.trim().is_empty() && !served.serves(&c.model_id) {
+            problems.push(format!(
+                "{at}.config.modelId: no channel serves `{}`",
+                c.model_id
+            ));
         }
         if let Err(e) = Upstream::parse(&c.api_base) {
             problems.push(format!("{at}.config.api_base: {e}"));

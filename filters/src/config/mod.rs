@@ -566,6 +566,29 @@ gateways:
     }
 
     #[test]
+    fn webhooks_in_the_file_are_checked() {
+        let good = format!(
+            "{BASIC}webhooks:\n  - name: team\n    provider: feishu\n    config: {{appId: cli_a, appSecret: s, apiKey: sk-x, modelId: qwen2-7b}}\n"
+        );
+        let rt = load(&good).unwrap();
+        let (w, source) = rt.webhook("team").unwrap();
+        assert_eq!(
+            (w.config.api_base.as_str(), source),
+            ("https://open.feishu.cn", Source::File)
+        );
+        assert_eq!(rt.webhook_gateway(w).unwrap().name, "default");
+        let bad = format!(
+            "{BASIC}webhooks:\n  - name: 'a b'\n    provider: feishu\n    config: {{appId: '', appSecret: s, apiKey: k, modelId: nope, gateway: ghost}}\n"
+        );
+        let text = load(&bad).unwrap_err().to_string();
+        for want in ["webhooks[0].name", "config.appId", "config.gateway"] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+        let typo = format!("{BASIC}webhooks:\n  - {{name: t, provider: slack, config: {{}}}}\n");
+        assert!(load(&typo).unwrap_err().to_string().contains("webhooks[0]"));
+    }
+
+    #[test]
     fn base_url_with_or_without_v1_is_the_same() {
         let a = Upstream::parse("http://h:8000").unwrap();
         assert_eq!(a, Upstream::parse("http://h:8000/v1").unwrap());
