@@ -7,7 +7,7 @@
 use super::{feishu_api, respond, Weir};
 use crate::proxy::ctx::Ctx;
 use bytes::Bytes;
-use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
+use pingora_core::apps::ReusedHttpStream;
 use pingora_core::protocols::http::ServerSession;
 use pingora_http::ResponseHeader;
 use serde_json::{json, Value};
@@ -37,13 +37,7 @@ impl Weir {
                 .await
                 .ok()?,
         }
-        let settings = HttpPersistentSettings::for_session(&session);
-        session
-            .finish()
-            .await
-            .ok()
-            .flatten()
-            .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+        super::reusable(session).await
     }
 
     /// What an event callback is answered, after the work it starts.

@@ -98,14 +98,20 @@ impl HttpServerApp for Weir {
         if failed.is_some() {
             return None;
         }
-        let settings = HttpPersistentSettings::for_session(&session);
-        session
-            .finish()
-            .await
-            .ok()
-            .flatten()
-            .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+        reusable(session).await
     }
+}
+
+/// Ends the exchange and hands the connection back for its next request, when it
+/// can carry one.
+pub(crate) async fn reusable(session: ServerSession) -> Option<ReusedHttpStream> {
+    let settings = HttpPersistentSettings::for_session(&session);
+    session
+        .finish()
+        .await
+        .ok()
+        .flatten()
+        .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
 }
 
 /// One request, answered: `None` when the connection may carry the next one.

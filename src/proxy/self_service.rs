@@ -4,7 +4,7 @@
 
 use super::Weir;
 use bytes::Bytes;
-use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
+use pingora_core::apps::ReusedHttpStream;
 use pingora_core::protocols::http::ServerSession;
 use pingora_http::ResponseHeader;
 use weir_admin::manager::{ManagerReply, ManagerRequest};
@@ -31,13 +31,7 @@ impl Weir {
             .write_response_body(Bytes::from(body), true)
             .await
             .ok()?;
-        let settings = HttpPersistentSettings::for_session(&session);
-        session
-            .finish()
-            .await
-            .ok()
-            .flatten()
-            .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+        super::reusable(session).await
     }
 }
 
