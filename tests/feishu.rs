@@ -126,13 +126,42 @@ fn message_event(
     })
 }
 
+const ENCRYPT_KEY: &str = "encrypt-me-please";
+
+/// Posts an event as Feishu does: to `team` (which has an encrypt key) encrypted and
+/// signed, to any other webhook as it is.
 async fn deliver(weir: &Weir, name: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let mut req = reqwest::Client::new()
         .post(weir.url(&format!("/bot/feishu/{name}/webhook/event")))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+        .header("content-type", "application/json");
+    let raw = if name == "team" {
+        let sealed =
+            weir_filters::feishu::encrypt(ENCRYPT_KEY, [5; 16], body.to_string().as_bytes());
+        let raw = json!({"encrypt": sealed}).to_string();
+        let signature =
+            weir_filters::feishu::signature("1796000000", "nonce", ENCRYPT_KEY, raw.as_bytes());
+        req = req
+            .header("x-lark-request-timestamp", "1796000000")
+            .header("x-lark-request-nonce", "nonce")
+            .header("x-lark-signature", signature);
+        raw
+    } else {
+        body.to_string()
+    };
+    let r = req.body(raw).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn raw_post(weir: &Weir, name: &str, body: &str, headers: &[(&str, String)]) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(weir.url(&format!("/bot/feishu/{name}/webhook/event")))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let r = req.send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
@@ -184,7 +213,7 @@ async fn setup() -> (Weir, Upstream, Shared, String, i64) {
             "/admin/webhooks",
             Some(json!({"name": "team", "provider": "feishu", "config": {
                 "appId": "cli_test", "appSecret": "app-secret", "apiKey": key, "modelId": "bot-model",
-                "verificationToken": "verify-me", "encryptKey": "encrypt-me-please", "api_base": api_base}})),
+                "verificationToken": "verify-me", "encryptKey": ENCRYPT_KEY, "api_base": api_base}})),
         )
         .await;
     assert_eq!(status, 201, "{v}");
@@ -198,66 +227,85 @@ async fn setup() -> (Weir, Upstream, Shared, String, i64) {
 
 #[tokio::test]
 async fn the_url_challenge_plain_encrypted_and_with_a_wrong_token() {
-    let (weir, _model, _feishu, _key, _) = setup().await;
+    let (weir, _model, _feishu, key, _) = setup().await;
+    // A webhook without an encrypt key gets its events in plain JSON.
+    let (status, v) = weir
+        .admin(
+            "POST",
+            "/admin/webhooks",
+            Some(json!({"name": "plain", "provider": "feishu", "config": {
+                "appId": "cli_p", "appSecret": "s", "apiKey": key, "modelId": "bot-model",
+                "verificationToken": "verify-me"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
     let plain = json!({"challenge": "ch-123", "token": "verify-me", "type": "url_verification"});
     assert_eq!(
-        deliver(&weir, "team", &plain).await,
+        deliver(&weir, "plain", &plain).await,
         (200, json!({"challenge": "ch-123"}))
     );
-
-    let sealed = weir_filters::feishu::encrypt(
-        "encrypt-me-please",
-        [9; 16],
-        json!({"challenge": "ch-456", "token": "verify-me", "type": "url_verification"})
-            .to_string()
-            .as_bytes(),
-    );
-    assert_eq!(
-        deliver(&weir, "team", &json!({"encrypt": sealed})).await,
-        (200, json!({"challenge": "ch-456"}))
-    );
-
     let wrong = json!({"challenge": "x", "token": "guess", "type": "url_verification"});
-    let (status, v) = deliver(&weir, "team", &wrong).await;
+    let (status, v) = deliver(&weir, "plain", &wrong).await;
     assert_eq!(status, 401, "{v}");
     assert!(v["error"]["message"]
         .as_str()
         .unwrap()
         .contains("verificationToken"));
-    let sealed_wrong = weir_filters::feishu::encrypt("other-key", [1; 16], b"{}");
-    let (status, v) = deliver(&weir, "team", &json!({"encrypt": sealed_wrong})).await;
-    assert_eq!(status, 400, "{v}");
-    let (status, _) = deliver(&weir, "nobody", &plain).await;
-    assert_eq!(status, 404);
+    assert_eq!(raw_post(&weir, "plain", "{not json", &[]).await.0, 400);
+    assert_eq!(deliver(&weir, "nobody", &plain).await.0, 404);
 
-    // An encrypted, signed event: the signature covers the raw body.
-    let event = message_event("ev-s", "om_s", "group", "no mention", json!([]));
-    let body = json!({"encrypt": weir_filters::feishu::encrypt("encrypt-me-please", [3; 16], event.to_string().as_bytes())}).to_string();
-    let signed = |signature: String| {
-        reqwest::Client::new()
-            .post(weir.url("/bot/feishu/team/webhook/event"))
-            .header("content-type", "application/json")
-            .header("x-lark-request-timestamp", "1796000000")
-            .header("x-lark-request-nonce", "n0nce")
-            .header("x-lark-signature", signature)
-            .body(body.clone())
-            .send()
-    };
-    let good = weir_filters::feishu::signature(
-        "1796000000",
-        "n0nce",
-        "encrypt-me-please",
-        body.as_bytes(),
+    // With an encrypt key: the challenge comes encrypted (and unsigned), a plain one
+    // is refused, one sealed with another key too.
+    let challenge =
+        json!({"challenge": "ch-456", "token": "verify-me", "type": "url_verification"});
+    let sealed =
+        weir_filters::feishu::encrypt(ENCRYPT_KEY, [9; 16], challenge.to_string().as_bytes());
+    let body = json!({ "encrypt": sealed }).to_string();
+    assert_eq!(
+        raw_post(&weir, "team", &body, &[]).await,
+        (200, json!({"challenge": "ch-456"}))
     );
-    assert_eq!(signed(good).await.unwrap().status(), 200);
-    assert_eq!(signed("00".repeat(32)).await.unwrap().status(), 401);
-    let bad = reqwest::Client::new()
-        .post(weir.url("/bot/feishu/team/webhook/event"))
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
+    assert_eq!(
+        raw_post(&weir, "team", &plain.to_string(), &[]).await.0,
+        400
+    );
+    let sealed_wrong = weir_filters::feishu::encrypt("other-key", [1; 16], b"{}");
+    let wrong_body = json!({ "encrypt": sealed_wrong }).to_string();
+    assert_eq!(raw_post(&weir, "team", &wrong_body, &[]).await.0, 400);
+
+    // An encrypted event must be signed, over the raw body.
+    let event = message_event("ev-s", "om_s", "group", "no mention", json!([]));
+    let sealed = weir_filters::feishu::encrypt(ENCRYPT_KEY, [3; 16], event.to_string().as_bytes());
+    let body = json!({ "encrypt": sealed }).to_string();
+    let headers = |signature: String| {
+        [
+            ("x-lark-request-timestamp", "1796000000".to_string()),
+            ("x-lark-request-nonce", "n0nce".to_string()),
+            ("x-lark-signature", signature),
+        ]
+    };
+    let good = weir_filters::feishu::signature("1796000000", "n0nce", ENCRYPT_KEY, body.as_bytes());
+    assert_eq!(raw_post(&weir, "team", &body, &headers(good)).await.0, 200);
+    assert_eq!(
+        raw_post(&weir, "team", &body, &headers("00".repeat(32)))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        raw_post(&weir, "team", &body, &[]).await.0,
+        401,
+        "an unsigned event"
+    );
+    let (status, v) = weir
+        .admin(
+            "POST",
+            "/admin/webhooks",
+            Some(json!({"name": "open", "provider": "feishu", "config": {
+                "appId": "cli_o", "appSecret": "s", "apiKey": key, "modelId": "bot-model"}})),
+        )
+        .await;
+    assert_eq!(status, 400, "a webhook needs a token or a key: {v}");
 }
 
 #[tokio::test]

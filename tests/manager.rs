@@ -405,7 +405,7 @@ async fn a_feishu_bot_is_added_edited_and_removed_on_the_bots_page() {
         ("config.appSecret", "the-app-secret-value"),
         ("config.apiKey", key.as_str()),
         ("config.modelId", "m"),
-        ("config.verificationToken", ""),
+        ("config.verificationToken", "the-verification-token"),
         ("config.encryptKey", ""),
         ("config.gateway", "default"),
         ("config.api_base", ""),

@@ -102,11 +102,16 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(v, |v, k| v.get(*k))?.as_str()
 }
 
-/// Reads a callback body, opening it first when it is encrypted.
+/// Reads a callback body, opening it first when it is encrypted. With an encrypt
+/// key, Feishu encrypts every event: a plain one is refused.
 pub fn parse(body: &[u8], encrypt_key: Option<&str>) -> Result<Callback, String> {
     let mut v: Value =
         serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
-    if let Some(encrypted) = v.get("encrypt").and_then(Value::as_str) {
+    let encrypted = v.get("encrypt").and_then(Value::as_str);
+    if encrypted.is_none() && encrypt_key.is_some_and(|k| !k.is_empty()) {
+        return Err("the webhook has an encryptKey, and the event is not encrypted".into());
+    }
+    if let Some(encrypted) = encrypted {
         let key = encrypt_key
             .filter(|k| !k.is_empty())
             .ok_or("the event is encrypted and the webhook has no encryptKey")?;
@@ -178,18 +183,15 @@ fn message(v: &Value, event_id: &str) -> Result<Message, String> {
 }
 
 /// What the bot is asked, or `None` when it should stay quiet: private chats are
-/// answered; in groups only a message that mentions the bot (by its `open_id` when
-/// known, else any mention: without the permission to read every group message,
-/// Feishu delivers only those). Mention placeholders are taken out.
+/// answered; in groups only a message that mentions the bot by its `open_id` (not
+/// known: quiet). Mention placeholders are taken out.
 pub fn question(m: &Message, bot_open_id: Option<&str>) -> Option<String> {
     if m.message_type != "text" {
         return None;
     }
     if m.chat_type != "p2p" {
-        let mentioned = match bot_open_id {
-            Some(bot) => m.mentions.iter().any(|x| x.open_id.as_deref() == Some(bot)),
-            None => !m.mentions.is_empty(),
-        };
+        let mentioned = bot_open_id
+            .is_some_and(|bot| m.mentions.iter().any(|x| x.open_id.as_deref() == Some(bot)));
         if !mentioned {
             return None;
         }
@@ -349,7 +351,7 @@ mod tests {
             Some("what is 2+2?")
         );
         assert_eq!(question(&m, Some("ou_other")), None);
-        assert_eq!(question(&m, None).as_deref(), Some("what is 2+2?"));
+        assert_eq!(question(&m, None), None, "the bot's id unknown: quiet");
 
         let plain_group = parse(
             text_event("group", "chatter", json!([]))

@@ -88,7 +88,7 @@ impl Weir {
     }
 }
 
-/// With an encrypt key, a signed event must carry the right signature.
+/// With an encrypt key Feishu signs every event: it must carry the right signature.
 fn check_signature(
     session: &ServerSession,
     encrypt_key: Option<&str>,
@@ -107,7 +107,9 @@ fn check_signature(
     };
     let given = header("x-lark-signature");
     if given.is_empty() {
-        return Ok(());
+        return Err(GatewayError::AdminUnauthorized(
+            "the event has no X-Lark-Signature, and the webhook has an encryptKey".into(),
+        ));
     }
     let want = feishu::signature(
         header("x-lark-request-timestamp"),

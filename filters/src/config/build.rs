@@ -164,8 +164,19 @@ fn check_webhooks(file: &FileConfig, stored: &Stored, served: &Served, problems:
                 c.model_id
             ));
         }
-        if let Err(e) = Upstream::parse(&c.api_base) {
-            problems.push(format!("{at}.config.api_base: {e}"));
+        match Upstream::parse(&c.api_base) {
+            Err(e) => problems.push(format!("{at}.config.api_base: {e}")),
+            Ok(u) if !u.base_path.is_empty() => problems.push(format!(
+                "{at}.config.api_base: `{}` must be the open platform's address without a path",
+                c.api_base
+            )),
+            Ok(_) => {}
+        }
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|t| !t.trim().is_empty());
+        if !set(&c.verification_token) && !set(&c.encrypt_key) {
+            problems.push(format!(
+                "{at}.config: set verificationToken or encryptKey (both, better): without them anyone can post events billed to apiKey"
+            ));
         }
         if let Some(g) = &c.gateway {
             let known = file
@@ -748,6 +759,11 @@ fn check_smtp(m: &SmtpConfig, problems: &mut Vec<String>) {
     }
     if m.username.is_some() != m.password.is_some() {
         problems.push("smtp.username: a login needs both username and password".into());
+    }
+    let loopback = matches!(m.host.as_str(), "localhost" | "127.0.0.1" | "::1");
+    if m.tls == SmtpTls::None && m.password.is_some() && !loopback {
+        problems
+            .push("smtp.tls: `none` would send the password in clear; use starttls or tls".into());
     }
     if m.retries > 20 {
         problems.push("smtp.retries: must not exceed 20".into());

@@ -454,10 +454,20 @@ impl Runtime {
     /// The file as JSON with every secret replaced, for `GET /admin/config`.
     pub fn redacted_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.file).unwrap_or(serde_json::Value::Null);
-        for secret in ["/server/admin_key", "/storage/secret_key"] {
-            if let Some(key) = v.pointer_mut(secret) {
-                if !key.is_null() {
-                    *key = serde_json::Value::String(REDACTED.into());
+        let hide = |v: &mut serde_json::Value, pointer: &str| {
+            if let Some(secret) = v.pointer_mut(pointer) {
+                if !secret.is_null() {
+                    *secret = serde_json::Value::String(REDACTED.into());
+                }
+            }
+        };
+        for secret in ["/server/admin_key", "/storage/secret_key", "/smtp/password"] {
+            hide(&mut v, secret);
+        }
+        if let Some(hooks) = v.get_mut("webhooks").and_then(|c| c.as_array_mut()) {
+            for w in hooks {
+                for field in ["appSecret", "apiKey", "encryptKey", "verificationToken"] {
+                    hide(w, &format!("/config/{field}"));
                 }
             }
         }
@@ -540,9 +550,10 @@ gateways:
     #[test]
     fn smtp_is_checked_field_by_field() {
         let good = format!(
-            "{BASIC}smtp: {{host: mail.example.com, tls: tls, from: 'weir <noreply@example.com>', public_url: 'https://llm.example.com/v1'}}\n"
+            "{BASIC}smtp: {{host: mail.example.com, tls: tls, username: u, password: mail-pass, from: 'weir <noreply@example.com>', public_url: 'https://llm.example.com/v1'}}\n"
         );
         let rt = load(&good).unwrap();
+        assert!(!rt.redacted_json().to_string().contains("mail-pass"));
         let smtp = rt.file.smtp.as_ref().unwrap();
         assert_eq!((smtp.port(), smtp.retries), (465, 5));
         let bad = format!(
@@ -568,9 +579,14 @@ gateways:
     #[test]
     fn webhooks_in_the_file_are_checked() {
         let good = format!(
-            "{BASIC}webhooks:\n  - name: team\n    provider: feishu\n    config: {{appId: cli_a, appSecret: s, apiKey: sk-x, modelId: qwen2-7b}}\n"
+            "{BASIC}webhooks:\n  - name: team\n    provider: feishu\n    config: {{appId: cli_a, appSecret: s, apiKey: sk-x, modelId: qwen2-7b, verificationToken: vt}}\n"
         );
         let rt = load(&good).unwrap();
+        let shown = rt.redacted_json().to_string();
+        assert!(
+            !shown.contains("sk-x") && shown.contains("cli_a"),
+            "{shown}"
+        );
         let (w, source) = rt.webhook("team").unwrap();
         assert_eq!(
             (w.config.api_base.as_str(), source),
