@@ -91,25 +91,38 @@ fn send_now(
     let transports = mail::Transports::default();
     let outcomes = &outcome;
     runtime.block_on(async {
+        let mut settings = smtp;
         for m in mails {
             eprintln!("mailing key {} to {}", m.key_id, m.email);
+            let id = m.key_id;
             let record = |a: mail::Attempt| async move {
                 let written = crate::store::mail::record(
                     conn,
-                    a.key_id,
+                    m,
                     a.status,
                     a.attempts,
                     a.error.as_deref(),
                     now_unix(),
                 );
                 if let Err(e) = written {
-                    eprintln!("cannot record the mail of key {}: {e}", a.key_id);
+                    eprintln!("cannot record the mail of key {id}: {e}");
                 }
                 outcomes
                     .borrow_mut()
-                    .insert(a.key_id, (a.status.to_string(), a.error));
+                    .insert(id, (a.status.to_string(), a.error));
             };
-            mail::deliver(m, &transports, || Some(smtp.clone()), record, |_| {}).await;
+            let current = || async { crate::store::mail::current(conn, m).unwrap_or(true) };
+            let config = || Some(settings.clone());
+            mail::deliver(m, &transports, config, current, record, |_| {}).await;
+            // One mail given up: the server is down; the rest get one try each, so
+            // the command does not wait out the whole backoff once per key.
+            if outcomes
+                .borrow()
+                .get(&id)
+                .is_some_and(|(s, _)| s == "failed")
+            {
+                settings.0.retries = 0;
+            }
         }
     });
     Ok(outcome.into_inner())

@@ -55,7 +55,6 @@ impl Outbox {
 
 /// What one attempt came to, as the outbox records it.
 pub struct Attempt {
-    pub key_id: i64,
     pub status: &'static str,
     pub attempts: u32,
     pub error: Option<String>,
@@ -63,23 +62,32 @@ pub struct Attempt {
 
 /// Sends `m`, trying again after each failure as `smtp:` says, and reports every
 /// attempt to `record`. `config` is asked before each attempt.
-pub async fn deliver<R, F>(
+pub async fn deliver<R, F, C, G>(
     m: &KeyMail,
     transports: &Transports,
     config: impl Fn() -> Option<Settings>,
+    current: C,
     record: R,
     on_result: impl Fn(&str),
 ) where
     R: Fn(Attempt) -> F,
     F: std::future::Future<Output = ()>,
+    C: Fn() -> G,
+    G: std::future::Future<Output = bool>,
 {
     let mut attempt = 0u32;
     loop {
         attempt += 1;
+        if !current().await {
+            tracing::info!(
+                key_id = m.key_id,
+                "mail dropped: the key was reset or deleted since"
+            );
+            return;
+        }
         let Some((cfg, ca_file)) = config() else {
             let error = Some("smtp: is no longer configured".to_string());
             record(Attempt {
-                key_id: m.key_id,
                 status: "failed",
                 attempts: attempt - 1,
                 error,
@@ -92,7 +100,6 @@ pub async fn deliver<R, F>(
             Ok(()) => {
                 tracing::info!(key_id = m.key_id, to = %m.email, attempt, "key mailed");
                 record(Attempt {
-                    key_id: m.key_id,
                     status: "sent",
                     attempts: attempt,
                     error: None,
@@ -106,7 +113,6 @@ pub async fn deliver<R, F>(
                 tracing::warn!(key_id = m.key_id, to = %m.email, attempt, error = %e, gives_up = last, "mail failed");
                 let status = if last { "failed" } else { "queued" };
                 record(Attempt {
-                    key_id: m.key_id,
                     status,
                     attempts: attempt,
                     error: Some(e),
@@ -254,13 +260,13 @@ async fn deliver_for(state: &Arc<AppState>, transports: &Transports, m: &KeyMail
             .map(|s| (s, rt.file.server.ca_file.clone()))
     };
     let record = |a: Attempt| async move {
-        let id = a.key_id;
+        let (id, mail) = (m.key_id, m.clone());
         let written = state
             .store
             .call(false, move |c| {
                 crate::store::mail::record(
                     c,
-                    id,
+                    &mail,
                     a.status,
                     a.attempts,
                     a.error.as_deref(),
@@ -273,5 +279,14 @@ async fn deliver_for(state: &Arc<AppState>, transports: &Transports, m: &KeyMail
         }
     };
     let count = |result: &str| state.metrics.mails.with_label_values(&[result]).inc();
-    deliver(m, transports, config, record, count).await;
+    let current = || async {
+        let mail = m.clone();
+        state
+            .store
+            .read(move |c| crate::store::mail::current(c, &mail))
+            .await
+            // Unknown (the store is busy or failing): try the mail anyway.
+            .unwrap_or(true)
+    };
+    deliver(m, transports, config, current, record, count).await;
 }

@@ -397,3 +397,46 @@ async fn the_cli_mails_over_implicit_tls_and_reports_each_row() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_reset_while_a_mail_waits_drops_the_stale_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let down = "host: 127.0.0.1, port: 1, tls: none, from: noreply@example.com, \
+                public_url: 'http://127.0.0.1/v1', retries: 20, retry_interval: 100ms, timeout: 2s";
+    let weir = Weir::start(&config(down)).await;
+    let done = import(&weir, "name,email\nAnn,ann@example.com\n").await;
+    let id = done["created"][0]["id"].as_i64().unwrap();
+    wait_outbox(&weir, |rows| rows[0]["attempts"].as_u64() >= Some(1)).await;
+    let (status, _) = weir
+        .admin("POST", &format!("/admin/keys/{id}/reset"), None)
+        .await;
+    assert_eq!(status, 200);
+
+    let sink = SmtpSink::start(dir.path(), &[]);
+    let up = format!(
+        "host: 127.0.0.1, port: {}, tls: none, from: noreply@example.com, public_url: 'http://127.0.0.1/v1'",
+        sink.port
+    );
+    weir.write_config(&config(&up), "");
+    assert_eq!(weir.admin("POST", "/admin/reload", None).await.0, 200);
+    assert_eq!(
+        weir.admin("POST", &format!("/admin/keys/{id}/mail"), None)
+            .await
+            .0,
+        200
+    );
+    let mail = sink.wait_for(1).await.remove(0);
+    assert_eq!(
+        chat_status(&weir, &key_in(&mail)).await,
+        200,
+        "the one mail has the live key"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sink.messages().len(),
+        1,
+        "the stale mail was dropped: {:?}",
+        sink.messages()
+    );
+    wait_outbox(&weir, |rows| rows[0]["status"] == "sent").await;
+}

@@ -6,6 +6,7 @@
 use super::ops::{bump, db_err, new_secret, OpResult};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::{json, Value};
+use weir_filters::auth::hash_key;
 use weir_filters::key_mail::KeyMail;
 use weir_filters::GatewayError;
 
@@ -22,10 +23,11 @@ pub fn queue(tx: &Transaction<'_>, m: &KeyMail, now: i64) -> OpResult<()> {
     Ok(())
 }
 
-/// Where one attempt left the mail of `key_id`.
+/// Where one attempt left the mail of `m`; nothing when the key has another secret
+/// by now (a newer mail owns the row) or is gone.
 pub fn record(
     conn: &Connection,
-    key_id: i64,
+    m: &KeyMail,
     status: &str,
     attempts: u32,
     error: Option<&str>,
@@ -33,11 +35,22 @@ pub fn record(
 ) -> OpResult<()> {
     conn.execute(
         "UPDATE mail_outbox SET status = ?2, attempts = ?3, error = ?4, updated_at = ?5
-         WHERE key_id = ?1",
-        params![key_id, status, attempts, error, now],
+         WHERE key_id = ?1 AND EXISTS (SELECT 1 FROM keys WHERE id = ?1 AND key_hash = ?6)",
+        params![m.key_id, status, attempts, error, now, hash_key(&m.key)],
     )
     .map_err(db_err)?;
     Ok(())
+}
+
+/// Whether the key still has the secret `m` carries: a reset or a delete since
+/// makes the mail pointless.
+pub fn current(conn: &Connection, m: &KeyMail) -> OpResult<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM keys WHERE id = ?1 AND key_hash = ?2)",
+        params![m.key_id, hash_key(&m.key)],
+        |r| r.get(0),
+    )
+    .map_err(db_err)
 }
 
 /// At start: mail still queued was lost with the last process's memory.

@@ -279,6 +279,14 @@ pub fn update_key(conn: &mut Connection, id: i64, p: &KeyPatch) -> OpResult<()> 
 pub fn reset_key(conn: &mut Connection, id: i64) -> OpResult<String> {
     let tx = conn.transaction().map_err(db_err)?;
     let secret = new_secret(&tx, id)?;
+    // A mail still waiting would carry the dead secret; its sender drops it.
+    tx.execute(
+        "UPDATE mail_outbox SET status = 'failed',
+             error = 'the key was reset before its mail went out; POST /admin/keys/{id}/mail sends the new one'
+         WHERE key_id = ?1 AND status = 'queued'",
+        [id],
+    )
+    .map_err(db_err)?;
     bump(&tx)?;
     tx.commit().map_err(db_err)?;
     Ok(secret)
