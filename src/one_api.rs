@@ -52,9 +52,15 @@ fn mysql_url(dsn: &str) -> Result<String, GatewayError> {
     if dsn.starts_with("mysql://") || dsn.starts_with("mariadb://") {
         return Ok(dsn.replacen("mariadb://", "mysql://", 1));
     }
-    if let Some((auth, rest)) = dsn.split_once("@tcp(") {
+    if let Some((auth, rest)) = dsn.rsplit_once("@tcp(") {
         if let Some((host, db)) = rest.split_once(')') {
             let db = db.split('?').next().unwrap_or("");
+            // Go's DSN takes the password raw; a URL needs it escaped.
+            let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+            let auth = match password {
+                "" => escape(user),
+                p => format!("{}:{}", escape(user), escape(p)),
+            };
             return Ok(format!("mysql://{auth}@{host}{db}"));
         }
     }
@@ -69,10 +75,23 @@ fn mysql_url(dsn: &str) -> Result<String, GatewayError> {
     )))
 }
 
-/// The DSN with its password hidden, for messages.
+/// Percent-escapes all but the URL's unreserved characters.
+fn escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The DSN with its password hidden, for messages (the last `@` ends the login,
+/// whatever the password holds).
 pub fn redact(dsn: &str) -> String {
     let (scheme, rest) = dsn.split_once("://").unwrap_or(("", dsn));
-    let shown = match rest.split_once('@') {
+    let shown = match rest.rsplit_once('@') {
         Some((auth, host)) => match auth.split_once(':') {
             Some((user, _)) => format!("{user}:***@{host}"),
             None => rest.to_string(),
@@ -498,6 +517,11 @@ mod tests {
             .contains("PostgreSQL"));
         assert_eq!(redact("mysql://u:p@h:3306/d"), "mysql://u:***@h:3306/d");
         assert_eq!(redact("mysql://h/d"), "mysql://h/d");
+        assert_eq!(redact("mysql://u:p@ss@h/d"), "mysql://u:***@h/d");
+        assert_eq!(
+            mysql_url("root:p@ss:w/rd@tcp(db:3306)/oneapi").unwrap(),
+            "mysql://root:p%40ss%3Aw%2Frd@db:3306/oneapi"
+        );
     }
 
     #[test]

@@ -182,6 +182,9 @@ impl AppState {
         self.health
             .suspend(&weir_filters::health::HealthId::channel(&c.name), &policy);
         tracing::info!(channel = %c.name, "channel starts suspended, as configured");
+        if c.source == weir_filters::config::Source::Store {
+            self.store.consume_suspended(&c.name, rt.file.clone());
+        }
     }
 
     fn carry_over(&self, old: &Runtime, new: &Runtime) {

@@ -253,7 +253,7 @@ async fn one_api_on_mariadb_serves_by_weight_keeps_tokens_and_imports_once() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let db = MariaDb::start();
     db.load("oneapi", "one-api.sql", &one_api_rows(&a, &b));
-    let weir = Weir::start(&config()).await;
+    let mut weir = Weir::start(&config()).await;
     let dsn = db.dsn("oneapi", "pw");
 
     let (status, plan) = import(&weir, json!({"dsn": dsn, "dry_run": true, "tokens": true})).await;

@@ -489,11 +489,26 @@ pub fn plan_token(t: &SourceToken) -> Result<PlannedKey, String> {
         format!("sk-{key}")
     };
     let expires_at = t.expired_time.filter(|&e| e > 0);
+    if expires_at.is_some_and(|e| e > 253_402_300_799) {
+        return Err(format!(
+            "expired_time: {} is past the year 9999",
+            t.expired_time.unwrap_or(0)
+        ));
+    }
     let limits = if t.model_limits_enabled {
         list(&t.model_limits, ',')
     } else {
         list(&t.models, ',')
     };
+    if let Some(m) = limits
+        .iter()
+        .find(|m| m.len() > 128 || m.chars().any(char::is_control))
+    {
+        return Err(format!(
+            "models: `{}` is not a model name weir can grant",
+            m.escape_debug()
+        ));
+    }
     let group = [&t.group, &t.user_group]
         .into_iter()
         .map(text)
@@ -698,5 +713,15 @@ mod tests {
             ..t
         };
         assert_eq!(plan_token(&limited).unwrap().models, ["m1"]);
+        let far = SourceToken {
+            expired_time: Some(i64::MAX),
+            ..limited.clone()
+        };
+        assert!(plan_token(&far).unwrap_err().starts_with("expired_time"));
+        let odd = SourceToken {
+            model_limits: Some("a\u{7}b".into()),
+            ..limited
+        };
+        assert!(plan_token(&odd).unwrap_err().starts_with("models"));
     }
 }

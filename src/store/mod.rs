@@ -308,6 +308,27 @@ impl Store {
         .await
     }
 
+    /// Takes `suspended: true` off a stored channel once it has entered suspended:
+    /// the flag means "start out of rotation", not "every start". Runs on the store
+    /// thread without waiting (snapshot builds call it, outside any runtime).
+    pub fn consume_suspended(&self, name: &str, file: FileConfig) {
+        let (sealer, entities, name) =
+            (self.sealer.clone(), self.entities.clone(), name.to_string());
+        let job: Job = Box::new(move |conn| {
+            let mut patch = serde_json::Map::new();
+            patch.insert("suspended".into(), serde_json::Value::Null);
+            let change = entities::Change::PatchChannel(name.clone(), patch);
+            match entities::apply(conn, change, sealer.as_deref(), &file, now_unix()) {
+                Ok(stored) => {
+                    entities.set(stored);
+                }
+                Err(e) => tracing::warn!(channel = %name, error = %e, "cannot clear `suspended`"),
+            }
+            Box::new(|| {})
+        });
+        let _ = self.tx.send(Cmd::Run(job, true));
+    }
+
     /// Applies a One API import's plan (A7) in one transaction; returns its report.
     pub async fn import_one_api(
         &self,

@@ -33,8 +33,15 @@ pub struct Applied {
     pub stored: Stored,
 }
 
-fn same(a: &ChannelConfig, b: &ChannelConfig) -> bool {
-    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+/// Whether the stored channel already is what the source says. `suspended` is not
+/// compared: it is taken off once the channel has entered suspended, and from then
+/// on weir's health decides.
+fn same(stored: &ChannelConfig, planned: &ChannelConfig) -> bool {
+    let planned = ChannelConfig {
+        suspended: stored.suspended,
+        ..planned.clone()
+    };
+    serde_json::to_value(stored).ok() == serde_json::to_value(&planned).ok()
 }
 
 pub fn apply(
