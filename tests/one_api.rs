@@ -368,6 +368,11 @@ async fn one_api_on_mariadb_serves_by_weight_keeps_tokens_and_imports_once() {
         again["keys"],
         json!({"created": 0, "updated": 0, "unchanged": 3})
     );
+
+    // The auto-disabled channel entered suspended once; a restart does not do it again.
+    weir.restart().await;
+    let claude = weir.admin_get("/admin/channels/one-api-4").await;
+    assert_eq!(claude["health"]["state"], "healthy", "{claude}");
 }
 
 #[tokio::test]
