@@ -11,6 +11,7 @@
 //! | `auth` | key position, database/regex/JWT checks | `admission` |
 //! | `access` | allow and deny lists | `admission` |
 //! | `limits` | rate-limit rules and windows | `admission` |
+//! | `rolling` | exact rolling windows as admission logs (not wired yet, issue 13) | — |
 //! | `request_body` | parse, map, rewrite the body | `call`, `bodies` |
 //! | `cache_key` | what makes two requests the same | `cached` |
 //! | `failover` | channel order, retries, health trials, the final error | `dispatch` |
@@ -43,6 +44,7 @@ pub mod one_api;
 pub mod people;
 pub mod request_body;
 pub mod response_body;
+pub mod rolling;
 pub mod route;
 pub mod upstream_request;
 pub mod usage;
