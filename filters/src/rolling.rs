@@ -1,19 +1,18 @@
 //! Exact rolling windows (G4: "at most n requests in the most recent minute / hour /
-//! day"), as a log of admission times per (rule, caller). Only the last `limit` times
-//! can ever decide a verdict, so a log holds at most `limit` entries; the wait it
-//! answers is exact and never longer than the window. The same algorithm runs in
-//! Redis for several instances (docs/design/scale-out.md), so both count alike.
+//! day"), as admission counts per (rule, caller) in small time buckets. A bucket is
+//! 1/60,000 of its window (1 ms for a minute, 60 ms for an hour, 1.44 s for a day) and
+//! an admission counts until its whole bucket has left the window, so no trailing
+//! window ever holds more than n, and a log holds at most min(n, 60,000) buckets
+//! whatever the limit. A refusal's wait is exact to the bucket. The same algorithm is
+//! meant to run in Redis for several instances (docs/design/scale-out.md).
 //!
 //! Not yet wired into admission: `Accounts` still uses minute estimates and fixed
 //! hour/day buckets (issues 13 and 14 replace them with this).
 
 use std::collections::VecDeque;
 
-/// One rule's admission times in milliseconds, oldest first.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RollingLog {
-    times: VecDeque<u64>,
-}
+/// Buckets per window: the wait's resolution and the bound on a log's length.
+pub const BUCKETS_PER_WINDOW: u64 = 60_000;
 
 /// A rule for one log: at most `limit` admissions in any `window_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,68 +21,139 @@ pub struct Window {
     pub window_ms: u64,
 }
 
-/// Why a request was refused: the rule (by position) and the exact wait.
+impl Window {
+    /// The bucket length in ms (at least 1).
+    pub fn bucket_ms(self) -> u64 {
+        (self.window_ms / BUCKETS_PER_WINDOW).max(1)
+    }
+
+    /// When the admissions of bucket `b` have all left the window.
+    fn leaves_at(self, b: u64) -> u64 {
+        (b + 1)
+            .saturating_mul(self.bucket_ms())
+            .saturating_add(self.window_ms)
+    }
+}
+
+/// Why a request was refused: the rule (by position) and the wait in ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
     pub rule: usize,
     pub wait_ms: u64,
 }
 
+/// One rule's admissions: `(bucket, count)`, oldest first, and their total.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RollingLog {
+    buckets: VecDeque<(u64, u32)>,
+    total: u64,
+}
+
 impl RollingLog {
+    /// The buckets held (the memory a log costs is about 16 bytes each).
     pub fn len(&self) -> usize {
-        self.times.len()
+        self.buckets.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.times.is_empty()
+        self.buckets.is_empty()
     }
 
-    /// Drops what left the window and what a (lowered) limit no longer needs.
+    /// Admissions still counted.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    fn pop_front(&mut self) -> Option<(u64, u32)> {
+        let front = self.buckets.pop_front()?;
+        self.total -= u64::from(front.1);
+        Some(front)
+    }
+
+    /// Drops buckets that left the window, and old ones that cannot change a verdict
+    /// (the rest alone reach the limit).
     fn prune(&mut self, now: u64, w: Window) {
-        while self.times.len() > w.limit as usize {
-            self.times.pop_front();
-        }
-        while self
-            .times
-            .front()
-            .is_some_and(|&t| t.saturating_add(w.window_ms) <= now)
-        {
-            self.times.pop_front();
+        while let Some(&(b, n)) = self.buckets.front() {
+            let gone = w.leaves_at(b) <= now;
+            let irrelevant = self.total - u64::from(n) >= u64::from(w.limit) && w.limit > 0;
+            if !(gone || irrelevant) {
+                break;
+            }
+            self.pop_front();
         }
     }
 
-    /// `Ok(left)`: one more fits now, leaving `left`; `Err(wait)`: the milliseconds
+    /// `Ok(left)`: one more fits at `now` (ms), leaving `left`; `Err(wait)`: the ms
     /// until one does.
     pub fn check(&mut self, now: u64, w: Window) -> Result<u32, u64> {
         self.prune(now, w);
-        let len = self.times.len();
-        if w.limit == 0 {
+        let limit = u64::from(w.limit);
+        if limit == 0 {
             return Err(w.window_ms.max(1));
         }
-        if len < w.limit as usize {
-            return Ok(w.limit - len as u32 - 1);
+        if self.total < limit {
+            return Ok((limit - self.total - 1) as u32);
         }
-        // Full: the oldest of the last `limit` must leave first.
-        let oldest = self.times[len - w.limit as usize];
-        Err(oldest
-            .saturating_add(w.window_ms)
-            .saturating_sub(now)
-            .max(1))
+        // Full: wait for the oldest buckets to leave until one place is free.
+        let mut left = self.total;
+        for &(b, n) in &self.buckets {
+            left -= u64::from(n);
+            if left < limit {
+                return Err(w.leaves_at(b).saturating_sub(now).max(1));
+            }
+        }
+        Err(1)
     }
 
-    /// Counts an admission at `now`; returns the time recorded (never earlier than
-    /// the last one, so a clock step back keeps the log in order), for `give_back`.
-    pub fn take(&mut self, now: u64) -> u64 {
-        let at = self.times.back().map_or(now, |&last| last.max(now));
-        self.times.push_back(at);
-        at
+    /// Counts an admission at `now`; returns the time recorded (never in an earlier
+    /// bucket than the last, so a clock step back keeps the order), for `give_back`.
+    pub fn take(&mut self, now: u64, w: Window) -> u64 {
+        let b = (now / w.bucket_ms()).max(self.buckets.back().map_or(0, |x| x.0));
+        match self.buckets.back_mut() {
+            Some((last, n)) if *last == b => *n = n.saturating_add(1),
+            _ => self.buckets.push_back((b, 1)),
+        }
+        self.total += 1;
+        b * w.bucket_ms()
     }
 
     /// Takes back an admission recorded at `at` (a later refusal served nothing).
-    pub fn give_back(&mut self, at: u64) {
-        if let Some(i) = self.times.iter().rposition(|&t| t == at) {
-            self.times.remove(i);
+    pub fn give_back(&mut self, at: u64, w: Window) {
+        let b = at / w.bucket_ms();
+        if let Some(i) = self.buckets.iter().rposition(|x| x.0 == b) {
+            self.total -= 1;
+            self.buckets[i].1 -= 1;
+            if self.buckets[i].1 == 0 {
+                self.buckets.remove(i);
+            }
         }
+    }
+
+    /// The ms until the oldest counted bucket leaves (the window when none): when
+    /// the headroom next grows.
+    pub fn reset_ms(&self, now: u64, w: Window) -> u64 {
+        self.buckets.front().map_or(w.window_ms, |&(b, _)| {
+            w.leaves_at(b).saturating_sub(now).max(1)
+        })
+    }
+
+    /// The buckets as stored: `(bucket, count)`, oldest first.
+    pub fn buckets(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.buckets.iter().copied()
+    }
+
+    /// A log from stored buckets (sorted and merged here).
+    pub fn from_buckets(mut buckets: Vec<(u64, u32)>) -> RollingLog {
+        buckets.sort_unstable();
+        let mut log = RollingLog::default();
+        for (b, n) in buckets.into_iter().filter(|x| x.1 > 0) {
+            match log.buckets.back_mut() {
+                Some((last, m)) if *last == b => *m = m.saturating_add(n),
+                _ => log.buckets.push_back((b, n)),
+            }
+            log.total += u64::from(n);
+        }
+        log
     }
 }
 
@@ -101,7 +171,7 @@ pub fn admit(logs: &mut [(&mut RollingLog, Window)], now: u64) -> Result<Vec<u64
     if let Some(r) = refusal {
         return Err(r);
     }
-    Ok(logs.iter_mut().map(|(log, _)| log.take(now)).collect())
+    Ok(logs.iter_mut().map(|(log, w)| log.take(now, *w)).collect())
 }
 
 #[cfg(test)]
@@ -110,6 +180,7 @@ mod tests {
     use rand::{rngs::SmallRng, Rng, SeedableRng};
 
     const MINUTE: u64 = 60_000;
+    const DAY: u64 = 86_400_000;
 
     #[test]
     fn the_fourth_of_three_a_minute_waits_for_the_first_to_leave() {
@@ -120,39 +191,59 @@ mod tests {
         };
         for t in [0, 10_000, 20_000] {
             assert!(log.check(t, w).is_ok());
-            log.take(t);
+            log.take(t, w);
         }
-        assert_eq!(log.check(30_000, w), Err(30_000));
-        assert_eq!(log.check(59_999, w), Err(1));
-        assert_eq!(log.check(60_000, w), Ok(0));
-        assert!(log.len() <= 3);
+        // A minute's buckets are 1 ms: the first admission leaves at 60,001.
+        assert_eq!(log.check(30_000, w), Err(30_001));
+        assert_eq!(log.check(60_000, w), Err(1));
+        assert_eq!(log.check(60_001, w), Ok(0));
     }
 
     #[test]
-    fn a_refund_frees_its_place_and_a_lowered_limit_bounds_memory() {
+    fn memory_is_bounded_whatever_the_limit() {
+        let w = Window {
+            limit: 1_000_000_000,
+            window_ms: DAY,
+        };
         let mut log = RollingLog::default();
+        // A million admissions over a day: at most 60,000 buckets.
+        for i in 0..1_000_000u64 {
+            log.take(i * 86, w);
+        }
+        assert!(log.len() <= 60_001, "{}", log.len());
+        assert_eq!(log.total(), 1_000_000);
+        // The same timestamp over and over is one bucket.
+        let mut same = RollingLog::default();
+        for _ in 0..100_000 {
+            assert!(same.check(5, w).is_ok());
+            same.take(5, w);
+        }
+        assert_eq!(same.len(), 1);
+    }
+
+    #[test]
+    fn a_refund_frees_its_place_and_a_lowered_limit_drops_what_cannot_matter() {
         let w = Window {
             limit: 2,
             window_ms: MINUTE,
         };
-        let a = log.take(5);
-        log.take(6);
+        let mut log = RollingLog::default();
+        let a = log.take(5, w);
+        log.take(6, w);
         assert!(log.check(7, w).is_err());
-        log.give_back(a);
+        log.give_back(a, w);
         assert_eq!(log.check(7, w), Ok(0));
         for t in 0..100 {
-            log.take(100 + t);
+            log.take(100 + t, w);
         }
-        assert!(log
-            .check(
-                300,
-                Window {
-                    limit: 4,
-                    window_ms: MINUTE
-                }
-            )
-            .is_err());
-        assert_eq!(log.len(), 4);
+        let four = Window {
+            limit: 4,
+            window_ms: MINUTE,
+        };
+        assert!(log.check(300, four).is_err());
+        assert!(log.len() <= 5, "{}", log.len());
+        let stored = RollingLog::from_buckets(log.buckets().collect());
+        assert_eq!(stored, log);
     }
 
     #[test]
@@ -172,11 +263,11 @@ mod tests {
             refused,
             Refusal {
                 rule: 0,
-                wait_ms: 59_000
+                wait_ms: 59_001
             }
         );
         assert_eq!(
-            hour.len(),
+            hour.total(),
             1,
             "the refused request took nothing from the hour"
         );
@@ -188,41 +279,54 @@ mod tests {
     }
 
     /// Random request times against random rules: never more than `limit` in any
-    /// trailing window, and every wait is exact (one ms earlier is still refused,
-    /// at the wait it fits) and never longer than the window.
+    /// trailing window; every wait is exact to the bucket (one ms earlier is still
+    /// refused, at the wait a request fits) and at most one bucket past the window.
     #[test]
     fn property_never_more_than_the_limit_in_any_window_and_waits_are_exact() {
         let mut rng = SmallRng::seed_from_u64(0x5eed);
         for _case in 0..400 {
+            let window_ms = if rng.gen_bool(0.5) {
+                rng.gen_range(1..5_000)
+            } else {
+                rng.gen_range(60_000..3_600_000)
+            };
             let w = Window {
                 limit: rng.gen_range(1..8),
-                window_ms: rng.gen_range(1..5_000),
+                window_ms,
             };
             let mut log = RollingLog::default();
             let mut admitted: Vec<u64> = Vec::new();
             let mut now = 0u64;
             for _ in 0..200 {
                 now += rng.gen_range(0..w.window_ms / 2 + 2);
+                let counted = |at: &Vec<u64>, t: u64| {
+                    at.iter()
+                        .filter(|&&a| w.leaves_at(a / w.bucket_ms()) > t)
+                        .count()
+                };
                 match log.check(now, w) {
                     Ok(_) => {
-                        let at = log.take(now);
+                        let at = log.take(now, w);
                         if rng.gen_bool(0.05) {
-                            log.give_back(at);
+                            log.give_back(at, w);
                         } else {
-                            admitted.push(at);
+                            admitted.push(now);
                         }
                     }
                     Err(wait) => {
-                        assert!(wait >= 1 && wait <= w.window_ms, "wait {wait} for {w:?}");
-                        let fits = |t: u64| {
-                            admitted.iter().filter(|&&a| a + w.window_ms > t).count()
-                                < w.limit as usize
-                        };
                         assert!(
-                            !fits(now + wait - 1),
-                            "{w:?}: refused at {now}, wait {wait} too long"
+                            wait >= 1 && wait <= w.window_ms + w.bucket_ms(),
+                            "wait {wait} for {w:?}"
                         );
-                        assert!(fits(now + wait), "{w:?}: wait {wait} at {now} too short");
+                        let limit = w.limit as usize;
+                        assert!(
+                            counted(&admitted, now + wait - 1) >= limit,
+                            "{w:?}: wait {wait} at {now} too long"
+                        );
+                        assert!(
+                            counted(&admitted, now + wait) < limit,
+                            "{w:?}: wait {wait} at {now} too short"
+                        );
                     }
                 }
                 let in_window = admitted.iter().filter(|&&a| a + w.window_ms > now).count();
@@ -230,7 +334,7 @@ mod tests {
                     in_window <= w.limit as usize,
                     "{in_window} in {w:?} at {now}"
                 );
-                assert!(log.len() <= w.limit as usize);
+                assert!(log.len() <= w.limit as usize + 1);
             }
         }
     }
