@@ -757,7 +757,13 @@ impl Weir {
     }
 
     /// Starts weir again on the same file and store (on new ports).
+    /// Starts weir again on the same config and store, killing it first when it
+    /// still runs (no process outlives its test; what was written stays written).
     pub async fn restart(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
         let _ = std::fs::remove_file(self.ready_path());
         self.child = spawn_weir(&self.config_path, &self.log_path);
         self.wait_ready().await.unwrap();
