@@ -139,48 +139,27 @@ impl AdminBackend for Admin {
                 }
             },
             Command::MyUsage(q) => self.my_usage(caller, q).await,
-            Command::CreateChannel(v) => self.create(Change::CreateChannel(v), "channel").await,
+            Command::CreateChannel(v) => self.write(Change::CreateChannel(v)).await,
             Command::GetChannel(name) => ok(views::channel_named(state, &name)?),
             Command::PatchChannel(name, patch) => {
-                self.file_guard(&name, "channel")?;
-                self.change(Change::PatchChannel(name.clone(), patch))
-                    .await?;
-                ok(views::channel_named(state, &name)?)
+                self.write(Change::PatchChannel(name, patch)).await
             }
-            Command::DeleteChannel(name) => {
-                self.file_guard(&name, "channel")?;
-                self.change(Change::DeleteChannel(name.clone())).await?;
-                ok(json!({"deleted": name}))
-            }
+            Command::DeleteChannel(name) => self.write(Change::DeleteChannel(name)).await,
             Command::TestChannel(name, test) => self.test_channel(&name, test).await,
             Command::Discover(d) => self.discover(d).await,
-            Command::CreateGateway(v) => self.create(Change::CreateGateway(v), "gateway").await,
+            Command::CreateGateway(v) => self.write(Change::CreateGateway(v)).await,
             Command::GetGateway(name) => ok(views::gateway_named(state, &name)?),
             Command::PatchGateway(name, patch) => {
-                self.file_guard(&name, "gateway")?;
-                self.change(Change::PatchGateway(name.clone(), patch))
-                    .await?;
-                ok(views::gateway_named(state, &name)?)
+                self.write(Change::PatchGateway(name, patch)).await
             }
-            Command::DeleteGateway(name) => {
-                self.file_guard(&name, "gateway")?;
-                self.change(Change::DeleteGateway(name.clone())).await?;
-                ok(json!({"deleted": name}))
-            }
+            Command::DeleteGateway(name) => self.write(Change::DeleteGateway(name)).await,
             Command::Webhooks => ok(views::webhooks(state)),
-            Command::CreateWebhook(v) => self.create(Change::CreateWebhook(v), "webhook").await,
+            Command::CreateWebhook(v) => self.write(Change::CreateWebhook(v)).await,
             Command::GetWebhook(name) => ok(views::webhook_named(state, &name)?),
             Command::PatchWebhook(name, patch) => {
-                self.file_guard(&name, "webhook")?;
-                self.change(Change::PatchWebhook(name.clone(), patch))
-                    .await?;
-                ok(views::webhook_named(state, &name)?)
+                self.write(Change::PatchWebhook(name, patch)).await
             }
-            Command::DeleteWebhook(name) => {
-                self.file_guard(&name, "webhook")?;
-                self.change(Change::DeleteWebhook(name.clone())).await?;
-                ok(json!({"deleted": name}))
-            }
+            Command::DeleteWebhook(name) => self.write(Change::DeleteWebhook(name)).await,
             Command::Logs(q) => self.logs(caller, q).await,
             Command::Log(id) => self.log(caller, id).await,
             Command::ExportLogs(q, format) => Ok(self.export(caller, q, format)),
@@ -248,23 +227,23 @@ impl Admin {
         Ok(())
     }
 
-    async fn create(&self, change: Change, kind: &str) -> Reply {
-        let name = match &change {
-            Change::CreateChannel(v) | Change::CreateGateway(v) | Change::CreateWebhook(v) => v
-                .get("name")
-                .and_then(|n| n.as_str())
-                .unwrap_or("")
-                .to_string(),
-            _ => String::new(),
-        };
+    /// One write to a stored channel, gateway or webhook (a file entry is
+    /// read-only): 201 with the entry for a create, 200 with it for a patch, the
+    /// name for a delete.
+    async fn write(&self, change: Change) -> Reply {
+        let (kind, name) = change.target();
+        let (creates, deletes) = (change.creates(), change.deletes());
         self.file_guard(&name, kind)?;
         self.change(change).await?;
+        if deletes {
+            return ok(json!({ "deleted": name }));
+        }
         let view = match kind {
             "channel" => views::channel_named(&self.state, &name)?,
             "webhook" => views::webhook_named(&self.state, &name)?,
             _ => views::gateway_named(&self.state, &name)?,
         };
-        Ok(Answer::Json(201, view))
+        Ok(Answer::Json(if creates { 201 } else { 200 }, view))
     }
 
     /// Docking (A6): a channel template from the provider's model list; stored when
@@ -284,7 +263,7 @@ impl Admin {
         if let Some(key) = d.key {
             entry["keys"] = json!([key]);
         }
-        self.create(Change::CreateChannel(entry), "channel").await
+        self.write(Change::CreateChannel(entry)).await
     }
 
     /// One real request per model through the channel's adapter (A5); nothing billed.

@@ -27,6 +27,41 @@ pub enum Change {
     DeleteWebhook(String),
 }
 
+impl Change {
+    /// The kind of entity it writes (`channel`, `gateway`, `webhook`) and its name
+    /// (empty when a created entry names none: the entry's check reports it).
+    pub fn target(&self) -> (&'static str, String) {
+        let named = |v: &Value| {
+            v.get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        match self {
+            Change::CreateChannel(v) => ("channel", named(v)),
+            Change::PatchChannel(n, _) | Change::DeleteChannel(n) => ("channel", n.clone()),
+            Change::CreateGateway(v) => ("gateway", named(v)),
+            Change::PatchGateway(n, _) | Change::DeleteGateway(n) => ("gateway", n.clone()),
+            Change::CreateWebhook(v) => ("webhook", named(v)),
+            Change::PatchWebhook(n, _) | Change::DeleteWebhook(n) => ("webhook", n.clone()),
+        }
+    }
+
+    pub fn deletes(&self) -> bool {
+        matches!(
+            self,
+            Change::DeleteChannel(_) | Change::DeleteGateway(_) | Change::DeleteWebhook(_)
+        )
+    }
+
+    pub fn creates(&self) -> bool {
+        matches!(
+            self,
+            Change::CreateChannel(_) | Change::CreateGateway(_) | Change::CreateWebhook(_)
+        )
+    }
+}
+
 /// The stored channels and gateways, keys opened.
 pub fn load(conn: &Connection, sealer: Option<&Sealer>) -> OpResult<Stored> {
     let mut stored = Stored::default();
