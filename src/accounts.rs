@@ -4,13 +4,12 @@
 //! snapshot so that a YAML reload never resets a counter.
 
 use arc_swap::ArcSwap;
-use pingora_limits::rate::Rate;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use weir_filters::accounts::Role;
 use weir_filters::config::{Gateway, ModelPrice, Runtime};
-use weir_filters::limits::{self, RateRule, Scope, Window};
+use weir_filters::limits::{RateRule, Scope};
+use weir_filters::rolling::{RollingLog, Window as RollingWindow};
 use weir_filters::GatewayError;
 
 /// A stored API key, without its secret.
@@ -124,27 +123,73 @@ pub struct Ledger {
     pub gateways: crate::FastMap<String, GatewayTokens>,
 }
 
-/// Exact counts of the fixed (hour and day) windows, and which changed since the
-/// store last wrote them.
+/// Windows this long or longer are written to the store and survive a restart;
+/// shorter ones (a minute) are rebuilt within their window.
+pub const PERSISTED_WINDOW_MS: u64 = 3_600_000;
+
+/// One (rule, caller)'s admissions and the window they are counted in.
+#[derive(Debug, Default)]
+pub struct Log {
+    pub log: RollingLog,
+    pub window: RollingWindow,
+}
+
+/// The admission log of every (rule, caller) in use (G4: exact rolling windows),
+/// and the buckets of persisted windows changed since the store last wrote them.
 #[derive(Debug, Default)]
 pub struct Counters {
-    pub counts: crate::FastMap<(String, u64), u64>,
+    pub logs: crate::FastMap<String, Log>,
     pub dirty: HashSet<(String, u64)>,
+}
+
+impl Counters {
+    fn touch(&mut self, key: &str, w: RollingWindow, at: u64) {
+        if w.window_ms >= PERSISTED_WINDOW_MS {
+            self.dirty.insert((key.to_string(), at / w.bucket_ms()));
+        }
+    }
+
+    /// Forgets the logs whose every admission has left its window (their stored
+    /// buckets expire by themselves).
+    pub fn prune(&mut self, now_ms: u64) {
+        self.logs.retain(|_, l| !l.log.idle(now_ms, l.window));
+    }
+
+    /// A persisted bucket as it stands now: key, bucket, count (0: gone), window and
+    /// when its admissions have all left it.
+    pub fn stored(&self, key: &str, bucket: u64) -> Option<BucketRow> {
+        let l = self.logs.get(key)?;
+        Some(BucketRow {
+            key: key.to_string(),
+            bucket,
+            count: l.log.count_at(bucket),
+            window_ms: l.window.window_ms,
+            expires_ms: l.window.leaves_at(bucket),
+        })
+    }
+}
+
+/// One persisted bucket of a rolling window, as the store writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketRow {
+    pub key: String,
+    pub bucket: u64,
+    pub count: u32,
+    pub window_ms: u64,
+    pub expires_ms: u64,
 }
 
 pub struct Accounts {
     snapshot: ArcSwap<AccountsSnapshot>,
     pub ledger: Mutex<Ledger>,
     pub counters: Mutex<Counters>,
-    /// Sliding one-minute windows (Pingora's estimator; exact while keys are few).
-    minute: Rate,
 }
 
-/// What one request counted against the rate limits.
+/// What one request counted against the rate limits: each log, its window and the
+/// time recorded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RateCharge {
-    minute: Vec<String>,
-    fixed: Vec<(String, u64)>,
+    pub taken: Vec<(String, RollingWindow, u64)>,
 }
 
 /// The tightest limit that applied to a request, for `x-ratelimit-*` headers.
@@ -155,14 +200,20 @@ pub struct RateHeadroom {
     pub reset_secs: u64,
 }
 
-/// One rule's window as one caller has used it, in requests and seconds.
-struct WindowUse {
-    used: u64,
-    reset: u64,
-    wait: u64,
+/// A rule as a rolling window in milliseconds.
+pub fn window_of(rule: &RateRule) -> RollingWindow {
+    RollingWindow {
+        limit: u32::try_from(rule.limit).unwrap_or(u32::MAX),
+        window_ms: rule.window.secs() * 1000,
+    }
 }
 
-fn refusal(rule: &RateRule, wait: u64) -> GatewayError {
+/// Whole seconds for headers, rounded up: never promise a retry too early.
+pub fn secs_of(ms: u64) -> u64 {
+    ms.div_ceil(1000).max(1)
+}
+
+pub fn refusal(rule: &RateRule, wait: u64) -> GatewayError {
     GatewayError::RateLimited {
         rule: format!(
             "{}:{}/{}",
@@ -183,6 +234,14 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the epoch: the clock of the rate-limit logs.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// `yyyymm` of a unix time, UTC.
 pub fn month_of(unix: i64) -> u32 {
     time::OffsetDateTime::from_unix_timestamp(unix)
@@ -190,7 +249,7 @@ pub fn month_of(unix: i64) -> u32 {
         .unwrap_or(0)
 }
 
-fn counter_key(gateway: &str, rule: &RateRule, identity: &str) -> String {
+pub fn counter_key(gateway: &str, rule: &RateRule, identity: &str) -> String {
     let scope = rule.scope.as_str();
     let who = if rule.scope == Scope::Ingress {
         ""
@@ -209,9 +268,6 @@ impl Default for Accounts {
             snapshot: ArcSwap::from_pointee(AccountsSnapshot::default()),
             ledger: Mutex::new(Ledger::default()),
             counters: Mutex::new(Counters::default()),
-            // 4 × 64 Ki slots: collisions (which only over-count) stay rare up to
-            // tens of thousands of active callers.
-            minute: Rate::new_with_estimator_config(Duration::from_secs(60), 4, 65_536),
         }
     }
 }
@@ -315,14 +371,15 @@ impl Accounts {
         Ok(())
     }
 
-    /// Checks every rate rule of the gateway for this caller and, when all pass,
-    /// counts the request against each (a refused request counts against none). The
-    /// returned charge can be refunded if the request is refused later on.
+    /// Checks every rate rule of the gateway for this caller at `now_ms` and, when
+    /// all pass, counts the request against each (a refused request counts against
+    /// none): at most `limit` in any trailing window, `Retry-After` the exact wait.
+    /// The returned charge can be refunded if the request is refused later on.
     pub fn check_rates(
         &self,
         gateway: &Gateway,
         identity: &str,
-        now: u64,
+        now_ms: u64,
     ) -> Result<(Option<RateHeadroom>, RateCharge), GatewayError> {
         if gateway.rate_rules.is_empty() {
             return Ok((None, RateCharge::default()));
@@ -334,87 +391,67 @@ impl Accounts {
             .collect();
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         let mut tightest: Option<RateHeadroom> = None;
+        let mut refused: Option<(&RateRule, u64)> = None;
         for (rule, key) in gateway.rate_rules.iter().zip(&keys) {
-            let w = self.window_use(rule, key, &counters, now);
-            if w.used >= rule.limit {
-                return Err(refusal(rule, w.wait));
+            let window = window_of(rule);
+            let l = counters.logs.entry(key.clone()).or_default();
+            l.window = window;
+            match l.log.check(now_ms, window) {
+                Ok(left) => {
+                    if tightest.is_none_or(|t| u64::from(left) < t.remaining) {
+                        tightest = Some(RateHeadroom {
+                            limit: rule.limit,
+                            remaining: u64::from(left),
+                            reset_secs: secs_of(l.log.reset_ms(now_ms, window)),
+                        });
+                    }
+                }
+                Err(wait) if refused.is_none_or(|(_, longest)| wait > longest) => {
+                    refused = Some((rule, wait));
+                }
+                Err(_) => {}
             }
-            let remaining = rule.limit - w.used - 1;
-            if tightest.is_none_or(|t| remaining < t.remaining) {
-                tightest = Some(RateHeadroom {
-                    limit: rule.limit,
-                    remaining,
-                    reset_secs: w.reset.max(1),
-                });
-            }
+        }
+        if let Some((rule, wait)) = refused {
+            return Err(refusal(rule, secs_of(wait)));
         }
         let mut charge = RateCharge::default();
-        for (rule, key) in gateway.rate_rules.iter().zip(keys) {
-            match rule.window {
-                Window::Minute => {
-                    self.minute.observe(&key, 1);
-                    charge.minute.push(key);
-                }
-                w => {
-                    let id = (key, limits::window_start(now, w));
-                    *counters.counts.entry(id.clone()).or_insert(0) += 1;
-                    counters.dirty.insert(id.clone());
-                    charge.fixed.push(id);
-                }
-            }
+        for key in keys {
+            let Some(l) = counters.logs.get_mut(&key) else {
+                continue;
+            };
+            let window = l.window;
+            let at = l.log.take(now_ms, window);
+            counters.touch(&key, window, at);
+            charge.taken.push((key, window, at));
         }
         Ok((tightest, charge))
-    }
-
-    /// How much of one rule's window the caller has used, when it resets and how
-    /// long a refused caller waits.
-    fn window_use(&self, rule: &RateRule, key: &str, counters: &Counters, now: u64) -> WindowUse {
-        match rule.window {
-            Window::Minute => self.minute.rate_with(&key, |rc| {
-                let (prev, curr) = (rc.prev_samples as f64, rc.curr_samples as f64);
-                let f = rc.current_interval_fraction;
-                // Admitted while the count is at most limit - 1.
-                let max = rule.limit as f64 - 1.0;
-                let wait = limits::sliding_wait(max, prev, curr, f, rc.interval);
-                let window_left = (1.0 - f) * rc.interval.as_secs_f64();
-                WindowUse {
-                    used: limits::sliding_count(prev, curr, f).ceil() as u64,
-                    reset: window_left.ceil() as u64,
-                    wait: wait.as_secs_f64().ceil() as u64,
-                }
-            }),
-            w => {
-                let start = limits::window_start(now, w);
-                let used = counters
-                    .counts
-                    .get(&(key.to_string(), start))
-                    .copied()
-                    .unwrap_or(0);
-                let reset = limits::window_reset(now, w);
-                WindowUse {
-                    used,
-                    reset,
-                    wait: reset,
-                }
-            }
-        }
     }
 
     /// Gives back what `check_rates` counted, for a request refused afterwards
     /// (unknown model, model not granted, bad body): only served requests count.
     pub fn refund(&self, charge: RateCharge) {
-        for key in charge.minute {
-            self.minute.observe(&key, -1);
-        }
-        if charge.fixed.is_empty() {
+        if charge.taken.is_empty() {
             return;
         }
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        for id in charge.fixed {
-            if let Some(n) = counters.counts.get_mut(&id) {
-                *n = n.saturating_sub(1);
-                counters.dirty.insert(id);
+        for (key, window, at) in charge.taken {
+            if let Some(l) = counters.logs.get_mut(&key) {
+                l.log.give_back(at, window);
+                counters.touch(&key, window, at);
             }
+        }
+    }
+
+    /// Counts admissions made elsewhere (by the shared counter while it answered)
+    /// into the local logs too, so that a fallback to local counting starts from
+    /// this instance's share instead of from nothing.
+    pub fn record(&self, charge: &RateCharge) {
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, window, at) in &charge.taken {
+            let l = counters.logs.entry(key.clone()).or_default();
+            l.window = *window;
+            l.log.take(*at, *window);
         }
     }
 
@@ -456,31 +493,40 @@ mod tests {
     }
 
     #[test]
-    fn fixed_windows_count_exactly_and_refused_requests_do_not_count() {
+    fn windows_roll_exactly_and_refused_requests_do_not_count() {
         let a = Accounts::default();
         let g = gateway(&["secret:3/hour", "ingress:100/day"], None);
-        let now = 1_767_262_650;
+        let now = 1_767_262_650_000;
         for i in 0..3 {
-            let h = a.check_rates(&g, "alice", now).unwrap().0.unwrap();
+            let h = a
+                .check_rates(&g, "alice", now + i * 1000)
+                .unwrap()
+                .0
+                .unwrap();
             assert_eq!(h.remaining, 2 - i);
         }
-        let e = a.check_rates(&g, "alice", now).unwrap_err();
+        let e = a.check_rates(&g, "alice", now + 10_000).unwrap_err();
         assert_eq!(e.status(), 429);
-        assert_eq!(e.retry_after(), Some(3600 - 17 * 60 - 30));
-        // Another caller has its own count; the refused call did not count for ingress.
+        // The first of the three leaves the trailing hour one 60 ms bucket after
+        // now + 1 h: 3,590.06 s from the refusal, rounded up.
+        assert_eq!(e.retry_after(), Some(3591));
+        // Another caller has its own log; the refused call took nothing from ingress.
         assert!(a.check_rates(&g, "bob", now).is_ok());
-        let ingress = a
-            .counters
-            .lock()
-            .unwrap()
-            .counts
+        let c = a.counters.lock().unwrap();
+        let ingress: u64 = c
+            .logs
             .iter()
-            .filter(|((k, _), _)| k.contains("ingress"))
-            .map(|(_, v)| *v)
-            .sum::<u64>();
+            .filter(|(k, _)| k.contains("ingress"))
+            .map(|(_, l)| l.log.total())
+            .sum();
         assert_eq!(ingress, 4);
-        // The next hour starts afresh.
-        assert!(a.check_rates(&g, "alice", now + 3600).is_ok());
+        // Hour and day buckets are marked for the store: alice's three hour buckets
+        // (60 ms each), bob's one, and two day buckets (1.44 s each) of ingress.
+        assert_eq!(c.dirty.len(), 6);
+        drop(c);
+        // A rolling hour: nothing fresh at the clock's hour, the first leaves after one.
+        assert!(a.check_rates(&g, "alice", now + 3_600_000).is_err());
+        assert!(a.check_rates(&g, "alice", now + 3_600_060).is_ok());
         // A refunded request no longer counts.
         let (_, charge) = a.check_rates(&g, "carol", now).unwrap();
         a.refund(charge);
@@ -491,17 +537,20 @@ mod tests {
     }
 
     #[test]
-    fn minute_windows_refuse_the_n_plus_first() {
+    fn minute_windows_refuse_the_n_plus_first_with_the_exact_wait() {
         let a = Accounts::default();
         let g = gateway(&["secret:5/minute"], None);
-        for _ in 0..5 {
-            assert!(a.check_rates(&g, "k", 0).is_ok());
+        for i in 0..5 {
+            assert!(a.check_rates(&g, "k", i * 1000).is_ok());
         }
-        let e = a.check_rates(&g, "k", 0).unwrap_err();
-        // 5 in this minute: wait for it to end, then until the count slides to 4.
-        let wait = e.retry_after().unwrap();
-        assert!((60..=73).contains(&wait), "{wait}");
+        let e = a.check_rates(&g, "k", 20_000).unwrap_err();
+        // The first (at 0) leaves at 60.001 s: 40.001 s, rounded up.
+        assert_eq!(e.retry_after(), Some(41));
         assert_eq!(e.rate_limit_headers().len(), 3);
+        let mut c = a.counters.lock().unwrap();
+        assert!(c.dirty.is_empty(), "minute windows are not persisted");
+        c.prune(200_000);
+        assert!(c.logs.is_empty(), "idle logs go");
     }
 
     #[test]

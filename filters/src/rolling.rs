@@ -3,11 +3,8 @@
 //! 1/60,000 of its window (1 ms for a minute, 60 ms for an hour, 1.44 s for a day) and
 //! an admission counts until its whole bucket has left the window, so no trailing
 //! window ever holds more than n, and a log holds at most min(n, 60,000) buckets
-//! whatever the limit. A refusal's wait is exact to the bucket. The same algorithm is
-//! meant to run in Redis for several instances (docs/design/scale-out.md).
-//!
-//! Not yet wired into admission: `Accounts` still uses minute estimates and fixed
-//! hour/day buckets (issues 13 and 14 replace them with this).
+//! whatever the limit. A refusal's wait is exact to the bucket. The same algorithm
+//! runs in Redis for several instances (`src/shared.rs`), so both count alike.
 
 use std::collections::VecDeque;
 
@@ -15,7 +12,7 @@ use std::collections::VecDeque;
 pub const BUCKETS_PER_WINDOW: u64 = 60_000;
 
 /// A rule for one log: at most `limit` admissions in any `window_ms`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Window {
     pub limit: u32,
     pub window_ms: u64,
@@ -28,7 +25,7 @@ impl Window {
     }
 
     /// When the admissions of bucket `b` have all left the window.
-    fn leaves_at(self, b: u64) -> u64 {
+    pub fn leaves_at(self, b: u64) -> u64 {
         (b + 1)
             .saturating_mul(self.bucket_ms())
             .saturating_add(self.window_ms)
@@ -135,6 +132,20 @@ impl RollingLog {
         self.buckets.front().map_or(w.window_ms, |&(b, _)| {
             w.leaves_at(b).saturating_sub(now).max(1)
         })
+    }
+
+    /// The admissions counted in bucket `b` (0 when it is gone).
+    pub fn count_at(&self, b: u64) -> u32 {
+        self.buckets
+            .binary_search_by_key(&b, |x| x.0)
+            .map_or(0, |i| self.buckets[i].1)
+    }
+
+    /// Whether every admission has left the window at `now`: the log can go.
+    pub fn idle(&self, now: u64, w: Window) -> bool {
+        self.buckets
+            .back()
+            .is_none_or(|&(b, _)| w.leaves_at(b) <= now)
     }
 
     /// The buckets as stored: `(bucket, count)`, oldest first.

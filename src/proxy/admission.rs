@@ -135,7 +135,7 @@ pub fn admit(
     state.accounts.check_rates(
         gateway,
         caller.identity.as_deref().unwrap_or(""),
-        now.max(0) as u64,
+        crate::accounts::now_ms(),
     )
 }
 

@@ -13,7 +13,7 @@ pub mod queries;
 pub mod schema;
 pub mod sealed;
 
-use crate::accounts::{month_of, now_unix, Accounts, KeyMoney};
+use crate::accounts::{month_of, now_ms, now_unix, Accounts, BucketRow, KeyMoney, Log};
 use arc_swap::ArcSwap;
 use rusqlite::{params, Connection};
 use sealed::Sealer;
@@ -25,6 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use weir_filters::calllog::{ExportFormat, LogQuery};
 use weir_filters::config::{FileConfig, LogsConfig, Stored};
+use weir_filters::rolling::{RollingLog, Window as RollingWindow};
 use weir_filters::GatewayError;
 
 /// One request that reached a gateway, as the call log keeps it (refused ones
@@ -506,14 +507,26 @@ impl Worker {
     }
 
     fn load_counters(&mut self) -> Result<(), GatewayError> {
-        let rows = ops::load_counters(&self.conn, now_unix() - 2 * 86_400)?;
+        let mut per_key: HashMap<String, (u64, Vec<(u64, u32)>)> = HashMap::new();
+        for row in ops::load_rate_buckets(&self.conn, now_ms())? {
+            let e = per_key
+                .entry(row.key)
+                .or_insert((row.window_ms, Vec::new()));
+            e.1.push((row.bucket, row.count));
+        }
         let mut c = self
             .accounts
             .counters
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        for (scope, start, count) in rows {
-            c.counts.insert((scope, start), count);
+        for (key, (window_ms, buckets)) in per_key {
+            // The rule's limit is set again at the log's next check.
+            let window = RollingWindow {
+                limit: u32::MAX,
+                window_ms,
+            };
+            let log = RollingLog::from_buckets(buckets);
+            c.logs.insert(key, Log { log, window });
         }
         Ok(())
     }
@@ -528,7 +541,7 @@ impl Worker {
                 self.pending.append(&mut queue);
             }
         }
-        let dirty: Vec<(String, u64, u64)> = {
+        let dirty: Vec<BucketRow> = {
             let mut c = self
                 .accounts
                 .counters
@@ -537,7 +550,7 @@ impl Worker {
             let dirty = std::mem::take(&mut c.dirty);
             dirty
                 .into_iter()
-                .filter_map(|k| c.counts.get(&k).map(|n| (k.0, k.1, *n)))
+                .filter_map(|(key, bucket)| c.stored(&key, bucket))
                 .collect()
         };
         if self.pending.is_empty() && dirty.is_empty() {
@@ -581,7 +594,7 @@ impl Worker {
                     .counters
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                c.dirty.extend(dirty.into_iter().map(|(k, s, _)| (k, s)));
+                c.dirty.extend(dirty.into_iter().map(|r| (r.key, r.bucket)));
             }
         }
         self.prune();
@@ -610,24 +623,25 @@ impl Worker {
         }
     }
 
-    /// Drops counters of windows long gone, hourly.
+    /// Every minute, forgets the logs whose admissions have all left their
+    /// windows and deletes the stored buckets that did (memory and table stay
+    /// bounded by the callers active within their windows).
     fn prune(&mut self) {
-        if self.last_prune.elapsed() < Duration::from_secs(3600) {
+        if self.last_prune.elapsed() < Duration::from_secs(60) {
             return;
         }
         self.last_prune = Instant::now();
-        let horizon = (now_unix() - 2 * 86_400).max(0) as u64;
+        let now = now_ms();
         self.accounts
             .counters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .counts
-            .retain(|(_, start), _| *start >= horizon);
+            .prune(now);
         if let Err(e) = self.conn.execute(
-            "DELETE FROM counters WHERE window_start < ?1",
-            [horizon as i64],
+            "DELETE FROM rate_buckets WHERE expires_ms <= ?1",
+            [now as i64],
         ) {
-            tracing::warn!(error = %e, "cannot prune counters");
+            tracing::warn!(error = %e, "cannot prune rate-limit buckets");
         }
     }
 }
@@ -635,7 +649,7 @@ impl Worker {
 fn write_batch(
     conn: &mut Connection,
     events: &[UsageEvent],
-    counters: &[(String, u64, u64)],
+    buckets: &[BucketRow],
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
@@ -677,12 +691,25 @@ fn write_batch(
         for (gateway, t) in gateway_tokens {
             tokens.execute(params![gateway, t as i64])?;
         }
-        let mut counter = tx.prepare_cached(
-            "INSERT INTO counters (scope, window_start, count) VALUES (?1, ?2, ?3)
-             ON CONFLICT (scope, window_start) DO UPDATE SET count = excluded.count",
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO rate_buckets (key, bucket, count, window_ms, expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (key, bucket) DO UPDATE SET count = excluded.count",
         )?;
-        for (scope, start, count) in counters {
-            counter.execute(params![scope, *start as i64, *count as i64])?;
+        let mut delete =
+            tx.prepare_cached("DELETE FROM rate_buckets WHERE key = ?1 AND bucket = ?2")?;
+        for b in buckets {
+            if b.count == 0 {
+                delete.execute(params![b.key, b.bucket as i64])?;
+            } else {
+                upsert.execute(params![
+                    b.key,
+                    b.bucket as i64,
+                    b.count,
+                    b.window_ms as i64,
+                    b.expires_ms as i64
+                ])?;
+            }
         }
     }
     tx.commit()

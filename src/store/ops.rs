@@ -1,7 +1,7 @@
 //! Admin writes and the snapshot load, as plain functions on a connection: the
 //! store's thread runs them for the admin API, `weir keys` runs them directly.
 
-use crate::accounts::{AccountsSnapshot, KeyRecord, ModelRecord};
+use crate::accounts::{AccountsSnapshot, BucketRow, KeyRecord, ModelRecord};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -541,14 +541,18 @@ pub fn load_money(conn: &Connection, month: u32) -> OpResult<StoredMoney> {
     })
 }
 
-/// Fixed-window counts still current (the last two days).
-pub fn load_counters(conn: &Connection, since: i64) -> OpResult<Vec<(String, u64, u64)>> {
-    let sql = "SELECT scope, window_start, count FROM counters WHERE window_start >= ?1";
-    all(conn, sql, [since], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?.max(0) as u64,
-            r.get::<_, i64>(2)?.max(0) as u64,
-        ))
+/// The persisted rate-limit buckets still inside their windows at `now_ms`.
+pub fn load_rate_buckets(conn: &Connection, now_ms: u64) -> OpResult<Vec<BucketRow>> {
+    let sql = "SELECT key, bucket, count, window_ms, expires_ms FROM rate_buckets
+               WHERE expires_ms > ?1";
+    let n = |v: i64| v.max(0) as u64;
+    all(conn, sql, [now_ms as i64], |r| {
+        Ok(BucketRow {
+            key: r.get(0)?,
+            bucket: n(r.get(1)?),
+            count: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            window_ms: n(r.get(3)?),
+            expires_ms: n(r.get(4)?),
+        })
     })
 }

@@ -176,6 +176,22 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );
     "#,
+    // 8: exact rolling windows (G4): each persisted (rule, caller) log's buckets
+    // (1/60,000 of the window each), deleted once their admissions have all left
+    // the window. The fixed UTC hour and day counts go with their table: the
+    // windows start afresh once, at this upgrade.
+    r#"
+    CREATE TABLE rate_buckets (
+        key TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        window_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        PRIMARY KEY (key, bucket)
+    ) WITHOUT ROWID;
+    CREATE INDEX rate_buckets_expiry ON rate_buckets (expires_ms);
+    DROP TABLE counters;
+    "#,
 ];
 
 /// Opens (creating) the database, in WAL mode, migrated to the current schema.
