@@ -190,6 +190,11 @@ pub struct Accounts {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RateCharge {
     pub taken: Vec<(String, RollingWindow, u64)>,
+    /// Taken in Redis (and recorded here too): refunds go to both.
+    pub shared: bool,
+    /// Money and quota were checked in Redis: the request's cost goes there too.
+    pub money_shared: bool,
+    pub quota_shared: bool,
 }
 
 /// The tightest limit that applied to a request, for `x-ratelimit-*` headers.
@@ -451,7 +456,8 @@ impl Accounts {
         for (key, window, at) in &charge.taken {
             let l = counters.logs.entry(key.clone()).or_default();
             l.window = *window;
-            l.log.take(*at, *window);
+            let at = l.log.take(*at, *window);
+            counters.touch(key, *window, at);
         }
     }
 

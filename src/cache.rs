@@ -71,7 +71,7 @@ impl MemoryCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lookup(&self, key: &CacheKey, slot: u32) -> Option<Arc<CachedAnswer>> {
+    pub fn lookup(&self, key: &CacheKey, slot: u32) -> Option<Arc<CachedAnswer>> {
         let mut inner = self.lock();
         let now = Instant::now();
         let entry = inner.map.peek_mut(key)?;
@@ -102,7 +102,7 @@ impl MemoryCache {
         hit
     }
 
-    fn store(&self, key: CacheKey, slot: u32, slots: u32, answer: CachedAnswer, ttl: Duration) {
+    pub fn store(&self, key: CacheKey, slot: u32, slots: u32, answer: CachedAnswer, ttl: Duration) {
         let mut inner = self.lock();
         let w = weight(&answer);
         if w + ENTRY_OVERHEAD > inner.max_bytes {

@@ -22,6 +22,7 @@ pub mod one_api;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod shared;
 pub mod snapshot;
 pub mod state;
 pub mod store;

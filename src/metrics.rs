@@ -28,6 +28,7 @@ pub struct Metrics {
     pub mails: IntCounterVec,
     pub refused: IntCounterVec,
     pub cache: IntCounterVec,
+    pub backend_up: IntGaugeVec,
     pub config_version: IntGauge,
     pub in_flight: IntGauge,
     /// Per-request series by (gateway, model, channel), looked up once per request
@@ -188,6 +189,12 @@ const RELOADS: Def = Def {
     labels: &["result"],
 };
 
+const BACKEND_UP: Def = Def {
+    name: "weir_backend_up",
+    help: "1 when a shared backend answers (redis: limits, money and cache are shared), 0 while this instance counts alone.",
+    labels: &["backend"],
+};
+
 const CACHE: Def = Def {
     name: "weir_cache_total",
     help: "Response cache lookups and fills by result (hit, miss, stored).",
@@ -250,6 +257,7 @@ impl Metrics {
             probes: r.counter(&PROBES)?,
             mails: r.counter(&MAILS)?,
             cache: r.counter(&CACHE)?,
+            backend_up: r.gauge(&BACKEND_UP)?,
             refused: r.counter(&REFUSED)?,
             config_version,
             in_flight,

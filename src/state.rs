@@ -7,6 +7,7 @@ use crate::accounts::Accounts;
 use crate::cache::{CacheStore, MemoryCache};
 use crate::dns::DnsCache;
 use crate::metrics::Metrics;
+use crate::shared::{cache::SharedCache, Shared};
 use crate::snapshot::ConfigCell;
 pub use crate::snapshot::ReloadOutcome;
 use crate::store::Store;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub store: Store,
     /// Cached answers (P10); kept across reloads, resized by them.
     pub cache: Arc<dyn CacheStore>,
+    /// Counting shared with the other instances on `storage.redis` (S1).
+    pub shared: Option<Arc<Shared>>,
     /// The last background probe of each suspended channel.
     pub probes: crate::proxy::probe::Probes,
     /// New keys waiting to be mailed (K2).
@@ -73,8 +76,21 @@ impl AppState {
     ) -> Result<Self, String> {
         let metrics = Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?;
         metrics.config_version.set(1);
+        let shared = match &runtime.file.storage.redis {
+            Some(redis) => Some(Shared::start(
+                redis,
+                metrics.backend_up.with_label_values(&["redis"]),
+            )?),
+            None => None,
+        };
+        let budget = cache_budget(&runtime.cache);
+        let cache: Arc<dyn CacheStore> = match &shared {
+            Some(s) => Arc::new(SharedCache::new(s.clone(), budget)),
+            None => Arc::new(MemoryCache::new(budget)),
+        };
         let state = AppState {
-            cache: Arc::new(MemoryCache::new(cache_budget(&runtime.cache))),
+            cache,
+            shared,
             config: ConfigCell::new(config_path, text, runtime),
             health: HealthRegistry::default(),
             dns: DnsCache::default(),

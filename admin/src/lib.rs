@@ -9,7 +9,6 @@ use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
-use serde_json::json;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use weir_filters::GatewayError;
@@ -30,6 +29,9 @@ pub trait AdminBackend: Send + Sync + 'static {
         -> Result<Answer, GatewayError>;
     /// Prometheus text exposition.
     fn metrics(&self) -> Vec<u8>;
+    /// `GET /health`: `{"status": "ok"|"degraded", "backends": {...}}`, always
+    /// answered 200 while the process serves (degraded still serves).
+    fn health(&self) -> serde_json::Value;
 }
 
 /// What a command answers: JSON, or a body streamed as it is produced (exports).
@@ -240,7 +242,7 @@ impl<B: AdminBackend> AdminApp<B> {
             ("GET", "/metrics") => {
                 respond(200, "text/plain; version=0.0.4", self.backend.metrics()).into()
             }
-            ("GET", "/health") => json_response(200, &json!({"status": "ok"})).into(),
+            ("GET", "/health") => json_response(200, &self.backend.health()).into(),
             (_, p) if p == "/manager" || p.starts_with("/manager/") => {
                 let req = manager::ManagerRequest::from_head(session.req_header(), &body, false);
                 match self.manager.serve(&req).await {

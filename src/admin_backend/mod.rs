@@ -179,6 +179,17 @@ impl AdminBackend for Admin {
         }
     }
 
+    fn health(&self) -> serde_json::Value {
+        let up = |b: bool| if b { "up" } else { "down" };
+        let mut backends = serde_json::Map::new();
+        backends.insert("store".into(), json!(up(true)));
+        if let Some(shared) = &self.state.shared {
+            backends.insert("redis".into(), json!(up(shared.is_up())));
+        }
+        let all_up = backends.values().all(|v| v == "up");
+        json!({"status": if all_up { "ok" } else { "degraded" }, "backends": backends})
+    }
+
     fn metrics(&self) -> Vec<u8> {
         let state = &self.state;
         state
@@ -452,6 +463,9 @@ impl Admin {
         store
             .call(true, move |c| ops::top_up(c, id, amount))
             .await?;
+        if let Some(shared) = &self.state.shared {
+            shared.top_up(id, amount);
+        }
         ok(views::key_by_id(&self.state, id)?)
     }
 

@@ -5,7 +5,8 @@
 
 use super::caller::Caller;
 use super::ctx::Ctx;
-use crate::accounts::{now_unix, RateCharge, RateHeadroom};
+use crate::accounts::{counter_key, month_of, now_ms, now_unix, window_of, RateCharge};
+use crate::shared::admission::{Admitted, Ask, MoneyAsk, QuotaAsk, RuleAsk};
 use crate::state::AppState;
 use std::net::IpAddr;
 use weir_filters::access::{self, Visitor};
@@ -105,43 +106,97 @@ pub fn authenticate(
     }
 }
 
-/// The lists, limits, quota and money checks; `secret` is the raw key for
-/// `secret:` list rules. Counts the request against the rate limits when it passes.
-pub fn admit(
+/// The allow and deny lists (G5): `secret` is the raw key for `secret:` rules.
+fn check_lists(
+    gateway: &Gateway,
+    secret: Option<&str>,
+    client_ip: Option<IpAddr>,
+    now: i64,
+) -> Result<(), GatewayError> {
+    if gateway.allow.is_empty() && gateway.deny.is_empty() {
+        return Ok(());
+    }
+    let visitor = Visitor {
+        ip: client_ip,
+        secret,
+        minute_utc: ((now.rem_euclid(86_400)) / 60) as u32,
+    };
+    access::decide(&gateway.allow, &gateway.deny, &visitor).map_err(|why| GatewayError::Forbidden {
+        code: "access_denied",
+        message: format!("access denied: {why}"),
+    })
+}
+
+/// What the request needs checked and taken where instances share counting.
+fn ask(state: &AppState, gateway: &Gateway, caller: &Caller, now: i64) -> Ask {
+    let money = caller.key.as_ref().and_then(|k| {
+        let (balance, spent) = state.accounts.money_of(k.id, now);
+        (balance.is_some() || k.monthly_budget.is_some()).then(|| MoneyAsk {
+            key_id: k.id,
+            balance,
+            spent,
+            budget: k.monthly_budget,
+            month: month_of(now),
+        })
+    });
+    let quota = gateway.token_quota.map(|quota| QuotaAsk {
+        gateway: gateway.name.clone(),
+        used: state.accounts.tokens_used(&gateway.name),
+        quota,
+    });
+    let identity = caller.identity.as_deref().unwrap_or("");
+    let rules = gateway
+        .rate_rules
+        .iter()
+        .map(|r| RuleAsk {
+            key: counter_key(&gateway.name, r, identity),
+            rule: *r,
+            window: window_of(r),
+        })
+        .collect();
+    Ask {
+        money,
+        quota,
+        rules,
+    }
+}
+
+/// The lists, then money, quota and rate limits: on Redis when instances share
+/// counting and it answers, else here. Counts the request against the rate
+/// limits when it passes.
+pub async fn admit(
     state: &AppState,
     gateway: &Gateway,
     caller: &Caller,
     secret: Option<&str>,
     client_ip: Option<IpAddr>,
-) -> Result<(Option<RateHeadroom>, RateCharge), GatewayError> {
+) -> Admitted {
     let now = now_unix();
-    if !gateway.allow.is_empty() || !gateway.deny.is_empty() {
-        let visitor = Visitor {
-            ip: client_ip,
-            secret,
-            minute_utc: ((now.rem_euclid(86_400)) / 60) as u32,
-        };
-        access::decide(&gateway.allow, &gateway.deny, &visitor).map_err(|why| {
-            GatewayError::Forbidden {
-                code: "access_denied",
-                message: format!("access denied: {why}"),
+    check_lists(gateway, secret, client_ip, now)?;
+    if let Some(shared) = state.shared.as_ref().filter(|s| s.is_up()) {
+        let ask = ask(state, gateway, caller, now);
+        if ask.is_empty() {
+            return Ok((None, RateCharge::default()));
+        }
+        if let Some(verdict) = shared.admit(&ask).await {
+            if let Ok((_, charge)) = &verdict {
+                // This instance's share, for when it must count alone.
+                state.accounts.record(charge);
             }
-        })?;
+            return verdict;
+        }
     }
     if let Some(key) = &caller.key {
         state.accounts.check_money(key, now)?;
     }
     state.accounts.check_quota(gateway)?;
-    state.accounts.check_rates(
-        gateway,
-        caller.identity.as_deref().unwrap_or(""),
-        crate::accounts::now_ms(),
-    )
+    let identity = caller.identity.as_deref().unwrap_or("");
+    state.accounts.check_rates(gateway, identity, now_ms())
 }
 
 /// Authenticates the caller (an open gateway's is anonymous) and admits it, noting
 /// in `ctx` who called and what the request counted against the limits.
-pub fn admit_caller(
+pub async fn admit_caller(
     state: &AppState,
     ctx: &mut Ctx,
     gateway: &Gateway,
@@ -154,7 +209,7 @@ pub fn admit_caller(
     };
     ctx.who.identity.clone_from(&caller.identity);
     ctx.who.key_id = caller.key.as_ref().map(|k| k.id);
-    (ctx.who.rate, ctx.who.rate_charge) = admit(state, gateway, &caller, key, client_ip)?;
+    (ctx.who.rate, ctx.who.rate_charge) = admit(state, gateway, &caller, key, client_ip).await?;
     ctx.who.caller = Some(caller);
     Ok(())
 }

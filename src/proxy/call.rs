@@ -27,7 +27,7 @@ pub async fn proxy(
     if let Some(field) = req.body_key {
         // G2 `body:FIELD`: the key is taken out before the body goes upstream.
         let key = parsed.take_string(field);
-        admit_caller(state, ctx, req.gateway, key.as_deref(), req.client_ip)?;
+        admit_caller(state, ctx, req.gateway, key.as_deref(), req.client_ip).await?;
     }
     let facts = parsed.facts()?;
     ctx.route.stream = facts.stream;

@@ -37,7 +37,8 @@ pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> R
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
-    let body_key = admit_by_header(state, session, ctx, gateway, query.as_deref(), client_ip)?;
+    let body_key =
+        admit_by_header(state, session, ctx, gateway, query.as_deref(), client_ip).await?;
     match endpoint {
         Endpoint::ListModels | Endpoint::GetModel if body_key.is_some() => Err(GatewayError::InvalidKey(
             "this gateway takes its key from the request body; list models with a POST-less client is not possible"
@@ -78,7 +79,7 @@ fn open_now(gateway: &Gateway) -> Result<(), GatewayError> {
 
 /// Admits the caller now unless the key travels in the body (then `call` admits
 /// it once the body is read): returns that body field.
-fn admit_by_header<'g>(
+async fn admit_by_header<'g>(
     state: &AppState,
     session: &Session,
     ctx: &mut Ctx,
@@ -93,7 +94,7 @@ fn admit_by_header<'g>(
         },
         None => None,
     };
-    admit_caller(state, ctx, gateway, key.as_deref(), client_ip)?;
+    admit_caller(state, ctx, gateway, key.as_deref(), client_ip).await?;
     Ok(None)
 }
 

@@ -39,6 +39,11 @@ fn account(state: &AppState, ctx: &Ctx, gateway: &str, status: u16, elapsed: Dur
         state
             .accounts
             .charge(ctx.who.key_id, gateway, tokens, cost, now);
+        if let Some(shared) = &state.shared {
+            let month = crate::accounts::month_of(now);
+            let charge = &ctx.who.rate_charge;
+            shared.charge(charge, ctx.who.key_id, month, gateway, tokens, cost);
+        }
         cost
     } else {
         0.0

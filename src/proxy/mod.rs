@@ -122,9 +122,11 @@ async fn serve(state: &AppState, session: &mut ServerSession, ctx: &mut Ctx) -> 
             // Refused after the limits counted it (unknown or forbidden model, bad
             // body): it was never served, so it does not count.
             if matches!(e.status(), 400 | 403 | 404 | 405 | 413) {
-                state
-                    .accounts
-                    .refund(std::mem::take(&mut ctx.who.rate_charge));
+                let charge = std::mem::take(&mut ctx.who.rate_charge);
+                if let Some(shared) = &state.shared {
+                    shared.refund(&charge);
+                }
+                state.accounts.refund(charge);
             }
             if matches!(e.status(), 401 | 402 | 403 | 429) {
                 let gateway = ctx.route.gateway.as_deref().unwrap_or("-");

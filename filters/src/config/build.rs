@@ -610,6 +610,19 @@ fn check_storage(storage: &StorageConfig, problems: &mut Vec<String>) {
     if flush > Duration::from_secs(1) || flush.is_zero() {
         problems.push("storage.flush_interval: must be between 1ms and 1s".into());
     }
+    if let Some(redis) = &storage.redis {
+        let schemes = ["redis://", "rediss://", "unix://", "redis+unix://"];
+        if !schemes.iter().any(|s| redis.url.starts_with(s)) {
+            problems.push(format!(
+                "storage.redis.url: `{}` is not a redis://, rediss:// or unix:// URL",
+                redis.redacted_url()
+            ));
+        }
+        let t = redis.timeout.0;
+        if t.is_zero() || t > Duration::from_secs(5) {
+            problems.push("storage.redis.timeout: must be between 1ms and 5s".into());
+        }
+    }
 }
 
 fn check_logs(logs: &LogsConfig, problems: &mut Vec<String>) {

@@ -464,6 +464,12 @@ impl Runtime {
         for secret in ["/server/admin_key", "/storage/secret_key", "/smtp/password"] {
             hide(&mut v, secret);
         }
+        if let (Some(url), Some(redis)) = (
+            v.pointer_mut("/storage/redis/url"),
+            &self.file.storage.redis,
+        ) {
+            *url = serde_json::Value::String(redis.redacted_url());
+        }
         if let Some(hooks) = v.get_mut("webhooks").and_then(|c| c.as_array_mut()) {
             for w in hooks {
                 for field in ["appSecret", "apiKey", "encryptKey", "verificationToken"] {

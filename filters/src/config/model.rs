@@ -277,6 +277,10 @@ pub struct StorageConfig {
     /// Encrypts provider keys of channels stored through the admin API (A1); give it
     /// from the environment (`${WEIR_SECRET_KEY}`). Without it such keys are refused.
     pub secret_key: Option<String>,
+    /// Shared counting for several instances (S1): rate limits, quotas, money and
+    /// the response cache on one Redis. `redis://…`, `rediss://…` or `unix:///…`,
+    /// or a map with `url`, `timeout` and `prefix`.
+    pub redis: Option<RedisConfig>,
 }
 
 impl Default for StorageConfig {
@@ -285,8 +289,75 @@ impl Default for StorageConfig {
             sqlite: "data/weir.db".into(),
             flush_interval: Dur::millis(250),
             secret_key: None,
+            redis: None,
         }
     }
+}
+
+/// `storage.redis`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RedisConfig {
+    pub url: String,
+    /// The most one Redis call may cost a request before weir counts locally.
+    pub timeout: Dur,
+    /// Prepended to every key, so several deployments can share one Redis.
+    pub prefix: String,
+}
+
+impl RedisConfig {
+    pub const DEFAULT_TIMEOUT: Dur = Dur::millis(5);
+
+    /// The URL with any password replaced, for logs and `/admin/config`.
+    pub fn redacted_url(&self) -> String {
+        match (self.url.split_once("://"), self.url.rfind('@')) {
+            (Some((scheme, _)), Some(at)) if at > scheme.len() + 3 => {
+                let (creds, host) = (&self.url[scheme.len() + 3..at], &self.url[at + 1..]);
+                let user = creds.split_once(':').map_or("", |(u, _)| u);
+                format!("{scheme}://{user}:***@{host}")
+            }
+            _ => self.url.clone(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RedisConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            url: String,
+            #[serde(default = "default_redis_timeout")]
+            timeout: Dur,
+            #[serde(default = "default_redis_prefix")]
+            prefix: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Url(String),
+            Full(Full),
+        }
+        Ok(match Form::deserialize(d)? {
+            Form::Url(url) => RedisConfig {
+                url,
+                timeout: RedisConfig::DEFAULT_TIMEOUT,
+                prefix: default_redis_prefix(),
+            },
+            Form::Full(f) => RedisConfig {
+                url: f.url,
+                timeout: f.timeout,
+                prefix: f.prefix,
+            },
+        })
+    }
+}
+
+fn default_redis_timeout() -> Dur {
+    RedisConfig::DEFAULT_TIMEOUT
+}
+
+fn default_redis_prefix() -> String {
+    "weir:".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

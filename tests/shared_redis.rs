@@ -1,0 +1,309 @@
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+//! Several weir instances on one real Redis (S1): limits, money and the cache
+//! shared exactly; Redis lost or hung under traffic costs no request.
+
+mod common;
+
+use common::*;
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// `storage.redis` (the test's own redis-server) and then the rest of the config.
+fn with_redis(redis: &RedisServer, timeout: &str, rest: &str) -> String {
+    format!(
+        "  redis: {{url: '{}', timeout: {timeout}}}\n{rest}",
+        redis.url()
+    )
+}
+
+fn config(up: &Upstream) -> Config {
+    Config::new()
+        .model("name: m, price_in: 1000000, price_out: 1000000")
+        .channel_at("up", "openai", &up.url(), "models: [m, c], retries: 0")
+}
+
+async fn three(body: &str) -> [Weir; 3] {
+    [
+        Weir::start(body).await,
+        Weir::start(body).await,
+        Weir::start(body).await,
+    ]
+}
+
+async fn call(weir: &Weir, path: &str, key: &str, model: &str) -> reqwest::Response {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .post(weir.url(path))
+        .bearer_auth(key)
+        .json(&chat(model, false))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn code(body: &str) -> String {
+    serde_json::from_str::<Value>(body).unwrap()["error"]["code"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn health(weir: &Weir) -> Value {
+    reqwest::get(weir.admin_url("/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits (bounded) until `weir_backend_up{backend="redis"}` is `want`.
+async fn wait_redis_up(weir: &Weir, want: f64) {
+    weir.wait_metric("weir_backend_up", &[("backend", "redis")], want)
+        .await;
+}
+
+#[tokio::test]
+async fn a_limit_of_n_a_minute_admits_exactly_n_across_three_instances() {
+    let redis = RedisServer::start().await;
+    let up = Upstream::start("shared").await;
+    let cfg = config(&up)
+        .gateway("name: open, path: /v1, auth: {method: regex, regex: '.+'}, rate_limits: ['secret:20/minute', 'ingress:1000/hour']")
+        .build();
+    let weirs = three(&with_redis(&redis, "1s", &cfg)).await;
+    for w in &weirs {
+        wait_redis_up(w, 1.0).await;
+        assert_eq!(
+            health(w).await,
+            json!({"status": "ok", "backends": {"redis": "up", "store": "up"}})
+        );
+    }
+    // 60 at once, spread over the three: exactly 20 pass.
+    let answers =
+        join_all((0..60).map(|i| call(&weirs[i % 3], "/v1/chat/completions", "sk-alice", "m")))
+            .await;
+    let mut passed = 0;
+    for r in answers {
+        match r.status().as_u16() {
+            200 => passed += 1,
+            429 => {
+                let retry: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=60).contains(&retry), "Retry-After {retry}");
+                assert_eq!(code(&r.text().await.unwrap()), "rate_limit_exceeded");
+            }
+            s => panic!("unexpected {s}: {}", r.text().await.unwrap()),
+        }
+    }
+    assert_eq!(passed, 20, "exactly the limit across three instances");
+    assert_eq!(up.calls(), 20);
+    // Another caller has its own 20, on any instance; the ingress hour counted all.
+    let r = call(&weirs[2], "/v1/chat/completions", "sk-bob", "m").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "19");
+    assert_eq!(
+        redis
+            .cli(&["GET", "weir:rt:open\u{1f}ingress\u{1f}hour\u{1f}"])
+            .as_deref(),
+        Some("21")
+    );
+    // Every log expires by itself (a minute or an hour, plus two buckets).
+    let logs = redis.cli(&["KEYS", "weir:r*"]).unwrap();
+    assert_eq!(logs.lines().count(), 6, "{logs}");
+    for key in logs.lines() {
+        let ttl: i64 = redis.cli(&["PTTL", key]).unwrap().parse().unwrap();
+        assert!((1..=3_600_120).contains(&ttl), "{key}: {ttl}");
+    }
+}
+
+/// Copies the store of `from` (stopped, so it is whole) under the others, so all
+/// three know the same keys, as they would on one PostgreSQL.
+async fn same_keys(weirs: &mut [Weir; 3]) {
+    for w in weirs.iter_mut() {
+        w.stop_gracefully();
+    }
+    let db = std::fs::read(weirs[0].db_path()).unwrap();
+    for w in &weirs[1..] {
+        for ext in ["db-wal", "db-shm"] {
+            let _ = std::fs::remove_file(w.db_path().with_extension(ext));
+        }
+        std::fs::write(w.db_path(), &db).unwrap();
+    }
+    for w in weirs.iter_mut() {
+        w.restart().await;
+        wait_redis_up(w, 1.0).await;
+    }
+}
+
+#[tokio::test]
+async fn budgets_balances_top_ups_and_the_cache_are_shared() {
+    let redis = RedisServer::start().await;
+    let up = Upstream::start("money").await;
+    let cfg = config(&up)
+        .gateway("name: default, path: /v1, auth: {method: database}")
+        .section("cache: {models: [c], ttl: 1h}")
+        .build();
+    let mut weirs = three(&with_redis(&redis, "1s", &cfg)).await;
+    // $1 a token, about 9 tokens an answer.
+    let (_, budgeted) = weirs[0]
+        .create_key(json!({"name": "b", "models": ["*"], "monthly_budget": 30}))
+        .await;
+    let (prepaid_id, prepaid) = weirs[0]
+        .create_key(json!({"name": "p", "models": ["*"], "balance": 15}))
+        .await;
+    same_keys(&mut weirs).await;
+
+    // One after another over the three: the budget is spent once, not three times.
+    let mut passed = 0;
+    for i in 0..15 {
+        let r = call(&weirs[i % 3], "/v1/chat/completions", &budgeted, "m").await;
+        match r.status().as_u16() {
+            200 => passed += 1,
+            429 => assert_eq!(code(&r.text().await.unwrap()), "budget_exceeded"),
+            s => panic!("{s}: {}", r.text().await.unwrap()),
+        }
+        // The charge lands in Redis right after the answer; give it a moment.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(
+        (3..=5).contains(&passed),
+        "{passed} passed a $30 budget at ~$9 each"
+    );
+    for w in &weirs {
+        let r = call(w, "/v1/chat/completions", &budgeted, "m").await;
+        assert_eq!(r.status(), 429);
+    }
+
+    // A balance of 15: two answers, then 402 everywhere; a top-up on one instance
+    // opens the key on the others.
+    let mut passed = 0;
+    for i in 0..6 {
+        let r = call(&weirs[i % 3], "/v1/chat/completions", &prepaid, "m").await;
+        match r.status().as_u16() {
+            200 => passed += 1,
+            402 => {}
+            s => panic!("{s}: {}", r.text().await.unwrap()),
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(passed, 2);
+    let (s, _) = weirs[0]
+        .admin(
+            "POST",
+            &format!("/admin/keys/{prepaid_id}/topup"),
+            Some(json!({"amount": 100})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = call(&weirs[2], "/v1/chat/completions", &prepaid, "m").await;
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the top-up never reached instance C"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The cache: stored through A, answered by B and C.
+    let before = up.calls();
+    let r = call(&weirs[0], "/v1/chat/completions", &prepaid, "c").await;
+    assert_eq!(r.headers()["x-weir-cache"], "miss");
+    let first = r.text().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for w in &weirs[1..] {
+        loop {
+            let r = call(w, "/v1/chat/completions", &prepaid, "c").await;
+            if r.headers()["x-weir-cache"] == "hit" {
+                assert_eq!(r.text().await.unwrap(), first);
+                break;
+            }
+            assert!(Instant::now() < deadline, "no hit from the shared cache");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(up.calls(), before + 1, "one upstream call for the three");
+}
+
+/// Sends `n` requests, 4 at a time round-robin over the instances; the statuses.
+async fn traffic(weirs: &[Weir; 3], n: usize, key: &str) -> Vec<u16> {
+    let mut out = Vec::new();
+    for batch in (0..n).collect::<Vec<_>>().chunks(4) {
+        let calls = batch
+            .iter()
+            .map(|i| call(&weirs[i % 3], "/v1/chat/completions", key, "m"));
+        for r in join_all(calls).await {
+            out.push(r.status().as_u16());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn redis_lost_or_hung_under_traffic_fails_no_request_and_sharing_returns() {
+    let mut redis = RedisServer::start().await;
+    let up = Upstream::start("lost").await;
+    let cfg = config(&up)
+        .gateway("name: open, path: /v1, auth: {method: regex, regex: '.+'}, rate_limits: ['secret:100000/minute']")
+        .gateway("name: tight, path: /v2, auth: {method: regex, regex: '.+'}, rate_limits: ['secret:5/minute']")
+        .build();
+    let weirs = three(&with_redis(&redis, "50ms", &cfg)).await;
+    for w in &weirs {
+        wait_redis_up(w, 1.0).await;
+    }
+    // Killed in the middle of the traffic.
+    let (during, ()) = tokio::join!(traffic(&weirs, 120, "sk-load"), async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        redis.kill();
+    });
+    let statuses = [during, traffic(&weirs, 60, "sk-load").await].concat();
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    for w in &weirs {
+        wait_redis_up(w, 0.0).await;
+        assert_eq!(
+            health(w).await,
+            json!({"status": "degraded", "backends": {"redis": "down", "store": "up"}})
+        );
+        // The log is written in the background: wait for the line, then there is one.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !w.log().contains("Redis lost") {
+            assert!(Instant::now() < deadline, "not logged:\n{}", w.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(w.log().matches("Redis lost").count(), 1, "logged once");
+    }
+
+    // Back (empty): shared again, exactly.
+    redis.restart().await;
+    for w in &weirs {
+        wait_redis_up(w, 1.0).await;
+    }
+    let answers =
+        join_all((0..15).map(|i| call(&weirs[i % 3], "/v2/chat/completions", "sk-after", "m")))
+            .await;
+    let passed = answers.iter().filter(|r| r.status() == 200).count();
+    assert_eq!(passed, 5);
+
+    // Hung (SIGSTOP): a call gives up after its 50 ms budget and the instance
+    // counts locally; without the timeout these requests would wait forever (the
+    // client's own 10 s timeout turns that into a failure here).
+    redis.pause();
+    let statuses = traffic(&weirs, 24, "sk-hung").await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    for w in &weirs {
+        wait_redis_up(w, 0.0).await;
+    }
+    redis.resume();
+    for w in &weirs {
+        wait_redis_up(w, 1.0).await;
+    }
+}
