@@ -62,8 +62,9 @@ fn database() -> Connection {
         let mut i = have;
         while i < n {
             let events: Vec<UsageEvent> = (i..(i + batch).min(n)).map(event).collect();
-            let tx = conn.transaction().unwrap();
-            calllog::insert_rows(&tx, &events).unwrap();
+            let db: &mut dyn weir::store::db::Sql = &mut conn;
+            let mut tx = db.begin().unwrap();
+            calllog::insert_rows(&mut *tx, &events).unwrap();
             tx.commit().unwrap();
             i += events.len() as u64;
         }
@@ -75,7 +76,7 @@ fn database() -> Connection {
 }
 
 fn queries(c: &mut Criterion) {
-    let conn = database();
+    let mut conn = database();
     let mut g = c.benchmark_group("calllog_page_100");
     let last_ts = 1_790_000_000 + (rows_wanted() / 100) as i64;
     let cases: Vec<(&str, LogQuery)> = vec![
@@ -145,7 +146,7 @@ fn queries(c: &mut Criterion) {
     for (name, q) in &cases {
         g.bench_function(*name, |b| {
             b.iter(|| {
-                let (rows, _) = calllog::page(&conn, q).unwrap();
+                let (rows, _) = calllog::page(&mut conn, q).unwrap();
                 assert!(!rows.is_empty(), "{name}: no rows");
             })
         });
@@ -153,7 +154,7 @@ fn queries(c: &mut Criterion) {
     g.finish();
     let mut g = c.benchmark_group("calllog");
     g.bench_function("one_by_id", |b| {
-        b.iter(|| calllog::one(&conn, 4_000_000, None).unwrap())
+        b.iter(|| calllog::one(&mut conn, 4_000_000, None).unwrap())
     });
     // `q` reads every row the other filters leave: with a gateway and a day window
     // it stays bounded; alone it scans the table (measured with few samples).
@@ -165,7 +166,7 @@ fn queries(c: &mut Criterion) {
             from: Some(last_ts - 86_400),
             ..LogQuery::default()
         };
-        b.iter(|| calllog::page(&conn, &q).unwrap())
+        b.iter(|| calllog::page(&mut conn, &q).unwrap())
     });
     g.finish();
 }

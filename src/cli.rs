@@ -2,7 +2,9 @@
 
 use crate::accounts::now_unix;
 use crate::mail;
-use crate::store::{ops, schema};
+use crate::store::db::Sql;
+use crate::store::ops;
+use crate::store::schema::Target;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::cell::RefCell;
@@ -47,7 +49,7 @@ pub struct ImportArgs {
 /// With `smtp:` set the mails go out before it returns, retried as configured, and
 /// each row's `mailed` says how its mail ended (`sent` or `failed`).
 fn import(
-    conn: &mut rusqlite::Connection,
+    conn: &mut dyn Sql,
     args: ImportArgs,
     smtp: Option<mail::Settings>,
 ) -> Result<serde_json::Value, String> {
@@ -79,7 +81,7 @@ fn import(
 /// Sends `mails` one after another on a runtime of its own, recording each in the
 /// outbox as the server would; returns each key's final state and error.
 fn send_now(
-    conn: &rusqlite::Connection,
+    conn: &mut dyn Sql,
     mails: &[KeyMail],
     smtp: mail::Settings,
 ) -> Result<HashMap<i64, (String, Option<String>)>, String> {
@@ -88,6 +90,9 @@ fn send_now(
         .build()
         .map_err(|e| format!("cannot start the mailer: {e}"))?;
     let outcome = RefCell::new(HashMap::new());
+    // Both the record and the check below use the connection, never at once.
+    let conn = RefCell::new(conn);
+    let conn = &conn;
     let transports = mail::Transports::default();
     let outcomes = &outcome;
     runtime.block_on(async {
@@ -97,7 +102,7 @@ fn send_now(
             let id = m.key_id;
             let record = |a: mail::Attempt| async move {
                 let written = crate::store::mail::record(
-                    conn,
+                    &mut **conn.borrow_mut(),
                     m,
                     a.status,
                     a.attempts,
@@ -111,7 +116,9 @@ fn send_now(
                     .borrow_mut()
                     .insert(id, (a.status.to_string(), a.error));
             };
-            let current = || async { crate::store::mail::current(conn, m).unwrap_or(true) };
+            let current = || async {
+                crate::store::mail::current(&mut **conn.borrow_mut(), m).unwrap_or(true)
+            };
             let config = || Some(settings.clone());
             mail::deliver(m, &transports, config, current, record, |_| {}).await;
             // One mail given up: the server is down; the rest get one try each, so
@@ -170,18 +177,19 @@ impl CreateArgs {
 
 pub fn keys(config: &Path, action: KeysAction) -> Result<String, String> {
     let (_, rt) = crate::server::load(config)?;
-    let mut conn = schema::open(&rt.file.storage.sqlite)?;
+    let mut conn = Target::of(&rt.file.storage).open()?;
+    let conn = &mut *conn;
     let err = |e: weir_filters::GatewayError| e.to_string();
     let out = match action {
         KeysAction::Create(args) => {
             let new = args.into_new_key();
-            let (id, secret) = ops::create_key(&mut conn, &new, now_unix()).map_err(err)?;
+            let (id, secret) = ops::create_key(conn, &new, now_unix()).map_err(err)?;
             json!({"id": id, "key": secret, "note": "shown this once; weir keeps only its hash"})
         }
         KeysAction::List => {
-            let snap = ops::load_snapshot(&conn).map_err(err)?;
+            let snap = ops::load_snapshot(conn).map_err(err)?;
             let money =
-                ops::load_money(&conn, crate::accounts::month_of(now_unix())).map_err(err)?;
+                ops::load_money(conn, crate::accounts::month_of(now_unix())).map_err(err)?;
             let mut keys: Vec<_> = snap.keys_by_id.values().collect();
             keys.sort_by_key(|k| k.id);
             let rows: Vec<_> = keys
@@ -199,11 +207,11 @@ pub fn keys(config: &Path, action: KeysAction) -> Result<String, String> {
             json!({"keys": rows})
         }
         KeysAction::Reset { id } => {
-            let secret = ops::reset_key(&mut conn, id).map_err(err)?;
+            let secret = ops::reset_key(conn, id).map_err(err)?;
             json!({"id": id, "key": secret, "note": "the old key no longer works"})
         }
         KeysAction::Topup { id, amount } => {
-            let balance = ops::top_up(&mut conn, id, amount).map_err(err)?;
+            let balance = ops::top_up(conn, id, amount).map_err(err)?;
             json!({"id": id, "balance": balance})
         }
         KeysAction::Import(args) => {
@@ -212,7 +220,7 @@ pub fn keys(config: &Path, action: KeysAction) -> Result<String, String> {
                 .smtp
                 .clone()
                 .map(|s| (s, rt.file.server.ca_file.clone()));
-            import(&mut conn, args, smtp)?
+            import(conn, args, smtp)?
         }
     };
     serde_json::to_string_pretty(&out).map_err(|e| e.to_string())
@@ -260,9 +268,9 @@ pub fn import_from(config: &Path, action: ImportAction) -> Result<String, String
         .filter(|k| !k.is_empty())
         .map(crate::store::sealed::Sealer::new)
         .transpose()?;
-    let mut conn = schema::open(&storage.sqlite)?;
+    let mut conn = Target::of(storage).open()?;
     let done = crate::store::one_api::apply(
-        &mut conn,
+        &mut *conn,
         &plan,
         sealer.as_ref(),
         &rt.file,

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub backend_up: IntGaugeVec,
     pub config_version: IntGauge,
     pub in_flight: IntGauge,
+    /// Usage rows waiting for the store (it is away), and rows given up since start.
+    pub usage_backlog: IntGauge,
+    pub usage_dropped: IntGauge,
     /// Per-request series by (gateway, model, channel), looked up once per request
     /// instead of once per metric. Keyed by a hash of the three names; each entry
     /// keeps the names to tell a collision apart.
@@ -241,6 +244,16 @@ impl Metrics {
         r.0.register(Box::new(config_version.clone()))?;
         let in_flight = IntGauge::new("weir_requests_in_flight", "Requests being answered now.")?;
         r.0.register(Box::new(in_flight.clone()))?;
+        let usage_backlog = IntGauge::new(
+            "weir_usage_backlog",
+            "Usage rows kept in memory because the store does not answer; written when it does.",
+        )?;
+        r.0.register(Box::new(usage_backlog.clone()))?;
+        let usage_dropped = IntGauge::new(
+            "weir_usage_dropped",
+            "Usage rows given up since start because the backlog was full.",
+        )?;
+        r.0.register(Box::new(usage_dropped.clone()))?;
         Ok(Metrics {
             requests: r.counter(&REQUESTS)?,
             duration: r.histogram(&DURATION)?,
@@ -261,6 +274,8 @@ impl Metrics {
             refused: r.counter(&REFUSED)?,
             config_version,
             in_flight,
+            usage_backlog,
+            usage_dropped,
             registry: r.0,
             series: RwLock::new(crate::FastMap::default()),
             series_hasher: foldhash::fast::RandomState::default(),

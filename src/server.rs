@@ -101,7 +101,7 @@ pub fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), String> {
     let accounts = Arc::new(Accounts::default());
     let storage = rt.file.storage.clone();
     let store = Store::open(
-        &storage.sqlite,
+        &crate::store::schema::Target::of(&storage),
         storage.flush_interval.0,
         &rt.file.logs,
         storage.secret_key.as_deref(),

@@ -182,7 +182,10 @@ impl AdminBackend for Admin {
     fn health(&self) -> serde_json::Value {
         let up = |b: bool| if b { "up" } else { "down" };
         let mut backends = serde_json::Map::new();
-        backends.insert("store".into(), json!(up(true)));
+        backends.insert(
+            "store".into(),
+            json!(up(self.state.store.backlog().is_up())),
+        );
         if let Some(shared) = &self.state.shared {
             backends.insert("redis".into(), json!(up(shared.is_up())));
         }
@@ -195,7 +198,14 @@ impl AdminBackend for Admin {
         state
             .metrics
             .refresh_health(&state.snapshot(), &state.health);
-        state.metrics.render()
+        let backlog = state.store.backlog();
+        let m = &state.metrics;
+        m.usage_backlog.set(backlog.queued() as i64);
+        m.usage_dropped.set(backlog.dropped() as i64);
+        m.backend_up
+            .with_label_values(&["store"])
+            .set(i64::from(backlog.is_up()));
+        m.render()
     }
 }
 

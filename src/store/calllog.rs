@@ -2,10 +2,10 @@
 //! failed call's bodies beside them, pruning in small batches, and the reads of
 //! `GET /admin/logs` (a page, one row, an export).
 
-use super::ops::{db_err, OpResult};
+use super::db::{DbResult, Dialect, Row, Sql, Value as SqlValue};
+use super::ops::OpResult;
 use super::UsageEvent;
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, Transaction};
+use crate::args;
 use serde_json::{json, Value};
 use std::sync::LazyLock;
 use weir_filters::accounts::format_time as rfc3339;
@@ -31,83 +31,63 @@ fn insert_sql(rows: usize) -> String {
 
 static INSERT_MANY: LazyLock<String> = LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
 static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert_sql(1));
+/// One row, with the id it was given (for the bodies beside it).
+static INSERT_RETURNING: LazyLock<String> =
+    LazyLock::new(|| format!("{} RETURNING id", insert_sql(1)));
 
-/// The integers of a row, as SQLite's i64.
-struct Counts([i64; 3], Option<i64>);
-
-impl Counts {
-    fn of(e: &UsageEvent) -> Counts {
-        Counts(
-            [
-                e.prompt_tokens as i64,
-                e.completion_tokens as i64,
-                e.latency_ms as i64,
-            ],
-            e.ttft_ms.map(|t| t as i64),
-        )
-    }
-}
-
-fn push_values<'a>(values: &mut Vec<&'a dyn ToSql>, ev: &'a UsageEvent, n: &'a Counts) {
-    let [prompt, completion, latency] = &n.0;
-    let ttft = &n.1;
+/// A row's values in `COLUMNS`' order; counts bind as i64 (INTEGER / BIGINT).
+fn push_values(values: &mut Vec<SqlValue>, ev: &UsageEvent) {
     values.extend([
-        &ev.ts as &dyn ToSql,
-        &ev.key_id,
-        &ev.identity,
-        &ev.gateway,
-        &ev.model,
-        &ev.channel,
-        prompt,
-        completion,
-        &ev.cost,
-        &ev.estimated,
-        &ev.status,
-        latency,
-        &ev.stream,
-        &ev.upstream_model,
-        &ev.upstream as &dyn ToSql,
-        &ev.error_code,
-        &ev.error,
-        ttft,
-        &ev.cache,
-        &ev.tried,
+        SqlValue::from(ev.ts),
+        SqlValue::from(ev.key_id),
+        SqlValue::from(&ev.identity),
+        SqlValue::from(&ev.gateway),
+        SqlValue::from(&ev.model),
+        SqlValue::from(&ev.channel),
+        SqlValue::from(ev.prompt_tokens as i64),
+        SqlValue::from(ev.completion_tokens as i64),
+        SqlValue::from(ev.cost),
+        SqlValue::from(ev.estimated),
+        SqlValue::from(i64::from(ev.status)),
+        SqlValue::from(ev.latency_ms as i64),
+        SqlValue::from(ev.stream),
+        SqlValue::from(&ev.upstream_model),
+        SqlValue::from(ev.upstream.as_deref()),
+        SqlValue::from(&ev.error_code),
+        SqlValue::from(&ev.error),
+        SqlValue::from(ev.ttft_ms.map(|t| t as i64)),
+        SqlValue::from(ev.cache),
+        SqlValue::from(&ev.tried),
     ]);
 }
 
 /// The rows, `ROWS_PER_INSERT` to a statement and the rest one by one (two statements
-/// in rusqlite's small prepared-statement cache, not one per remainder). A row with
-/// bodies goes alone, so its id is known for the bodies beside it.
-pub fn insert_rows(tx: &Transaction<'_>, events: &[UsageEvent]) -> rusqlite::Result<()> {
+/// in the small prepared-statement cache, not one per remainder). A row with
+/// bodies goes alone, so its id is known (`RETURNING id`) for the bodies beside it.
+pub fn insert_rows(tx: &mut dyn Sql, events: &[UsageEvent]) -> DbResult<()> {
     let (with_bodies, plain): (Vec<&UsageEvent>, Vec<&UsageEvent>) =
         events.iter().partition(|e| e.bodies.is_some());
-    let counts: Vec<Counts> = plain.iter().map(|e| Counts::of(e)).collect();
-    let mut values: Vec<&dyn ToSql> = Vec::with_capacity(PER_ROW * ROWS_PER_INSERT);
+    let mut values: Vec<SqlValue> = Vec::with_capacity(PER_ROW * ROWS_PER_INSERT);
     let full = plain.len() / ROWS_PER_INSERT * ROWS_PER_INSERT;
     for (range, per) in [(0..full, ROWS_PER_INSERT), (full..plain.len(), 1)] {
         let sql: &str = if per == 1 { &INSERT_ONE } else { &INSERT_MANY };
-        let mut stmt = tx.prepare_cached(sql)?;
-        for (rows, counts) in plain[range.clone()]
-            .chunks(per)
-            .zip(counts[range].chunks(per))
-        {
+        for rows in plain[range].chunks(per) {
             values.clear();
-            for (ev, n) in rows.iter().zip(counts) {
-                push_values(&mut values, ev, n);
+            for ev in rows {
+                push_values(&mut values, ev);
             }
-            stmt.execute(values.as_slice())?;
+            tx.execute(sql, &values)?;
         }
     }
     for ev in with_bodies {
-        let n = Counts::of(ev);
-        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(PER_ROW);
-        push_values(&mut values, ev, &n);
-        tx.prepare_cached(&INSERT_ONE)?.execute(values.as_slice())?;
+        values.clear();
+        push_values(&mut values, ev);
+        let id = tx.one::<i64>(&INSERT_RETURNING, &values)?;
         if let Some(b) = &ev.bodies {
-            tx.prepare_cached(
+            tx.execute(
                 "INSERT INTO call_bodies (id, ts, request_body, error_body) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![tx.last_insert_rowid(), ev.ts, b.request, b.error])?;
+                args![id, ev.ts, &b.request, &b.error],
+            )?;
         }
     }
     Ok(())
@@ -119,26 +99,22 @@ pub const PRUNE_BATCH: i64 = 5_000;
 
 /// Deletes up to `PRUNE_BATCH` rows older than `rows_before` and bodies older than
 /// `bodies_before`; returns how many were deleted (a full batch: call again).
-pub fn prune(conn: &Connection, rows_before: i64, bodies_before: i64) -> OpResult<usize> {
-    let bodies = conn
-        .execute(
-            "DELETE FROM call_bodies WHERE id IN
-             (SELECT id FROM call_bodies WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
-            params![bodies_before, PRUNE_BATCH],
-        )
-        .map_err(db_err)?;
-    let rows = conn
-        .execute(
-            "DELETE FROM usage WHERE id IN
-             (SELECT id FROM usage WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
-            params![rows_before, PRUNE_BATCH],
-        )
-        .map_err(db_err)?;
-    Ok(rows.max(bodies))
+pub fn prune(db: &mut dyn Sql, rows_before: i64, bodies_before: i64) -> OpResult<usize> {
+    let bodies = db.execute(
+        "DELETE FROM call_bodies WHERE id IN
+         (SELECT id FROM call_bodies WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
+        args![bodies_before, PRUNE_BATCH],
+    )?;
+    let rows = db.execute(
+        "DELETE FROM usage WHERE id IN
+         (SELECT id FROM usage WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
+        args![rows_before, PRUNE_BATCH],
+    )?;
+    Ok(usize::try_from(rows.max(bodies)).unwrap_or(usize::MAX))
 }
 
 /// The WHERE clause and its arguments for a query's filters (and its cursor).
-fn filters(q: &LogQuery) -> (String, Vec<SqlValue>) {
+fn filters(q: &LogQuery, dialect: Dialect) -> (String, Vec<SqlValue>) {
     let mut clauses: Vec<&str> = Vec::new();
     let mut args: Vec<SqlValue> = Vec::new();
     let mut eq = |clause: &'static str, v: SqlValue| {
@@ -146,7 +122,7 @@ fn filters(q: &LogQuery) -> (String, Vec<SqlValue>) {
         args.push(v);
     };
     if let Some(k) = q.key_id {
-        eq("key_id = ?", k.into());
+        eq("key_id = ?", SqlValue::from(k));
     }
     for (clause, v) in [
         ("gateway = ?", &q.gateway),
@@ -154,33 +130,39 @@ fn filters(q: &LogQuery) -> (String, Vec<SqlValue>) {
         ("channel = ?", &q.channel),
     ] {
         if let Some(v) = v {
-            eq(clause, v.clone().into());
+            eq(clause, SqlValue::from(v));
         }
     }
     if let Some(s) = q.status {
-        eq("status_class = ?", i64::from(s.class()).into());
+        eq("status_class = ?", SqlValue::from(i64::from(s.class())));
         if let weir_filters::calllog::StatusFilter::Exact(code) = s {
-            eq("status = ?", i64::from(code).into());
+            eq("status = ?", SqlValue::from(i64::from(code)));
         }
     }
     if let Some(f) = q.from {
-        eq("ts >= ?", f.into());
+        eq("ts >= ?", SqlValue::from(f));
     }
     if let Some(t) = q.to {
-        eq("ts < ?", t.into());
+        eq("ts < ?", SqlValue::from(t));
     }
     if let Some(text) = &q.q {
-        // A substring anywhere in what a reader searches for; `instr` has no
-        // wildcards to escape.
-        clauses.push(
-            "(instr(COALESCE(error, ''), ?) > 0 OR instr(model, ?) > 0 \
-             OR instr(COALESCE(identity, ''), ?) > 0 OR instr(COALESCE(tried, ''), ?) > 0)",
-        );
-        args.extend(std::iter::repeat_n(SqlValue::from(text.clone()), 4));
+        // A substring anywhere in what a reader searches for; `instr` (PostgreSQL's
+        // `strpos`, same arguments) has no wildcards to escape.
+        clauses.push(match dialect {
+            Dialect::Sqlite => {
+                "(instr(COALESCE(error, ''), ?) > 0 OR instr(model, ?) > 0 \
+                 OR instr(COALESCE(identity, ''), ?) > 0 OR instr(COALESCE(tried, ''), ?) > 0)"
+            }
+            Dialect::Postgres => {
+                "(strpos(COALESCE(error, ''), ?) > 0 OR strpos(model, ?) > 0 \
+                 OR strpos(COALESCE(identity, ''), ?) > 0 OR strpos(COALESCE(tried, ''), ?) > 0)"
+            }
+        });
+        args.extend(std::iter::repeat_n(SqlValue::from(text), 4));
     }
     if let Some(Cursor { ts, id }) = q.before {
         clauses.push("(ts, id) < (?, ?)");
-        args.extend([ts.into(), id.into()]);
+        args.extend([SqlValue::from(ts), SqlValue::from(id)]);
     }
     let clause = if clauses.is_empty() {
         String::new()
@@ -195,45 +177,41 @@ const SELECT: &str = "SELECT id, ts, key_id, identity, gateway, model, upstream_
     latency_ms, ttft_ms, stream, cache, tried FROM usage";
 
 /// One row as the API shows it.
-fn row_json(r: &Row<'_>) -> rusqlite::Result<Value> {
+fn row_json(r: &Row) -> DbResult<Value> {
     let ts: i64 = r.get(1)?;
     Ok(json!({
-        "id": r.get::<_, i64>(0)?,
+        "id": r.get::<i64>(0)?,
         "ts": ts,
         "time": rfc3339(ts),
-        "key_id": r.get::<_, Option<i64>>(2)?,
-        "identity": r.get::<_, Option<String>>(3)?,
-        "gateway": r.get::<_, String>(4)?,
-        "model": r.get::<_, String>(5)?,
-        "upstream_model": r.get::<_, Option<String>>(6)?,
-        "channel": r.get::<_, String>(7)?,
-        "upstream": r.get::<_, Option<String>>(8)?,
-        "status": r.get::<_, i64>(9)?,
-        "error_code": r.get::<_, Option<String>>(10)?,
-        "error": r.get::<_, Option<String>>(11)?,
-        "prompt_tokens": r.get::<_, i64>(12)?,
-        "completion_tokens": r.get::<_, i64>(13)?,
-        "cost": r.get::<_, f64>(14)?,
-        "estimated": r.get::<_, bool>(15)?,
-        "latency_ms": r.get::<_, i64>(16)?,
-        "ttft_ms": r.get::<_, Option<i64>>(17)?,
-        "stream": r.get::<_, bool>(18)?,
-        "cache": r.get::<_, String>(19)?,
-        "tried": r.get::<_, Option<String>>(20)?,
+        "key_id": r.get::<Option<i64>>(2)?,
+        "identity": r.get::<Option<String>>(3)?,
+        "gateway": r.get::<String>(4)?,
+        "model": r.get::<String>(5)?,
+        "upstream_model": r.get::<Option<String>>(6)?,
+        "channel": r.get::<String>(7)?,
+        "upstream": r.get::<Option<String>>(8)?,
+        "status": r.get::<i64>(9)?,
+        "error_code": r.get::<Option<String>>(10)?,
+        "error": r.get::<Option<String>>(11)?,
+        "prompt_tokens": r.get::<i64>(12)?,
+        "completion_tokens": r.get::<i64>(13)?,
+        "cost": r.get::<f64>(14)?,
+        "estimated": r.get::<bool>(15)?,
+        "latency_ms": r.get::<i64>(16)?,
+        "ttft_ms": r.get::<Option<i64>>(17)?,
+        "stream": r.get::<bool>(18)?,
+        "cache": r.get::<String>(19)?,
+        "tried": r.get::<Option<String>>(20)?,
     }))
 }
 
 /// A page, newest first, and the cursor of the next one (`None`: this was the last).
-pub fn page(conn: &Connection, q: &LogQuery) -> OpResult<(Vec<Value>, Option<String>)> {
-    let (clause, mut args) = filters(q);
+pub fn page(db: &mut dyn Sql, q: &LogQuery) -> OpResult<(Vec<Value>, Option<String>)> {
+    let (clause, mut args) = filters(q, db.dialect());
     let sql = format!("{SELECT} {clause} ORDER BY ts DESC, id DESC LIMIT ?");
     // One more than asked: whether there is a next page, without a COUNT.
-    args.push(i64::from(q.limit + 1).into());
-    let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
-    let rows = stmt
-        .query_map(rusqlite::params_from_iter(args), row_json)
-        .map_err(db_err)?;
-    let mut rows = rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?;
+    args.push(SqlValue::from(i64::from(q.limit) + 1));
+    let mut rows = db.rows(&sql, &args, row_json)?;
     let next = if rows.len() > q.limit as usize {
         rows.truncate(q.limit as usize);
         rows.last().and_then(|r| {
@@ -249,28 +227,24 @@ pub fn page(conn: &Connection, q: &LogQuery) -> OpResult<(Vec<Value>, Option<Str
 }
 
 /// One row with its bodies while they are kept; `key_id`: only if it is this key's.
-pub fn one(conn: &Connection, id: i64, key_id: Option<i64>) -> OpResult<Option<Value>> {
+pub fn one(db: &mut dyn Sql, id: i64, key_id: Option<i64>) -> OpResult<Option<Value>> {
     let sql = format!("{SELECT} WHERE id = ?1 AND (?2 IS NULL OR key_id = ?2)");
-    let row = conn
-        .query_row(&sql, params![id, key_id], row_json)
-        .optional()
-        .map_err(db_err)?;
+    let row = db
+        .row(&sql, args![id, key_id])?
+        .map(|r| row_json(&r))
+        .transpose()?;
     let Some(mut row) = row else {
         return Ok(None);
     };
-    let bodies = conn
-        .query_row(
+    let bodies = db
+        .row(
             "SELECT request_body, error_body FROM call_bodies WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, Option<Vec<u8>>>(0)?,
-                    r.get::<_, Option<Vec<u8>>>(1)?,
-                ))
-            },
-        )
-        .optional()
-        .map_err(db_err)?;
+            args![id],
+        )?
+        .map(|r| -> DbResult<_> {
+            Ok((r.get::<Option<Vec<u8>>>(0)?, r.get::<Option<Vec<u8>>>(1)?))
+        })
+        .transpose()?;
     let (request, error) = bodies.unwrap_or((None, None));
     let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
     row["request_body"] = text(request).into();
@@ -309,7 +283,7 @@ const EXPORT_PAGE: u32 = 1000;
 /// Every row the query selects, newest first, as CSV (with a header) or NDJSON,
 /// handed to `send` a page at a time; stops when `send` says the reader left.
 pub fn export(
-    conn: &Connection,
+    db: &mut dyn Sql,
     mut q: LogQuery,
     format: ExportFormat,
     mut send: impl FnMut(Vec<u8>) -> bool,
@@ -318,7 +292,7 @@ pub fn export(
     let csv = format == ExportFormat::Csv;
     let mut first = true;
     loop {
-        let (rows, next) = page(conn, &q)?;
+        let (rows, next) = page(&mut *db, &q)?;
         let out = if csv {
             csv_page(&rows, std::mem::take(&mut first))?
         } else {
@@ -379,6 +353,7 @@ fn cell(v: &Value) -> String {
 mod tests {
     use super::*;
     use crate::store::{schema, FailedBodies};
+    use rusqlite::Connection;
     use weir_filters::calllog::StatusFilter;
 
     fn row(ts: i64, gateway: &str, status: u16) -> UsageEvent {
@@ -401,8 +376,9 @@ mod tests {
     }
 
     fn write(conn: &mut Connection, events: &[UsageEvent]) {
-        let tx = conn.transaction().unwrap();
-        insert_rows(&tx, events).unwrap();
+        let db: &mut dyn Sql = conn;
+        let mut tx = db.begin().unwrap();
+        insert_rows(&mut *tx, events).unwrap();
         tx.commit().unwrap();
     }
 
@@ -420,7 +396,7 @@ mod tests {
         };
         let mut seen = Vec::new();
         for _ in 0..10 {
-            let (rows, next) = page(&conn, &q).unwrap();
+            let (rows, next) = page(&mut conn, &q).unwrap();
             seen.extend(
                 rows.iter()
                     .map(|r| (r["ts"].as_i64().unwrap(), r["id"].as_i64().unwrap())),
@@ -447,7 +423,7 @@ mod tests {
             &mut conn,
             &[row(9, "a", 200), failed, limited, row(12, "b", 201)],
         );
-        let count = |q: LogQuery| page(&conn, &q).unwrap().0.len();
+        let mut count = |q: LogQuery| page(&mut conn, &q).unwrap().0.len();
         let status = |s: &str| LogQuery {
             status: Some(StatusFilter::parse(s).unwrap()),
             ..LogQuery::default()
@@ -483,16 +459,16 @@ mod tests {
         let id: i64 = conn
             .query_row("SELECT id FROM usage WHERE status = 400", [], |r| r.get(0))
             .unwrap();
-        let got = one(&conn, id, None).unwrap().unwrap();
+        let got = one(&mut conn, id, None).unwrap().unwrap();
         assert_eq!(got["request_body"], "{\"model\":\"m\"}");
         assert_eq!(got["status"], 400);
         // Another key's row is not found for a user key.
-        assert!(one(&conn, id, Some(7)).unwrap().is_none());
+        assert!(one(&mut conn, id, Some(7)).unwrap().is_none());
         // Bodies go first; the row stays until its own horizon.
-        assert_eq!(prune(&conn, 0, 200).unwrap(), 1);
-        let got = one(&conn, id, None).unwrap().unwrap();
+        assert_eq!(prune(&mut conn, 0, 200).unwrap(), 1);
+        let got = one(&mut conn, id, None).unwrap().unwrap();
         assert!(got["request_body"].is_null());
-        assert_eq!(prune(&conn, 101, 200).unwrap(), 2);
+        assert_eq!(prune(&mut conn, 101, 200).unwrap(), 2);
         let left: i64 = conn
             .query_row("SELECT COUNT(*) FROM usage", [], |r| r.get(0))
             .unwrap();
@@ -508,7 +484,7 @@ mod tests {
         events[7].error = Some("a, \"quoted\"\nerror".into());
         write(&mut conn, &events);
         let mut csv_bytes = Vec::new();
-        export(&conn, LogQuery::default(), ExportFormat::Csv, |b| {
+        export(&mut conn, LogQuery::default(), ExportFormat::Csv, |b| {
             csv_bytes.extend(b);
             true
         })
@@ -520,7 +496,7 @@ mod tests {
         assert!(records.iter().any(|r| &r[11] == "a, \"quoted\"\nerror"));
         let mut lines = 0;
         let mut pages = 0;
-        export(&conn, LogQuery::default(), ExportFormat::Ndjson, |b| {
+        export(&mut conn, LogQuery::default(), ExportFormat::Ndjson, |b| {
             pages += 1;
             for line in b.split(|c| *c == b'\n').filter(|l| !l.is_empty()) {
                 let v: Value = serde_json::from_slice(line).unwrap();
@@ -538,7 +514,7 @@ mod tests {
 
     #[test]
     fn filtered_pages_read_an_index_not_the_table() {
-        let (path, conn) = db("plan");
+        let (path, mut conn) = db("plan");
         for q in [
             LogQuery {
                 gateway: Some("a".into()),
@@ -554,16 +530,11 @@ mod tests {
                 ..LogQuery::default()
             },
         ] {
-            let (clause, args) = filters(&q);
+            let (clause, args) = filters(&q, Dialect::Sqlite);
             let sql =
                 format!("EXPLAIN QUERY PLAN {SELECT} {clause} ORDER BY ts DESC, id DESC LIMIT 10");
-            let plan: Vec<String> = conn
-                .prepare(&sql)
-                .unwrap()
-                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let db: &mut dyn Sql = &mut conn;
+            let plan: Vec<String> = db.rows(&sql, &args, |r| r.get::<String>(3)).unwrap();
             let plan = plan.join(" | ");
             assert!(plan.contains("USING INDEX"), "{q:?}: {plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{q:?} sorts: {plan}");

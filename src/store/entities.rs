@@ -3,9 +3,10 @@
 //! against the whole config (the file's entries and the store's) inside the
 //! transaction that makes it: an entry that would not load is never written.
 
-use super::ops::{bump, db_err, OpResult};
+use super::db::Sql;
+use super::ops::{bump, OpResult};
 use super::sealed::Sealer;
-use rusqlite::{params, Connection, Transaction};
+use crate::args;
 use serde_json::{Map, Value};
 use weir_filters::config::{
     ChannelConfig, FileConfig, GatewayConfig, Runtime, Stored, WebhookConfig,
@@ -63,56 +64,48 @@ impl Change {
 }
 
 /// The stored channels and gateways, keys opened.
-pub fn load(conn: &Connection, sealer: Option<&Sealer>) -> OpResult<Stored> {
+pub fn load(db: &mut dyn Sql, sealer: Option<&Sealer>) -> OpResult<Stored> {
     let mut stored = Stored::default();
-    let mut stmt = conn
-        .prepare("SELECT name, config, keys FROM channels ORDER BY name")
-        .map_err(db_err)?;
-    let rows = stmt
-        .query_map([], |r| {
+    let rows = db.rows(
+        "SELECT name, config, keys FROM channels ORDER BY name",
+        args![],
+        |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<Vec<u8>>>(2)?,
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<Option<Vec<u8>>>(2)?,
             ))
-        })
-        .map_err(db_err)?;
-    for row in rows {
-        let (name, config, keys) = row.map_err(db_err)?;
+        },
+    )?;
+    for (name, config, keys) in rows {
         let mut c: ChannelConfig = serde_json::from_str(&config)
             .map_err(|e| GatewayError::Internal(format!("stored channel `{name}`: {e}")))?;
         c.keys = open_keys(&name, keys.as_deref(), sealer)?;
         stored.channels.push(c);
     }
-    let mut stmt = conn
-        .prepare("SELECT name, config FROM gateways ORDER BY name")
-        .map_err(db_err)?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .map_err(db_err)?;
-    for row in rows {
-        let (name, config) = row.map_err(db_err)?;
+    let rows = db.rows(
+        "SELECT name, config FROM gateways ORDER BY name",
+        args![],
+        |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+    )?;
+    for (name, config) in rows {
         stored.gateways.push(
             serde_json::from_str(&config)
                 .map_err(|e| GatewayError::Internal(format!("stored gateway `{name}`: {e}")))?,
         );
     }
-    stored.webhooks = load_webhooks(conn, sealer)?;
+    stored.webhooks = load_webhooks(db, sealer)?;
     Ok(stored)
 }
 
-fn load_webhooks(conn: &Connection, sealer: Option<&Sealer>) -> OpResult<Vec<WebhookConfig>> {
-    let mut stmt = conn
-        .prepare("SELECT name, config FROM webhooks ORDER BY name")
-        .map_err(db_err)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })
-        .map_err(db_err)?;
+fn load_webhooks(db: &mut dyn Sql, sealer: Option<&Sealer>) -> OpResult<Vec<WebhookConfig>> {
+    let rows = db.rows(
+        "SELECT name, config FROM webhooks ORDER BY name",
+        args![],
+        |r| Ok((r.get::<String>(0)?, r.get::<Vec<u8>>(1)?)),
+    )?;
     let mut out = Vec::new();
-    for row in rows {
-        let (name, sealed) = row.map_err(db_err)?;
+    for (name, sealed) in rows {
         let sealer = sealer.ok_or_else(|| {
             GatewayError::Internal(format!(
                 "stored webhook `{name}` is sealed, and storage.secret_key is not set"
@@ -148,14 +141,14 @@ fn open_keys(name: &str, sealed: Option<&[u8]>, sealer: Option<&Sealer>) -> OpRe
 /// Applies `change` in one transaction, after checking that the file and the store
 /// together still make a valid config; returns the stored entities as they now are.
 pub fn apply(
-    conn: &mut Connection,
+    db: &mut dyn Sql,
     change: Change,
     sealer: Option<&Sealer>,
     file: &FileConfig,
     now: i64,
 ) -> OpResult<Stored> {
-    let tx = conn.transaction().map_err(db_err)?;
-    let mut stored = load(&tx, sealer)?;
+    let mut tx = db.begin()?;
+    let mut stored = load(&mut *tx, sealer)?;
     let (kind, name) = edit(&mut stored, change)?;
     if let Err(e) = Runtime::build_with(file.clone(), stored.clone()) {
         return Err(GatewayError::BadRequest(format!(
@@ -164,20 +157,20 @@ pub fn apply(
     }
     match kind {
         "channel" => match stored.channels.iter().find(|c| c.name == name) {
-            Some(c) => write_channel(&tx, c, sealer, now)?,
-            None => delete(&tx, "channels", &name)?,
+            Some(c) => write_channel(&mut *tx, c, sealer, now)?,
+            None => delete(&mut *tx, "channels", &name)?,
         },
         "webhook" => match stored.webhooks.iter().find(|w| w.name == name) {
-            Some(w) => write_webhook(&tx, w, sealer, now)?,
-            None => delete(&tx, "webhooks", &name)?,
+            Some(w) => write_webhook(&mut *tx, w, sealer, now)?,
+            None => delete(&mut *tx, "webhooks", &name)?,
         },
         _ => match stored.gateways.iter().find(|g| g.name == name) {
-            Some(g) => write_gateway(&tx, g, now)?,
-            None => delete(&tx, "gateways", &name)?,
+            Some(g) => write_gateway(&mut *tx, g, now)?,
+            None => delete(&mut *tx, "gateways", &name)?,
         },
     }
-    bump(&tx)?;
-    tx.commit().map_err(db_err)?;
+    bump(&mut *tx)?;
+    tx.commit()?;
     Ok(stored)
 }
 
@@ -303,7 +296,7 @@ where
 }
 
 pub(super) fn write_channel(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Sql,
     c: &ChannelConfig,
     sealer: Option<&Sealer>,
     now: i64,
@@ -330,15 +323,14 @@ pub(super) fn write_channel(
         "INSERT INTO channels (name, config, keys, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
          ON CONFLICT (name) DO UPDATE SET config = excluded.config, keys = excluded.keys,
          updated_at = excluded.updated_at",
-        params![c.name, config, keys, now],
-    )
-    .map(drop)
-    .map_err(db_err)
+        args![&c.name, config, keys, now],
+    )?;
+    Ok(())
 }
 
 /// The whole webhook sealed: its app secret, key and encrypt key are secrets.
 fn write_webhook(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Sql,
     w: &WebhookConfig,
     sealer: Option<&Sealer>,
     now: i64,
@@ -355,26 +347,23 @@ fn write_webhook(
     tx.execute(
         "INSERT INTO webhooks (name, provider, config, created_at, updated_at) VALUES (?1, 'feishu', ?2, ?3, ?3)
          ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
-        params![w.name, sealed, now],
-    )
-    .map(drop)
-    .map_err(db_err)
+        args![&w.name, sealed, now],
+    )?;
+    Ok(())
 }
 
-fn write_gateway(tx: &Transaction<'_>, g: &GatewayConfig, now: i64) -> OpResult<()> {
+fn write_gateway(tx: &mut dyn Sql, g: &GatewayConfig, now: i64) -> OpResult<()> {
     let config = serde_json::to_string(g).map_err(|e| GatewayError::Internal(e.to_string()))?;
     tx.execute(
         "INSERT INTO gateways (name, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
          ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
-        params![g.name, config, now],
-    )
-    .map(drop)
-    .map_err(db_err)
+        args![&g.name, config, now],
+    )?;
+    Ok(())
 }
 
-fn delete(tx: &Transaction<'_>, table: &str, name: &str) -> OpResult<()> {
+fn delete(tx: &mut dyn Sql, table: &str, name: &str) -> OpResult<()> {
     // `table` is one of the constants above, never input.
-    tx.execute(&format!("DELETE FROM {table} WHERE name = ?1"), [name])
-        .map(drop)
-        .map_err(db_err)
+    tx.execute(&format!("DELETE FROM {table} WHERE name = ?1"), args![name])?;
+    Ok(())
 }

@@ -5,19 +5,25 @@
 //! The request path never waits for it.
 
 pub mod calllog;
+pub mod db;
 pub mod entities;
 pub mod mail;
 pub mod one_api;
 pub mod ops;
+pub mod postgres;
 pub mod queries;
 pub mod schema;
 pub mod sealed;
+pub mod sqlite;
 
 use crate::accounts::{month_of, now_ms, now_unix, Accounts, BucketRow, KeyMoney, Log};
+use crate::args;
 use arc_swap::ArcSwap;
-use rusqlite::{params, Connection};
+use db::Sql;
+use schema::Target;
 use sealed::Sealer;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -70,7 +76,7 @@ pub struct FailedBodies {
 
 /// Runs on the store thread; what it returns is run after the snapshot refresh
 /// (it sends the answer, so a caller never sees a stale snapshot).
-type Job = Box<dyn FnOnce(&mut Connection) -> Box<dyn FnOnce() + Send> + Send>;
+type Job = Box<dyn FnOnce(&mut dyn Sql) -> Box<dyn FnOnce() + Send> + Send>;
 
 enum Cmd {
     /// An admin write or read; the snapshot is refreshed after it.
@@ -86,9 +92,10 @@ pub struct Store {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// A second connection for reports: long reads never hold up the writer (WAL
     /// lets them run side by side), so usage keeps being written every interval.
-    reader: Arc<Mutex<Connection>>,
-    /// The database file, for exports on a connection of their own.
-    path: String,
+    reader: Arc<Mutex<Box<dyn Sql>>>,
+    /// The database, for exports on a connection of their own.
+    target: Target,
+    backlog: Arc<Backlog>,
     retention: Arc<Retention>,
     entities: Arc<Entities>,
     sealer: Option<Arc<Sealer>>,
@@ -140,6 +147,69 @@ impl Entities {
     }
 }
 
+/// Usage rows not yet written because the database is away (PostgreSQL lost):
+/// kept, up to `BACKLOG_MAX`, and written when it answers again.
+#[derive(Debug)]
+pub struct Backlog {
+    up: AtomicBool,
+    queued: AtomicUsize,
+    dropped: AtomicU64,
+}
+
+/// Usage rows kept while the database is away (about 1 KiB each at most).
+const BACKLOG_MAX: usize = 1_000_000;
+
+impl Default for Backlog {
+    fn default() -> Self {
+        Backlog {
+            up: AtomicBool::new(true),
+            queued: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Backlog {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Rows waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Rows given up because the backlog was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self, e: &db::DbError, rows: usize) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::error!(error = %e, rows, "cannot write usage: keeping it until the store answers");
+        }
+        self.queued.store(rows, Ordering::Relaxed);
+    }
+
+    fn written(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!("the store answers again: usage kept meanwhile is written");
+        }
+        self.queued.store(0, Ordering::Relaxed);
+    }
+
+    /// Drops the oldest rows beyond the bound (counted, never silent).
+    fn bound(&self, pending: &mut Vec<UsageEvent>) {
+        if pending.len() > BACKLOG_MAX {
+            let over = pending.len() - BACKLOG_MAX;
+            pending.drain(..over);
+            self.dropped.fetch_add(over as u64, Ordering::Relaxed);
+            tracing::warn!(rows = over, "usage backlog full: oldest rows dropped");
+        }
+        self.queued.store(pending.len(), Ordering::Relaxed);
+    }
+}
+
 /// How long the call log keeps rows and failed calls' bodies; a reload changes it.
 pub struct Retention {
     rows_secs: AtomicI64,
@@ -182,7 +252,7 @@ impl Store {
     /// Opens (creating and migrating) the database, loads keys, money and counters
     /// into `accounts`, and starts the store thread.
     pub fn open(
-        path: &str,
+        target: &Target,
         flush_interval: Duration,
         logs: &LogsConfig,
         secret_key: Option<&str>,
@@ -194,8 +264,9 @@ impl Store {
             .transpose()?
             .map(Arc::new);
         let entities = Arc::new(Entities::new());
-        let conn = schema::open(path)?;
-        let lost = mail::abandon_queued(&conn, now_unix())
+        let path = target.shown();
+        let mut conn = target.open()?;
+        let lost = mail::abandon_queued(&mut *conn, now_unix())
             .map_err(|e| format!("cannot open the mail outbox of {path}: {e}"))?;
         if lost > 0 {
             tracing::warn!(
@@ -203,7 +274,8 @@ impl Store {
                 "mail left queued by the last run is marked failed"
             );
         }
-        let reader = Arc::new(Mutex::new(schema::open(path)?));
+        let reader = Arc::new(Mutex::new(target.open()?));
+        let backlog = Arc::new(Backlog::default());
         let queue = Arc::new(Mutex::new(Vec::with_capacity(BATCH)));
         let retention = Arc::new(Retention::new(logs));
         let mut worker = Worker {
@@ -213,6 +285,7 @@ impl Store {
             last_log_prune: Instant::now(),
             queue: queue.clone(),
             conn,
+            backlog: backlog.clone(),
             accounts,
             pending: Vec::new(),
             seen_version: 0,
@@ -235,7 +308,8 @@ impl Store {
             tx,
             thread: Mutex::new(Some(thread)),
             reader,
-            path: path.to_string(),
+            target: target.clone(),
+            backlog,
             retention,
             entities,
             sealer,
@@ -255,7 +329,7 @@ impl Store {
     pub async fn call<T, F>(&self, writes: bool, f: F) -> Result<T, GatewayError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, GatewayError> + Send + 'static,
+        F: FnOnce(&mut dyn Sql) -> Result<T, GatewayError> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |conn| {
@@ -276,12 +350,12 @@ impl Store {
     pub async fn read<T, F>(&self, f: F) -> Result<T, GatewayError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, GatewayError> + Send + 'static,
+        F: FnOnce(&mut dyn Sql) -> Result<T, GatewayError> + Send + 'static,
     {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
+            let mut conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut **conn)
         })
         .await
         .map_err(|e| GatewayError::Internal(format!("report failed: {e}")))?
@@ -349,6 +423,11 @@ impl Store {
         .await
     }
 
+    /// Usage waiting for the database, and whether it answers.
+    pub fn backlog(&self) -> &Backlog {
+        &self.backlog
+    }
+
     /// How long the call log keeps what; a reload sets it.
     pub fn retention(&self) -> &Retention {
         &self.retention
@@ -362,17 +441,14 @@ impl Store {
         format: ExportFormat,
     ) -> tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>> {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let path = self.path.clone();
+        let target = self.target.clone();
         tokio::task::spawn_blocking(move || {
-            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
-            let result = Connection::open_with_flags(&path, flags)
-                .map_err(|e| format!("cannot open {path}: {e}"))
-                .and_then(|conn| {
-                    calllog::export(&conn, q, format, |chunk| {
-                        tx.blocking_send(Ok(chunk.into())).is_ok()
-                    })
-                    .map_err(|e| e.to_string())
-                });
+            let result = target.open_read_only().and_then(|mut conn| {
+                calllog::export(&mut *conn, q, format, |chunk| {
+                    tx.blocking_send(Ok(chunk.into())).is_ok()
+                })
+                .map_err(|e| e.to_string())
+            });
             if let Err(e) = result {
                 tracing::warn!(error = %e, "call log export failed");
                 let _ = tx.blocking_send(Err(e));
@@ -392,7 +468,8 @@ impl Store {
 
 struct Worker {
     queue: Arc<Mutex<Vec<UsageEvent>>>,
-    conn: Connection,
+    conn: Box<dyn Sql>,
+    backlog: Arc<Backlog>,
     accounts: Arc<Accounts>,
     pending: Vec<UsageEvent>,
     /// `meta.version` as of the last snapshot.
@@ -413,7 +490,7 @@ impl Worker {
             match rx.recv_timeout(wait) {
                 Ok(Cmd::Run(job, writes)) => {
                     self.flush();
-                    let answer = job(&mut self.conn);
+                    let answer = job(&mut *self.conn);
                     if writes {
                         self.refresh_or_log();
                     }
@@ -425,7 +502,7 @@ impl Worker {
                         match cmd {
                             Cmd::Run(job, writes) => {
                                 self.flush();
-                                let answer = job(&mut self.conn);
+                                let answer = job(&mut *self.conn);
                                 if writes {
                                     self.refresh_or_log();
                                 }
@@ -456,9 +533,11 @@ impl Worker {
 
     /// Another process (`weir keys …`) wrote: take its changes in.
     fn notice_other_writers(&mut self) {
-        match ops::meta_version(&self.conn) {
+        match ops::meta_version(&mut *self.conn) {
             Ok(v) if v != self.seen_version => self.refresh_or_log(),
             Ok(_) => {}
+            // While the database is away the flush has said so once already.
+            Err(e) if !self.backlog.is_up() => tracing::debug!(error = %e, "store still away"),
             Err(e) => tracing::error!(error = %e, "cannot read the store version"),
         }
     }
@@ -466,12 +545,12 @@ impl Worker {
     /// Reloads keys, groups and models, and sets the ledger to the stored money plus
     /// what this process counted and has not written yet.
     fn refresh(&mut self) -> Result<(), GatewayError> {
-        let version = ops::meta_version(&self.conn)?;
-        let snap = ops::load_snapshot(&self.conn)?;
+        let version = ops::meta_version(&mut *self.conn)?;
+        let snap = ops::load_snapshot(&mut *self.conn)?;
         self.entities
-            .set(entities::load(&self.conn, self.sealer.as_deref())?);
+            .set(entities::load(&mut *self.conn, self.sealer.as_deref())?);
         let month = month_of(now_unix());
-        let money = ops::load_money(&self.conn, month)?;
+        let money = ops::load_money(&mut *self.conn, month)?;
         {
             let mut ledger = self
                 .accounts
@@ -508,7 +587,7 @@ impl Worker {
 
     fn load_counters(&mut self) -> Result<(), GatewayError> {
         let mut per_key: HashMap<String, (u64, Vec<(u64, u32)>)> = HashMap::new();
-        for row in ops::load_rate_buckets(&self.conn, now_ms())? {
+        for row in ops::load_rate_buckets(&mut *self.conn, now_ms())? {
             let e = per_key
                 .entry(row.key)
                 .or_insert((row.window_ms, Vec::new()));
@@ -558,8 +637,9 @@ impl Worker {
             return;
         }
         let events = std::mem::take(&mut self.pending);
-        match write_batch(&mut self.conn, &events, &dirty) {
+        match write_batch(&mut *self.conn, &events, &dirty) {
             Ok(()) => {
+                self.backlog.written();
                 // Written: no longer "unflushed" in the ledger.
                 let mut per_key: HashMap<i64, f64> = HashMap::new();
                 let mut per_gateway: HashMap<&str, u64> = HashMap::new();
@@ -587,8 +667,9 @@ impl Worker {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, events = events.len(), "cannot write usage; will retry");
+                self.backlog.failed(&e, events.len());
                 self.pending = events;
+                self.backlog.bound(&mut self.pending);
                 let mut c = self
                     .accounts
                     .counters
@@ -610,7 +691,7 @@ impl Worker {
         let (rows, bodies) = self.retention.horizons(now_unix());
         let started = Instant::now();
         loop {
-            match calllog::prune(&self.conn, rows, bodies) {
+            match calllog::prune(&mut *self.conn, rows, bodies) {
                 Ok(n)
                     if n as i64 >= calllog::PRUNE_BATCH && started.elapsed() < LOG_PRUNE_BUDGET => {
                 }
@@ -639,77 +720,68 @@ impl Worker {
             .prune(now);
         if let Err(e) = self.conn.execute(
             "DELETE FROM rate_buckets WHERE expires_ms <= ?1",
-            [now as i64],
+            args![now],
         ) {
             tracing::warn!(error = %e, "cannot prune rate-limit buckets");
         }
     }
 }
 
-fn write_batch(
-    conn: &mut Connection,
-    events: &[UsageEvent],
-    buckets: &[BucketRow],
-) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    {
-        let mut spend = tx.prepare_cached(
+/// Usage, spend, balances, quotas and rate buckets of one flush, in one
+/// transaction: all of it or none (then the batch is tried again).
+fn write_batch(db: &mut dyn Sql, events: &[UsageEvent], buckets: &[BucketRow]) -> db::DbResult<()> {
+    let mut tx = db.begin()?;
+    // One row per request; the running totals once per key, month and gateway
+    // per batch (three statements per request were half the writer's time).
+    let mut spent: HashMap<(i64, u32), f64> = HashMap::new();
+    let mut gateway_tokens: HashMap<&str, u64> = HashMap::new();
+    calllog::insert_rows(&mut *tx, events)?;
+    for ev in events {
+        if let Some(id) = ev.key_id {
+            if ev.cost > 0.0 {
+                *spent.entry((id, month_of(ev.ts))).or_default() += ev.cost;
+            }
+        }
+        let t = ev.prompt_tokens + ev.completion_tokens;
+        if t > 0 {
+            *gateway_tokens.entry(ev.gateway.as_str()).or_default() += t;
+        }
+    }
+    let mut per_key: HashMap<i64, f64> = HashMap::new();
+    for ((id, month), cost) in spent {
+        tx.execute(
             "INSERT INTO spend (key_id, month, cost) VALUES (?1, ?2, ?3)
-             ON CONFLICT (key_id, month) DO UPDATE SET cost = cost + excluded.cost",
+             ON CONFLICT (key_id, month) DO UPDATE SET cost = spend.cost + excluded.cost",
+            args![id, month, cost],
         )?;
-        let mut balance = tx.prepare_cached(
+        *per_key.entry(id).or_default() += cost;
+    }
+    for (id, cost) in per_key {
+        tx.execute(
             "UPDATE keys SET balance = balance - ?1 WHERE id = ?2 AND balance IS NOT NULL",
+            args![cost, id],
         )?;
-        let mut tokens = tx.prepare_cached(
+    }
+    for (gateway, t) in gateway_tokens {
+        tx.execute(
             "INSERT INTO gateway_tokens (gateway, tokens) VALUES (?1, ?2)
-             ON CONFLICT (gateway) DO UPDATE SET tokens = tokens + excluded.tokens",
+             ON CONFLICT (gateway) DO UPDATE SET tokens = gateway_tokens.tokens + excluded.tokens",
+            args![gateway, t],
         )?;
-        // One row per request; the running totals once per key, month and gateway
-        // per batch (three statements per request were half the writer's time).
-        let mut spent: HashMap<(i64, u32), f64> = HashMap::new();
-        let mut gateway_tokens: HashMap<&str, u64> = HashMap::new();
-        calllog::insert_rows(&tx, events)?;
-        for ev in events {
-            if let Some(id) = ev.key_id {
-                if ev.cost > 0.0 {
-                    *spent.entry((id, month_of(ev.ts))).or_default() += ev.cost;
-                }
-            }
-            let t = ev.prompt_tokens + ev.completion_tokens;
-            if t > 0 {
-                *gateway_tokens.entry(ev.gateway.as_str()).or_default() += t;
-            }
-        }
-        let mut per_key: HashMap<i64, f64> = HashMap::new();
-        for ((id, month), cost) in spent {
-            spend.execute(params![id, month, cost])?;
-            *per_key.entry(id).or_default() += cost;
-        }
-        for (id, cost) in per_key {
-            balance.execute(params![cost, id])?;
-        }
-        for (gateway, t) in gateway_tokens {
-            tokens.execute(params![gateway, t as i64])?;
-        }
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO rate_buckets (key, bucket, count, window_ms, expires_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (key, bucket) DO UPDATE SET count = excluded.count",
-        )?;
-        let mut delete =
-            tx.prepare_cached("DELETE FROM rate_buckets WHERE key = ?1 AND bucket = ?2")?;
-        for b in buckets {
-            if b.count == 0 {
-                delete.execute(params![b.key, b.bucket as i64])?;
-            } else {
-                upsert.execute(params![
-                    b.key,
-                    b.bucket as i64,
-                    b.count,
-                    b.window_ms as i64,
-                    b.expires_ms as i64
-                ])?;
-            }
+    }
+    for b in buckets {
+        if b.count == 0 {
+            tx.execute(
+                "DELETE FROM rate_buckets WHERE key = ?1 AND bucket = ?2",
+                args![&b.key, b.bucket],
+            )?;
+        } else {
+            tx.execute(
+                "INSERT INTO rate_buckets (key, bucket, count, window_ms, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (key, bucket) DO UPDATE SET count = excluded.count",
+                args![&b.key, b.bucket, b.count, b.window_ms, b.expires_ms],
+            )?;
         }
     }
     tx.commit()
@@ -718,6 +790,7 @@ fn write_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::Connection;
 
     fn event(key_id: Option<i64>, ts: i64, cost: f64, gateway: &str) -> UsageEvent {
         UsageEvent {

@@ -3,11 +3,12 @@
 //! second run of the same source finds everything unchanged. A dry run makes the
 //! same writes and rolls them back: what it reports is what a real run would do.
 
+use super::db::Sql;
 use super::entities::{self, write_channel};
-use super::ops::{bump, db_err, insert_key_with, OpResult};
+use super::ops::{bump, insert_key_with, OpResult};
 use super::sealed::Sealer;
+use crate::args;
 use crate::one_api::Plan;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::{json, Value};
 use weir_filters::accounts::{check_name, NewKey, Role};
 use weir_filters::auth::hash_key;
@@ -45,15 +46,15 @@ fn same(stored: &ChannelConfig, planned: &ChannelConfig) -> bool {
 }
 
 pub fn apply(
-    conn: &mut Connection,
+    db: &mut dyn Sql,
     plan: &Plan,
     sealer: Option<&Sealer>,
     file: &FileConfig,
     dry_run: bool,
     now: i64,
 ) -> OpResult<Applied> {
-    let tx = conn.transaction().map_err(db_err)?;
-    let mut stored = entities::load(&tx, sealer)?;
+    let mut tx = db.begin()?;
+    let mut stored = entities::load(&mut *tx, sealer)?;
     let mut errors = plan.errors.clone();
     let mut steps = Vec::new();
     let mut channels = Counts::default();
@@ -95,12 +96,12 @@ pub fn apply(
         )));
     }
     for c in stored.channels.iter().filter(|c| changed.contains(&c.name)) {
-        write_channel(&tx, c, sealer, now)?;
+        write_channel(&mut *tx, c, sealer, now)?;
     }
-    let keys = import_keys(&tx, plan, &mut steps, &mut errors, now)?;
+    let keys = import_keys(&mut *tx, plan, &mut steps, &mut errors, now)?;
     if !dry_run {
-        bump(&tx)?;
-        tx.commit().map_err(db_err)?;
+        bump(&mut *tx)?;
+        tx.commit()?;
     }
     let report = json!({
         "source": plan.fork.as_str(), "dry_run": dry_run,
@@ -112,7 +113,7 @@ pub fn apply(
 /// Tokens become keys under their own secret's hash; one already there is left as
 /// it is (weir keeps its own balance and usage from the first import on).
 fn import_keys(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Sql,
     plan: &Plan,
     steps: &mut Vec<Value>,
     errors: &mut Vec<Value>,
@@ -120,14 +121,10 @@ fn import_keys(
 ) -> OpResult<Counts> {
     let mut keys = Counts::default();
     for k in &plan.keys {
-        let existing: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM keys WHERE key_hash = ?1",
-                [hash_key(&k.secret)],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db_err)?;
+        let existing: Option<i64> = tx.value::<i64>(
+            "SELECT id FROM keys WHERE key_hash = ?1",
+            args![hash_key(&k.secret)],
+        )?;
         if let Some(id) = existing {
             keys.unchanged += 1;
             steps.push(
@@ -139,13 +136,11 @@ fn import_keys(
             errors.push(json!({"token": k.source_id, "message": e.to_string()}));
             continue;
         }
-        let new_group = tx
-            .execute(
-                "INSERT OR IGNORE INTO groups (name, description) VALUES (?1, 'imported from One API')",
-                [&k.group],
-            )
-            .map_err(db_err)?
-            > 0;
+        let new_group = tx.execute(
+            "INSERT INTO groups (name, description) VALUES (?1, 'imported from One API')
+             ON CONFLICT DO NOTHING",
+            args![&k.group],
+        )? > 0;
         let new = NewKey {
             name: k.name.clone(),
             role: Role::User,
@@ -156,10 +151,9 @@ fn import_keys(
             expires_at: k.expires_at.map(|e| e.to_string()),
             models: k.models.clone(),
         };
-        let id = insert_key_with(tx, &new, &k.secret, now)?;
+        let id = insert_key_with(&mut *tx, &new, &k.secret, now)?;
         if !k.active {
-            tx.execute("UPDATE keys SET active = 0 WHERE id = ?1", params![id])
-                .map_err(db_err)?;
+            tx.execute("UPDATE keys SET active = 0 WHERE id = ?1", args![id])?;
         }
         keys.created += 1;
         steps.push(json!({

@@ -1059,3 +1059,159 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A real PostgreSQL server for this test alone (Debian's binaries, as `.ci/services`
+/// installs them): a fresh cluster in a temporary directory, reached only through a
+/// unix socket there (no TCP port), `fsync` off. As root (CI containers) the server
+/// runs as the `postgres` user, since PostgreSQL refuses root. Stopped when dropped.
+pub struct PgServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let debian = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+        d.filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin").join(name))
+            .filter(|p| p.exists())
+            .max()
+    });
+    debian.unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn as_postgres_user(program: PathBuf) -> Command {
+    // SAFETY-free check of the effective user: `id -u` is what a shell would ask.
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+impl PgServer {
+    pub async fn start() -> PgServer {
+        let dir = tempfile::tempdir().unwrap();
+        let _ = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path())
+            .status();
+        let data = dir.path().join("data");
+        let out = as_postgres_user(pg_bin("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "weir", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .output()
+            .expect("initdb (installed by .ci/services)");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = PgServer { child: None, dir };
+        pg.restart().await;
+        pg
+    }
+
+    /// `storage.postgres` for weir: the socket directory as `host`.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://weir@localhost/postgres?host={}",
+            self.dir.path().display()
+        )
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join(".s.PGSQL.5432")
+    }
+
+    /// Stops it at once (SIGKILL on the postmaster: as a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            // The postmaster's children leave once it is gone; wait for the socket.
+            let _ = std::fs::remove_file(self.socket());
+            let pid = self.dir.path().join("data").join("postmaster.pid");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while pid.exists() && Instant::now() < deadline {
+                let _ = std::fs::remove_file(&pid);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts it (again, on the same data) and waits until it takes connections.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let child = as_postgres_user(pg_bin("postgres"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-k")
+            .arg(self.dir.path())
+            .args([
+                "-c",
+                "listen_addresses=",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=60",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = Command::new(pg_bin("pg_isready"))
+                .arg("-h")
+                .arg(self.dir.path())
+                .args(["-U", "weir", "-q"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "postgres did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs `psql -tA -c SQL`; its trimmed output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(pg_bin("psql"))
+            .arg("-h")
+            .arg(self.dir.path())
+            .args(["-U", "weir", "-d", "postgres", "-tA", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // SIGQUIT: immediate shutdown, children included.
+            let _ = Command::new("kill")
+                .args(["-QUIT", &c.id().to_string()])
+                .status();
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}

@@ -610,6 +610,16 @@ fn check_storage(storage: &StorageConfig, problems: &mut Vec<String>) {
     if flush > Duration::from_secs(1) || flush.is_zero() {
         problems.push("storage.flush_interval: must be between 1ms and 1s".into());
     }
+    if let Some(pg) = &storage.postgres {
+        if !(pg.url.starts_with("postgres://") || pg.url.starts_with("postgresql://")) {
+            problems
+                .push("storage.postgres.url: must start with postgres:// or postgresql://".into());
+        }
+        let t = pg.timeout.0;
+        if t < Duration::from_millis(10) || t > Duration::from_secs(60) {
+            problems.push("storage.postgres.timeout: must be between 10ms and 60s".into());
+        }
+    }
     if let Some(redis) = &storage.redis {
         let schemes = ["redis://", "rediss://", "unix://", "redis+unix://"];
         if !schemes.iter().any(|s| redis.url.starts_with(s)) {

@@ -470,6 +470,11 @@ impl Runtime {
         ) {
             *url = serde_json::Value::String(redis.redacted_url());
         }
+        if let Some(url) = v.pointer_mut("/storage/postgres/url") {
+            if let Some(u) = url.as_str() {
+                *url = serde_json::Value::String(hide_password(u));
+            }
+        }
         if let Some(hooks) = v.get_mut("webhooks").and_then(|c| c.as_array_mut()) {
             for w in hooks {
                 for field in ["appSecret", "apiKey", "encryptKey", "verificationToken"] {

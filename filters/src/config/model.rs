@@ -281,6 +281,48 @@ pub struct StorageConfig {
     /// the response cache on one Redis. `redis://…`, `rediss://…` or `unix:///…`,
     /// or a map with `url`, `timeout` and `prefix`.
     pub redis: Option<RedisConfig>,
+    /// The store on PostgreSQL instead of `sqlite` (S1): `postgres://…`, or a map
+    /// with `url` and `timeout` (per statement).
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// `storage.postgres`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PostgresConfig {
+    pub url: String,
+    pub timeout: Dur,
+}
+
+impl<'de> Deserialize<'de> for PostgresConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            url: String,
+            #[serde(default = "default_postgres_timeout")]
+            timeout: Dur,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Url(String),
+            Full(Full),
+        }
+        Ok(match Form::deserialize(d)? {
+            Form::Url(url) => PostgresConfig {
+                url,
+                timeout: default_postgres_timeout(),
+            },
+            Form::Full(f) => PostgresConfig {
+                url: f.url,
+                timeout: f.timeout,
+            },
+        })
+    }
+}
+
+fn default_postgres_timeout() -> Dur {
+    Dur::secs(5)
 }
 
 impl Default for StorageConfig {
@@ -290,6 +332,7 @@ impl Default for StorageConfig {
             flush_interval: Dur::millis(250),
             secret_key: None,
             redis: None,
+            postgres: None,
         }
     }
 }
@@ -309,14 +352,19 @@ impl RedisConfig {
 
     /// The URL with any password replaced, for logs and `/admin/config`.
     pub fn redacted_url(&self) -> String {
-        match (self.url.split_once("://"), self.url.rfind('@')) {
-            (Some((scheme, _)), Some(at)) if at > scheme.len() + 3 => {
-                let (creds, host) = (&self.url[scheme.len() + 3..at], &self.url[at + 1..]);
-                let user = creds.split_once(':').map_or("", |(u, _)| u);
-                format!("{scheme}://{user}:***@{host}")
-            }
-            _ => self.url.clone(),
+        hide_password(&self.url)
+    }
+}
+
+/// A `scheme://user:password@host…` URL with the password shown as `***`.
+pub fn hide_password(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) if at > scheme.len() + 3 => {
+            let creds = &url[scheme.len() + 3..at];
+            let user = creds.split_once(':').map_or(creds, |(u, _)| u);
+            format!("{scheme}://{user}:***@{}", &url[at + 1..])
         }
+        _ => url.to_string(),
     }
 }
 
