@@ -136,15 +136,28 @@ pub struct Log {
 
 /// The admission log of every (rule, caller) in use (G4: exact rolling windows),
 /// and the buckets of persisted windows changed since the store last wrote them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     pub logs: crate::FastMap<String, Log>,
     pub dirty: HashSet<(String, u64)>,
+    /// Off when several instances share the store: their own shares would
+    /// overwrite each other's rows (Redis keeps the shared windows instead).
+    pub persist: bool,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            logs: Default::default(),
+            dirty: HashSet::new(),
+            persist: true,
+        }
+    }
 }
 
 impl Counters {
     fn touch(&mut self, key: &str, w: RollingWindow, at: u64) {
-        if w.window_ms >= PERSISTED_WINDOW_MS {
+        if self.persist && w.window_ms >= PERSISTED_WINDOW_MS {
             self.dirty.insert((key.to_string(), at / w.bucket_ms()));
         }
     }

@@ -100,6 +100,13 @@ pub fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), String> {
     )));
     let accounts = Arc::new(Accounts::default());
     let storage = rt.file.storage.clone();
+    if storage.redis.is_some() || storage.postgres.is_some() {
+        accounts
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .persist = false;
+    }
     let store = Store::open(
         &crate::store::schema::Target::of(&storage),
         storage.flush_interval.0,

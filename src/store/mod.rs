@@ -90,9 +90,9 @@ pub struct Store {
     queue: Arc<Mutex<Vec<UsageEvent>>>,
     tx: mpsc::Sender<Cmd>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    /// A second connection for reports: long reads never hold up the writer (WAL
+    /// Connections for reports: long reads never hold up the writer (SQLite's WAL
     /// lets them run side by side), so usage keeps being written every interval.
-    reader: Arc<Mutex<Box<dyn Sql>>>,
+    readers: Arc<Readers>,
     /// The database, for exports on a connection of their own.
     target: Target,
     backlog: Arc<Backlog>,
@@ -144,6 +144,39 @@ impl Entities {
     pub fn get(&self) -> (u64, Arc<Stored>) {
         let n = self.changes.load(Ordering::Acquire);
         (n, self.current.load_full())
+    }
+}
+
+/// Connections for reports, beside the writer's: a long report holds up neither
+/// the writer nor (up to their number) the other reports.
+pub struct Readers {
+    conns: Vec<Mutex<Box<dyn Sql>>>,
+    next: AtomicUsize,
+}
+
+/// Report connections per process.
+const READERS: usize = 2;
+
+impl Readers {
+    fn open(target: &Target, n: usize) -> Result<Readers, String> {
+        let conns = (0..n.max(1))
+            .map(|_| target.open().map(Mutex::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Readers {
+            conns,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// A free connection, or the next in turn when all are busy.
+    fn take(&self) -> std::sync::MutexGuard<'_, Box<dyn Sql>> {
+        for c in &self.conns {
+            if let Ok(guard) = c.try_lock() {
+                return guard;
+            }
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -274,7 +307,7 @@ impl Store {
                 "mail left queued by the last run is marked failed"
             );
         }
-        let reader = Arc::new(Mutex::new(target.open()?));
+        let readers = Arc::new(Readers::open(target, READERS)?);
         let backlog = Arc::new(Backlog::default());
         let queue = Arc::new(Mutex::new(Vec::with_capacity(BATCH)));
         let retention = Arc::new(Retention::new(logs));
@@ -291,6 +324,7 @@ impl Store {
             seen_version: 0,
             flush_interval,
             last_prune: Instant::now(),
+            last_refresh: Instant::now(),
         };
         worker
             .refresh()
@@ -307,7 +341,7 @@ impl Store {
             queue,
             tx,
             thread: Mutex::new(Some(thread)),
-            reader,
+            readers,
             target: target.clone(),
             backlog,
             retention,
@@ -346,15 +380,15 @@ impl Store {
             .map_err(|_| GatewayError::Internal("the store dropped the request".into()))?
     }
 
-    /// Runs a read-only report on the reader connection, off the async workers.
+    /// Runs a read-only report on a report connection, off the async workers.
     pub async fn read<T, F>(&self, f: F) -> Result<T, GatewayError>
     where
         T: Send + 'static,
         F: FnOnce(&mut dyn Sql) -> Result<T, GatewayError> + Send + 'static,
     {
-        let reader = self.reader.clone();
+        let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            let mut conn = readers.take();
             f(&mut **conn)
         })
         .await
@@ -476,6 +510,8 @@ struct Worker {
     seen_version: i64,
     flush_interval: Duration,
     last_prune: Instant,
+    /// When keys, entities and money were last read in.
+    last_refresh: Instant,
     retention: Arc<Retention>,
     last_log_prune: Instant,
     entities: Arc<Entities>,
@@ -526,6 +562,7 @@ impl Worker {
     }
 
     fn refresh_or_log(&mut self) {
+        self.last_refresh = Instant::now();
         if let Err(e) = self.refresh() {
             tracing::error!(error = %e, "cannot refresh keys from the store");
         }
@@ -533,8 +570,12 @@ impl Worker {
 
     /// Another process (`weir keys …`) wrote: take its changes in.
     fn notice_other_writers(&mut self) {
+        // Other instances on one PostgreSQL spend without bumping the version:
+        // their money is read in every second, so budgets hold across them.
+        let shared = self.conn.dialect() == db::Dialect::Postgres;
+        let stale = shared && self.last_refresh.elapsed() >= Duration::from_secs(1);
         match ops::meta_version(&mut *self.conn) {
-            Ok(v) if v != self.seen_version => self.refresh_or_log(),
+            Ok(v) if v != self.seen_version || stale => self.refresh_or_log(),
             Ok(_) => {}
             // While the database is away the flush has said so once already.
             Err(e) if !self.backlog.is_up() => tracing::debug!(error = %e, "store still away"),

@@ -1080,7 +1080,6 @@ fn pg_bin(name: &str) -> PathBuf {
 }
 
 fn as_postgres_user(program: PathBuf) -> Command {
-    // SAFETY-free check of the effective user: `id -u` is what a shell would ask.
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -1127,23 +1126,19 @@ impl PgServer {
         )
     }
 
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join(".s.PGSQL.5432")
-    }
-
-    /// Stops it at once (SIGKILL on the postmaster: as a crash).
+    /// Stops it at once, as a crash would (`pg_ctl stop -m immediate`: no
+    /// checkpoint, every connection cut), and waits for it to be gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = as_postgres_user(pg_bin("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["stop", "-m", "immediate", "-w", "-t", "20"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
             let _ = c.kill();
             let _ = c.wait();
-            // The postmaster's children leave once it is gone; wait for the socket.
-            let _ = std::fs::remove_file(self.socket());
-            let pid = self.dir.path().join("data").join("postmaster.pid");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while pid.exists() && Instant::now() < deadline {
-                let _ = std::fs::remove_file(&pid);
-                std::thread::sleep(Duration::from_millis(20));
-            }
         }
     }
 
@@ -1204,14 +1199,6 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            // SIGQUIT: immediate shutdown, children included.
-            let _ = Command::new("kill")
-                .args(["-QUIT", &c.id().to_string()])
-                .status();
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
-        }
+        self.kill();
     }
 }
