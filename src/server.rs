@@ -115,6 +115,17 @@ pub fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), String> {
         accounts.clone(),
     )?;
     let state = Arc::new(AppState::new(path, text, rt, connector, accounts, store)?);
+    if let Some(shared) = &state.shared {
+        // What one instance learns about a channel, the others apply.
+        let weak = Arc::downgrade(&state);
+        let apply = move |id: &weir_filters::health::HealthId,
+                          e: &weir_filters::health::HealthEvent| {
+            if let Some(state) = weak.upgrade() {
+                state.health.apply(id, e);
+            }
+        };
+        shared.share_health(&state.health, Arc::new(apply));
+    }
     // The store's channels and gateways join the file's before anything is served.
     state.restock("start")?;
 

@@ -313,3 +313,75 @@ async fn redis_lost_or_hung_under_traffic_fails_no_request_and_sharing_returns()
         wait_redis_up(w, 1.0).await;
     }
 }
+
+#[tokio::test]
+async fn a_channel_one_instance_suspends_is_spared_by_the_others_until_it_is_readmitted() {
+    let redis = RedisServer::start().await;
+    let flaky = Upstream::start("flaky").await;
+    let backup = Upstream::start("backup").await;
+    flaky.always(Reply::Status(500));
+    let cfg = Config::new()
+        .openai("flaky", &flaky, "priority: 10, retries: 0")
+        .openai("backup", &backup, "priority: 1")
+        .build();
+    let body = with_redis(&redis, "1s", &cfg);
+    let server = "  health: {failures: 2, cooldown: 10m, max_cooldown: 1h}";
+    let a = Weir::start_with_server(&body, server).await;
+    let b = Weir::start_with_server(&body, server).await;
+    for w in [&a, &b] {
+        wait_redis_up(w, 1.0).await;
+    }
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let (s, _) = post(&client, &a.url("/v1/chat/completions"), &chat("m", false)).await;
+        assert_eq!(s, 200);
+    }
+    assert_eq!(flaky.calls(), 2);
+    // B never called it, yet holds it out: its requests go to the backup.
+    let state = |w: &Weir| {
+        let url = w.admin_url("/admin/channels");
+        async move {
+            let v: Value = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["channels"][0]["health"]["state"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state(&b).await != "suspended" {
+        assert!(Instant::now() < deadline, "B never heard of the suspension");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..5 {
+        let (s, body) = post(&client, &b.url("/v1/chat/completions"), &chat("m", false)).await;
+        assert_eq!(s, 200);
+        assert!(body.contains("upstream backup"), "{body}");
+    }
+    assert_eq!(flaky.calls(), 2, "B spared the failing channel");
+    // Fixed and tested on A: B takes it back at once, without waiting 10 minutes.
+    flaky.always(Reply::Ok);
+    let (s, v) = a
+        .admin(
+            "POST",
+            "/admin/channels/flaky/test",
+            Some(json!({"readmit": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state(&b).await != "healthy" {
+        assert!(Instant::now() < deadline, "B never heard of the recovery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, body) = post(&client, &b.url("/v1/chat/completions"), &chat("m", false)).await;
+    assert!(body.contains("upstream flaky"), "{body}");
+}

@@ -201,7 +201,7 @@ pub fn index_of(rt: &Runtime, name: &str) -> Result<usize, GatewayError> {
 
 /// After a passing test: a suspended channel and its keys are admitted again.
 pub fn readmit(state: &AppState, channel: &Channel) {
-    state.health.reset_channel(&channel.name);
+    state.health.readmit(&channel.name);
 }
 
 /// Whether health has the channel suspended now.

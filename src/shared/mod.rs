@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod cache;
+pub mod health;
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use weir_filters::config::RedisConfig;
 
 /// How often a lost Redis is tried again (and a live one pinged).
-const WATCH_EVERY: Duration = Duration::from_millis(500);
+pub(crate) const WATCH_EVERY: Duration = Duration::from_millis(500);
 
 /// Distinct figures whose charges are kept while Redis is away.
 const PENDING_MAX: usize = 100_000;
@@ -38,6 +39,10 @@ pub struct Shared {
     pending: Mutex<HashMap<String, i64>>,
     gauge: prometheus::IntGauge,
     scripts: admission::Scripts,
+    /// Tells this instance's own health messages from the others'.
+    instance: u64,
+    health_outbox: std::sync::OnceLock<Mutex<Option<tokio::sync::mpsc::Receiver<String>>>>,
+    health_apply: std::sync::OnceLock<health::Apply>,
 }
 
 impl Shared {
@@ -55,6 +60,9 @@ impl Shared {
             pending: Mutex::new(HashMap::new()),
             gauge,
             scripts: admission::Scripts::new(),
+            instance: rand::random(),
+            health_outbox: Default::default(),
+            health_apply: Default::default(),
         });
         let (first_tx, first_rx) = std::sync::mpsc::channel();
         let watcher = shared.clone();
@@ -73,7 +81,11 @@ impl Shared {
                         return;
                     }
                 };
-                rt.block_on(watcher.watch(first_tx));
+                rt.block_on(async move {
+                    tokio::spawn(watcher.clone().publish_findings());
+                    tokio::spawn(watcher.clone().listen_findings());
+                    watcher.watch(first_tx).await
+                });
             })
             .map_err(|e| format!("cannot start the Redis thread: {e}"))?;
         let _ = first_rx.recv_timeout(Duration::from_secs(2));

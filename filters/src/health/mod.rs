@@ -3,7 +3,7 @@
 //! its success reopens, its failure suspends again for twice as long (capped).
 
 mod registry;
-pub use registry::{fingerprint, HealthId, HealthRegistry, Trial};
+pub use registry::{fingerprint, HealthEvent, HealthId, HealthRegistry, Observer, Trial};
 
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -177,6 +177,40 @@ impl Health {
         self.suspensions = self.suspensions.saturating_add(1);
         // Durations are bounded by config validation; never panic on overflow anyway.
         self.suspended_until = Some(now.checked_add(cooldown).unwrap_or(now));
+        self.probe_started = None;
+    }
+
+    /// What the state says to other instances: suspended for how much longer
+    /// (none when it is open).
+    fn suspended_for(&self, now: Instant) -> Option<Duration> {
+        self.suspended_until
+            .map(|u| u.saturating_duration_since(now))
+    }
+
+    /// Another instance suspended it: out until at least `for_`; the cooldown's
+    /// doubling stays with the instance that decided it.
+    fn apply_suspension(&mut self, now: Instant, for_: Duration, reason: &str) {
+        let until = now.checked_add(for_).unwrap_or(now);
+        if self.suspended_until.is_none_or(|u| u < until) {
+            self.suspended_until = Some(until);
+        }
+        self.probe_started = None;
+        self.last_error = Some(reason.to_string());
+    }
+
+    /// Another instance is trying it now: no trial here until its verdict (or
+    /// the probe timeout).
+    fn apply_trial(&mut self, now: Instant) {
+        if self.suspended_until.is_some() {
+            self.probe_started = Some(now);
+        }
+    }
+
+    /// Another instance's trial passed: open again, without counting a success here.
+    fn apply_recovery(&mut self) {
+        self.consecutive_failures = 0;
+        self.suspensions = 0;
+        self.suspended_until = None;
         self.probe_started = None;
     }
 

@@ -38,12 +38,91 @@ pub fn fingerprint(key: &str) -> u64 {
     })
 }
 
+/// A change other instances should know (S1): found here, applied there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthEvent {
+    Suspended {
+        for_ms: u64,
+        reason: String,
+    },
+    /// A trial started (for at most the probe timeout).
+    Trial,
+    Recovered,
+}
+
+/// Told every change this registry decides (never the ones it is told).
+pub type Observer = Arc<dyn Fn(&HealthId, &HealthEvent) + Send + Sync>;
+
 #[derive(Default)]
 pub struct HealthRegistry {
     entries: RwLock<FastMap<HealthId, Arc<Mutex<Health>>>>,
+    observer: RwLock<Option<Observer>>,
+}
+
+/// The state as another instance needs it: suspended for how long, or open.
+fn seen(h: &Health, now: Instant) -> (Option<Duration>, bool) {
+    (h.suspended_for(now), h.probe_started.is_some())
 }
 
 impl HealthRegistry {
+    /// Who hears of the changes decided here (the shared backend).
+    pub fn observe(&self, observer: Observer) {
+        *self.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
+    }
+
+    /// Runs `f` on `id`'s health and tells the observer what changed.
+    fn change<T>(
+        &self,
+        id: &HealthId,
+        h: &mut Health,
+        f: impl FnOnce(&mut Health, Instant) -> T,
+    ) -> T {
+        let now = Instant::now();
+        let before = seen(h, now);
+        let out = f(h, now);
+        let after = seen(h, now);
+        let event = match (before, after) {
+            ((Some(_), _), (None, _)) => Some(HealthEvent::Recovered),
+            ((_, false), (Some(_), true)) => Some(HealthEvent::Trial),
+            ((b, _), (Some(a), false)) if b.is_none_or(|b| a > b) => Some(HealthEvent::Suspended {
+                for_ms: a.as_millis().min(u64::MAX as u128) as u64,
+                reason: h.last_error.clone().unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        if let Some(e) = event {
+            let observer = self
+                .observer
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(o) = observer {
+                o(id, &e);
+            }
+        }
+        out
+    }
+
+    /// Applies a change another instance decided (not told to the observer).
+    pub fn apply(&self, id: &HealthId, event: &HealthEvent) {
+        let now = Instant::now();
+        let e = match event {
+            HealthEvent::Recovered | HealthEvent::Trial => match self.existing(id) {
+                Some(e) => e,
+                None => return,
+            },
+            HealthEvent::Suspended { .. } => self.entry(id),
+        };
+        let mut h = e.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            HealthEvent::Suspended { for_ms, reason } => {
+                h.apply_suspension(now, Duration::from_millis(*for_ms), reason)
+            }
+            HealthEvent::Trial => h.apply_trial(now),
+            HealthEvent::Recovered => h.apply_recovery(),
+        }
+    }
+
     fn entry(&self, id: &HealthId) -> Arc<Mutex<Health>> {
         if let Some(e) = self
             .entries
@@ -76,7 +155,7 @@ impl HealthRegistry {
             return Ok(Admission::Open);
         };
         let mut h = e.lock().unwrap_or_else(|p| p.into_inner());
-        match h.admit(Instant::now(), probe_timeout) {
+        match self.change(id, &mut h, |h, now| h.admit(now, probe_timeout)) {
             Admission::Closed { retry_in } => Err(retry_in),
             other => Ok(other),
         }
@@ -84,16 +163,16 @@ impl HealthRegistry {
 
     pub fn success(&self, id: &HealthId) {
         if let Some(e) = self.existing(id) {
-            e.lock().unwrap_or_else(|p| p.into_inner()).record_success();
+            let mut h = e.lock().unwrap_or_else(|p| p.into_inner());
+            self.change(id, &mut h, |h, _| h.record_success());
         }
     }
 
     /// Returns true when this failure suspended the channel or key.
     pub fn failure(&self, id: &HealthId, policy: &HealthPolicy, reason: &str) -> bool {
-        self.entry(id)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record_failure(Instant::now(), policy, reason)
+        let e = self.entry(id);
+        let mut h = e.lock().unwrap_or_else(|p| p.into_inner());
+        self.change(id, &mut h, |h, now| h.record_failure(now, policy, reason))
     }
 
     /// A failure with a known wait (`Retry-After`): suspends for at least that long.
@@ -104,10 +183,11 @@ impl HealthRegistry {
         at_least: Duration,
         reason: &str,
     ) {
-        self.entry(id)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record_failure_for(Instant::now(), policy, at_least, reason);
+        let e = self.entry(id);
+        let mut h = e.lock().unwrap_or_else(|p| p.into_inner());
+        self.change(id, &mut h, |h, now| {
+            h.record_failure_for(now, policy, at_least, reason)
+        });
     }
 
     /// Asks to use `id` now: `Ok(None)` when it is open, `Ok(Some(trial))` when this
@@ -129,16 +209,38 @@ impl HealthRegistry {
 
     /// Takes `id` out of rotation now, as a failure that suspends would.
     pub fn suspend(&self, id: &HealthId, policy: &HealthPolicy) {
-        self.entry(id)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .suspend(Instant::now(), policy, None);
+        let e = self.entry(id);
+        let mut h = e.lock().unwrap_or_else(|p| p.into_inner());
+        self.change(id, &mut h, |h, now| h.suspend(now, policy, None));
     }
 
     /// Gives back a trial slot granted to a request that did not use it.
     pub fn release_trial(&self, id: &HealthId) {
         if let Some(e) = self.existing(id) {
             e.lock().unwrap_or_else(|p| p.into_inner()).release_trial();
+        }
+    }
+
+    /// A channel proved good (its test or probe passed): open again, and the
+    /// others told so.
+    pub fn readmit(&self, name: &str) {
+        let id = HealthId::channel(name);
+        let was_out = self.existing(&id).is_some_and(|e| {
+            e.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .suspended_until
+                .is_some()
+        });
+        self.reset_channel(name);
+        if was_out {
+            let observer = self
+                .observer
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(o) = observer {
+                o(&id, &HealthEvent::Recovered);
+            }
         }
     }
 
@@ -257,5 +359,44 @@ mod tests {
                 .consecutive_failures,
             0
         );
+    }
+
+    #[test]
+    fn changes_decided_here_are_told_and_changes_told_are_applied_silently() {
+        let policy = HealthPolicy {
+            failures: 1,
+            cooldown: Duration::from_millis(0),
+            max_cooldown: Duration::from_secs(60),
+        };
+        let heard: Arc<Mutex<Vec<HealthEvent>>> = Arc::default();
+        let (here, there) = (HealthRegistry::default(), HealthRegistry::default());
+        let h = heard.clone();
+        here.observe(Arc::new(move |_, e| h.lock().unwrap().push(e.clone())));
+        let id = HealthId::channel("c");
+        assert!(here.failure(&id, &policy, "HTTP 503"));
+        assert!(matches!(
+            &heard.lock().unwrap()[..],
+            [HealthEvent::Suspended { reason, .. }] if reason == "HTTP 503"
+        ));
+        // A failure while suspended tells nothing new; the trial and its success do.
+        here.failure(&id, &policy, "HTTP 503");
+        assert_eq!(heard.lock().unwrap().len(), 1);
+        assert!(here.admit(&id, Duration::from_secs(5)).is_ok());
+        here.success(&id);
+        let events = heard.lock().unwrap().clone();
+        assert_eq!(events[1..], [HealthEvent::Trial, HealthEvent::Recovered]);
+        // The other instance takes the suspension without a failure of its own,
+        // holds off while the trial runs, and reopens on the recovery.
+        let out = HealthEvent::Suspended {
+            for_ms: 60_000,
+            reason: "HTTP 503".into(),
+        };
+        there.apply(&id, &out);
+        assert!(there.admit(&id, Duration::from_secs(5)).is_err());
+        assert_eq!(there.report(&id).failures_total, 0);
+        there.apply(&id, &HealthEvent::Recovered);
+        assert!(there.admit(&id, Duration::from_secs(5)).is_ok());
+        // Told changes are never told on.
+        assert_eq!(heard.lock().unwrap().len(), 3);
     }
 }
