@@ -198,3 +198,25 @@ async fn postgres_lost_under_traffic_fails_no_request_and_loses_no_usage_row() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[test]
+fn the_shipped_scale_out_config_is_valid() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "check",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/scale-out.yaml"),
+        ])
+        .env("WEIR_ADMIN_KEY", "an-admin-key-of-some-length")
+        .env("PG_PASSWORD", "p")
+        .env("REDIS_PASSWORD", "r")
+        .env("WEIR_SECRET_KEY", "a-secret-key-of-32-characters-ok")
+        .env("VLLM_KEY", "k")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

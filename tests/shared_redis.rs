@@ -385,3 +385,92 @@ async fn a_channel_one_instance_suspends_is_spared_by_the_others_until_it_is_rea
     let (_, body) = post(&client, &b.url("/v1/chat/completions"), &chat("m", false)).await;
     assert!(body.contains("upstream flaky"), "{body}");
 }
+
+/// The admission script against `weir_filters::rolling` (the local counting the
+/// property test proves exact), on the same random request times: the same
+/// verdicts, the same waits and headroom, refunds included. The script's clock is
+/// Redis's; here it reads the time from its last argument instead.
+#[tokio::test]
+async fn the_redis_script_counts_exactly_as_the_local_rolling_window() {
+    use rand::{rngs::SmallRng, Rng, SeedableRng};
+    use weir_filters::rolling::{RollingLog, Window};
+    let redis = RedisServer::start().await;
+    let source =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/shared/admit.lua"))
+            .unwrap();
+    let clock = "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)";
+    assert!(
+        source.contains(clock),
+        "the script reads Redis's clock as expected"
+    );
+    let admit = redis::Script::new(&source.replace(clock, "local now = tonumber(ARGV[#ARGV])"));
+    let refund = redis::Script::new(include_str!("../src/shared/refund.lua"));
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut rng = SmallRng::seed_from_u64(0x5eed_4ed1);
+    for case in 0..60 {
+        let w = Window {
+            limit: rng.gen_range(1..6),
+            window_ms: if rng.gen_bool(0.5) {
+                rng.gen_range(1..3_000)
+            } else {
+                rng.gen_range(60_000..3_600_000)
+            },
+        };
+        let (log, total) = (format!("t:rl:{case}"), format!("t:rt:{case}"));
+        let mut local = RollingLog::default();
+        let mut now = 1_767_262_650_000u64;
+        for step in 0..120 {
+            now += rng.gen_range(0..w.window_ms / 2 + 2);
+            let reply: Vec<i64> = admit
+                .key("t:bal")
+                .key("t:spend")
+                .key("t:tok")
+                .key(&log)
+                .key(&total)
+                .arg("")
+                .arg(0)
+                .arg("")
+                .arg(0)
+                .arg("")
+                .arg(1)
+                .arg(w.limit)
+                .arg(w.window_ms)
+                .arg(w.bucket_ms())
+                .arg(now)
+                .invoke_async(&mut conn)
+                .await
+                .unwrap();
+            let at = match local.check(now, w) {
+                Ok(left) => {
+                    let reset = local.reset_ms(now, w);
+                    let at = local.take(now, w);
+                    assert_eq!(
+                        reply,
+                        vec![0, now as i64, at as i64, i64::from(left), reset as i64],
+                        "case {case} step {step} {w:?}"
+                    );
+                    Some(at)
+                }
+                Err(wait) => {
+                    assert_eq!(
+                        reply,
+                        vec![1, 0, wait as i64],
+                        "case {case} step {step} {w:?}"
+                    );
+                    None
+                }
+            };
+            if let Some(at) = at.filter(|_| rng.gen_bool(0.1)) {
+                local.give_back(at, w);
+                let _: i64 = refund
+                    .key(&log)
+                    .key(&total)
+                    .arg(at / w.bucket_ms())
+                    .invoke_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}

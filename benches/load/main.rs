@@ -73,6 +73,8 @@ fn spawn(bin: &Path, args: &[&str], log: &Path) -> Proc {
 
 #[path = "ready.rs"]
 mod ready;
+#[path = "shared.rs"]
+mod shared;
 
 /// How long a tool or weir may take to start listening.
 const START_LIMIT: Duration = Duration::from_secs(30);
@@ -312,12 +314,12 @@ fn main() {
     // weir with a realistic config: database keys, a `secret:` rate limit that does
     // not trigger, usage accounting, metrics and the access log.
     let weir_bin = bins.join("weir");
-    let setup = |name: &str| -> (PathBuf, String) {
+    let setup_on = |name: &str, storage: &str| -> (PathBuf, String) {
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(
             &config,
             format!(
-                "server:\n  listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n  threads: 2\n  grace_period: 1s\nstorage:\n  sqlite: {db}\nmodels:\n  - {{name: bench, price_in: 0.5, price_out: 1.5}}\nchannels:\n  - {{name: bench, type: openai, base_url: 'http://127.0.0.1:{up_port}', keys: [sk-upstream-bench-key], models: [bench]}}\n  - {{name: slow, type: openai, base_url: 'http://127.0.0.1:{slow_port}', models: [slow], timeouts: {{first_byte: 120s, total: 1h}}}}\ngateways:\n  - name: default\n    path: /v1\n    auth: {{method: database}}\n    rate_limits: ['secret:100000000/minute']\n",
+                "server:\n  listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n  threads: 2\n  grace_period: 1s\nstorage:\n  sqlite: {db}\n{storage}models:\n  - {{name: bench, price_in: 0.5, price_out: 1.5}}\nchannels:\n  - {{name: bench, type: openai, base_url: 'http://127.0.0.1:{up_port}', keys: [sk-upstream-bench-key], models: [bench]}}\n  - {{name: slow, type: openai, base_url: 'http://127.0.0.1:{slow_port}', models: [slow], timeouts: {{first_byte: 120s, total: 1h}}}}\ngateways:\n  - name: default\n    path: /v1\n    auth: {{method: database}}\n    rate_limits: ['secret:100000000/minute']\n",
                 // Apart from the config: weir watches the config's directory.
                 db = dir.join(format!("db-{name}")).join("weir.db").display()
             ),
@@ -333,9 +335,16 @@ fn main() {
         let key = created["key"].as_str().unwrap_or_default().to_string();
         (config, key)
     };
+    let setup = |name: &str| setup_on(name, "");
     let (config, key) = setup("weir");
     let (weir, weir_port) = spawn_weir(&weir_bin, &config, &dir, "weir");
     let weir_pid = weir.0.id();
+    if std::env::args().any(|a| a == "--scale-out-only") {
+        println!("{}", scale_out_cells(&o, &dir, &setup_on, weir_port, &key));
+        drop(weir);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
 
     let mut table = String::new();
     let _ = writeln!(table, "| mode | conns | upstream rps | bare rps | weir rps | weir/bare | bare p50 | weir p50 | bare p99 | weir p99 | weir CPU/req | weir RSS |");
@@ -395,6 +404,7 @@ fn main() {
             );
         }
     }
+    let shared_text = scale_out_cells(&o, &dir, &setup_on, weir_port, &key);
     let mut ttfb_text = String::new();
     for stream in [false, true] {
         let bare = ttfb(bare_port, None, stream, 2000);
@@ -479,7 +489,7 @@ fn main() {
         })
         .collect();
     let report = format!(
-        "# Load benchmark results\n\nRun: {date}, {dur} s per cell (bare and weir alternate in two halves), wrk with `-t min(c,2)`.\n\n{machine}\n\n{table}\n{ttfb_text}- memory, {n} streams open at once, each process started fresh: weir RSS {fresh_before:.1} MiB idle, {fresh_rss:.1} MiB with the streams open ({per_fresh:.1} KiB per stream; {fresh_anon:.1} MiB anonymous, {fresh_file:.1} MiB pages of the binary); the bare hop {bare_before:.1} MiB idle, {bare_streams:.1} MiB ({per_bare:.1} KiB per stream)\n- memory, the same {n} streams through the weir that ran the cells above: {before:.1} MiB idle, {streams_rss:.1} MiB with the streams open (the allocator keeps pages freed after the 256-connection cells for reuse)\n{soak_text}\n\nBudget (weir/bare throughput at 16 and 64 connections): {verdict}.\n\np50 at one connection, weir minus bare: {p50}.\n",
+        "# Load benchmark results\n\nRun: {date}, {dur} s per cell (bare and weir alternate in two halves), wrk with `-t min(c,2)`.\n\n{machine}\n\n{table}\n{ttfb_text}- memory, {n} streams open at once, each process started fresh: weir RSS {fresh_before:.1} MiB idle, {fresh_rss:.1} MiB with the streams open ({per_fresh:.1} KiB per stream; {fresh_anon:.1} MiB anonymous, {fresh_file:.1} MiB pages of the binary); the bare hop {bare_before:.1} MiB idle, {bare_streams:.1} MiB ({per_bare:.1} KiB per stream)\n- memory, the same {n} streams through the weir that ran the cells above: {before:.1} MiB idle, {streams_rss:.1} MiB with the streams open (the allocator keeps pages freed after the 256-connection cells for reuse)\n{soak_text}\n\n{shared_text}\n\nBudget (weir/bare throughput at 16 and 64 connections): {verdict}.\n\np50 at one connection, weir minus bare: {p50}.\n",
         date = date(),
         dur = o.duration,
         before = rss_before as f64 / 1024.0,
@@ -502,6 +512,8 @@ fn main() {
         eprintln!("wrote {}", path.display());
     }
     drop(weir);
+    // The run's databases and logs are large (the soak's call log): not kept.
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// What a process held with the streams open: highest RSS, and its anonymous and
@@ -576,6 +588,84 @@ fn hold_streams(port: u16, key: Option<&str>, n: usize, pid: u32) -> Held {
         eprintln!("{open} of {n} streams received data");
         peak
     })
+}
+
+/// The scale-out cells (S1): JSON through a weir on Redis-backed limits and a
+/// PostgreSQL store against the single-instance weir on SQLite, alternating.
+fn scale_out_cells(
+    o: &Opts,
+    dir: &Path,
+    setup_on: &dyn Fn(&str, &str) -> (PathBuf, String),
+    weir_port: u16,
+    key: &str,
+) -> String {
+    let Some((_redis, redis_url)) = shared::redis(dir) else {
+        return "- scale-out: not run (no redis-server)".into();
+    };
+    let Some((_pg, pg_url)) = shared::postgres(dir) else {
+        return "- scale-out: not run (no PostgreSQL)".into();
+    };
+    let redis = format!("  redis: {{url: '{redis_url}', timeout: 5ms}}\n");
+    let postgres = format!("  postgres: '{pg_url}'\n");
+    let variants = [
+        ("redis + sqlite", redis.clone()),
+        ("postgres", postgres.clone()),
+        ("redis + postgres", format!("{redis}{postgres}")),
+    ];
+    let single_lua = lua(dir, "single-json", Some(key), false);
+    let mut lines = vec![
+        "Scale-out (S1): a weir with its limits on Redis (one admission script per request, 5 ms budget) and/or its store on PostgreSQL, against the single-instance weir on SQLite; JSON, alternating halves as above. Redis and PostgreSQL run on the same cores.".to_string(),
+        String::new(),
+        "| backends | conns | single rps | shared rps | shared/single | single p50 | shared p50 | single p99 | shared p99 | shared CPU/req |".into(),
+        "|---|---|---|---|---|---|---|---|---|---|".into(),
+    ];
+    for (i, (label, storage)) in variants.iter().enumerate() {
+        let name = format!("weir-shared-{i}");
+        let (config, shared_key) = setup_on(&name, storage);
+        let (shared_weir, shared_port) = spawn_weir(&o.bin_dir.join("weir"), &config, dir, &name);
+        let pid = shared_weir.0.id();
+        let shared_lua = lua(dir, &format!("{name}-json"), Some(&shared_key), false);
+        wrk(shared_port, &shared_lua, 16, 2);
+        for &c in o.conns.iter().filter(|&&c| c == 16 || c == 64) {
+            let half = (o.duration / 2).max(1);
+            let (mut one, mut many) = (Run::default(), Run::default());
+            let mut cpu = 0.0;
+            for round in 0..2 {
+                let a = wrk(weir_port, &single_lua, c, half);
+                let (cpu0, _) = proc_stats(pid);
+                let b = wrk(shared_port, &shared_lua, c, half);
+                cpu += proc_stats(pid).0 - cpu0;
+                (one, many) = if round == 0 {
+                    (a, b)
+                } else {
+                    (one.merge(a), many.merge(b))
+                };
+            }
+            let ratio = many.rps / one.rps;
+            let per_req = cpu / many.requests.max(1.0) * 1e6;
+            eprintln!(
+                "scale-out {label} c={c}: single {:.0} rps, shared {:.0} rps ({ratio:.2})",
+                one.rps, many.rps
+            );
+            lines.push(format!(
+                "| {label} | {c} | {:.0} | {:.0} | {ratio:.2} {} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {per_req:.0} µs |",
+                one.rps,
+                many.rps,
+                if ratio >= 0.8 { "(≥ 0.8, met)" } else { "(< 0.8, NOT met)" },
+                one.p50_us,
+                many.p50_us,
+                one.p99_us,
+                many.p99_us
+            ));
+            if many.errors > 0.0 {
+                lines.push(format!(
+                    "|  |  | errors: shared {} |  |  |  |  |  |  |  |",
+                    many.errors
+                ));
+            }
+        }
+    }
+    lines.join("\n")
 }
 
 fn tempdir() -> PathBuf {

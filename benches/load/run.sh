@@ -3,6 +3,7 @@
 # binaries (weir, the canned upstream, the bare Pingora hop, the driver) and runs it.
 #   benches/load/run.sh            full run (10 s cells, 5-minute soak), writes benches/RESULTS.md
 #   benches/load/run.sh --quick    short cells and soak, prints only
+#   benches/load/run.sh --quick --scale-out-only   only the Redis/PostgreSQL cells
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 .ci/deps

@@ -51,19 +51,27 @@ for i = 1, rules do
   local total = tonumber(redis.call('GET', tot) or '0')
   local front = nil
   -- Drop buckets that left the window, and old ones the rest outweigh.
+  local dropped = 0
   while true do
     local f = redis.call('LINDEX', log, 0)
-    if not f then total = 0 break end
+    if not f then
+      -- Nothing left: the total is 0 whatever it said.
+      redis.call('DEL', tot)
+      total, dropped = 0, 0
+      break
+    end
     local b, c = entry(f)
     local leaves = (b + 1) * bucket + window
     if leaves <= now or total - c >= limit then
       redis.call('LPOP', log)
-      total = total - c
+      total, dropped = total - c, dropped + c
     else
       front = leaves
       break
     end
   end
+  -- DECRBY and INCR keep the key's expiry (SET would drop it).
+  if dropped > 0 then redis.call('DECRBY', tot, dropped) end
   totals[i] = total
   if total >= limit then
     local wait = math.max(front - now, 1)
@@ -83,16 +91,18 @@ for i = 1, rules do
   local last = redis.call('LINDEX', log, -1)
   local lb, lc = nil, 0
   if last then lb, lc = entry(last) end
+  redis.call('INCR', tot)
   if lb and lb >= b then
     b = lb
     redis.call('LSET', log, -1, string.format('%d:%d', b, lc + 1))
   else
+    -- A new newest bucket: both keys live until it has left the window (a
+    -- count added to the same bucket later leaves with it, so needs no renewal).
     redis.call('RPUSH', log, string.format('%d:1', b))
+    local ttl = window + 2 * bucket
+    redis.call('PEXPIRE', log, ttl)
+    redis.call('PEXPIRE', tot, ttl)
   end
-  redis.call('SET', tot, string.format('%d', totals[i] + 1))
-  local ttl = window + 2 * bucket
-  redis.call('PEXPIRE', log, ttl)
-  redis.call('PEXPIRE', tot, ttl)
   out[#out + 1] = b * bucket
   out[#out + 1] = limit - totals[i] - 1
   out[#out + 1] = resets[i]

@@ -27,6 +27,15 @@ pub(crate) const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// Distinct figures whose charges are kept while Redis is away.
 const PENDING_MAX: usize = 100_000;
 
+/// The most a thread's first call waits for its own connection.
+const LOCAL_CONNECT: Duration = Duration::from_millis(250);
+
+thread_local! {
+    /// Each thread's connection: (generation, instance, connection).
+    static LOCAL: std::cell::RefCell<Option<(u64, u64, MultiplexedConnection)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Kept charges added per call when Redis is back.
 const ADD_BATCH: usize = 512;
 
@@ -41,6 +50,8 @@ pub struct Shared {
     scripts: admission::Scripts,
     /// Tells this instance's own health messages from the others'.
     instance: u64,
+    /// Moves at every loss: threads then drop the connection they hold.
+    generation: std::sync::atomic::AtomicU64,
     health_outbox: std::sync::OnceLock<Mutex<Option<tokio::sync::mpsc::Receiver<String>>>>,
     health_apply: std::sync::OnceLock<health::Apply>,
 }
@@ -61,6 +72,7 @@ impl Shared {
             gauge,
             scripts: admission::Scripts::new(),
             instance: rand::random(),
+            generation: Default::default(),
             health_outbox: Default::default(),
             health_apply: Default::default(),
         });
@@ -110,8 +122,8 @@ impl Shared {
         if !self.is_up() {
             return None;
         }
-        let conn = self.conn.load_full()?;
-        match tokio::time::timeout(self.config.timeout.0, call((*conn).clone())).await {
+        let conn = self.local_conn().await?;
+        match tokio::time::timeout(self.config.timeout.0, call(conn)).await {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 self.down(what, &e.to_string());
@@ -124,7 +136,40 @@ impl Shared {
         }
     }
 
+    /// This thread's connection, made on its runtime the first time (and again
+    /// after a loss): a request then talks to Redis without waking another thread,
+    /// which cost more than the call itself on a busy machine.
+    async fn local_conn(&self) -> Option<MultiplexedConnection> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let held = LOCAL.with(|l| {
+            l.borrow()
+                .as_ref()
+                .filter(|(g, i, _)| *g == generation && *i == self.instance)
+                .map(|(_, _, c)| c.clone())
+        });
+        if held.is_some() {
+            return held;
+        }
+        let connect = self.client.get_multiplexed_async_connection();
+        match tokio::time::timeout(LOCAL_CONNECT, connect).await {
+            Ok(Ok(conn)) => {
+                LOCAL.with(|l| *l.borrow_mut() = Some((generation, self.instance, conn.clone())));
+                Some(conn)
+            }
+            Ok(Err(e)) => {
+                self.down("connect", &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.down("connect", "timed out");
+                None
+            }
+        }
+    }
+
     fn down(&self, what: &str, why: &str) {
+        // Every thread makes a new connection once Redis is back.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         if self.up.swap(false, Ordering::Relaxed) {
             self.gauge.set(0);
             tracing::warn!(
