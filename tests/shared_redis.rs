@@ -428,6 +428,9 @@ async fn the_redis_script_counts_exactly_as_the_local_rolling_window() {
                 .key("t:tok")
                 .key(&log)
                 .key(&total)
+                // One request of one rule, no money, no quota; the clock last.
+                .arg(1)
+                .arg(1)
                 .arg("")
                 .arg(0)
                 .arg("")
@@ -447,7 +450,7 @@ async fn the_redis_script_counts_exactly_as_the_local_rolling_window() {
                     let at = local.take(now, w);
                     assert_eq!(
                         reply,
-                        vec![0, now as i64, at as i64, i64::from(left), reset as i64],
+                        vec![5, 0, now as i64, at as i64, i64::from(left), reset as i64],
                         "case {case} step {step} {w:?}"
                     );
                     Some(at)
@@ -455,7 +458,7 @@ async fn the_redis_script_counts_exactly_as_the_local_rolling_window() {
                 Err(wait) => {
                     assert_eq!(
                         reply,
-                        vec![1, 0, wait as i64],
+                        vec![3, 1, 0, wait as i64],
                         "case {case} step {step} {w:?}"
                     );
                     None

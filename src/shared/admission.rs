@@ -6,6 +6,7 @@
 use super::Shared;
 use crate::accounts::{refusal, secs_of, RateCharge, RateHeadroom};
 use redis::aio::MultiplexedConnection;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use weir_filters::limits::RateRule;
 use weir_filters::rolling::Window;
@@ -124,6 +125,60 @@ impl Names<'_> {
     }
 }
 
+/// A request waiting for the next call, and where its reply goes.
+type Queued = (Ask, tokio::sync::oneshot::Sender<Option<Vec<i64>>>);
+
+/// Requests sent in one call at most (bounds the time a script holds Redis).
+const MAX_BATCH: usize = 64;
+
+/// The requests waiting for this instance's next admission call.
+#[derive(Default)]
+pub struct Batch {
+    queue: std::sync::Mutex<Vec<Queued>>,
+    busy: std::sync::atomic::AtomicBool,
+}
+
+/// One request's keys and arguments, as `admit.lua` reads them.
+fn encode(names: &Names, ask: &Ask, call: &mut redis::ScriptInvocation<'_>) {
+    let money = ask.money.as_ref();
+    let key_id = money.map(|m| m.key_id);
+    let month = money.map_or(0, |m| m.month);
+    call.key(names.balance(key_id))
+        .key(names.spend(key_id, month))
+        .key(
+            ask.quota
+                .as_ref()
+                .map_or_else(|| names.tokens(""), |q| names.tokens(&q.gateway)),
+        );
+    let opt = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
+    call.arg(ask.rules.len())
+        .arg(opt(money.and_then(|m| m.balance).map(nano)))
+        .arg(nano(money.map_or(0.0, |m| m.spent)))
+        .arg(opt(money.and_then(|m| m.budget).map(nano)))
+        .arg(ask.quota.as_ref().map_or(0, |q| q.used))
+        .arg(opt(ask.quota.as_ref().map(|q| q.quota as i64)))
+        .arg(SPEND_TTL_MS);
+    for r in &ask.rules {
+        call.key(names.log(&r.key)).key(names.total(&r.key));
+        call.arg(r.window.limit)
+            .arg(r.window.window_ms)
+            .arg(r.window.bucket_ms());
+    }
+}
+
+/// A batch's reply (each request's length, then its reply) split per request.
+pub fn split(reply: &[i64], n: usize) -> Option<Vec<Vec<i64>>> {
+    let mut out = Vec::with_capacity(n);
+    let mut rest = reply;
+    for _ in 0..n {
+        let (&len, tail) = rest.split_first()?;
+        let len = usize::try_from(len).ok()?;
+        out.push(tail.get(..len)?.to_vec());
+        rest = &tail[len..];
+    }
+    rest.is_empty().then_some(out)
+}
+
 /// A month's spend outlives the month by a few days, then Redis forgets it.
 const SPEND_TTL_MS: u64 = 35 * 86_400_000;
 
@@ -179,44 +234,72 @@ pub fn verdict(ask: &Ask, reply: &[i64]) -> Option<Admitted> {
 }
 
 impl Shared {
-    /// Checks and takes everything `ask` needs in one call; `None`: Redis is away
-    /// (count locally).
-    pub async fn admit(&self, ask: &Ask) -> Option<Admitted> {
-        let names = Names(self.prefix());
-        let money = ask.money.as_ref();
-        let key_id = money.map(|m| m.key_id);
-        let month = money.map_or(0, |m| m.month);
-        let mut call = self.scripts.admit.prepare_invoke();
-        call.key(names.balance(key_id))
-            .key(names.spend(key_id, month))
-            .key(
-                ask.quota
-                    .as_ref()
-                    .map_or_else(|| names.tokens(""), |q| names.tokens(&q.gateway)),
-            );
-        let opt = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
-        call.arg(opt(money.and_then(|m| m.balance).map(nano)))
-            .arg(nano(money.map_or(0.0, |m| m.spent)))
-            .arg(opt(money.and_then(|m| m.budget).map(nano)))
-            .arg(ask.quota.as_ref().map_or(0, |q| q.used))
-            .arg(opt(ask.quota.as_ref().map(|q| q.quota as i64)))
-            .arg(SPEND_TTL_MS);
-        for r in &ask.rules {
-            call.key(names.log(&r.key)).key(names.total(&r.key));
-            call.arg(r.window.limit)
-                .arg(r.window.window_ms)
-                .arg(r.window.bucket_ms());
+    /// Checks and takes everything `ask` needs; `None`: Redis is away (count
+    /// locally). Requests that arrive while this instance's previous call is out
+    /// go together in the next one (one script call for all of them, each
+    /// admitted in turn): under load Redis then runs one script per batch, not
+    /// one per request, and no request waits for a batch to fill.
+    pub async fn admit(self: &Arc<Self>, ask: &Ask) -> Option<Admitted> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.batch
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((ask.clone(), tx));
+        if !self.batch.busy.swap(true, Ordering::AcqRel) {
+            // Its own task: a request that goes away cannot strand the others.
+            tokio::spawn(self.clone().drain());
         }
-        let reply: Vec<i64> = self
-            .run("admit", |mut conn| async move {
-                call.invoke_async(&mut conn).await
-            })
-            .await?;
+        let reply = rx.await.ok()??;
         let v = verdict(ask, &reply);
         if v.is_none() {
             self.down("admit", "unreadable reply");
         }
         v
+    }
+
+    /// Sends what is queued, batch after batch, until nothing is.
+    async fn drain(self: Arc<Self>) {
+        loop {
+            let batch: Vec<Queued> = {
+                let mut q = self.batch.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let n = q.len().min(MAX_BATCH);
+                q.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                self.batch.busy.store(false, Ordering::Release);
+                // One queued between the take and the store would wait for nobody.
+                let queued = !self
+                    .batch
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty();
+                if queued && !self.batch.busy.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                return;
+            }
+            let names = Names(self.prefix());
+            let mut call = self.scripts.admit.prepare_invoke();
+            call.arg(batch.len());
+            for (ask, _) in &batch {
+                encode(&names, ask, &mut call);
+            }
+            let reply: Option<Vec<i64>> = self
+                .run("admit", |mut conn| async move {
+                    call.invoke_async(&mut conn).await
+                })
+                .await;
+            let parts = reply.as_deref().and_then(|r| split(r, batch.len()));
+            if reply.is_some() && parts.is_none() {
+                self.down("admit", "unreadable reply");
+            }
+            let mut parts = parts.map(Vec::into_iter);
+            for (_, tx) in batch {
+                let _ = tx.send(parts.as_mut().and_then(Iterator::next));
+            }
+        }
     }
 
     /// Gives back in Redis what `admit` took there, in the background.
@@ -339,5 +422,9 @@ mod tests {
         assert!(verdict(&ask, &[1, 7, 10]).is_none());
         assert!(verdict(&ask, &[9]).is_none());
         assert_eq!(nano(0.000_002_5), 2500);
+        assert_eq!(split(&[2, 3, 4, 1, 9], 2), Some(vec![vec![3, 4], vec![9]]));
+        assert!(split(&[2, 3], 1).is_none(), "short");
+        assert!(split(&[1, 3, 7], 1).is_none(), "trailing");
+        assert!(split(&[-1], 1).is_none());
     }
 }

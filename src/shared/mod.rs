@@ -48,6 +48,7 @@ pub struct Shared {
     pending: Mutex<HashMap<String, i64>>,
     gauge: prometheus::IntGauge,
     scripts: admission::Scripts,
+    batch: admission::Batch,
     /// Tells this instance's own health messages from the others'.
     instance: u64,
     /// Moves at every loss: threads then drop the connection they hold.
@@ -71,6 +72,7 @@ impl Shared {
             pending: Mutex::new(HashMap::new()),
             gauge,
             scripts: admission::Scripts::new(),
+            batch: Default::default(),
             instance: rand::random(),
             generation: Default::default(),
             health_outbox: Default::default(),
