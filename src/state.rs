@@ -205,6 +205,16 @@ impl AppState {
 
     fn carry_over(&self, old: &Runtime, new: &Runtime) {
         warn_restart_only(old.server(), new.server());
+        let (was, now) = (&old.file.storage, &new.file.storage);
+        let storage = [
+            ("storage.sqlite", was.sqlite != now.sqlite),
+            ("storage.postgres", was.postgres != now.postgres),
+            ("storage.redis", was.redis != now.redis),
+            ("storage.secret_key", was.secret_key != now.secret_key),
+        ];
+        for (field, _) in storage.iter().filter(|(_, c)| *c) {
+            tracing::warn!(field, "changed in the file; takes effect on restart");
+        }
         let names: Vec<&str> = new.channels.iter().map(|c| c.name.as_str()).collect();
         self.health.retain_channels(&names);
         for c in &new.channels {
