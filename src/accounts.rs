@@ -208,6 +208,9 @@ pub struct RateCharge {
     /// Money and quota were checked in Redis: the request's cost goes there too.
     pub money_shared: bool,
     pub quota_shared: bool,
+    /// Counted here because Redis was away: its cost is kept for Redis, which
+    /// adds it when it returns.
+    pub counted_alone: bool,
 }
 
 /// The tightest limit that applied to a request, for `x-ratelimit-*` headers.

@@ -212,6 +212,15 @@ pub fn keys(config: &Path, action: KeysAction) -> Result<String, String> {
         }
         KeysAction::Topup { id, amount } => {
             let balance = ops::top_up(conn, id, amount).map_err(err)?;
+            if let Some(redis) = &rt.file.storage.redis {
+                // The store has it; Redis must too, or instances keep refusing.
+                if let Err(e) = crate::shared::admission::top_up_now(redis, id, amount) {
+                    eprintln!(
+                        "the store has the top-up, Redis not ({e}): delete `{}bal:{id}` there (it is seeded again from the store)",
+                        redis.prefix
+                    );
+                }
+            }
             json!({"id": id, "balance": balance})
         }
         KeysAction::Import(args) => {

@@ -220,3 +220,74 @@ fn the_shipped_scale_out_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_stray_nul_in_a_request_holds_up_no_usage_row() {
+    let pg = PgServer::start().await;
+    let up = Upstream::start("pg-nul").await;
+    let weir = Weir::start(&on_postgres(&pg, None, &config(&up))).await;
+    let (_, key) = weir.create_key(json!({"name": "k", "models": ["*"]})).await;
+    // PostgreSQL's TEXT cannot hold NUL; the row is written with it replaced.
+    let r = reqwest::Client::new()
+        .post(weir.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat("a\u{0}b", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(call(&weir, &key).await, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pg.psql("SELECT COUNT(*) FROM usage WHERE status IN (200, 404)") != "2" {
+        assert!(Instant::now() < deadline, "usage rows stuck behind the NUL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        pg.psql("SELECT COUNT(*) FROM usage WHERE model = 'a' || chr(65533) || 'b'"),
+        "1"
+    );
+    weir.wait_metric("weir_backend_up", &[("backend", "store")], 1.0)
+        .await;
+}
+
+#[tokio::test]
+async fn spending_while_redis_hangs_reaches_redis_when_it_answers_again() {
+    let pg = PgServer::start().await;
+    let redis = RedisServer::start().await;
+    let up = Upstream::start("pg-hang").await;
+    let weir = Weir::start(&on_postgres(&pg, Some(&redis), &config(&up))).await;
+    let (id, key) = weir
+        .create_key(json!({"name": "k", "models": ["*"], "balance": 100}))
+        .await;
+    until(&weir, &key, 200).await;
+    let balance = || {
+        redis
+            .cli(&["GET", &format!("weir:bal:{id}")])
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    assert!(balance().is_some(), "seeded by the first admission");
+    redis.pause();
+    for _ in 0..3 {
+        assert_eq!(call(&weir, &key).await, 200);
+    }
+    weir.wait_metric("weir_backend_up", &[("backend", "redis")], 0.0)
+        .await;
+    redis.resume();
+    weir.wait_metric("weir_backend_up", &[("backend", "redis")], 1.0)
+        .await;
+    // Redis's figure and the store's agree again: the three local answers were
+    // added when Redis came back, not lost.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stored: f64 = pg
+            .psql(&format!("SELECT balance FROM keys WHERE id = {id}"))
+            .parse()
+            .unwrap();
+        let shared = balance().unwrap() as f64 / 1e9;
+        if (stored - shared).abs() < 1e-6 && stored < 100.0 - 30.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "store {stored}, Redis {shared}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -191,7 +191,9 @@ pub async fn admit(
     }
     state.accounts.check_quota(gateway)?;
     let identity = caller.identity.as_deref().unwrap_or("");
-    state.accounts.check_rates(gateway, identity, now_ms())
+    let (headroom, mut charge) = state.accounts.check_rates(gateway, identity, now_ms())?;
+    charge.counted_alone = state.shared.is_some();
+    Ok((headroom, charge))
 }
 
 /// Authenticates the caller (an open gateway's is anonymous) and admits it, noting

@@ -47,6 +47,27 @@ impl Default for Scripts {
     }
 }
 
+/// A top-up made beside the server (`weir keys topup`): added to the balance
+/// Redis holds, if it holds one, so every instance sees it at once.
+pub fn top_up_now(
+    config: &weir_filters::config::RedisConfig,
+    key_id: i64,
+    amount: f64,
+) -> Result<(), String> {
+    let shown = config.redacted_url();
+    let fail = |e: redis::RedisError| format!("storage.redis `{shown}`: {e}");
+    let client = redis::Client::open(config.url.as_str()).map_err(fail)?;
+    let mut conn = client
+        .get_connection_with_timeout(std::time::Duration::from_secs(2))
+        .map_err(fail)?;
+    redis::Script::new(include_str!("add.lua"))
+        .key(Names(&config.prefix).balance(Some(key_id)))
+        .arg(nano(amount))
+        .invoke::<i64>(&mut conn)
+        .map(drop)
+        .map_err(fail)
+}
+
 /// Money in Redis: integers of 1e-9 (a token's price is far above that).
 pub fn nano(x: f64) -> i64 {
     (x * 1e9).round() as i64
@@ -296,8 +317,14 @@ impl Shared {
                 self.down("admit", "unreadable reply");
             }
             let mut parts = parts.map(Vec::into_iter);
-            for (_, tx) in batch {
-                let _ = tx.send(parts.as_mut().and_then(Iterator::next));
+            for (ask, tx) in batch {
+                let part = parts.as_mut().and_then(Iterator::next);
+                if let Err(Some(unheard)) = tx.send(part) {
+                    // Its request went away meanwhile: what it took is given back.
+                    if let Some(Ok((_, charge))) = verdict(&ask, &unheard) {
+                        self.refund(&charge);
+                    }
+                }
             }
         }
     }
@@ -339,14 +366,21 @@ impl Shared {
     ) {
         let names = Names(self.prefix());
         let mut deltas = Vec::with_capacity(3);
-        if charge.money_shared && cost != 0.0 {
+        let alone = charge.counted_alone;
+        if (charge.money_shared || alone) && cost != 0.0 && key_id.is_some() {
             deltas.push((names.balance(key_id), -nano(cost)));
             deltas.push((names.spend(key_id, month), nano(cost)));
         }
-        if charge.quota_shared && tokens != 0 {
+        if (charge.quota_shared || alone) && tokens != 0 {
             deltas.push((names.tokens(gateway), tokens as i64));
         }
-        self.add_later(deltas);
+        if alone && !self.is_up() {
+            // Admitted while Redis was away: its figures there (if any) learn of
+            // this cost when it returns (or now, if it already has).
+            self.keep(&deltas);
+        } else {
+            self.add_later(deltas);
+        }
     }
 
     /// A top-up of a key's balance, where Redis holds it.

@@ -55,7 +55,18 @@ local function admit(k, a, rules)
     local r = a + 6 + 3 * (i - 1)
     local limit, window, bucket = tonumber(ARGV[r + 1]), tonumber(ARGV[r + 2]), tonumber(ARGV[r + 3])
     windows[i] = {limit, window, bucket}
-    local total = tonumber(redis.call('GET', tot) or '0')
+    local total = tonumber(redis.call('GET', tot) or '-1')
+    if total < 0 then
+      -- No total: a new log, or one whose total was evicted without it
+      -- (maxmemory): counted again from the log, expiring with it.
+      total = 0
+      for _, e in ipairs(redis.call('LRANGE', log, 0, -1)) do
+        local _, c = entry(e)
+        total = total + c
+      end
+      local ttl = redis.call('PTTL', log)
+      if total > 0 and ttl > 0 then redis.call('SET', tot, total, 'PX', ttl) end
+    end
     local front = nil
     -- Drop buckets that left the window, and old ones the rest outweigh.
     local dropped = 0

@@ -64,7 +64,7 @@ impl CacheStore for SharedCache {
         let name = self.name(key, slot);
         let raw: Option<Vec<u8>> = self
             .shared
-            .run("cache get", |mut conn| async move { conn.get(name).await })
+            .run_quiet(|mut conn| async move { conn.get(name).await })
             .await?;
         raw.as_deref().and_then(decode).map(Arc::new)
     }
@@ -79,9 +79,9 @@ impl CacheStore for SharedCache {
         let shared = self.shared.clone();
         tokio::spawn(async move {
             shared
-                .run("cache put", |mut conn| async move {
-                    conn.pset_ex::<_, _, ()>(name, value, ms).await
-                })
+                .run_quiet(
+                    |mut conn| async move { conn.pset_ex::<_, _, ()>(name, value, ms).await },
+                )
                 .await;
         });
     }

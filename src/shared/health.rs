@@ -99,13 +99,29 @@ impl Shared {
             if let Ok(Ok(mut pubsub)) =
                 tokio::time::timeout(Duration::from_secs(1), self.client.get_async_pubsub()).await
             {
+                let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
                 if pubsub.subscribe(&channel).await.is_ok() {
                     let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
-                        let Ok(text) = msg.get_payload::<String>() else {
-                            continue;
-                        };
-                        self.heard(&text);
+                    let mut tick = tokio::time::interval(super::WATCH_EVERY);
+                    loop {
+                        tokio::select! {
+                            msg = messages.next() => match msg {
+                                Some(msg) => {
+                                    if let Ok(text) = msg.get_payload::<String>() {
+                                        self.heard(&text);
+                                    }
+                                }
+                                None => break,
+                            },
+                            _ = tick.tick() => {
+                                // Redis was lost since (this connection may be a
+                                // dead one that never says so): subscribe anew.
+                                let now = self.generation.load(std::sync::atomic::Ordering::Acquire);
+                                if now != generation {
+                                    break;
+                                }
+                            }
+                        }
                     }
                 }
             }

@@ -138,6 +138,29 @@ impl Shared {
         }
     }
 
+    /// A call whose failure says little about Redis (a large cached answer that
+    /// is slow to move): its own, longer timeout, and no fallback to local
+    /// counting for it.
+    pub async fn run_quiet<T, F, Fut>(&self, call: F) -> Option<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if !self.is_up() {
+            return None;
+        }
+        let conn = self.local_conn().await?;
+        let timeout = (self.config.timeout.0 * 10).max(Duration::from_millis(50));
+        match tokio::time::timeout(timeout, call(conn)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "Redis cache call failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// This thread's connection, made on its runtime the first time (and again
     /// after a loss): a request then talks to Redis without waking another thread,
     /// which cost more than the call itself on a busy machine.
@@ -244,21 +267,35 @@ impl Shared {
         let Some(conn) = self.conn.load_full() else {
             return;
         };
-        let kept: Vec<(String, i64)> =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
-                .into_iter()
-                .collect();
         let mut conn = (*conn).clone();
-        for (i, chunk) in kept.chunks(ADD_BATCH).enumerate() {
-            if let Err(e) = self.scripts.add(&mut conn, chunk).await {
-                tracing::warn!(error = %e, "Redis answers PING but not scripts; still local");
-                self.keep(&kept[i * ADD_BATCH..]);
-                return;
-            }
+        if !self.add_kept(&mut conn).await {
+            return;
         }
         if !self.up.swap(true, Ordering::Relaxed) {
             self.gauge.set(1);
             tracing::info!(url = %self.config.redacted_url(), "Redis up: counting is shared");
+        }
+        // Charges kept while the first batch was out, before `up` was set.
+        self.add_kept(&mut conn).await;
+    }
+
+    /// Adds every kept charge; false when Redis refuses (they stay kept).
+    async fn add_kept(&self, conn: &mut MultiplexedConnection) -> bool {
+        loop {
+            let kept: Vec<(String, i64)> =
+                std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+                    .into_iter()
+                    .collect();
+            if kept.is_empty() {
+                return true;
+            }
+            for (i, chunk) in kept.chunks(ADD_BATCH).enumerate() {
+                if let Err(e) = self.scripts.add(conn, chunk).await {
+                    tracing::warn!(error = %e, "Redis answers PING but not scripts; still local");
+                    self.keep(&kept[i * ADD_BATCH..]);
+                    return false;
+                }
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use db::Sql;
 use schema::Target;
 use sealed::Sealer;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -189,8 +189,12 @@ pub struct Backlog {
     dropped: AtomicU64,
 }
 
-/// Usage rows kept while the database is away (about 1 KiB each at most).
+/// Usage rows kept while the database is away (about 1 KiB each: a failed call's
+/// bodies are not kept meanwhile).
 const BACKLOG_MAX: usize = 1_000_000;
+
+/// Rows written per transaction when a backlog is caught up.
+const FLUSH_CHUNK: usize = 10_000;
 
 impl Default for Backlog {
     fn default() -> Self {
@@ -217,22 +221,34 @@ impl Backlog {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    fn failed(&self, e: &db::DbError, rows: usize) {
+    fn failed(&self, e: &dyn std::fmt::Display, rows: usize) {
         if self.up.swap(false, Ordering::Relaxed) {
-            tracing::error!(error = %e, rows, "cannot write usage: keeping it until the store answers");
+            tracing::error!(error = %e, rows, "the store does not answer: usage is kept until it does");
         }
         self.queued.store(rows, Ordering::Relaxed);
     }
 
+    /// The store answered a read: up again even with nothing to write.
+    fn reachable(&self) {
+        if self.queued() == 0 {
+            self.written();
+        }
+    }
+
     fn written(&self) {
         if !self.up.swap(true, Ordering::Relaxed) {
-            tracing::info!("the store answers again: usage kept meanwhile is written");
+            tracing::info!("the store answers again");
         }
         self.queued.store(0, Ordering::Relaxed);
     }
 
-    /// Drops the oldest rows beyond the bound (counted, never silent).
+    /// Drops the oldest rows beyond the bound (counted, never silent), and the
+    /// bodies of failed calls kept for debugging (up to 2 × `logs.max_body` each:
+    /// a backlog of them would not fit in memory).
     fn bound(&self, pending: &mut Vec<UsageEvent>) {
+        for ev in pending.iter_mut() {
+            ev.bodies = None;
+        }
         if pending.len() > BACKLOG_MAX {
             let over = pending.len() - BACKLOG_MAX;
             pending.drain(..over);
@@ -575,11 +591,14 @@ impl Worker {
         let shared = self.conn.dialect() == db::Dialect::Postgres;
         let stale = shared && self.last_refresh.elapsed() >= Duration::from_secs(1);
         match ops::meta_version(&mut *self.conn) {
-            Ok(v) if v != self.seen_version || stale => self.refresh_or_log(),
-            Ok(_) => {}
-            // While the database is away the flush has said so once already.
-            Err(e) if !self.backlog.is_up() => tracing::debug!(error = %e, "store still away"),
-            Err(e) => tracing::error!(error = %e, "cannot read the store version"),
+            Ok(v) => {
+                self.backlog.reachable();
+                if v != self.seen_version || stale {
+                    self.refresh_or_log();
+                }
+            }
+            // An idle instance learns of a lost store here, not from a flush.
+            Err(e) => self.backlog.failed(&e, self.pending.len()),
         }
     }
 
@@ -677,49 +696,103 @@ impl Worker {
             self.prune();
             return;
         }
-        let events = std::mem::take(&mut self.pending);
-        match write_batch(&mut *self.conn, &events, &dirty) {
-            Ok(()) => {
-                self.backlog.written();
-                // Written: no longer "unflushed" in the ledger.
-                let mut per_key: HashMap<i64, f64> = HashMap::new();
-                let mut per_gateway: HashMap<&str, u64> = HashMap::new();
-                for ev in &events {
-                    if let Some(id) = ev.key_id {
-                        *per_key.entry(id).or_default() += ev.cost;
-                    }
-                    *per_gateway.entry(ev.gateway.as_str()).or_default() +=
-                        ev.prompt_tokens + ev.completion_tokens;
-                }
-                let mut ledger = self
-                    .accounts
-                    .ledger
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                for (id, c) in per_key {
-                    if let Some(m) = ledger.keys.get_mut(&id) {
-                        m.unflushed = (m.unflushed - c).max(0.0);
-                    }
-                }
-                for (g, t) in per_gateway {
-                    if let Some(x) = ledger.gateways.get_mut(g) {
-                        x.unflushed = x.unflushed.saturating_sub(t);
-                    }
+        let mut events = std::mem::take(&mut self.pending);
+        // A backlog goes in chunks: never one transaction of a million rows.
+        let mut buckets = dirty;
+        loop {
+            let n = events.len().min(FLUSH_CHUNK);
+            let chunk: Vec<UsageEvent> = events.drain(..n).collect();
+            match self.write_some(chunk, &buckets) {
+                Ok(()) => self.backlog.written(),
+                Err((mut unwritten, e)) => {
+                    unwritten.append(&mut events);
+                    self.backlog.failed(&e, unwritten.len());
+                    self.pending = unwritten;
+                    self.backlog.bound(&mut self.pending);
+                    let mut c = self
+                        .accounts
+                        .counters
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    c.dirty
+                        .extend(buckets.into_iter().map(|r| (r.key, r.bucket)));
+                    break;
                 }
             }
-            Err(e) => {
-                self.backlog.failed(&e, events.len());
-                self.pending = events;
-                self.backlog.bound(&mut self.pending);
-                let mut c = self
-                    .accounts
-                    .counters
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                c.dirty.extend(dirty.into_iter().map(|r| (r.key, r.bucket)));
+            buckets = Vec::new();
+            if events.is_empty() {
+                break;
             }
         }
         self.prune();
+    }
+
+    /// Writes `chunk` (and `buckets`); on a lost store hands back what is not
+    /// written. A batch the store refuses for what is in it (not for being away)
+    /// is written row by row, and a row it still refuses is dropped and counted:
+    /// one bad row must not hold up every later one.
+    fn write_some(
+        &mut self,
+        chunk: Vec<UsageEvent>,
+        buckets: &[BucketRow],
+    ) -> Result<(), (Vec<UsageEvent>, db::DbError)> {
+        match write_batch(&mut *self.conn, &chunk, buckets) {
+            Ok(()) => {
+                self.settle(&chunk);
+                return Ok(());
+            }
+            Err(e) if e.lost => return Err((chunk, e)),
+            Err(e) => {
+                tracing::error!(error = %e, rows = chunk.len(), "a usage batch was refused; writing its rows one by one")
+            }
+        }
+        if let Err(e) = write_batch(&mut *self.conn, &[], buckets) {
+            tracing::error!(error = %e, "rate-limit buckets refused; they are rebuilt as requests come");
+        }
+        let mut rest = chunk.into_iter();
+        while let Some(ev) = rest.next() {
+            match write_batch(&mut *self.conn, std::slice::from_ref(&ev), &[]) {
+                Ok(()) => self.settle(std::slice::from_ref(&ev)),
+                Err(e) if e.lost => {
+                    let mut back = vec![ev];
+                    back.extend(rest);
+                    return Err((back, e));
+                }
+                Err(e) => {
+                    self.backlog.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, gateway = %ev.gateway, "a usage row the store refuses is dropped");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Written: no longer "unflushed" in the ledger.
+    fn settle(&self, events: &[UsageEvent]) {
+        let mut per_key: HashMap<i64, f64> = HashMap::new();
+        let mut per_gateway: HashMap<&str, u64> = HashMap::new();
+        for ev in events {
+            if let Some(id) = ev.key_id {
+                *per_key.entry(id).or_default() += ev.cost;
+            }
+            *per_gateway.entry(ev.gateway.as_str()).or_default() +=
+                ev.prompt_tokens + ev.completion_tokens;
+        }
+        let mut ledger = self
+            .accounts
+            .ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (id, c) in per_key {
+            if let Some(m) = ledger.keys.get_mut(&id) {
+                m.unflushed = (m.unflushed - c).max(0.0);
+            }
+        }
+        for (g, t) in per_gateway {
+            if let Some(x) = ledger.gateways.get_mut(g) {
+                x.unflushed = x.unflushed.saturating_sub(t);
+            }
+        }
     }
 
     /// Deletes call-log rows and bodies past their retention, a batch at a time, for
@@ -774,8 +847,10 @@ fn write_batch(db: &mut dyn Sql, events: &[UsageEvent], buckets: &[BucketRow]) -
     let mut tx = db.begin()?;
     // One row per request; the running totals once per key, month and gateway
     // per batch (three statements per request were half the writer's time).
-    let mut spent: HashMap<(i64, u32), f64> = HashMap::new();
-    let mut gateway_tokens: HashMap<&str, u64> = HashMap::new();
+    // Ordered maps: every instance on one PostgreSQL locks the rows in the same
+    // order, so two flushes cannot deadlock.
+    let mut spent: BTreeMap<(i64, u32), f64> = BTreeMap::new();
+    let mut gateway_tokens: BTreeMap<&str, u64> = BTreeMap::new();
     calllog::insert_rows(&mut *tx, events)?;
     for ev in events {
         if let Some(id) = ev.key_id {
@@ -788,7 +863,7 @@ fn write_batch(db: &mut dyn Sql, events: &[UsageEvent], buckets: &[BucketRow]) -
             *gateway_tokens.entry(ev.gateway.as_str()).or_default() += t;
         }
     }
-    let mut per_key: HashMap<i64, f64> = HashMap::new();
+    let mut per_key: BTreeMap<i64, f64> = BTreeMap::new();
     for ((id, month), cost) in spent {
         tx.execute(
             "INSERT INTO spend (key_id, month, cost) VALUES (?1, ?2, ?3)

@@ -24,16 +24,23 @@ pub struct PgConn {
 
 pub use weir_filters::config::hide_password as redact;
 
+/// Whether trying again later can succeed: everything but a refusal of what the
+/// statement holds (SQLSTATE classes 22, data exceptions such as a bad byte, and
+/// 23, integrity violations). A server shutting down (57P01), a lost connection
+/// (08…), a deadlock (40P01) or a full disk (53…) pass.
 fn lost(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-    )
+    match e {
+        sqlx::Error::Database(db) => !db
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+        sqlx::Error::RowNotFound
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::TypeNotFound { .. } => false,
+        _ => true,
+    }
 }
 
 fn err(e: sqlx::Error) -> DbError {
@@ -56,7 +63,10 @@ impl PgConn {
             .map_err(|e| format!("cannot start the PostgreSQL runtime: {e}"))?;
         let mut pg = PgConn {
             rt,
-            options: options.application_name("weir"),
+            // The server gives up a statement too, not only this side.
+            options: options
+                .application_name("weir")
+                .options([("statement_timeout", format!("{}ms", timeout.as_millis()))]),
             conn: None,
             numbered: HashMap::new(),
             timeout,
@@ -139,6 +149,9 @@ fn bind<'q>(
             Value::Null(Kind::Blob) => q.bind(None::<Vec<u8>>),
             Value::Int(n) => q.bind(*n),
             Value::Real(x) => q.bind(*x),
+            // PostgreSQL's TEXT cannot hold NUL (SQLite's can): a client's stray
+            // `\u0000` must not make the whole batch unwritable.
+            Value::Text(s) if s.contains('\0') => q.bind(s.replace('\0', "\u{FFFD}")),
             Value::Text(s) => q.bind(s.as_str()),
             Value::Blob(b) => q.bind(b.as_slice()),
         };
@@ -249,6 +262,10 @@ mod tests {
         assert_eq!(
             redact("postgresql://weir:p@ss@db/weir?sslmode=require"),
             "postgresql://weir:***@db/weir?sslmode=require"
+        );
+        assert_eq!(
+            redact("postgres:///weir?host=/run/postgresql&password=s3cret"),
+            "postgres:///weir?host=/run/postgresql&password=***"
         );
     }
 }

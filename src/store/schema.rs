@@ -419,11 +419,12 @@ pub fn open_postgres(url: &str, timeout: Duration) -> Result<PgConn, String> {
     let shown = super::postgres::redact(url);
     let db: &mut dyn Sql = &mut pg;
     let fail = |e: super::db::DbError| format!("cannot migrate {shown}: {e}");
-    db.batch("CREATE TABLE IF NOT EXISTS weir_schema (version BIGINT NOT NULL)")
-        .map_err(fail)?;
     let mut tx = db.begin().map_err(fail)?;
-    // 0x77656972 is "weir": one lock for every instance's migration.
+    // 0x77656972 is "weir": one lock for every instance's migration, taken before
+    // anything is created (concurrent CREATE ... IF NOT EXISTS can still collide).
     tx.query("SELECT pg_advisory_xact_lock(2003134834)", crate::args![])
+        .map_err(fail)?;
+    tx.batch("CREATE TABLE IF NOT EXISTS weir_schema (version BIGINT NOT NULL)")
         .map_err(fail)?;
     let version = tx
         .value::<i64>("SELECT version FROM weir_schema", crate::args![])

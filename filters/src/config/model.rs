@@ -356,16 +356,32 @@ impl RedisConfig {
     }
 }
 
-/// A `scheme://user:password@host…` URL with the password shown as `***`.
+/// A `scheme://user:password@host…` URL with the password shown as `***`, in
+/// the user part and in a `password=` query parameter alike.
 pub fn hide_password(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match (base.split_once("://"), base.rfind('@')) {
         (Some((scheme, _)), Some(at)) if at > scheme.len() + 3 => {
-            let creds = &url[scheme.len() + 3..at];
+            let creds = &base[scheme.len() + 3..at];
             let user = creds.split_once(':').map_or(creds, |(u, _)| u);
-            format!("{scheme}://{user}:***@{}", &url[at + 1..])
+            format!("{scheme}://{user}:***@{}", &base[at + 1..])
         }
-        _ => url.to_string(),
-    }
+        _ => base.to_string(),
+    };
+    let Some(query) = query else {
+        return base;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
 }
 
 impl<'de> Deserialize<'de> for RedisConfig {
