@@ -353,3 +353,49 @@ async fn prompt_templates_and_parameter_rules_shape_what_the_upstream_gets() {
         "Answer as an expert. Question: hi"
     );
 }
+
+/// G7 on `model` applies before routing: the seed's own example sends every request
+/// for the old name to the service of the new one; grants and the cache key follow
+/// the mapped name.
+#[tokio::test]
+async fn a_param_map_on_model_routes_to_the_mapped_service() {
+    let up = Upstream::start("g7").await;
+    let cfg = Config::new()
+        .channel_at("g7", "openai", &up.url(), "models: [g7-new]")
+        .gateway(
+            "name: team, path: /v1, auth: {method: database}, param_map: {model: [g7-old, g7-new]}",
+        )
+        .section("cache: {models: '*', ttl: 1h}");
+    let weir = Weir::start(&cfg.build()).await;
+    let (_, key) = weir
+        .create_key(json!({"name": "k", "models": ["g7-new"]}))
+        .await;
+    let ask = |model: &str| {
+        let (url, key, body) = (
+            weir.url("/v1/chat/completions"),
+            key.clone(),
+            chat(model, false),
+        );
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let cache = r
+                .headers()
+                .get("x-weir-cache")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), cache)
+        }
+    };
+    assert_eq!(ask("g7-old").await, (200, Some("miss".into())));
+    assert_eq!(up.seen()[0].body["model"], "g7-new");
+    // The same question under the new name is the same cached request.
+    assert_eq!(ask("g7-new").await, (200, Some("hit".into())));
+    assert_eq!(up.calls(), 1);
+    // A name the map does not know is still unknown.
+    assert_eq!(ask("g7-other").await.0, 404);
+}

@@ -75,7 +75,11 @@ impl<'a> Bodies<'a> {
             return Ok((b.clone(), m.clone()));
         }
         self.parsed.set("model", &model)?;
-        self.parsed.map_params(&self.gateway.param_map)?;
+        // `model` was mapped before routing; the rest of the map applies here.
+        let map = self.gateway.param_map.iter();
+        self.parsed.map_params(
+            map.filter(|(path, _)| path.as_str() != weir_filters::config::MODEL_PATH),
+        )?;
         self.parsed.fix_params(&self.gateway.param_fixed)?;
         let effective = self
             .parsed

@@ -29,7 +29,12 @@ pub async fn proxy(
         let key = parsed.take_string(field);
         admit_caller(state, ctx, req.gateway, key.as_deref(), req.client_ip).await?;
     }
-    let facts = parsed.facts()?;
+    let mut facts = parsed.facts()?;
+    if let Some(to) = req.gateway.mapped_model(&facts.model) {
+        // G7 before routing: the mapped name is what is served, granted, priced.
+        parsed.set("model", &to)?;
+        facts.model = to.to_string();
+    }
     ctx.route.stream = facts.stream;
     ctx.route.requested_model = Some(facts.model.clone());
     let routes = route(ctx, req, &facts.model)?;

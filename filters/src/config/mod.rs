@@ -228,7 +228,20 @@ pub struct Gateway {
     pub source: Source,
 }
 
+/// The `param_map` path that names the model: mapped before routing (G7).
+pub const MODEL_PATH: &str = "model";
+
 impl Gateway {
+    /// G7 on `model`: the name a request for `model` is routed, granted, priced
+    /// and cached as (the seed's `"model": ["deepseek", "deepseek-qwen2-7b"]`
+    /// sends every `deepseek` request to the `deepseek-qwen2-7b` service).
+    pub fn mapped_model(&self, model: &str) -> Option<&str> {
+        let (old, new) = self.param_map.get(MODEL_PATH)?;
+        (old.as_str() == Some(model))
+            .then(|| new.as_str())
+            .flatten()
+    }
+
     /// Whether the gateway rewrites request bodies (G6, G7).
     pub fn rewrites(&self) -> bool {
         self.prompt_template.is_some() || !self.param_map.is_empty() || !self.param_fixed.is_empty()
