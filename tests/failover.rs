@@ -565,3 +565,39 @@ async fn informational_responses_before_the_answer_are_skipped() {
     );
     weir.wait_log("status=200").await;
 }
+
+/// A channel's own `backoff` overrides `server.backoff` (the tests' server waits
+/// 10-100 ms): its retry waits at least half its base, the jitter's floor.
+#[tokio::test]
+async fn a_channel_s_own_backoff_sets_its_retry_wait() {
+    let up = Upstream::start("patient").await;
+    up.script(&[Reply::Status(500), Reply::Ok]);
+    let cfg = Config::new().openai(
+        "patient",
+        &up,
+        "retries: 1, backoff: {base: 1600ms, max: 1600ms}",
+    );
+    let weir = Weir::start_with_server(&cfg.build(), "  health: {failures: 100}").await;
+    let started = std::time::Instant::now();
+    let (s, _) = post(
+        &reqwest::Client::new(),
+        &weir.url("/v1/chat/completions"),
+        &chat("m", false),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(up.calls(), 2);
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+    // A bad one is named.
+    let bad = Config::new()
+        .openai("x", &up, "backoff: {base: 2s, max: 1s}")
+        .build();
+    weir.write_config(&bad, "");
+    let (s, v) = weir.admin("POST", "/admin/reload", None).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("channels[0].backoff.base"), "{v}");
+}

@@ -262,6 +262,7 @@ impl ChannelIndex {
             weight: c.weight,
             groups: c.groups.clone(),
             retries: c.retries,
+            backoff: c.backoff.as_ref().map(|b| (b.base.0, b.max.0)),
             connect_timeout: c.timeouts.connect.0,
             first_byte_timeout: c.timeouts.first_byte.0,
             total_timeout: c.timeouts.total.0,
@@ -339,6 +340,15 @@ fn check_channel(at: &str, c: &ChannelConfig, problems: &mut Vec<String>) {
         ("total", c.timeouts.total),
     ] {
         check_duration(&format!("{at}.timeouts.{name}"), d, DAY, problems);
+    }
+    if let Some(b) = &c.backoff {
+        check_duration(&format!("{at}.backoff.base"), b.base, HOUR, problems);
+        check_duration(&format!("{at}.backoff.max"), b.max, HOUR, problems);
+        if b.base > b.max {
+            problems.push(format!(
+                "{at}.backoff.base: must not exceed {at}.backoff.max"
+            ));
+        }
     }
     for (m, model) in c.models.iter().enumerate() {
         if model.trim().is_empty() {

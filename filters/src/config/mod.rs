@@ -162,6 +162,8 @@ pub struct Channel {
     /// `None`: every caller group.
     pub groups: Option<Vec<String>>,
     pub retries: u32,
+    /// `(base, max)` of the wait before a retry here; `None`: the server's.
+    pub backoff: Option<(Duration, Duration)>,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub total_timeout: Duration,

@@ -551,6 +551,9 @@ pub struct ChannelConfig {
     /// Extra attempts on this channel after the first.
     #[serde(default = "one")]
     pub retries: u32,
+    /// The wait before each retry on this channel; absent: `server.backoff`.
+    #[serde(default)]
+    pub backoff: Option<BackoffConfig>,
     #[serde(default)]
     pub timeouts: Timeouts,
     /// `azure`: the `api-version` query parameter.

@@ -32,6 +32,7 @@ mod testkit {
             weight,
             groups: None,
             retries,
+            backoff: None,
             connect_timeout: Duration::from_secs(1),
             first_byte_timeout: Duration::from_secs(1),
             total_timeout: Duration::from_secs(1),

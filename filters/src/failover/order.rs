@@ -157,6 +157,15 @@ struct Env<'e, 'a, R> {
     rng: &'e mut R,
 }
 
+impl<R> Env<'_, '_, R> {
+    /// A channel's own backoff (Chat Nio lets each channel set it), else the server's.
+    fn policy(&self, channel: usize) -> (Duration, Duration) {
+        self.channels[channel]
+            .backoff
+            .unwrap_or((self.backoff.base, self.backoff.max))
+    }
+}
+
 impl Failover {
     /// `max_total`: a cap on attempts across all channels (a gateway's `retries` + 1).
     pub fn new(
@@ -250,7 +259,7 @@ impl Failover {
         }
         match self.retry_key(channel, rotate_key, retry_after, env) {
             Some(key) => {
-                let (base, max) = (env.backoff.base, env.backoff.max);
+                let (base, max) = env.policy(channel);
                 let delay = backoff(self.channel_retries, base, max, retry_after, env.rng);
                 self.channel_retries += 1;
                 Some(self.same_channel(route, channel, key, delay, true))
@@ -269,7 +278,7 @@ impl Failover {
         env: &mut Env<'_, '_, R>,
     ) -> Option<Option<usize>> {
         let retries_left = self.channel_retries < env.channels[channel].retries;
-        let wait_ok = retry_after.is_none_or(|ra| ra <= env.backoff.max);
+        let wait_ok = retry_after.is_none_or(|ra| ra <= env.policy(channel).1);
         // The failure may just have suspended the channel.
         if !(retries_left && wait_ok && (env.admit)(Target::Channel(channel)).is_ok()) {
             return None;
@@ -587,6 +596,31 @@ mod tests {
         // 3 keys, then 1 retry with backoff.
         assert_eq!(attempts.len(), 4);
         assert!(attempts[3].is_retry && !attempts[3].delay.is_zero());
+    }
+
+    #[test]
+    fn a_channel_s_own_backoff_overrides_the_server_s() {
+        let mut slow = channel("slow", 10, 1, 0, 2);
+        slow.backoff = Some((Duration::from_secs(2), Duration::from_secs(4)));
+        let fast = channel("fast", 10, 1, 0, 2);
+        for (c, range) in [
+            (slow, Duration::from_secs(1)..=Duration::from_secs(4)),
+            (fast, Duration::ZERO..=POLICY.max),
+        ] {
+            let attempts = run(&[c], &[RETRY, RETRY], None, &mut open);
+            assert_eq!(attempts.len(), 3);
+            for a in &attempts[1..] {
+                assert!(range.contains(&a.delay), "{:?} not in {range:?}", a.delay);
+            }
+        }
+        // A Retry-After beyond the channel's own max is not waited for there.
+        let mut quick = channel("quick", 10, 1, 0, 2);
+        quick.backoff = Some((Duration::from_millis(1), Duration::from_millis(2)));
+        let later = Verdict::Retryable {
+            rotate_key: false,
+            retry_after: Some(Duration::from_millis(50)),
+        };
+        assert_eq!(run(&[quick], &[later; 3], None, &mut open).len(), 1);
     }
 
     #[test]
