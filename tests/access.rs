@@ -1078,3 +1078,51 @@ async fn the_keys_cli_works_beside_a_running_gateway() {
     let reset = run(&["reset", &id]);
     assert_ne!(reset["key"], created["key"]);
 }
+
+/// Behind a load balancer (`server.trusted_proxies`), `X-Forwarded-For` names the
+/// client for `ip:` rules and the call log; from anyone else it is ignored.
+#[tokio::test]
+async fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+    let up = Upstream::start("xff").await;
+    let cfg = config(&up)
+        .gateway("name: default, path: /v1, auth: {method: database}, deny: ['ip:203.0.113.0/24']")
+        .build();
+    let ask = |weir: &Weir, key: &str, xff: &str| {
+        let req = reqwest::Client::new()
+            .post(weir.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .header("x-forwarded-for", xff)
+            .json(&chat("m", false));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    // Loopback is the load balancer here.
+    let trusted = Weir::start_with_server(&cfg, "  trusted_proxies: ['127.0.0.0/8', '::1']").await;
+    let (_, key) = trusted
+        .create_key(json!({"name": "k", "models": ["*"]}))
+        .await;
+    assert_eq!(ask(&trusted, &key, "203.0.113.9").await, 403);
+    assert_eq!(ask(&trusted, &key, "198.51.100.4").await, 200);
+    // A client cannot hide behind an address it prepends itself.
+    assert_eq!(ask(&trusted, &key, "198.51.100.4, 203.0.113.9").await, 403);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = trusted.admin_get("/admin/logs?status=200").await;
+        if let Some(row) = v["data"].as_array().and_then(|d| d.first()) {
+            assert_eq!(row["client_ip"], "198.51.100.4");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Without trusted proxies the header is the client's own claim.
+    let plain = Weir::start(&cfg).await;
+    let (_, key) = plain
+        .create_key(json!({"name": "k", "models": ["*"]}))
+        .await;
+    assert_eq!(ask(&plain, &key, "203.0.113.9").await, 200);
+    // A bad entry is named.
+    plain.write_config(&cfg, "  trusted_proxies: ['10.0.0.0/33']");
+    let (s, v) = plain.admin("POST", "/admin/reload", None).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("server.trusted_proxies[0]"), "{v}");
+}

@@ -31,6 +31,7 @@ pub mod adapters;
 pub mod auth;
 pub mod cache_key;
 pub mod calllog;
+pub mod client_addr;
 pub mod config;
 pub mod error;
 pub mod failover;

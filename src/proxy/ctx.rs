@@ -37,6 +37,8 @@ pub struct Route {
     /// The body as the client sent it: kept (cleaned, cut) in the call log when the
     /// call fails. A reference to the same bytes, not a copy.
     pub body: Option<bytes::Bytes>,
+    /// The client's address, through `server.trusted_proxies` (call log, `ip:`).
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 /// Who called, once admitted, and what the request counted against the limits.
@@ -100,6 +102,7 @@ impl Ctx {
                 upstream_model: None,
                 stream: false,
                 body: None,
+                client_ip: None,
             },
             who: Who::default(),
             tries: Tries {

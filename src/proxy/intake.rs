@@ -33,10 +33,13 @@ pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> R
     open_now(gateway)?;
     let endpoint = classify(head.method.as_str(), rest, &path)?;
     ctx.route.endpoint = Some(endpoint);
-    let client_ip = session
+    let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
+    let client_ip =
+        weir_filters::client_addr::client_ip(peer, &head.headers, &snap.trusted_proxies);
+    ctx.route.client_ip = client_ip;
     let body_key =
         admit_by_header(state, session, ctx, gateway, query.as_deref(), client_ip).await?;
     match endpoint {

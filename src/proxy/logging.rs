@@ -78,6 +78,7 @@ fn account(state: &AppState, ctx: &Ctx, gateway: &str, status: u16, elapsed: Dur
         ttft_ms: ctx.reply.first_byte.map(|d| d.as_millis() as u64),
         cache: cache_state(ctx),
         tried: ctx.tries.tried.clone(),
+        client_ip: ctx.route.client_ip.map(|ip| ip.to_string()),
         bodies: failed.then(|| failed_bodies(snap, ctx, gateway)),
     });
 }

@@ -18,8 +18,8 @@ pub const ROWS_PER_INSERT: usize = 32;
 
 const COLUMNS: &str = "ts, key_id, identity, gateway, model, channel, prompt_tokens, \
     completion_tokens, cost, estimated, status, latency_ms, stream, upstream_model, \
-    upstream, error_code, error, ttft_ms, cache, tried";
-const PER_ROW: usize = 20;
+    upstream, error_code, error, ttft_ms, cache, tried, client_ip";
+const PER_ROW: usize = 21;
 
 fn insert_sql(rows: usize) -> String {
     let row = format!("({})", vec!["?"; PER_ROW].join(","));
@@ -58,6 +58,7 @@ fn push_values(values: &mut Vec<SqlValue>, ev: &UsageEvent) {
         SqlValue::from(ev.ttft_ms.map(|t| t as i64)),
         SqlValue::from(ev.cache),
         SqlValue::from(&ev.tried),
+        SqlValue::from(&ev.client_ip),
     ]);
 }
 
@@ -174,7 +175,7 @@ fn filters(q: &LogQuery, dialect: Dialect) -> (String, Vec<SqlValue>) {
 
 const SELECT: &str = "SELECT id, ts, key_id, identity, gateway, model, upstream_model, channel, \
     upstream, status, error_code, error, prompt_tokens, completion_tokens, cost, estimated, \
-    latency_ms, ttft_ms, stream, cache, tried FROM usage";
+    latency_ms, ttft_ms, stream, cache, tried, client_ip FROM usage";
 
 /// One row as the API shows it.
 fn row_json(r: &Row) -> DbResult<Value> {
@@ -202,6 +203,7 @@ fn row_json(r: &Row) -> DbResult<Value> {
         "stream": r.get::<bool>(18)?,
         "cache": r.get::<String>(19)?,
         "tried": r.get::<Option<String>>(20)?,
+        "client_ip": r.get::<Option<String>>(21)?,
     }))
 }
 
@@ -275,6 +277,7 @@ pub const EXPORT_FIELDS: &[&str] = &[
     "stream",
     "cache",
     "tried",
+    "client_ip",
 ];
 
 /// Rows an export reads per page.

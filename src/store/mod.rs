@@ -66,6 +66,8 @@ pub struct UsageEvent {
     pub tried: Option<String>,
     /// A failed call's bodies, kept for `logs.keep_failed_bodies`.
     pub bodies: Option<Box<FailedBodies>>,
+    /// The client's address (through `server.trusted_proxies`).
+    pub client_ip: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -199,6 +199,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX rate_buckets_expiry ON rate_buckets (expires_ms);
     DROP TABLE counters;
     "#,
+    // 9: the client's address in the call log (through server.trusted_proxies).
+    r#"
+    ALTER TABLE usage ADD COLUMN client_ip TEXT;
+    "#,
 ];
 
 /// The same steps as `MIGRATIONS`, for PostgreSQL. A step that only undid a
@@ -359,6 +363,10 @@ const PG_MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX rate_buckets_expiry ON rate_buckets (expires_ms);
     DROP TABLE counters;
+    "#,
+    // 9
+    r#"
+    ALTER TABLE usage ADD COLUMN client_ip TEXT;
     "#,
 ];
 

@@ -69,6 +69,7 @@ pub(super) fn runtime(file: FileConfig, stored: Stored) -> Result<Runtime, Confi
     check_webhooks(&file, &stored, &served, &mut problems);
     check_storage(&file.storage, &mut problems);
     check_logs(&file.logs, &mut problems);
+    let trusted_proxies = trusted_proxies(&file.server.trusted_proxies, &mut problems);
     if !problems.is_empty() {
         return Err(ConfigError { problems });
     }
@@ -91,7 +92,26 @@ pub(super) fn runtime(file: FileConfig, stored: Stored) -> Result<Runtime, Confi
         catch_all,
         prices,
         cache,
+        trusted_proxies,
     })
+}
+
+/// `server.trusted_proxies`: CIDRs, or addresses meaning just themselves.
+fn trusted_proxies(lines: &[String], problems: &mut Vec<String>) -> Vec<ipnet::IpNet> {
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let l = l.trim();
+        match l
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| l.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        {
+            Ok(net) => out.push(net),
+            Err(_) => problems.push(format!(
+                "server.trusted_proxies[{i}]: `{l}` is not an address or a CIDR such as 10.0.0.0/8"
+            )),
+        }
+    }
+    out
 }
 
 /// A name in the file and in the store is an error naming both places; the stored

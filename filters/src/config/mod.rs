@@ -295,6 +295,8 @@ pub struct Runtime {
     pub prices: HashMap<String, ModelPrice>,
     /// `None`: the cache is off.
     pub cache: Option<CachePolicy>,
+    /// `server.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Which answers are cached, and how (P10).

@@ -246,6 +246,10 @@ pub struct ServerConfig {
     /// Also serve the manager's user view (never its admin pages) at `/manager/`
     /// on the proxy listener, for operators who keep the admin port private.
     pub public_manager: bool,
+    /// Load balancers and proxies in front of weir (CIDRs or addresses): only a
+    /// peer among them is believed about the client (`X-Forwarded-For`,
+    /// `Forwarded`), for `ip:` rules and the call log.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -263,6 +267,7 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             ca_file: None,
             public_manager: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
