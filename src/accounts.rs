@@ -235,6 +235,9 @@ pub fn secs_of(ms: u64) -> u64 {
 }
 
 pub fn refusal(rule: &RateRule, wait: u64) -> GatewayError {
+    // The exact wait can be one bucket (1 ms for a minute) past the window, which
+    // whole seconds would round to 61: a header never says more than the window.
+    let wait = wait.clamp(1, rule.window.secs());
     GatewayError::RateLimited {
         rule: format!(
             "{}:{}/{}",
@@ -242,9 +245,9 @@ pub fn refusal(rule: &RateRule, wait: u64) -> GatewayError {
             rule.limit,
             rule.window.as_str()
         ),
-        retry_after_secs: wait.max(1),
+        retry_after_secs: wait,
         limit: rule.limit,
-        reset_secs: wait.max(1),
+        reset_secs: wait,
     }
 }
 
@@ -568,6 +571,16 @@ mod tests {
         let e = a.check_rates(&g, "k", 20_000).unwrap_err();
         // The first (at 0) leaves at 60.001 s: 40.001 s, rounded up.
         assert_eq!(e.retry_after(), Some(41));
+        // The oldest admission in this very ms: 60.001 s away, said as 60.
+        let e = a.check_rates(&g, "k", 4_000).unwrap_err();
+        assert!(e.retry_after().is_some_and(|s| s <= 60));
+        let late = a.check_rates(&g, "j", 0).map(|_| ()).and_then(|_| {
+            for _ in 0..4 {
+                a.check_rates(&g, "j", 0)?;
+            }
+            a.check_rates(&g, "j", 0).map(|_| ())
+        });
+        assert_eq!(late.unwrap_err().retry_after(), Some(60));
         assert_eq!(e.rate_limit_headers().len(), 3);
         let mut c = a.counters.lock().unwrap();
         assert!(c.dirty.is_empty(), "minute windows are not persisted");
