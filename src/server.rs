@@ -146,12 +146,43 @@ pub fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), String> {
     if let Some(path) = &ready_file {
         listeners::write_ready_file(path, &ready)?;
     }
+    stop_when_idle(&server, &state);
     server.run(RunArgs::default());
     // Every request has ended: write the last usage before the process goes.
     state.store.shutdown();
     tracing::info!("weir stopped");
     crate::logbuf::flush();
     Ok(())
+}
+
+/// Pingora sleeps the whole grace period after SIGTERM even with nothing to
+/// finish. Watches that period instead: once no request is in flight (at once
+/// when idle, or as soon as the last stream ends), the usage is written and the
+/// process exits; with requests still running at its end, Pingora goes on as
+/// before.
+fn stop_when_idle(server: &Server, state: &Arc<AppState>) {
+    let mut phases = server.watch_execution_phase();
+    let state = state.clone();
+    let watcher = std::thread::Builder::new()
+        .name("weir-stop".into())
+        .spawn(move || loop {
+            match phases.blocking_recv() {
+                Ok(pingora_core::server::ExecutionPhase::ShutdownGracePeriod) => {
+                    while state.metrics.in_flight.get() > 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    state.store.shutdown();
+                    tracing::info!("weir stopped: nothing left in flight");
+                    crate::logbuf::flush();
+                    std::process::exit(0);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        });
+    if let Err(e) = watcher {
+        tracing::warn!(error = %e, "cannot watch the stop; it waits the whole grace period");
+    }
 }
 
 fn pingora_server(cfg: &ServerConfig) -> Server {

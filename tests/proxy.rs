@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 fn one_channel(up: &Upstream, extra: &str) -> String {
     Config::new().openai("up", up, extra).build()
@@ -577,5 +578,59 @@ async fn config_builds_the_yaml_tests_used_to_write_by_hand() {
     assert_eq!(
         cfg.build().replace(&up.url(), "UP"),
         "models:\n  - {name: m, price_in: 1}\nchannels:\n  - {name: a, type: openai, base_url: 'UP', models: [m]}\n  - {name: b, type: openai, base_url: 'UP', models: [m], priority: 1}\n  - {name: c, type: gemini, base_url: 'http://x'}\ngateways:\n  - {name: default, path: /v1}\ncache: {models: '*'}\n"
+    );
+}
+
+/// SIGTERM with nothing in flight exits at once (Pingora alone would sleep the
+/// whole grace period); with a stream open it waits for that stream, which ends
+/// whole, then exits without waiting out the rest of the period.
+#[tokio::test]
+async fn a_graceful_stop_exits_when_the_last_request_ends() {
+    let up = Upstream::start("stop").await;
+    let cfg = Config::new().openai("stop", &up, "").build();
+    let mut idle = Weir::start_with_server(&cfg, "  grace_period: 20s").await;
+    let (s, _) = post(
+        &reqwest::Client::new(),
+        &idle.url("/v1/chat/completions"),
+        &chat("m", false),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let started = std::time::Instant::now();
+    assert!(idle.stop_gracefully().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "idle stop took {:?}",
+        started.elapsed()
+    );
+
+    let mut busy = Weir::start_with_server(&cfg, "  grace_period: 20s").await;
+    up.set_chunk_delay(Duration::from_millis(300));
+    let mut r = reqwest::Client::new()
+        .post(busy.url("/v1/chat/completions"))
+        .json(&chat("m", true))
+        .send()
+        .await
+        .unwrap();
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    let pid = busy.pid();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let mut body = String::from_utf8_lossy(&first).into_owned();
+    while let Some(c) = r.chunk().await.unwrap() {
+        body.push_str(&String::from_utf8_lossy(&c));
+    }
+    assert!(
+        body.contains("data: [DONE]"),
+        "the open stream ended whole: {body}"
+    );
+    let started = std::time::Instant::now();
+    assert!(busy.stop_gracefully().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?} after the stream",
+        started.elapsed()
     );
 }
