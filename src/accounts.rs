@@ -418,7 +418,13 @@ impl Accounts {
         let mut refused: Option<(&RateRule, u64)> = None;
         for (rule, key) in gateway.rate_rules.iter().zip(&keys) {
             let window = window_of(rule);
-            let l = counters.logs.entry(key.clone()).or_default();
+            // The key is copied only for a caller's first request in the window.
+            if !counters.logs.contains_key(key) {
+                counters.logs.insert(key.clone(), Log::default());
+            }
+            let Some(l) = counters.logs.get_mut(key) else {
+                continue;
+            };
             l.window = window;
             match l.log.check(now_ms, window) {
                 Ok(left) => {

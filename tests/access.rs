@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::error_code as code;
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -33,13 +34,6 @@ async fn status(weir: &Weir, key: &str, model: &str) -> u16 {
     call(weir, "/v1/chat/completions", Some(key), &chat(model, false))
         .await
         .0
-}
-
-fn code(body: &str) -> String {
-    serde_json::from_str::<Value>(body).unwrap_or(Value::Null)["error"]["code"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
 }
 
 fn now() -> u64 {

@@ -162,12 +162,7 @@ async fn postgres_lost_under_traffic_fails_no_request_and_loses_no_usage_row() {
     for w in &weirs {
         w.wait_metric("weir_backend_up", &[("backend", "store")], 0.0)
             .await;
-        let h: serde_json::Value = reqwest::get(w.admin_url("/health"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let h = w.health().await;
         assert_eq!(h["status"], "degraded");
         assert_eq!(h["backends"]["store"], "down");
     }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::error_code as code;
 use common::*;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
@@ -44,22 +45,6 @@ async fn call(weir: &Weir, path: &str, key: &str, model: &str) -> reqwest::Respo
         .unwrap()
 }
 
-fn code(body: &str) -> String {
-    serde_json::from_str::<Value>(body).unwrap()["error"]["code"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
-async fn health(weir: &Weir) -> Value {
-    reqwest::get(weir.admin_url("/health"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Waits (bounded) until `weir_backend_up{backend="redis"}` is `want`.
 async fn wait_redis_up(weir: &Weir, want: f64) {
     weir.wait_metric("weir_backend_up", &[("backend", "redis")], want)
@@ -77,7 +62,7 @@ async fn a_limit_of_n_a_minute_admits_exactly_n_across_three_instances() {
     for w in &weirs {
         wait_redis_up(w, 1.0).await;
         assert_eq!(
-            health(w).await,
+            w.health().await,
             json!({"status": "ok", "backends": {"redis": "up", "store": "up"}})
         );
     }
@@ -276,7 +261,7 @@ async fn redis_lost_or_hung_under_traffic_fails_no_request_and_sharing_returns()
     for w in &weirs {
         wait_redis_up(w, 0.0).await;
         assert_eq!(
-            health(w).await,
+            w.health().await,
             json!({"status": "degraded", "backends": {"redis": "down", "store": "up"}})
         );
         // The log is written in the background: wait for the line, then there is one.

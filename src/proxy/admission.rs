@@ -174,7 +174,8 @@ pub async fn admit(
     let now = now_unix();
     check_lists(gateway, secret, client_ip, now)?;
     if let Some(shared) = state.shared.as_ref().filter(|s| s.is_up()) {
-        let ask = ask(state, gateway, caller, now);
+        // Shared with the batch it goes out in, not copied into it.
+        let ask = std::sync::Arc::new(ask(state, gateway, caller, now));
         if ask.is_empty() {
             return Ok((None, RateCharge::default()));
         }

@@ -147,7 +147,7 @@ impl Names<'_> {
 }
 
 /// A request waiting for the next call, and where its reply goes.
-type Queued = (Ask, tokio::sync::oneshot::Sender<Option<Vec<i64>>>);
+type Queued = (Arc<Ask>, tokio::sync::oneshot::Sender<Option<Vec<i64>>>);
 
 /// Requests sent in one call at most (bounds the time a script holds Redis).
 const MAX_BATCH: usize = 64;
@@ -260,7 +260,7 @@ impl Shared {
     /// go together in the next one (one script call for all of them, each
     /// admitted in turn): under load Redis then runs one script per batch, not
     /// one per request, and no request waits for a batch to fill.
-    pub async fn admit(self: &Arc<Self>, ask: &Ask) -> Option<Admitted> {
+    pub async fn admit(self: &Arc<Self>, ask: &Arc<Ask>) -> Option<Admitted> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.batch
             .queue

@@ -773,6 +773,16 @@ impl Weir {
         self.dir.path().join("weir.db")
     }
 
+    /// `GET /health` on the admin listener.
+    pub async fn health(&self) -> Value {
+        reqwest::get(self.admin_url("/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn metrics(&self) -> String {
         reqwest::get(self.admin_url("/metrics"))
             .await
@@ -805,6 +815,14 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The `error.code` of an OpenAI-shaped error body (`""` when there is none).
+pub fn error_code(body: &str) -> String {
+    serde_json::from_str::<Value>(body).unwrap_or(Value::Null)["error"]["code"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 pub fn chat(model: &str, stream: bool) -> Value {

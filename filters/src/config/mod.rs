@@ -539,6 +539,25 @@ pub fn key_hint(key: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn backends_are_a_url_or_a_map_and_their_passwords_never_show() {
+        let rt = parse("storage:\n  redis: 'redis://:pw@r:6379/0'\n  postgres: {url: 'postgres://w:pw@p/w', timeout: 2s}\n").unwrap();
+        let st = &rt.file.storage;
+        let redis = st.redis.as_ref().unwrap();
+        assert_eq!(
+            (redis.timeout, redis.prefix.as_str()),
+            (RedisConfig::DEFAULT_TIMEOUT, "weir:")
+        );
+        assert_eq!(st.postgres.as_ref().unwrap().timeout, units::Dur::secs(2));
+        let shown = rt.redacted_json().to_string();
+        assert!(!shown.contains("pw"), "{shown}");
+        assert!(parse("storage:\n  redis: {url: 'redis://r', tiemout: 1s}\n").is_err());
+        let e = parse("storage:\n  postgres: 'mysql://x'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage.postgres.url"), "{e}");
+    }
+
     fn load(yaml: &str) -> Result<Runtime, ConfigError> {
         parse_with_env(yaml, |k| {
             (k == "VLLM_KEY").then(|| "sk-from-env".to_string())

@@ -285,44 +285,51 @@ pub struct StorageConfig {
     /// Shared counting for several instances (S1): rate limits, quotas, money and
     /// the response cache on one Redis. `redis://…`, `rediss://…` or `unix:///…`,
     /// or a map with `url`, `timeout` and `prefix`.
+    #[serde(deserialize_with = "url_or_map")]
     pub redis: Option<RedisConfig>,
     /// The store on PostgreSQL instead of `sqlite` (S1): `postgres://…`, or a map
     /// with `url` and `timeout` (per statement).
+    #[serde(deserialize_with = "url_or_map")]
     pub postgres: Option<PostgresConfig>,
 }
 
+/// A backend given as its URL alone, or as a map with the URL and settings.
+pub trait FromUrl: Sized {
+    fn from_url(url: String) -> Self;
+}
+
+fn url_or_map<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + FromUrl,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form<T> {
+        Url(String),
+        Full(T),
+    }
+    Ok(Option::<Form<T>>::deserialize(d)?.map(|f| match f {
+        Form::Url(url) => T::from_url(url),
+        Form::Full(full) => full,
+    }))
+}
+
 /// `storage.postgres`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     pub url: String,
+    #[serde(default = "default_postgres_timeout")]
     pub timeout: Dur,
 }
 
-impl<'de> Deserialize<'de> for PostgresConfig {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Full {
-            url: String,
-            #[serde(default = "default_postgres_timeout")]
-            timeout: Dur,
+impl FromUrl for PostgresConfig {
+    fn from_url(url: String) -> Self {
+        PostgresConfig {
+            url,
+            timeout: default_postgres_timeout(),
         }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Form {
-            Url(String),
-            Full(Full),
-        }
-        Ok(match Form::deserialize(d)? {
-            Form::Url(url) => PostgresConfig {
-                url,
-                timeout: default_postgres_timeout(),
-            },
-            Form::Full(f) => PostgresConfig {
-                url: f.url,
-                timeout: f.timeout,
-            },
-        })
     }
 }
 
@@ -343,13 +350,26 @@ impl Default for StorageConfig {
 }
 
 /// `storage.redis`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: String,
     /// The most one Redis call may cost a request before weir counts locally.
+    #[serde(default = "default_redis_timeout")]
     pub timeout: Dur,
     /// Prepended to every key, so several deployments can share one Redis.
+    #[serde(default = "default_redis_prefix")]
     pub prefix: String,
+}
+
+impl FromUrl for RedisConfig {
+    fn from_url(url: String) -> Self {
+        RedisConfig {
+            url,
+            timeout: RedisConfig::DEFAULT_TIMEOUT,
+            prefix: default_redis_prefix(),
+        }
+    }
 }
 
 impl RedisConfig {
@@ -387,38 +407,6 @@ pub fn hide_password(url: &str) -> String {
         })
         .collect();
     format!("{base}?{}", query.join("&"))
-}
-
-impl<'de> Deserialize<'de> for RedisConfig {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Full {
-            url: String,
-            #[serde(default = "default_redis_timeout")]
-            timeout: Dur,
-            #[serde(default = "default_redis_prefix")]
-            prefix: String,
-        }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Form {
-            Url(String),
-            Full(Full),
-        }
-        Ok(match Form::deserialize(d)? {
-            Form::Url(url) => RedisConfig {
-                url,
-                timeout: RedisConfig::DEFAULT_TIMEOUT,
-                prefix: default_redis_prefix(),
-            },
-            Form::Full(f) => RedisConfig {
-                url: f.url,
-                timeout: f.timeout,
-                prefix: f.prefix,
-            },
-        })
-    }
 }
 
 fn default_redis_timeout() -> Dur {
