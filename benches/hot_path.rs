@@ -9,6 +9,7 @@ use weir_filters::config;
 use weir_filters::failover::failover_order;
 use weir_filters::request_body::JsonBody;
 use weir_filters::response_body::SseTap;
+use weir_filters::route::Endpoint;
 
 fn chat_body(content_len: usize) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
@@ -36,6 +37,8 @@ fn body_rewrite(c: &mut Criterion) {
                     let mut body =
                         JsonBody::parse(black_box(raw)).unwrap_or_else(|e| panic!("{e}"));
                     let facts = body.facts().unwrap_or_else(|e| panic!("{e}"));
+                    weir_filters::shape::check(Endpoint::ChatCompletions, &body)
+                        .unwrap_or_else(|e| panic!("{e}"));
                     body.ensure_stream_usage().unwrap_or_else(|e| panic!("{e}"));
                     body.set("model", &"qwen2-7b")
                         .unwrap_or_else(|e| panic!("{e}"));

@@ -105,7 +105,8 @@ async fn answers_are_kept_apart_by_endpoint() {
     let up = Upstream::start("e").await;
     let weir = Weir::start(&config(&up, "{models: '*'}")).await;
     let client = reqwest::Client::new();
-    let body = chat("m", false);
+    let mut body = chat("m", false);
+    body["prompt"] = "hi".into();
     // The same body to /v1/completions must not plant an answer for chat.
     let r = client
         .post(weir.url("/v1/completions"))

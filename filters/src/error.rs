@@ -9,6 +9,15 @@ pub enum GatewayError {
     BadRequest(String),
     #[error("request body is not valid JSON: {0}")]
     InvalidJson(String),
+    /// A field of the body the provider would refuse, named as OpenAI names it
+    /// (`messages[0].content`), with OpenAI's code (`invalid_type`, `invalid_value`,
+    /// `missing_required_parameter`, `empty_array`).
+    #[error("{message}")]
+    InvalidParam {
+        param: String,
+        code: &'static str,
+        message: String,
+    },
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("unknown route {method} {path}")]
@@ -95,7 +104,7 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         use GatewayError::*;
         match self {
-            BadRequest(_) | InvalidJson(_) => 400,
+            BadRequest(_) | InvalidJson(_) | InvalidParam { .. } => 400,
             AdminUnauthorized(_) | InvalidKey(_) => 401,
             InsufficientBalance { .. } => 402,
             GatewayInactive(_) | GatewayExpired(_) | Forbidden { .. } => 403,
@@ -119,6 +128,7 @@ impl GatewayError {
         match self {
             BadRequest(_)
             | InvalidJson(_)
+            | InvalidParam { .. }
             | BodyTooLarge { .. }
             | RouteNotFound { .. }
             | MethodNotAllowed { .. }
@@ -147,6 +157,7 @@ impl GatewayError {
         match self {
             BadRequest(_) => "bad_request",
             InvalidJson(_) => "invalid_json",
+            InvalidParam { code, .. } => code,
             BodyTooLarge { .. } => "request_too_large",
             RouteNotFound { .. } => "unknown_url",
             MethodNotAllowed { .. } => "method_not_allowed",
@@ -173,9 +184,10 @@ impl GatewayError {
         }
     }
 
-    pub fn param(&self) -> Option<&'static str> {
+    pub fn param(&self) -> Option<&str> {
         match self {
             GatewayError::ModelNotFound(_) => Some("model"),
+            GatewayError::InvalidParam { param, .. } => Some(param),
             _ => None,
         }
     }

@@ -47,6 +47,7 @@ pub mod request_body;
 pub mod response_body;
 pub mod rolling;
 pub mod route;
+pub mod shape;
 pub mod upstream_request;
 pub mod usage;
 

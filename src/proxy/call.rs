@@ -30,6 +30,9 @@ pub async fn proxy(
         admit_caller(state, ctx, req.gateway, key.as_deref(), req.client_ip).await?;
     }
     let mut facts = parsed.facts()?;
+    // Before any channel sees it: a body the provider would refuse says nothing
+    // about the channel, and must not count against its health.
+    weir_filters::shape::check(req.endpoint, &parsed)?;
     if let Some(to) = req.gateway.mapped_model(&facts.model) {
         // G7 before routing: the mapped name is what is served, granted, priced.
         parsed.set("model", &to)?;

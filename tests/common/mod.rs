@@ -32,6 +32,9 @@ pub enum Reply {
     Delay(Duration),
     /// The provider's answer to an invalid API key (Gemini: 400 `API_KEY_INVALID`).
     BadKey,
+    /// A sloppy inference server: answers normally, but a chat body whose
+    /// `messages` is not a list of `{role, content}` objects crashes it (500).
+    Picky,
 }
 
 /// One request as the upstream saw it.
@@ -218,6 +221,11 @@ async fn handle(
         }
         other => other,
     };
+    let reply = match reply {
+        Reply::Picky if !well_formed_chat(&parsed) => Reply::Status(500),
+        Reply::Picky => Reply::Ok,
+        other => other,
+    };
     let provider = Provider::of(uri.path());
     if let Reply::BadKey = reply {
         return match provider {
@@ -241,14 +249,28 @@ async fn handle(
                 .insert("retry-after", retry_after.to_string().parse().unwrap());
             r
         }
-        Reply::Ok | Reply::NoUsage | Reply::Cut { .. } | Reply::Delay(_) | Reply::BadKey => {
-            match provider {
-                Provider::Anthropic => anthropic_answer(&st, &parsed, body.len(), &reply),
-                Provider::Gemini { stream } => gemini_answer(&st, body.len(), stream, &reply),
-                Provider::OpenAi => answer(&st, &parsed, body.len(), &reply, uri.path()),
-            }
-        }
+        Reply::Ok
+        | Reply::NoUsage
+        | Reply::Cut { .. }
+        | Reply::Delay(_)
+        | Reply::BadKey
+        | Reply::Picky => match provider {
+            Provider::Anthropic => anthropic_answer(&st, &parsed, body.len(), &reply),
+            Provider::Gemini { stream } => gemini_answer(&st, body.len(), stream, &reply),
+            Provider::OpenAi => answer(&st, &parsed, body.len(), &reply, uri.path()),
+        },
     }
+}
+
+/// What `Reply::Picky` survives: messages as a list of role/content objects.
+fn well_formed_chat(body: &Value) -> bool {
+    body["model"].is_string()
+        && body["messages"].as_array().is_some_and(|list| {
+            !list.is_empty()
+                && list.iter().all(|m| {
+                    m["role"].is_string() && (m["content"].is_string() || m["content"].is_array())
+                })
+        })
 }
 
 /// Which provider's wire format a request path speaks.
