@@ -601,3 +601,75 @@ async fn a_channel_s_own_backoff_sets_its_retry_wait() {
     assert_eq!(s, 400, "{v}");
     assert!(v.to_string().contains("channels[0].backoff.base"), "{v}");
 }
+
+#[tokio::test]
+async fn one_deadline_bounds_every_attempt_of_a_request() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    for up in [&a, &b] {
+        up.always(Reply::Delay(Duration::from_secs(3)));
+    }
+    // Alone, four attempts of 800 ms each (and the waits between) would keep the
+    // client over 3 s; the gateway's 1 s deadline ends the request after two.
+    let each = "retries: 1, timeouts: {first_byte: 800ms}";
+    let cfg = Config::new()
+        .openai("a", &a, &format!("priority: 5, {each}"))
+        .openai("b", &b, each)
+        .gateway("name: g, path: /v1, timeout: 1s");
+    let weir = Weir::start(&cfg.build()).await;
+    let client = reqwest::Client::new();
+    let (status, body) = post(
+        &client,
+        &weir.url("/v1/chat/completions"),
+        &chat("m", false),
+    )
+    .await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(error_code(&body), "upstream_timeout");
+    assert!(
+        body.contains("deadline of 1s passed after 2 attempts"),
+        "{body}"
+    );
+    assert!(body.contains("cut at the deadline"), "{body}");
+    assert_eq!(
+        a.calls() + b.calls(),
+        2,
+        "attempts past the deadline were made"
+    );
+    weir.wait_metric(
+        "weir_upstream_attempts_total",
+        &[("channel", "a"), ("outcome", "deadline")],
+        1.0,
+    )
+    .await;
+    // The attempt cut by the request's deadline taught health nothing: with the
+    // upstream quick again, the same channel answers at once.
+    a.always(Reply::Ok);
+    let (status, body) = post(
+        &client,
+        &weir.url("/v1/chat/completions"),
+        &chat("m", false),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("upstream a"), "{body}");
+}
+
+#[tokio::test]
+async fn a_stream_longer_than_the_deadline_is_cut_with_an_error_event() {
+    let up = Upstream::start("long").await;
+    up.set_chunk_delay(Duration::from_millis(400));
+    let cfg = Config::new()
+        .openai("long", &up, "")
+        .gateway("name: g, path: /v1, timeout: 1s");
+    let weir = Weir::start(&cfg.build()).await;
+    let (status, body) = post(
+        &reqwest::Client::new(),
+        &weir.url("/v1/chat/completions"),
+        &chat("m", true),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("time allowed ran out"), "{body}");
+    assert!(!body.ends_with("data: [DONE]\n\n"), "{body}");
+}

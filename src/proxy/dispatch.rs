@@ -37,7 +37,22 @@ pub async fn run(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let dns_ttl = snap.server().dns_ttl.0;
+    let allowed = req
+        .gateway
+        .timeout
+        .unwrap_or(snap.server().request_timeout.0);
+    let deadline = ctx.started + allowed;
     while let Some(attempt) = plan.next_attempt() {
+        // A wait that would end past the deadline is not worth starting.
+        if Instant::now() + attempt.delay >= deadline {
+            return Err(out_of_time(
+                ctx,
+                &plan,
+                allowed,
+                bodies.client_model(),
+                None,
+            ));
+        }
         count_attempt(state, ctx, req, &attempt);
         // Dropping the attempt (here or on any early return) gives its trials back.
         if !attempt.delay.is_zero() && left_while_waiting(session, attempt.delay).await {
@@ -64,16 +79,23 @@ pub async fn run(
             attempt.key,
             &out,
             dns_ttl,
-        ))
-        .await;
+        ));
+        // The request's deadline cuts the attempt short: nothing is learned about a
+        // channel that was not given its own timeouts (its trial goes back).
+        let Ok(sent) = tokio::time::timeout_at(deadline.into(), sent).await else {
+            count_outcome(state, channel, Some("deadline"));
+            drop(attempt);
+            let cut = Some(channel.name.as_str());
+            return Err(out_of_time(ctx, &plan, allowed, bodies.client_model(), cut));
+        };
         match sent {
             Ok(answer) => {
                 let settled = plan.settle(attempt, answer.outcome());
                 count_outcome(state, channel, settled.outcome);
                 if settled.relays() {
                     note_answered(ctx, &plan, channel, &upstream_model, &answer, bodies);
-                    let deadline = started + channel.total_timeout;
-                    let how = relay_plan(req, bodies, channel, &rules, deadline);
+                    let own = started + channel.total_timeout;
+                    let how = relay_plan(req, bodies, channel, &rules, own.min(deadline));
                     return relay(state, session, ctx, answer, how).await;
                 }
                 if let Some(code) = Box::pin(discard(state, answer)).await {
@@ -95,6 +117,38 @@ pub async fn run(
     // The log gets upstream error codes and key hints; the client does not.
     ctx.reply.error = Some(log);
     Err(e.into())
+}
+
+/// The request's deadline passed before any answer: 504, with what was tried.
+fn out_of_time(
+    ctx: &mut Ctx,
+    plan: &Plan<'_>,
+    allowed: Duration,
+    model: &str,
+    cut: Option<&str>,
+) -> Failure {
+    let tried = match (plan.tried(None), cut) {
+        (Some(t), Some(c)) => Some(format!("{t}; {c}: cut at the deadline")),
+        (None, Some(c)) => Some(format!("{c}: cut at the deadline")),
+        (t, None) => t,
+    };
+    let detail = format!(
+        "the request's deadline of {} passed after {} attempt{}{}",
+        humantime::format_duration(allowed),
+        ctx.tries.attempts,
+        if ctx.tries.attempts == 1 { "" } else { "s" },
+        tried
+            .as_deref()
+            .map(|t| format!(" ({t})"))
+            .unwrap_or_default(),
+    );
+    ctx.reply.error = Some(detail.clone());
+    ctx.tries.tried = tried;
+    GatewayError::UpstreamTimeout {
+        model: model.to_string(),
+        detail,
+    }
+    .into()
 }
 
 /// A Send rng: the attempt loop awaits. It only spreads load over weighted

@@ -292,7 +292,10 @@ impl Body {
             Ok(Ok(Some(chunk))) => chunk,
             Ok(Ok(None)) => return Ok(None),
             Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("the channel's total timeout ran out".to_string()),
+            Err(_) => return Err(
+                "the time allowed ran out (the channel's timeouts.total or the request's deadline)"
+                    .to_string(),
+            ),
         };
         let (mut more, mut ended, mut broken): (Option<BytesMut>, _, _) = (None, false, None);
         for _ in 0..MAX_COALESCED {

@@ -490,6 +490,9 @@ fn gateway(
             .chain(&deny)
             .any(|r| matches!(r, AccessRule::Secret(_)));
     check_rewrites(at, g, problems);
+    if let Some(t) = g.timeout {
+        check_duration(&format!("{at}.timeout"), t, DAY, problems);
+    }
     if needs_key && g.auth.is_none() {
         problems.push(format!(
             "{at}.auth: `secret:` rules need callers with keys; add an `auth` section"
@@ -502,6 +505,7 @@ fn gateway(
         active: g.active,
         expires_at,
         retries: g.retries,
+        timeout: g.timeout.map(|t| t.0),
         auth,
         token_quota: match g.token_quota {
             Quota::NoLimit => None,
@@ -871,6 +875,7 @@ fn validate_server(s: &ServerConfig, problems: &mut Vec<String>) {
         problems,
     );
     check_duration("server.dns_ttl", s.dns_ttl, DAY, problems);
+    check_duration("server.request_timeout", s.request_timeout, DAY, problems);
     if s.backoff.base > s.backoff.max {
         problems.push("server.backoff.base: must not exceed server.backoff.max".into());
     }

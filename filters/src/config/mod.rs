@@ -215,6 +215,8 @@ pub struct Gateway {
     pub active: bool,
     pub expires_at: Option<SystemTime>,
     pub retries: Option<u32>,
+    /// `gateways[].timeout`; `None`: the server's `request_timeout`.
+    pub timeout: Option<Duration>,
     /// `None`: an open gateway.
     pub auth: Option<GatewayAuth>,
     pub token_quota: Option<u64>,

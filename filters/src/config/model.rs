@@ -250,6 +250,10 @@ pub struct ServerConfig {
     /// peer among them is believed about the client (`X-Forwarded-For`,
     /// `Forwarded`), for `ip:` rules and the call log.
     pub trusted_proxies: Vec<String>,
+    /// One deadline for a whole request, every attempt and the answer's stream
+    /// included (a gateway's `timeout` overrides it): failover never multiplies a
+    /// client's wait.
+    pub request_timeout: Dur,
 }
 
 impl Default for ServerConfig {
@@ -268,6 +272,7 @@ impl Default for ServerConfig {
             ca_file: None,
             public_manager: false,
             trusted_proxies: Vec::new(),
+            request_timeout: Dur::secs(600),
         }
     }
 }
@@ -599,6 +604,10 @@ pub struct GatewayConfig {
     /// candidate gets its own `retries`.
     #[serde(default)]
     pub retries: Option<u32>,
+    /// The deadline of a whole request across its attempts, stream included;
+    /// absent: `server.request_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
     /// Absent: an open gateway (no key asked).
     #[serde(default)]
     pub auth: Option<AuthConfig>,
@@ -729,6 +738,7 @@ fn default_gateways() -> Vec<GatewayConfig> {
         active: true,
         expires_at: None,
         retries: None,
+        timeout: None,
         auth: None,
         token_quota: Quota::NoLimit,
         rate_limits: Vec::new(),
