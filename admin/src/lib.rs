@@ -78,6 +78,8 @@ impl<B: AdminBackend> AdminApp<B> {
 
 /// Largest admin request body read.
 const MAX_ADMIN_BODY: usize = 1024 * 1024;
+/// Largest admin request head; larger gets 431.
+const MAX_ADMIN_HEADER: usize = 64 * 1024;
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     let mut r = Response::new(body);
@@ -132,9 +134,24 @@ impl<B: AdminBackend> HttpServerApp for AdminApp<B> {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) | Err(_) => return None,
+        session.set_pipelining_enabled(true);
+        let refusal = match session.read_request().await {
+            Ok(true) => session.as_http1().and_then(|h1| {
+                let raw = h1.get_headers_raw_bytes();
+                weir_filters::framing::check(&raw, &h1.req_header().headers, MAX_ADMIN_HEADER).err()
+            }),
+            Ok(false) => return None,
+            Err(e) if e.etype() == &pingora_core::ErrorType::InvalidHTTPHeader => {
+                Some(weir_filters::framing::unreadable(&e.to_string()))
+            }
+            Err(_) => return None,
+        };
+        if let Some(bad) = refusal {
+            // What follows on this connection cannot be trusted: answer and close.
+            session.set_keepalive(None);
+            let _ = write_full(&mut session, error_response(&bad)).await;
+            session.shutdown().await;
+            return None;
         }
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
         let written = match self.handle(&mut session).await {

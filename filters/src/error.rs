@@ -20,6 +20,12 @@ pub enum GatewayError {
     },
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    /// 431: the header section is too large or has too many fields.
+    #[error("{0}")]
+    HeaderTooLarge(String),
+    /// A head that could be read two ways (request smuggling).
+    #[error("{0}")]
+    AmbiguousFraming(String),
     #[error("unknown route {method} {path}")]
     RouteNotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
@@ -104,7 +110,8 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         use GatewayError::*;
         match self {
-            BadRequest(_) | InvalidJson(_) | InvalidParam { .. } => 400,
+            BadRequest(_) | InvalidJson(_) | InvalidParam { .. } | AmbiguousFraming(_) => 400,
+            HeaderTooLarge(_) => 431,
             AdminUnauthorized(_) | InvalidKey(_) => 401,
             InsufficientBalance { .. } => 402,
             GatewayInactive(_) | GatewayExpired(_) | Forbidden { .. } => 403,
@@ -129,6 +136,8 @@ impl GatewayError {
             BadRequest(_)
             | InvalidJson(_)
             | InvalidParam { .. }
+            | HeaderTooLarge(_)
+            | AmbiguousFraming(_)
             | BodyTooLarge { .. }
             | RouteNotFound { .. }
             | MethodNotAllowed { .. }
@@ -159,6 +168,8 @@ impl GatewayError {
             InvalidJson(_) => "invalid_json",
             InvalidParam { code, .. } => code,
             BodyTooLarge { .. } => "request_too_large",
+            HeaderTooLarge(_) => "request_header_too_large",
+            AmbiguousFraming(_) => "invalid_framing",
             RouteNotFound { .. } => "unknown_url",
             MethodNotAllowed { .. } => "method_not_allowed",
             ModelNotFound(_) => "model_not_found",

@@ -36,6 +36,7 @@ pub mod config;
 pub mod error;
 pub mod failover;
 pub mod feishu;
+pub mod framing;
 pub mod health;
 pub mod json_scan;
 pub mod key_mail;

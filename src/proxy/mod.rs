@@ -62,6 +62,9 @@ impl HttpServerApp for Weir {
         // A keep-alive connection waits here for its next request; a shutdown ends
         // the wait (a request already arriving is read first).
         let mut stopping = shutdown.clone();
+        // Pipelined requests are answered in order (RFC 9112 §9.3.2); without
+        // this, Pingora closes the connection and drops the request that followed.
+        session.set_pipelining_enabled(true);
         let read = tokio::select! {
             biased;
             r = session.read_request() => r,
@@ -72,11 +75,21 @@ impl HttpServerApp for Weir {
             Ok(false) => return None,
             Err(e) => {
                 if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                    let bad = GatewayError::BadRequest("the request is not valid HTTP".into());
-                    let _ = respond::error(&mut session, &mut Ctx::new(), &bad).await;
+                    let bad = weir_filters::framing::unreadable(&e.to_string());
+                    return self.refuse(session, &bad).await;
                 }
                 session.shutdown().await;
                 return None;
+            }
+        }
+        // HTTP/1 only: HTTP/2 frames its bodies itself, and h2 bounds its headers.
+        if let Some(h1) = session.as_http1() {
+            let max_header = self.state.snapshot().server().max_header.0 as usize;
+            let raw = h1.get_headers_raw_bytes();
+            if let Err(bad) =
+                weir_filters::framing::check(&raw, &h1.req_header().headers, max_header)
+            {
+                return self.refuse(session, &bad).await;
             }
         }
         if *shutdown.borrow() {
@@ -99,6 +112,23 @@ impl HttpServerApp for Weir {
             return None;
         }
         reusable(session).await
+    }
+}
+
+impl Weir {
+    /// Answers a request whose head cannot be trusted, then closes the connection
+    /// (what follows on it cannot be told apart from a smuggled request).
+    async fn refuse(
+        &self,
+        mut session: ServerSession,
+        bad: &GatewayError,
+    ) -> Option<ReusedHttpStream> {
+        session.set_keepalive(None);
+        let mut ctx = Ctx::new();
+        let _ = respond::error(&mut session, &mut ctx, bad).await;
+        tracing::debug!("refused a request head: {bad}");
+        session.shutdown().await;
+        None
     }
 }
 

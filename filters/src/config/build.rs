@@ -863,6 +863,10 @@ fn validate_server(s: &ServerConfig, problems: &mut Vec<String>) {
     if s.max_body.0 == 0 {
         problems.push("server.max_body: must be larger than zero".into());
     }
+    // Pingora reads at most 1 MiB of head whatever weir allows.
+    if !(1024..=1024 * 1024).contains(&s.max_header.0) {
+        problems.push("server.max_header: must be between 1KiB and 1MiB".into());
+    }
     // Bounded so that no deadline computed from them can overflow.
     check_duration("server.grace_period", s.grace_period, HOUR, problems);
     check_duration("server.backoff.max", s.backoff.max, HOUR, problems);

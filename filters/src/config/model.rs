@@ -231,6 +231,8 @@ pub struct ServerConfig {
     /// Bootstrap admin credential; empty or absent disables `/admin/*`.
     pub admin_key: Option<String>,
     pub max_body: Size,
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header: Size,
     /// Worker threads of the proxy service; 0 means one per CPU.
     pub threads: usize,
     /// How long a graceful stop waits for requests in flight.
@@ -263,6 +265,7 @@ impl Default for ServerConfig {
             admin_listen: "127.0.0.1:8081".into(),
             admin_key: None,
             max_body: Size(32 * 1024 * 1024),
+            max_header: Size(64 * 1024),
             threads: 0,
             grace_period: Dur::secs(10),
             backoff: BackoffConfig::default(),
