@@ -460,3 +460,21 @@ async fn a_feishu_bot_is_added_edited_and_removed_on_the_bots_page() {
         .body
         .contains("No bots yet."));
 }
+
+#[tokio::test]
+async fn failed_sign_ins_are_slowed_per_address() {
+    let weir = Weir::start(&config()).await;
+    let (_, user_key) = weir.create_key(json!({"name": "ann"})).await;
+    let mut v = Visitor::new(weir.admin_url(""));
+    for _ in 0..5 {
+        assert_eq!(v.login("sk-not-a-key").await.status, 401);
+    }
+    let p = v.login(&user_key).await;
+    assert_eq!(p.status, 429, "{}", p.body);
+    assert!(p
+        .body
+        .contains("Too many failed sign-ins from your address"));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let p = v.login(&user_key).await;
+    assert_eq!((p.status, p.location.as_deref()), (303, Some("/manager/")));
+}

@@ -102,7 +102,12 @@ fn json_response(status: u16, v: &serde_json::Value) -> Response<Vec<u8>> {
 }
 
 fn error_response(e: &GatewayError) -> Response<Vec<u8>> {
-    respond(e.status(), "application/json", e.to_json())
+    let mut r = respond(e.status(), "application/json", e.to_json());
+    if let Some(secs) = e.retry_after() {
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+    }
+    r
 }
 
 /// Compares in time independent of where the first difference is. The length
@@ -255,20 +260,26 @@ impl<B: AdminBackend> AdminApp<B> {
             Err(e) => return error_response(&e).into(),
         };
         let query = session.req_header().uri.query().unwrap_or("").to_string();
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {
                 respond(200, "text/plain; version=0.0.4", self.backend.metrics()).into()
             }
             ("GET", "/health") => json_response(200, &self.backend.health()).into(),
             (_, p) if p == "/manager" || p.starts_with("/manager/") => {
-                let req = manager::ManagerRequest::from_head(session.req_header(), &body, false);
+                let req =
+                    manager::ManagerRequest::from_head(session.req_header(), &body, false, client);
                 match self.manager.serve(&req).await {
                     manager::ManagerReply::Page(r) => r.into(),
                     manager::ManagerReply::Export(a) => answer_reply(a),
                 }
             }
             (_, p) if p == "/admin" || p.starts_with("/admin/") => {
-                self.admin(&method, p, &query, &body, auth.as_deref()).await
+                self.admin(&method, p, &query, &body, auth.as_deref(), client)
+                    .await
             }
             ("GET", _) | ("POST", _) => {
                 error_response(&GatewayError::RouteNotFound { method, path }).into()
@@ -284,7 +295,15 @@ impl<B: AdminBackend> AdminApp<B> {
         query: &str,
         body: &[u8],
         auth: Option<&str>,
+        client: Option<std::net::IpAddr>,
     ) -> Reply {
+        let lockout = &self.manager.lockout;
+        let now = std::time::Instant::now();
+        // A locked-out address is not even told whether its key is right.
+        if let Some(wait) = lockout.wait(client, now) {
+            let retry_after_secs = wait.as_secs_f64().ceil() as u64;
+            return error_response(&GatewayError::TooManyAuthFailures { retry_after_secs }).into();
+        }
         let Some(token) = bearer(auth) else {
             return error_response(&GatewayError::AdminUnauthorized(
                 "missing `Authorization: Bearer <key>`".into(),
@@ -292,9 +311,11 @@ impl<B: AdminBackend> AdminApp<B> {
             .into();
         };
         let Some(caller) = self.backend.authenticate(token) else {
+            lockout.failed(client, now);
             return error_response(&GatewayError::AdminUnauthorized("invalid admin key".into()))
                 .into();
         };
+        lockout.succeeded(client);
         let result = async {
             let cmd = api::route(method, path, query, body)?;
             api::permitted(caller, &cmd)?;

@@ -60,6 +60,9 @@ pub enum GatewayError {
     DockingFailed(String),
     #[error("admin authentication failed: {0}")]
     AdminUnauthorized(String),
+    /// Too many failed sign-ins from this address (`lockout`).
+    #[error("too many failed authentications from this address; retry after {retry_after_secs}s")]
+    TooManyAuthFailures { retry_after_secs: u64 },
     /// No key, or a key that is wrong, expired or disabled.
     #[error("{0}")]
     InvalidKey(String),
@@ -119,6 +122,7 @@ impl GatewayError {
             Conflict(_) | DefinedInFile(_) => 409,
             ModelNotMultimodal(_) => 400,
             RateLimited { .. } | QuotaExceeded { .. } | BudgetExceeded { .. } => 429,
+            TooManyAuthFailures { .. } => 429,
             MethodNotAllowed { .. } => 405,
             BodyTooLarge { .. } => 413,
             UpstreamRateLimited { .. } => 429,
@@ -148,7 +152,9 @@ impl GatewayError {
             | ModelNotMultimodal(_) => "invalid_request_error",
             AdminUnauthorized(_) | InvalidKey(_) => "authentication_error",
             GatewayInactive(_) | GatewayExpired(_) | Forbidden { .. } => "permission_error",
-            UpstreamRateLimited { .. } | RateLimited { .. } => "rate_limit_error",
+            UpstreamRateLimited { .. } | RateLimited { .. } | TooManyAuthFailures { .. } => {
+                "rate_limit_error"
+            }
             QuotaExceeded { .. } | BudgetExceeded { .. } | InsufficientBalance { .. } => {
                 "insufficient_quota"
             }
@@ -184,6 +190,7 @@ impl GatewayError {
             InvalidKey(_) => "invalid_api_key",
             Forbidden { code, .. } => code,
             RateLimited { .. } => "rate_limit_exceeded",
+            TooManyAuthFailures { .. } => "too_many_auth_failures",
             QuotaExceeded { .. } => "token_quota_exceeded",
             BudgetExceeded { .. } => "budget_exceeded",
             InsufficientBalance { .. } => "insufficient_balance",
@@ -214,7 +221,10 @@ impl GatewayError {
             }
             | GatewayError::RateLimited {
                 retry_after_secs, ..
-            } => Some((*retry_after_secs).max(1)),
+            }
+            | GatewayError::TooManyAuthFailures { retry_after_secs } => {
+                Some((*retry_after_secs).max(1))
+            }
             _ => None,
         }
     }

@@ -41,6 +41,7 @@ pub mod health;
 pub mod json_scan;
 pub mod key_mail;
 pub mod limits;
+pub mod lockout;
 pub mod mock;
 pub mod one_api;
 pub mod people;

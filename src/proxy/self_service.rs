@@ -18,7 +18,15 @@ impl Weir {
         mut session: ServerSession,
     ) -> Option<ReusedHttpStream> {
         let body = read_form(&mut session).await?;
-        let req = ManagerRequest::from_head(session.req_header(), &body, true);
+        // Behind a load balancer, the address it vouches for is the one slowed.
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted = &self.state.snapshot().trusted_proxies;
+        let client =
+            weir_filters::client_addr::client_ip(peer, &session.req_header().headers, trusted);
+        let req = ManagerRequest::from_head(session.req_header(), &body, true, client);
         let response = match self.manager.serve(&req).await {
             ManagerReply::Page(r) => r,
             // Exports are served on the admin listener only.

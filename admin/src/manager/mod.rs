@@ -40,11 +40,18 @@ pub struct ManagerRequest<'a> {
     pub public: bool,
     /// Served over TLS: cookies are marked Secure.
     pub tls: bool,
+    /// The peer's address: failed sign-ins are slowed per address.
+    pub client: Option<std::net::IpAddr>,
 }
 
 impl<'a> ManagerRequest<'a> {
     /// The request as a listener read it: its head and its (bounded) body.
-    pub fn from_head(head: &'a pingora_http::RequestHeader, body: &'a [u8], public: bool) -> Self {
+    pub fn from_head(
+        head: &'a pingora_http::RequestHeader,
+        body: &'a [u8],
+        public: bool,
+        client: Option<std::net::IpAddr>,
+    ) -> Self {
         let header =
             |name: http::header::HeaderName| head.headers.get(name).and_then(|v| v.to_str().ok());
         ManagerRequest {
@@ -58,6 +65,7 @@ impl<'a> ManagerRequest<'a> {
             public,
             // No listener speaks TLS yet; when one does, it says so here.
             tls: false,
+            client,
         }
     }
 }
@@ -72,6 +80,8 @@ pub struct Manager<B: AdminBackend> {
     backend: Arc<B>,
     sessions: Sessions,
     views: render::Views,
+    /// Failed sign-ins per address, for the form here and the admin API's key.
+    pub lockout: weir_filters::lockout::Lockout,
 }
 
 /// Who is signed in, as this listener lets them act.
@@ -117,6 +127,11 @@ impl Out {
         self
     }
 
+    fn header(mut self, name: &'static str, value: &str) -> Out {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+
     /// With the headers every manager answer carries: no framing, no sniffing, no
     /// scripts or styles but our own, and nothing cached (pages show secrets once).
     fn finish(self) -> Response<Vec<u8>> {
@@ -153,6 +168,7 @@ impl<B: AdminBackend> Manager<B> {
             backend,
             sessions: Sessions::default(),
             views: render::Views::new(),
+            lockout: weir_filters::lockout::Lockout::default(),
         }
     }
 
@@ -277,6 +293,17 @@ impl<B: AdminBackend> Manager<B> {
             let msg = i18n::t(lang, "The sign-in form expired; please sign in again.");
             return self.login_page(req, lang, Some(msg), 403);
         }
+        let now = std::time::Instant::now();
+        if let Some(wait) = self.lockout.wait(req.client, now) {
+            let msg = i18n::t(
+                lang,
+                "Too many failed sign-ins from your address; wait a moment and try again.",
+            );
+            let secs = wait.as_secs_f64().ceil() as u64;
+            return self
+                .login_page(req, lang, Some(msg), 429)
+                .header("retry-after", &secs.max(1).to_string());
+        }
         let key = get("key");
         let hash = weir_filters::auth::hash_key(&key);
         let caller = (!key.is_empty())
@@ -290,8 +317,10 @@ impl<B: AdminBackend> Manager<B> {
             Some(_) => None,
         };
         if let Some(msg) = refused {
+            self.lockout.failed(req.client, now);
             return self.login_page(req, lang, Some(i18n::t(lang, msg)), 401);
         }
+        self.lockout.succeeded(req.client);
         let id = self.sessions.create(hash);
         Out::redirect("/manager/")
             .cookie(session::set_cookie(SESSION_COOKIE, &id, None, req.tls))

@@ -232,6 +232,7 @@
     ("Tokens per day", "每日 Token 数"),
     ("Tokens per hour", "每小时 Token 数"),
     ("Tokens used", "已用 Token"),
+    ("Too many failed sign-ins from your address; wait a moment and try again.", "来自你的地址的登录失败次数过多;请稍后再试。"),
     ("Top models, keys and channels (30 days)", "热门模型、密钥与渠道(30 天)"),
     ("Top up", "充值"),
     ("Type", "类型"),

@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
-//! Request smuggling and oversize heads: a head that could be read two ways is
-//! refused with a clean 400, an oversize one with 431, and the connection is
-//! closed, so a request hidden behind it is never answered (nor sent upstream).
+//! The edge against hostile peers. Request smuggling and oversize heads: a head
+//! that could be read two ways is refused with a clean 400, an oversize one with
+//! 431, and the connection is closed, so a request hidden behind it is never
+//! answered (nor sent upstream). Admin key guessing: slowed per address.
 
 mod common;
 
@@ -189,4 +190,50 @@ async fn pipelined_requests_are_each_answered() {
         .await
         .expect("still open");
     assert_eq!(raw.matches("HTTP/1.1 200").count(), 2, "{raw}");
+}
+
+#[tokio::test]
+async fn admin_key_guesses_are_slowed_per_address() {
+    let weir = Weir::start(
+        &Config::new()
+            .openai("up", &Upstream::start("up").await, "")
+            .build(),
+    )
+    .await;
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(Some(ip.parse().unwrap()))
+            .build()
+            .unwrap()
+    };
+    let (guesser, neighbour) = (from("127.0.0.1"), from("127.0.0.2"));
+    let ask = |client: &reqwest::Client, key: &str| {
+        client
+            .get(weir.admin_url("/admin/keys"))
+            .bearer_auth(key)
+            .send()
+    };
+    for i in 0..5 {
+        let r = ask(&guesser, &format!("guess-{i}")).await.unwrap();
+        assert_eq!(r.status(), 401, "guess {i}");
+    }
+    // Locked: even the right key is not looked at, and the wait is said.
+    let r = ask(&guesser, ADMIN_KEY).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(
+        error_code(&r.text().await.unwrap()),
+        "too_many_auth_failures"
+    );
+    // Another address is not slowed.
+    let r = ask(&neighbour, ADMIN_KEY).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Once the wait is over, the right key works (and clears the address); a
+    // further wrong guess right after the wait costs two seconds this time.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = ask(&guesser, "guess-5").await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = ask(&guesser, ADMIN_KEY).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "2");
 }
