@@ -26,3 +26,4 @@ pub mod shared;
 pub mod snapshot;
 pub mod state;
 pub mod store;
+pub mod tls;

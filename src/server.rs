@@ -31,6 +31,11 @@ pub fn load(path: &Path) -> Result<(String, Runtime), String> {
         }
         msg
     })?;
+    // The certificate pair is read now too, so `weir check` finds a bad one.
+    if let Some(tls) = &rt.file.server.tls {
+        crate::tls::Certificates::load(tls)
+            .map_err(|e| format!("{} is not valid:\n  {e}", path.display()))?;
+    }
     Ok((text, rt))
 }
 
@@ -138,7 +143,17 @@ pub fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), String> {
         admin: admin_socket.addr,
         pid: std::process::id(),
     };
-    add_services(&mut server, &state, proxy_socket, admin_socket);
+    let tls = match &server_cfg.tls {
+        Some(cfg) => Some((crate::tls::Certificates::load(cfg)?, cfg.admin)),
+        None => None,
+    };
+    let listening = Listening {
+        proxy: proxy_socket,
+        admin: admin_socket,
+        tls,
+        h2c: server_cfg.h2c,
+    };
+    add_services(&mut server, &state, listening)?;
     // The sockets already accept connections into their backlog: the addresses are
     // true from here on, and requests wait only until the services start.
     let threads = server.configuration.threads;
@@ -205,26 +220,51 @@ fn pingora_server(cfg: &ServerConfig) -> Server {
     server
 }
 
+/// How the two listeners serve: their sockets, TLS (with whether the admin
+/// listener has it too), cleartext HTTP/2.
+struct Listening {
+    proxy: Bound,
+    admin: Bound,
+    tls: Option<(Arc<crate::tls::Certificates>, bool)>,
+    h2c: bool,
+}
+
 /// The proxy and admin services on their sockets, and the reload watcher.
-fn add_services(server: &mut Server, state: &Arc<AppState>, proxy: Bound, admin: Bound) {
+fn add_services(server: &mut Server, state: &Arc<AppState>, l: Listening) -> Result<(), String> {
+    let Listening {
+        proxy,
+        admin,
+        tls,
+        h2c,
+    } = l;
     let backend = Arc::new(Admin::new(state.clone(), proxy.addr));
     let manager = Arc::new(Manager::new(backend.clone()));
+    let mut options = pingora_core::apps::HttpServerOptions::default();
+    options.h2c = h2c;
     let mut proxy_service = Service::new(
         "weir proxy".to_string(),
         Weir {
             state: state.clone(),
             manager: manager.clone(),
+            options,
         },
     );
     // Plain TCP: Pingora reads headers and bodies into its own buffers, so a 64 KiB L4
     // read buffer per client connection only adds a copy and resident memory.
-    proxy_service.add_listener(
-        proxy
-            .config()
-            .l4_buffer(pingora_core::protocols::l4::stream::L4BufferSettings::default().read(0)),
-    );
+    let mut proxy_listener = proxy
+        .config()
+        .l4_buffer(pingora_core::protocols::l4::stream::L4BufferSettings::default().read(0));
+    let mut admin_listener = admin.config();
+    if let Some((certs, on_admin)) = &tls {
+        proxy_listener = proxy_listener.tls(certs.settings()?);
+        if *on_admin {
+            admin_listener = admin_listener.tls(certs.settings()?);
+        }
+        certs.watch();
+    }
+    proxy_service.add_listener(proxy_listener);
     let mut admin_service = Service::new("weir admin".to_string(), AdminApp::new(backend, manager));
-    admin_service.add_listener(admin.config());
+    admin_service.add_listener(admin_listener);
     admin_service.threads = Some(1);
     let reloader = background_service(
         "config reload",
@@ -247,4 +287,5 @@ fn add_services(server: &mut Server, state: &Arc<AppState>, proxy: Bound, admin:
             state: state.clone(),
         },
     ));
+    Ok(())
 }

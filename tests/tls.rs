@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 #[tokio::test]
 async fn https_upstream_is_verified_and_streams() {
@@ -53,4 +54,219 @@ async fn an_untrusted_certificate_is_refused() {
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("untrusted: connect failed"), "{body}");
     assert_eq!(up.calls(), 0);
+}
+
+// ---- TLS and HTTP/2 towards clients (`server.tls`, `server.h2c`) ----
+
+/// A certificate for `localhost` from a fresh CA, written as `cert.pem`, `key.pem`
+/// (the paths weir is given) and `ca-N.pem` (what a client trusts).
+fn write_certificate(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let (ca, leaf, key) = localhost_certificate();
+    let ca_path = dir.join(format!("ca-{n}.pem"));
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    // Written whole and renamed, as certbot and secret mounts do.
+    write_atomically(&dir.join("cert.pem"), &leaf.pem());
+    write_atomically(&dir.join("key.pem"), &key.serialize_pem());
+    ca_path
+}
+
+fn tls_extra(dir: &std::path::Path, more: &str) -> String {
+    format!(
+        "  tls: {{cert: '{}', key: '{}'{more}}}",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    )
+}
+
+/// Runs curl; returns its output (the body, then the HTTP version on the last line).
+/// Async: the mock upstream runs on this test's own runtime thread.
+async fn curl(args: &[&str]) -> String {
+    let mut all = vec!["-sS", "--max-time", "10", "-w", "\n%{http_version}"];
+    all.extend_from_slice(args);
+    let out = run("curl", &all).await;
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a client program off the runtime thread, which the mock upstream needs.
+async fn run(program: &str, args: &[&str]) -> std::process::Output {
+    let program = program.to_string();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || std::process::Command::new(&program).args(&args).output())
+        .await
+        .unwrap()
+        .expect("the client runs")
+}
+
+fn chat_json(stream: bool) -> String {
+    chat("m", stream).to_string()
+}
+
+#[tokio::test]
+async fn clients_speak_http2_over_tls_streams_included() {
+    let up = Upstream::start("h2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_certificate(dir.path(), 1);
+    let cfg = Config::new().openai("h2", &up, "");
+    let extra = tls_extra(dir.path(), ", admin: true");
+    let weir = Weir::start_with_server(&cfg.build(), &extra).await;
+    let url = format!("https://localhost:{}/v1/chat/completions", weir.port);
+    let resolve = format!("localhost:{}:127.0.0.1", weir.port);
+    let ca = ca.to_str().unwrap();
+    let base = [
+        "--cacert",
+        ca,
+        "--resolve",
+        &resolve,
+        "-H",
+        "content-type: application/json",
+    ];
+    for (stream, version) in [(false, "--http2"), (true, "--http2"), (true, "--http1.1")] {
+        let body = chat_json(stream);
+        let mut args = base.to_vec();
+        args.extend([version, "-d", &body, &url]);
+        let out = curl(&args).await;
+        let (answer, got) = out.rsplit_once('\n').unwrap();
+        assert_eq!(got, if version == "--http2" { "2" } else { "1.1" }, "{out}");
+        if stream {
+            assert!(answer.ends_with("data: [DONE]\n\n"), "{answer}");
+        } else {
+            assert!(answer.contains("upstream h2"), "{answer}");
+        }
+    }
+    // httpx with HTTP/2, as the openai SDK would run over it.
+    let script = r#"
+import httpx, json, sys
+port, ca = sys.argv[1], sys.argv[2]
+url = f"https://localhost:{port}/v1/chat/completions"
+with httpx.Client(http2=True, verify=ca) as c:
+    r = c.post(url, json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    print(r.http_version, r.status_code, r.json()["choices"][0]["message"]["content"])
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with c.stream("POST", url, json=body) as s:
+        lines = [l for l in s.iter_lines() if l.startswith("data: ")]
+        print(s.http_version, s.status_code, len(lines), lines[-1])
+"#;
+    let out = run(
+        "/usr/bin/python3",
+        &["-c", script, &weir.port.to_string(), ca],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "HTTP/2 200 Hello from upstream h2", "{text}");
+    assert!(
+        lines[1].starts_with("HTTP/2 200 ") && lines[1].ends_with("data: [DONE]"),
+        "{text}"
+    );
+    assert_eq!(up.calls(), 5);
+    // `admin: true`: the admin listener speaks TLS too.
+    let admin = format!("https://localhost:{}/health", weir.admin_port);
+    let admin_resolve = format!("localhost:{}:127.0.0.1", weir.admin_port);
+    let out = curl(&["--cacert", ca, "--resolve", &admin_resolve, &admin]).await;
+    assert!(
+        out.contains("\"status\":\"ok\"") && out.ends_with("\n2"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_served_without_a_restart() {
+    let up = Upstream::start("rot").await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = write_certificate(dir.path(), 1);
+    let cfg = Config::new().openai("rot", &up, "");
+    let weir = Weir::start_with_server(&cfg.build(), &tls_extra(dir.path(), "")).await;
+    let url = format!("https://localhost:{}/v1/models", weir.port);
+    let resolve = format!("localhost:{}:127.0.0.1", weir.port);
+    let trusts = |ca: &std::path::Path| {
+        std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "--resolve",
+                &resolve,
+            ])
+            .args(["--cacert", ca.to_str().unwrap(), &url])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(trusts(&first));
+    let second = write_certificate(dir.path(), 2);
+    let mut rotated = false;
+    for _ in 0..50 {
+        if trusts(&second) {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rotated, "the new certificate was not served within 5 s");
+    assert!(!trusts(&first), "the old certificate is still served");
+    // A half-done rotation (a key that does not fit) keeps the current pair.
+    let (_, _, other_key) = localhost_certificate();
+    write_atomically(&dir.path().join("key.pem"), &other_key.serialize_pem());
+    weir.wait_log("TLS certificate not reloaded").await;
+    assert!(trusts(&second));
+}
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge_and_http1_share_the_listener() {
+    let up = Upstream::start("h2c").await;
+    let cfg = Config::new().openai("h2c", &up, "");
+    let weir = Weir::start_with_server(&cfg.build(), "  h2c: true").await;
+    let url = weir.url("/v1/chat/completions");
+    let body = chat_json(true);
+    for (flag, want) in [("--http2-prior-knowledge", "2"), ("--http1.1", "1.1")] {
+        let out = curl(&[
+            flag,
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body,
+            &url,
+        ])
+        .await;
+        let (answer, got) = out.rsplit_once('\n').unwrap();
+        assert_eq!(got, want, "{out}");
+        assert!(answer.ends_with("data: [DONE]\n\n"), "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_that_does_not_load_stops_the_start_with_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
+    std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
+    let cfg = Config::new().channel_at("mock", "mock", "http://127.0.0.1:9", "models: [m]");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["check", "-c"])
+        .arg({
+            let path = dir.path().join("weir.yaml");
+            std::fs::write(
+                &path,
+                render_config(dir.path(), &cfg.build(), &tls_extra(dir.path(), "")),
+            )
+            .unwrap();
+            path
+        })
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("server.tls"), "{text}");
 }

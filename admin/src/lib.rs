@@ -264,6 +264,7 @@ impl<B: AdminBackend> AdminApp<B> {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {
                 respond(200, "text/plain; version=0.0.4", self.backend.metrics()).into()
@@ -271,7 +272,8 @@ impl<B: AdminBackend> AdminApp<B> {
             ("GET", "/health") => json_response(200, &self.backend.health()).into(),
             (_, p) if p == "/manager" || p.starts_with("/manager/") => {
                 let req =
-                    manager::ManagerRequest::from_head(session.req_header(), &body, false, client);
+                    manager::ManagerRequest::from_head(session.req_header(), &body, false, client)
+                        .with_tls(tls);
                 match self.manager.serve(&req).await {
                     manager::ManagerReply::Page(r) => r.into(),
                     manager::ManagerReply::Export(a) => answer_reply(a),

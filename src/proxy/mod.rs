@@ -50,10 +50,16 @@ pub struct Weir {
     pub state: Arc<AppState>,
     /// The manager's self-service pages, served here with `server.public_manager`.
     pub manager: Arc<Manager<Admin>>,
+    /// `server.h2c`: cleartext HTTP/2 by prior knowledge.
+    pub options: pingora_core::apps::HttpServerOptions,
 }
 
 #[async_trait]
 impl HttpServerApp for Weir {
+    fn server_options(&self) -> Option<&pingora_core::apps::HttpServerOptions> {
+        Some(&self.options)
+    }
+
     async fn process_new_http(
         self: &Arc<Self>,
         mut session: ServerSession,

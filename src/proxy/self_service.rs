@@ -26,7 +26,9 @@ impl Weir {
         let trusted = &self.state.snapshot().trusted_proxies;
         let client =
             weir_filters::client_addr::client_ip(peer, &session.req_header().headers, trusted);
-        let req = ManagerRequest::from_head(session.req_header(), &body, true, client);
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let req =
+            ManagerRequest::from_head(session.req_header(), &body, true, client).with_tls(tls);
         let response = match self.manager.serve(&req).await {
             ManagerReply::Page(r) => r,
             // Exports are served on the admin listener only.

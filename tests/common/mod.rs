@@ -655,8 +655,12 @@ impl Weir {
             }
             if let Some(ready) = read_ready(&self.ready_path(), self.child.id()) {
                 (self.port, self.admin_port) = ready;
-                if client.get(self.admin_url("/health")).send().await.is_ok() {
-                    return Ok(());
+                // An answer, or a connection the listener took and then closed (an
+                // admin listener on TLS refusing plain HTTP): the services run.
+                match client.get(self.admin_url("/health")).send().await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if !e.is_connect() => return Ok(()),
+                    Err(_) => {}
                 }
             }
             if Instant::now() > deadline {

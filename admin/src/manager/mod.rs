@@ -63,10 +63,18 @@ impl<'a> ManagerRequest<'a> {
             host: header(http::header::HOST),
             body,
             public,
-            // No listener speaks TLS yet; when one does, it says so here.
+            // The listener says so after (`with_tls`).
             tls: false,
             client,
         }
+    }
+}
+
+impl ManagerRequest<'_> {
+    /// Served over TLS (`server.tls`): the session cookies are marked Secure.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
     }
 }
 

@@ -860,6 +860,15 @@ fn validate_server(s: &ServerConfig, problems: &mut Vec<String>) {
             problems.push(format!("server.ca_file: `{ca}` is not a readable file"));
         }
     }
+    if let Some(tls) = &s.tls {
+        for (field, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+            if !std::path::Path::new(path).is_file() {
+                problems.push(format!(
+                    "server.tls.{field}: `{path}` is not a readable file"
+                ));
+            }
+        }
+    }
     if s.max_body.0 == 0 {
         problems.push("server.max_body: must be larger than zero".into());
     }

@@ -256,6 +256,23 @@ pub struct ServerConfig {
     /// included (a gateway's `timeout` overrides it): failover never multiplies a
     /// client's wait.
     pub request_timeout: Dur,
+    /// TLS on `listen` (and on `admin_listen` with `admin: true`), HTTP/2 by ALPN.
+    pub tls: Option<TlsConfig>,
+    /// Cleartext HTTP/2 with prior knowledge on `listen` (h2c), beside HTTP/1.1.
+    pub h2c: bool,
+}
+
+/// `server.tls`: PEM files, reread when they change (rotation without restart).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: String,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// Also serve the admin listener over TLS.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 impl Default for ServerConfig {
@@ -276,6 +293,8 @@ impl Default for ServerConfig {
             public_manager: false,
             trusted_proxies: Vec::new(),
             request_timeout: Dur::secs(600),
+            tls: None,
+            h2c: false,
         }
     }
 }
