@@ -270,3 +270,114 @@ async fn a_certificate_that_does_not_load_stops_the_start_with_its_field() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("server.tls"), "{text}");
 }
+
+// ---- A channel's forward proxy (`proxy:`) ----
+
+#[tokio::test]
+async fn a_channel_reaches_https_and_http_upstreams_through_its_forward_proxy() {
+    let proxy = ForwardProxyServer::start(None).await;
+    let (secure, ca_pem) = Upstream::start_tls("tunnelled").await;
+    let plain = Upstream::start("forwarded").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let via = format!("proxy: '{}'", proxy.url());
+    let cfg = Config::new()
+        .channel_at(
+            "tunnelled",
+            "openai",
+            &format!("{}/v1", secure.https_url()),
+            &format!("models: [s], retries: 0, {via}"),
+        )
+        .channel_at(
+            "forwarded",
+            "openai",
+            &plain.url(),
+            &format!("models: [p], retries: 0, {via}"),
+        );
+    let weir =
+        Weir::start_with_server(&cfg.build(), &format!("  ca_file: '{}'", ca_path.display())).await;
+    let client = reqwest::Client::new();
+    let url = weir.url("/v1/chat/completions");
+    for stream in [false, true] {
+        let (status, body) = post(&client, &url, &chat("s", stream)).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("tunnelled"), "{body}");
+        let (status, body) = post(&client, &url, &chat("p", stream)).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("forwarded"), "{body}");
+    }
+    // The https upstream was reached by a CONNECT tunnel (TLS with the upstream
+    // itself: the proxy saw no request); the http one by absolute-form requests.
+    let log = proxy.log();
+    assert!(
+        log.contains(&format!("CONNECT localhost:{}", secure.port)),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "http://127.0.0.1:{}/v1/chat/completions",
+            plain.port
+        )),
+        "{log}"
+    );
+    assert_eq!(plain.seen()[0].path, "/v1/chat/completions");
+    assert!(
+        plain.seen()[0].headers.contains_key("via"),
+        "not through the proxy"
+    );
+    assert_eq!((secure.calls(), plain.calls()), (2, 2));
+}
+
+#[tokio::test]
+async fn proxy_credentials_are_sent_and_a_refusal_is_named() {
+    let proxy = ForwardProxyServer::start(Some(("weir", "s3cret"))).await;
+    let up = Upstream::start("behind").await;
+    let (secure, ca_pem) = Upstream::start_tls("secure").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let good = format!("http://weir:s3cret@127.0.0.1:{}", proxy.port);
+    let bad = format!("http://weir:wrong@127.0.0.1:{}", proxy.port);
+    let secure_url = format!("{}/v1", secure.https_url());
+    let cfg = Config::new()
+        .channel_at(
+            "good",
+            "openai",
+            &up.url(),
+            &format!("models: [g], retries: 0, proxy: '{good}'"),
+        )
+        .channel_at(
+            "good-tls",
+            "openai",
+            &secure_url,
+            &format!("models: [gs], retries: 0, proxy: '{good}'"),
+        )
+        .channel_at(
+            "bad",
+            "openai",
+            &secure_url,
+            &format!("models: [b], retries: 0, proxy: '{bad}'"),
+        );
+    let weir =
+        Weir::start_with_server(&cfg.build(), &format!("  ca_file: '{}'", ca_path.display())).await;
+    let client = reqwest::Client::new();
+    let url = weir.url("/v1/chat/completions");
+    for model in ["g", "gs"] {
+        let (status, body) = post(&client, &url, &chat(model, false)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The proxy's refusal is the channel's failure, named as the proxy's; the
+    // password is nowhere.
+    let (status, body) = post(&client, &url, &chat("b", false)).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("bad: "), "{body}");
+    weir.wait_log("proxy refused the tunnel").await;
+    assert!(
+        !body.contains("wrong") && !weir.log().contains("wrong"),
+        "{body}"
+    );
+    let (_, config) = weir.admin("GET", "/admin/config", None).await;
+    assert!(!config.to_string().contains("s3cret"), "{config}");
+    assert_eq!((up.calls(), secure.calls()), (1, 1));
+}

@@ -139,9 +139,53 @@ fn field(out: &mut Vec<u8>, name: &'static str, value: &str) -> Result<(), WireE
     Ok(())
 }
 
-/// An origin-form request target: `/` then visible ASCII (RFC 9112 §3.2).
+/// An origin-form request target (`/` then visible ASCII, RFC 9112 §3.2), or the
+/// absolute form a forward proxy takes (`http://host/path`).
 fn valid_target(path: &str) -> bool {
-    path.starts_with('/') && path.bytes().all(|b| b > 0x20 && b < 0x7f)
+    (path.starts_with('/') || path.starts_with("http://"))
+        && path.bytes().all(|b| b > 0x20 && b < 0x7f)
+}
+
+/// Largest answer head a forward proxy may send to CONNECT.
+pub const MAX_CONNECT_REPLY: usize = 16 * 1024;
+
+/// The request that opens a tunnel to `target` (`host:port`) through a forward
+/// proxy (RFC 9110 §9.3.6).
+pub fn connect_request(target: &str, authorization: Option<&str>) -> Result<Vec<u8>, WireError> {
+    if target.is_empty() || !target.bytes().all(|b| b > 0x20 && b < 0x7f) {
+        return Err(WireError::Path);
+    }
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(b"CONNECT ");
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    field(&mut out, "host", target)?;
+    if let Some(auth) = authorization {
+        field(&mut out, "proxy-authorization", auth)?;
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(out)
+}
+
+/// A forward proxy's answer to CONNECT so far: `Ok(None)` until its head is
+/// complete; then the head's length when it is 2xx (the tunnel is open and what
+/// follows is the upstream's), else why not (its status line).
+pub fn connect_reply(buf: &[u8]) -> Result<Option<usize>, String> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buf.len() > MAX_CONNECT_REPLY {
+            return Err("the proxy's answer to CONNECT has no end".into());
+        }
+        return Ok(None);
+    };
+    let line = buf[..end].split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    let status = parts.next().and_then(|s| s.parse::<u16>().ok());
+    match status {
+        Some(200..=299) if version.starts_with("HTTP/1.") => Ok(Some(end + 4)),
+        _ => Err(format!("the proxy refused the tunnel: {}", line.trim())),
+    }
 }
 
 /// RFC 9110 §5.6.2 `tchar`.
@@ -152,6 +196,26 @@ fn is_token(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tunnel_is_asked_for_and_its_answer_read() {
+        let req = connect_request("api.example.com:443", Some("Basic dTpw")).unwrap();
+        assert_eq!(
+            String::from_utf8(req).unwrap(),
+            "CONNECT api.example.com:443 HTTP/1.1\r\nhost: api.example.com:443\r\nproxy-authorization: Basic dTpw\r\n\r\n"
+        );
+        assert_eq!(connect_request("a b:1", None), Err(WireError::Path));
+        assert_eq!(connect_reply(b"HTTP/1.1 200 Connection"), Ok(None));
+        let ok = b"HTTP/1.1 200 Connection established\r\nProxy-agent: x\r\n\r\nTLS";
+        assert_eq!(connect_reply(ok), Ok(Some(ok.len() - 3)));
+        let refused = connect_reply(b"HTTP/1.0 407 Proxy Authentication Required\r\n\r\n");
+        assert_eq!(
+            refused,
+            Err("the proxy refused the tunnel: HTTP/1.0 407 Proxy Authentication Required".into())
+        );
+        assert!(connect_reply(&vec![b'a'; MAX_CONNECT_REPLY + 1]).is_err());
+        assert!(connect_reply(b"SSH-2.0\r\n\r\n").is_err());
+    }
 
     fn head<'a>(path: &'a str, headers: &'a [(&'static str, String)]) -> RequestHead<'a> {
         RequestHead {

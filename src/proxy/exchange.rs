@@ -12,6 +12,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{ErrorType, RetryType};
 use pingora_http::ResponseHeader;
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use weir_filters::adapters;
@@ -179,11 +180,12 @@ pub async fn exchange(
     )
     .map_err(AttemptError::Refused)?;
     let peer = peer(state, channel, upstream, dns_ttl).await?;
+    let (path, headers) = target(channel, upstream, &call.path, &call.headers);
     let head = RequestHead {
         authority: upstream.authority.as_str(),
-        path: &call.path,
+        path: &path,
         accept: out.accept,
-        headers: &call.headers,
+        headers: &headers,
     };
     let mut wire = Vec::new();
     let inline =
@@ -196,6 +198,14 @@ pub async fn exchange(
     let Some(header) = up.resp_header().cloned() else {
         return Err(broke("no response header"));
     };
+    if let (Some(proxy), 407) = (&channel.proxy, header.status.as_u16()) {
+        // The forward proxy's refusal, not the upstream's answer: the channel's
+        // failure (its proxy credentials are wrong), never relayed as the answer.
+        return Err(AttemptError::Failed(
+            FailKind::Connect,
+            format!("the proxy {} refused the request: HTTP 407", proxy.shown),
+        ));
+    }
     let sse = header
         .headers
         .get("content-type")
@@ -254,11 +264,12 @@ pub async fn call(
         state.snapshot().server().dns_ttl.0,
     )
     .await?;
+    let (path, headers) = target(channel, upstream, &get.path, &get.headers);
     let head = RequestHead {
         authority: upstream.authority.as_str(),
-        path: &get.path,
+        path: &path,
         accept: None,
-        headers: &get.headers,
+        headers: &headers,
     };
     let mut wire = Vec::new();
     let inline = if post {
@@ -305,6 +316,31 @@ fn mock_answer(channel: &Channel, out: &Outbound<'_>) -> Result<Answer, AttemptE
     )))
 }
 
+/// The provider's headers, borrowed unless a proxy adds its own.
+type Headers<'a> = Cow<'a, [(&'static str, String)]>;
+
+/// The request target and the provider's headers as they go on the wire: through
+/// a forward proxy, an `http` upstream is asked in absolute form, with the
+/// proxy's credentials (an `https` one is tunnelled and asked as usual).
+fn target<'a>(
+    channel: &Channel,
+    upstream: &weir_filters::config::Upstream,
+    path: &'a str,
+    headers: &'a [(&'static str, String)],
+) -> (Cow<'a, str>, Headers<'a>) {
+    match &channel.proxy {
+        Some(proxy) if !upstream.tls => {
+            let mut with = headers.to_vec();
+            if let Some(auth) = &proxy.authorization {
+                with.push(("proxy-authorization", auth.clone()));
+            }
+            let absolute = format!("http://{}{path}", upstream.authority);
+            (Cow::Owned(absolute), Cow::Owned(with))
+        }
+        _ => (Cow::Borrowed(path), Cow::Borrowed(headers)),
+    }
+}
+
 /// The channel's upstream, resolved within its connect timeout, with its timeouts.
 async fn peer(
     state: &AppState,
@@ -312,6 +348,15 @@ async fn peer(
     upstream: &weir_filters::config::Upstream,
     dns_ttl: Duration,
 ) -> Result<Box<HttpPeer>, AttemptError> {
+    if let Some(proxy) = &channel.proxy {
+        // The proxy resolves the upstream's name; the address here is a stand-in
+        // the proxy connector never dials.
+        let stand_in = std::net::SocketAddr::from(([0, 0, 0, 0], upstream.port));
+        let mut peer = Box::new(HttpPeer::new(stand_in, upstream.tls, upstream.host.clone()));
+        super::forward_proxy::route_through(&mut peer, proxy, upstream, channel.connect_timeout);
+        set_timeouts(&mut peer, channel);
+        return Ok(peer);
+    }
     let resolve = state.dns.resolve(&upstream.host, upstream.port, dns_ttl);
     let addr = match tokio::time::timeout(channel.connect_timeout, resolve).await {
         Ok(r) => r.map_err(|e| AttemptError::Failed(FailKind::Connect, e))?,
@@ -324,12 +369,16 @@ async fn peer(
     };
     // Boxed once: the answer carries it to the relay, which returns the connection.
     let mut peer = Box::new(HttpPeer::new(addr, upstream.tls, upstream.host.clone()));
+    set_timeouts(&mut peer, channel);
+    Ok(peer)
+}
+
+fn set_timeouts(peer: &mut HttpPeer, channel: &Channel) {
     peer.options.connection_timeout = Some(channel.connect_timeout);
     peer.options.total_connection_timeout = Some(channel.connect_timeout.saturating_mul(2));
     peer.options.read_timeout = Some(channel.first_byte_timeout);
     peer.options.write_timeout = Some(channel.first_byte_timeout);
     peer.options.idle_timeout = Some(Duration::from_secs(60));
-    Ok(peer)
 }
 
 /// The request's bytes: the head (with the body when it was small enough to go

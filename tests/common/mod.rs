@@ -1246,3 +1246,76 @@ impl Drop for PgServer {
         self.kill();
     }
 }
+
+/// A real forward proxy on loopback: tinyproxy, in the foreground, its own
+/// config and log in a temporary directory; killed on drop.
+///
+/// tinyproxy cannot be told to take port 0, so its port is drawn at random below
+/// the kernel's ephemeral range (where every other test server's port 0 lands) and
+/// drawn again when tinyproxy finds it taken and exits: nothing is bound and
+/// released to find it.
+pub struct ForwardProxyServer {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl ForwardProxyServer {
+    /// `auth`: `(user, password)` the proxy demands (`BasicAuth`).
+    pub async fn start(auth: Option<(&str, &str)>) -> ForwardProxyServer {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..20 {
+            let port = 20_000 + (rand::random::<u32>() % 12_000) as u16;
+            let conf = dir.path().join("tinyproxy.conf");
+            let mut text = format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 64\nAllow 127.0.0.1\nLogLevel Info\nLogFile \"{}\"\nDisableViaHeader No\n",
+                dir.path().join("tinyproxy.log").display()
+            );
+            if let Some((user, password)) = auth {
+                text.push_str(&format!("BasicAuth {user} {password}\n"));
+            }
+            std::fs::write(&conf, text).unwrap();
+            let mut child = Command::new("tinyproxy")
+                .arg("-d")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("tinyproxy is installed (.ci/services)");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break; // the port was taken: draw another
+                }
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return ForwardProxyServer { child, port, dir };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("tinyproxy did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tinyproxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ForwardProxyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

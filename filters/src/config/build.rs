@@ -249,6 +249,11 @@ impl ChannelIndex {
     fn add(&mut self, at: &str, c: &ChannelConfig, source: Source, problems: &mut Vec<String>) {
         check_name(at, "channel", &c.name, &mut self.names, problems);
         let upstream = upstream(at, c, problems);
+        let proxy = c.proxy.as_deref().and_then(|url| {
+            ForwardProxy::parse(url)
+                .map_err(|e| problems.push(format!("{at}.proxy: {e}")))
+                .ok()
+        });
         check_channel(at, c, problems);
         let rules = mapping_rules(at, c, problems);
         if c.models.is_empty() && rules.is_empty() {
@@ -286,6 +291,7 @@ impl ChannelIndex {
             connect_timeout: c.timeouts.connect.0,
             first_byte_timeout: c.timeouts.first_byte.0,
             total_timeout: c.timeouts.total.0,
+            proxy,
             exposed: exposed.into_iter().map(|(from, _)| from).collect(),
             api_version: c.api_version.clone(),
             default_max_tokens: c.default_max_tokens,

@@ -167,6 +167,8 @@ pub struct Channel {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub total_timeout: Duration,
+    /// `proxy`: the forward proxy requests go through.
+    pub proxy: Option<ForwardProxy>,
     /// Client-facing names this channel answers to, in a stable order.
     pub exposed: Vec<String>,
     /// `azure`: `api-version`.
@@ -512,6 +514,11 @@ impl Runtime {
         }
         if let Some(channels) = v.get_mut("channels").and_then(|c| c.as_array_mut()) {
             for c in channels {
+                if let Some(url) = c.get_mut("proxy") {
+                    if let Some(u) = url.as_str() {
+                        *url = serde_json::Value::String(hide_password(u));
+                    }
+                }
                 if let Some(keys) = c.get_mut("keys").and_then(|k| k.as_array_mut()) {
                     for k in keys.iter_mut() {
                         *k = serde_json::Value::String(REDACTED.into());
@@ -524,6 +531,63 @@ impl Runtime {
 }
 
 pub const REDACTED: &str = "[redacted]";
+
+/// A channel's forward proxy (P2), parsed from `http://[user:pass@]host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardProxy {
+    pub host: String,
+    pub port: u16,
+    /// `Proxy-Authorization` when the URL carries credentials (`Basic …`).
+    pub authorization: Option<String>,
+    /// The URL with its password hidden, for logs and errors.
+    pub shown: String,
+}
+
+impl ForwardProxy {
+    pub fn parse(url: &str) -> Result<ForwardProxy, String> {
+        use base64::Engine as _;
+        let url = url.trim();
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            "must be an `http://host:port` proxy (https upstreams go through it by CONNECT)"
+                .to_string()
+        })?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#']) {
+            return Err("a proxy URL has no path or query".into());
+        }
+        let (creds, hostport) = match rest.rsplit_once('@') {
+            Some((c, h)) => (Some(c), h),
+            None => (None, rest),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
+                let port = p
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("`{p}` is not a port"))?;
+                (h, port)
+            }
+            _ => (hostport, 80),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err("the proxy URL names no host".into());
+        }
+        let authorization = creds.map(|c| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(c)
+            )
+        });
+        Ok(ForwardProxy {
+            host: host.to_string(),
+            port,
+            authorization,
+            shown: model::hide_password(url),
+        })
+    }
+}
 
 /// A key's public hint for logs and the admin API: never more than its last 4 chars,
 /// and nothing at all for short keys.
@@ -540,6 +604,37 @@ pub fn key_hint(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forward_proxies_parse_with_credentials_hidden() {
+        let p = ForwardProxy::parse("http://u:pa%3Ass@proxy.corp:3128/").unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("proxy.corp", 3128));
+        assert_eq!(p.authorization.as_deref(), Some("Basic dTpwYSUzQXNz"));
+        assert_eq!(p.shown, "http://u:***@proxy.corp:3128/");
+        let p = ForwardProxy::parse("http://[::1]:8080").unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.authorization),
+            ("::1", 8080, None)
+        );
+        assert_eq!(ForwardProxy::parse("http://proxy").unwrap().port, 80);
+        for bad in [
+            "https://p:1",
+            "socks5://p:1",
+            "http://p:0",
+            "http://p:x",
+            "http://:1",
+            "http://p:1/path",
+        ] {
+            assert!(ForwardProxy::parse(bad).is_err(), "{bad}");
+        }
+        let e = parse("channels:\n  - {name: a, type: openai, base_url: 'http://h', models: [m], proxy: 'ftp://p'}\n")
+            .unwrap_err();
+        assert!(
+            e.problems[0].starts_with("channels[0].proxy: must be an `http://"),
+            "{:?}",
+            e.problems
+        );
+    }
 
     #[test]
     fn backends_are_a_url_or_a_map_and_their_passwords_never_show() {

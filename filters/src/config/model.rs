@@ -576,6 +576,10 @@ pub struct ChannelConfig {
     pub backoff: Option<BackoffConfig>,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// A forward proxy the channel's requests go through: `http://[user:pass@]host:port`
+    /// (absolute-form requests for `http` upstreams, a CONNECT tunnel for `https`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
     /// `azure`: the `api-version` query parameter.
     #[serde(default)]
     pub api_version: Option<String>,

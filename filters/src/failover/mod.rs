@@ -36,6 +36,7 @@ mod testkit {
             connect_timeout: Duration::from_secs(1),
             first_byte_timeout: Duration::from_secs(1),
             total_timeout: Duration::from_secs(1),
+            proxy: None,
             exposed: vec!["m".into()],
             api_version: None,
             default_max_tokens: None,
