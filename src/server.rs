@@ -15,6 +15,7 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use weir_admin::manager::Manager;
 use weir_admin::AdminApp;
 use weir_filters::config::{self, ChannelType, LogFormat, Runtime, ServerConfig};
@@ -161,7 +162,7 @@ pub fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), String> {
     if let Some(path) = &ready_file {
         listeners::write_ready_file(path, &ready)?;
     }
-    stop_when_idle(&server, &state);
+    stop_when_idle(&server, &state, server_cfg.grace_period.0);
     server.run(RunArgs::default());
     // Every request has ended: write the last usage before the process goes.
     state.store.shutdown();
@@ -171,11 +172,12 @@ pub fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> Result<(), String> {
 }
 
 /// Pingora sleeps the whole grace period after SIGTERM even with nothing to
-/// finish. Watches that period instead: once no request is in flight (at once
-/// when idle, or as soon as the last stream ends), the usage is written and the
-/// process exits; with requests still running at its end, Pingora goes on as
-/// before.
-fn stop_when_idle(server: &Server, state: &Arc<AppState>) {
+/// finish, and drops what still runs at its end. Watches that period instead:
+/// once no request is in flight (at once when idle, or as soon as the last stream
+/// ends), the usage is written and the process exits. Streams still open shortly
+/// before the period ends are cut (an error event to the client, their usage so
+/// far counted as for any broken stream) and written before the process leaves.
+fn stop_when_idle(server: &Server, state: &Arc<AppState>, grace: Duration) {
     let mut phases = server.watch_execution_phase();
     let state = state.clone();
     let watcher = std::thread::Builder::new()
@@ -183,8 +185,29 @@ fn stop_when_idle(server: &Server, state: &Arc<AppState>) {
         .spawn(move || loop {
             match phases.blocking_recv() {
                 Ok(pingora_core::server::ExecutionPhase::ShutdownGracePeriod) => {
-                    while state.metrics.in_flight.get() > 0 {
-                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    // The cut leaves the relays time to write their ends and usage
+                    // (Pingora drops whatever still runs when the period ends).
+                    let cut_at = Instant::now() + grace - (grace / 2).min(Duration::from_secs(2));
+                    let idle = || state.metrics.in_flight.get() <= 0;
+                    if !idle() {
+                        // A cut stream's usage may need the tokenizer: loaded now, not
+                        // in the last moment (it takes a while, and a lot of memory
+                        // that an instance never estimating should not carry).
+                        let _ = std::thread::Builder::new()
+                            .name("weir-tokenizer".into())
+                            .spawn(weir_filters::usage::warm_up);
+                    }
+                    while !idle() && Instant::now() < cut_at {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    if !idle() {
+                        let open = state.metrics.in_flight.get();
+                        tracing::warn!(open, "grace period over: cutting the requests still open");
+                        state.stopping.send_replace(true);
+                        let give_up = Instant::now() + Duration::from_secs(2);
+                        while !idle() && Instant::now() < give_up {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
                     }
                     state.store.shutdown();
                     tracing::info!("weir stopped: nothing left in flight");

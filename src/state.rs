@@ -44,6 +44,9 @@ pub struct AppState {
     proxy_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// The store's entity change count the snapshot was last built with.
     entities_applied: AtomicU64,
+    /// Set when a graceful stop's grace period is about to end: open streams are
+    /// cut then, and their usage written, before the process leaves.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 fn cache_budget(policy: &Option<weir_filters::config::CachePolicy>) -> u64 {
@@ -103,6 +106,7 @@ impl AppState {
             outbox: Default::default(),
             bots: Default::default(),
             proxy_addr: Default::default(),
+            stopping: tokio::sync::watch::channel(false).0,
         };
         let rt = state.snapshot();
         for c in rt.channels.iter().filter(|c| c.starts_suspended) {

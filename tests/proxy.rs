@@ -634,3 +634,46 @@ async fn a_graceful_stop_exits_when_the_last_request_ends() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_stream_open_at_the_end_of_the_grace_period_is_cut_and_its_usage_written() {
+    let up = Upstream::start("long").await;
+    // About six chunks a second apart: longer than the grace period.
+    up.set_chunk_delay(Duration::from_secs(1));
+    let cfg = Config::new().openai("long", &up, "").build();
+    let mut weir = Weir::start_with_server(&cfg, "  grace_period: 2s").await;
+    let mut r = reqwest::Client::new()
+        .post(weir.url("/v1/chat/completions"))
+        .json(&chat("m", true))
+        .send()
+        .await
+        .unwrap();
+    let first = r.chunk().await.unwrap().unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &weir.pid().to_string()])
+        .status();
+    let mut body = String::from_utf8_lossy(&first).into_owned();
+    while let Ok(Some(c)) = r.chunk().await {
+        body.push_str(&String::from_utf8_lossy(&c));
+    }
+    assert!(body.contains("weir stopped"), "the client is told: {body}");
+    assert!(!body.contains("data: [DONE]"), "{body}");
+    assert!(weir.stop_gracefully().success());
+    assert!(
+        weir.log().contains("cutting the requests still open"),
+        "{}",
+        weir.log()
+    );
+    // Started again on the same store: the cut stream's row is there, with the
+    // tokens it streamed before the cut.
+    weir.restart().await;
+    let v = weir.admin_get("/admin/logs").await;
+    let rows = v["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{v}\n{}", weir.log());
+    let row = &rows[0];
+    assert!(
+        row["error"].as_str().unwrap_or("").contains("grace period"),
+        "{row}"
+    );
+    assert!(row["completion_tokens"].as_i64().unwrap_or(0) > 0, "{row}");
+}

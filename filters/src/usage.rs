@@ -52,7 +52,8 @@ fn bpe() -> &'static CoreBPE {
     })
 }
 
-/// Loads the tokenizer ranks ahead of the first request (it takes ~100 ms).
+/// Loads the tokenizer ranks ahead of a count that must be quick (it takes
+/// ~100 ms): a graceful stop about to cut streams does.
 pub fn warm_up() {
     let _ = bpe();
 }

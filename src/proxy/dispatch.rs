@@ -95,7 +95,8 @@ pub async fn run(
                 if settled.relays() {
                     note_answered(ctx, &plan, channel, &upstream_model, &answer, bodies);
                     let own = started + channel.total_timeout;
-                    let how = relay_plan(req, bodies, channel, &rules, own.min(deadline));
+                    let mut how = relay_plan(req, bodies, channel, &rules, own.min(deadline));
+                    how.channel_deadline = own <= deadline;
                     return relay(state, session, ctx, answer, how).await;
                 }
                 if let Some(code) = Box::pin(discard(state, answer)).await {
@@ -183,6 +184,7 @@ fn relay_plan<'a>(
         strip_usage: bodies.strip_usage,
         expect_done: req.endpoint.streams_chunks(),
         deadline,
+        channel_deadline: true,
         request: &bodies.parsed,
         gateway: &req.gateway.name,
         health: &rules.health,

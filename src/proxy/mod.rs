@@ -113,8 +113,10 @@ impl HttpServerApp for Weir {
         let mut ctx = Ctx::new();
         self.state.metrics.in_flight.inc();
         let failed = serve(&self.state, &mut session, &mut ctx).await;
-        self.state.metrics.in_flight.dec();
         logging::record(&self.state, &ctx, failed.as_deref());
+        // Only once its usage is queued: a graceful stop writes the queue and
+        // leaves as soon as nothing is in flight.
+        self.state.metrics.in_flight.dec();
         if failed.is_some() {
             return None;
         }

@@ -42,6 +42,9 @@ pub struct RelayPlan<'a> {
     pub expect_done: bool,
     /// Ends the whole exchange, stream included.
     pub deadline: Instant,
+    /// The deadline is the channel's own `timeouts.total` (its passing is the
+    /// channel's fault), not the request's.
+    pub channel_deadline: bool,
     /// The request, for a tokenizer estimate when no usage comes back.
     pub request: &'a JsonBody,
     pub gateway: &'a str,
@@ -100,6 +103,9 @@ struct Body {
     translator: Option<Box<dyn StreamTranslator>>,
     /// The copy for the cache, `None` when the answer is not to be stored.
     capture: Option<Vec<u8>>,
+    /// Turns true when a graceful stop's grace period ends with this stream still
+    /// open: it is cut as a broken stream, so its usage is written.
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Sends the answer to the client. From here on nothing is retried.
@@ -111,6 +117,9 @@ pub async fn relay(
     plan: RelayPlan<'_>,
 ) -> Result<(), Failure> {
     let (mut header, mut body) = open(answer, &plan).map_err(Failure::Abort)?;
+    if matches!(body.source, Source::Upstream { .. }) {
+        body.stop = Some(state.stopping.subscribe());
+    }
     ctx.reply.status = body.status;
     if let Some(r) = ctx.who.rate {
         crate::proxy::respond::rate_headers(&mut header, &r).map_err(Failure::Abort)?;
@@ -150,8 +159,9 @@ pub async fn relay(
     match &pumped {
         // Boxed: its future would otherwise be reserved in every relay for the
         // whole stream.
-        Ok(()) => Box::pin(finish(state, source)).await,
-        Err(_) => shutdown(source).await,
+        // A stream cut short (by its channel or by weir) is not drained for reuse.
+        Ok(()) if !ctx.reply.broken => Box::pin(finish(state, source)).await,
+        _ => shutdown(source).await,
     }
     // Only an answer that ended cleanly is cached.
     if let (Ok(()), Some(fill), Some(body)) = (&pumped, fill, capture) {
@@ -242,6 +252,7 @@ fn open(answer: Answer, plan: &RelayPlan<'_>) -> pingora_error::Result<(Response
             .translate
             .and_then(|kind| adapters::stream_translator(kind, plan.model, true)),
         capture: None,
+        stop: None,
     };
     Ok((header, body))
 }
@@ -256,7 +267,7 @@ impl Body {
         plan: &RelayPlan<'_>,
     ) -> Result<(), Failure> {
         let broken = loop {
-            let (chunk, ended, broken) = match self.read(plan.deadline).await {
+            let (chunk, ended, broken) = match self.read(plan).await {
                 Ok(Some(read)) => read,
                 Ok(None) => break None,
                 Err(e) => break Some(e),
@@ -282,20 +293,40 @@ impl Body {
     /// broke, right after it.
     async fn read(
         &mut self,
-        deadline: Instant,
-    ) -> Result<Option<(Bytes, bool, Option<String>)>, String> {
+        plan: &RelayPlan<'_>,
+    ) -> Result<Option<(Bytes, bool, Option<Broke>)>, Broke> {
         let up = match &mut self.source {
             Source::Mock(chunks) => return Ok(chunks.next().map(|c| (c, false, None))),
             Source::Upstream { up, .. } => up,
         };
-        let first = match tokio::time::timeout_at(deadline.into(), up.read_body_bytes()).await {
+        let next = tokio::time::timeout_at(plan.deadline.into(), up.read_body_bytes());
+        let stopped = async {
+            match self.stop.as_mut() {
+                Some(stop) => {
+                    let _ = stop.wait_for(|s| *s).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let read = tokio::select! {
+            biased;
+            r = next => r,
+            () = stopped => {
+                return Err(Broke::by_weir("weir stopped: the stream was cut at the end of the grace period"))
+            }
+        };
+        let first = match read {
             Ok(Ok(Some(chunk))) => chunk,
             Ok(Ok(None)) => return Ok(None),
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err(
-                "the time allowed ran out (the channel's timeouts.total or the request's deadline)"
-                    .to_string(),
-            ),
+            Ok(Err(e)) => return Err(Broke::by_channel(e.to_string())),
+            Err(_) if plan.channel_deadline => {
+                return Err(Broke::by_channel("the channel's timeouts.total ran out"))
+            }
+            Err(_) => {
+                return Err(Broke::by_weir(
+                    "the request's deadline (its gateway's timeout) passed",
+                ))
+            }
         };
         let (mut more, mut ended, mut broken): (Option<BytesMut>, _, _) = (None, false, None);
         for _ in 0..MAX_COALESCED {
@@ -308,7 +339,7 @@ impl Body {
                     break;
                 }
                 Some(Err(e)) => {
-                    broken = Some(e.to_string());
+                    broken = Some(Broke::by_channel(e.to_string()));
                     break;
                 }
                 None => break,
@@ -344,18 +375,18 @@ impl Body {
         session: &mut Session,
         ctx: &mut Ctx,
         plan: &RelayPlan<'_>,
-        broken: Option<String>,
+        broken: Option<Broke>,
     ) -> Result<(), Failure> {
         if self.is_sse {
             let tail = self.sse_tail(state, ctx, plan, broken);
             keep(&mut self.capture, &tail, plan);
             return write(session, ctx, Bytes::from(tail), true).await;
         }
-        let Some(why) = broken else {
+        let Some(broke) = broken else {
             return write(session, ctx, Bytes::new(), true).await;
         };
         // A JSON answer cut short: its length can no longer be kept; close.
-        broke_off(state, ctx, plan, &why);
+        let why = broke.count(state, ctx, plan);
         ctx.reply.error = Some(format!("answer broken: {why}"));
         Err(Failure::Abort(pingora_error::Error::explain(
             pingora_error::ErrorType::ReadError,
@@ -370,7 +401,7 @@ impl Body {
         state: &AppState,
         ctx: &mut Ctx,
         plan: &RelayPlan<'_>,
-        broken: Option<String>,
+        broken: Option<Broke>,
     ) -> Vec<u8> {
         let mut tail = Vec::new();
         if let (Some(t), None) = (self.translator.as_mut(), &broken) {
@@ -383,10 +414,7 @@ impl Body {
             return tail;
         }
         let why = match broken {
-            Some(why) => {
-                broke_off(state, ctx, plan, &why);
-                why
-            }
+            Some(broke) => broke.count(state, ctx, plan),
             None => {
                 let why = "the upstream ended the stream before it was complete";
                 count_broken(state, ctx, plan);
@@ -404,6 +432,43 @@ impl Body {
         };
         tail.extend_from_slice(&e.to_sse_event());
         tail
+    }
+}
+
+/// Why an answer ended before its end.
+struct Broke {
+    why: String,
+    /// The channel's doing (its connection broke, its total timeout ran out), which
+    /// counts against its health; else weir's (a graceful stop, the request's
+    /// deadline), which does not.
+    channel: bool,
+}
+
+impl Broke {
+    fn by_channel(why: impl Into<String>) -> Broke {
+        Broke {
+            why: why.into(),
+            channel: true,
+        }
+    }
+
+    fn by_weir(why: &str) -> Broke {
+        Broke {
+            why: why.to_string(),
+            channel: false,
+        }
+    }
+
+    /// Counts the break (and, when it is the channel's, against the channel);
+    /// returns why, for the client and the log.
+    fn count(self, state: &AppState, ctx: &mut Ctx, plan: &RelayPlan<'_>) -> String {
+        if self.channel {
+            broke_off(state, ctx, plan, &self.why);
+        } else {
+            ctx.reply.broken = true;
+            count_broken(state, ctx, plan);
+        }
+        self.why
     }
 }
 
