@@ -37,6 +37,8 @@ pub mod error;
 pub mod failover;
 pub mod feishu;
 pub mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod json_scan;
 pub mod key_mail;
