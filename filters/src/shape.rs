@@ -210,6 +210,7 @@ fn fields(body: &JsonBody, list: &[(&str, Want)]) -> Result<(), GatewayError> {
     for (name, want) in list {
         if let Some(raw) = present(body, name) {
             expect(|| name.to_string(), raw, want)?;
+            representable(name, raw, want)?;
             if POSITIVE.contains(name) && raw.get().trim_start().starts_with(['-', '0']) {
                 return Err(invalid_value(
                     name.to_string(),
@@ -222,6 +223,26 @@ fn fields(body: &JsonBody, list: &[(&str, Want)]) -> Result<(), GatewayError> {
         }
     }
     Ok(())
+}
+
+/// A number the providers can read: JSON allows `1e999` and 30-digit integers,
+/// which a strict parser refuses and Python servers read as `inf` (then fail).
+fn representable(name: &str, raw: &RawValue, want: &Want) -> Result<(), GatewayError> {
+    let text = raw.get().trim();
+    let fits = if want.kinds == INTEGER.kinds {
+        text.parse::<i64>().is_ok() || text.parse::<u64>().is_ok()
+    } else if want.kinds == NUMBER.kinds {
+        text.parse::<f64>().is_ok_and(f64::is_finite)
+    } else {
+        true
+    };
+    if fits {
+        return Ok(());
+    }
+    Err(invalid_value(
+        name.to_string(),
+        format!("Invalid '{name}': {text} is out of range."),
+    ))
 }
 
 /// The message list: a non-empty array of objects, each with a known role and the
@@ -571,6 +592,25 @@ mod tests {
             err("tool_choice", "invalid_type")
         );
         assert_eq!(with("temperature", json!(null)), Ok(()));
+        let raw = |field: &str, number: &str| {
+            let body = format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"a"}}],"{field}":{number}}}"#
+            );
+            let parsed = JsonBody::parse(body.as_bytes()).unwrap();
+            check(Endpoint::ChatCompletions, &parsed).map_err(|e| match e {
+                GatewayError::InvalidParam { param, code, .. } => (param, code),
+                other => panic!("{other}"),
+            })
+        };
+        assert_eq!(
+            raw("temperature", "1e99999"),
+            err("temperature", "invalid_value")
+        );
+        assert_eq!(
+            raw("seed", "123456789012345678901234567890"),
+            err("seed", "invalid_value")
+        );
+        assert_eq!(raw("temperature", "1e2"), Ok(()));
     }
 
     #[test]
