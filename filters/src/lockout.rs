@@ -70,8 +70,13 @@ impl Lockout {
         if entries.len() >= p.capacity && !entries.contains_key(&ip) {
             entries.retain(|_, e| now.saturating_duration_since(e.last) < p.forget);
             if entries.len() >= p.capacity {
-                // Full of live entries: the one quiet longest makes room.
-                let oldest = entries.iter().min_by_key(|(_, e)| e.last).map(|(k, _)| *k);
+                // Full of live entries: the one quiet longest makes room, an
+                // address still waiting only when every entry is (a flood of
+                // fresh addresses must not free the locked ones).
+                let oldest = entries
+                    .iter()
+                    .min_by_key(|(_, e)| (e.until.is_some_and(|u| u > now), e.last))
+                    .map(|(k, _)| *k);
                 if let Some(k) = oldest {
                     entries.remove(&k);
                 }

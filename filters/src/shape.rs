@@ -14,6 +14,7 @@ use crate::request_body::JsonBody;
 use crate::route::Endpoint;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 
 /// A JSON value's type, read from its first byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +217,7 @@ fn fields(body: &JsonBody, list: &[(&str, Want)]) -> Result<(), GatewayError> {
                     name.to_string(),
                     format!(
                         "Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {} instead.",
-                        raw.get()
+                        echo(raw)
                     ),
                 ));
             }
@@ -241,7 +242,7 @@ fn representable(name: &str, raw: &RawValue, want: &Want) -> Result<(), GatewayE
     }
     Err(invalid_value(
         name.to_string(),
-        format!("Invalid '{name}': {text} is out of range."),
+        format!("Invalid '{name}': {} is out of range.", echo(raw)),
     ))
 }
 
@@ -275,13 +276,15 @@ fn messages(raw: &RawValue) -> Result<(), GatewayError> {
         let at = |field: &str| format!("messages[{i}].{field}");
         let role = m.role.ok_or_else(|| missing(at("role")))?;
         expect(|| at("role"), role, &STRING)?;
-        let role_name: &str = serde_json::from_str(role.get()).unwrap_or("");
+        // Owned only when escaped (`"us\u0065r"` is `user` too).
+        let role_name: Cow<str> = serde_json::from_str(role.get()).unwrap_or_default();
+        let role_name = role_name.as_ref();
         if !ROLES.contains(&role_name) {
             return Err(invalid_value(
                 at("role"),
                 format!(
                     "Invalid value: {}. Supported values are: 'system', 'developer', 'user', 'assistant', 'tool' and 'function'.",
-                    role.get()
+                    echo(role)
                 ),
             ));
         }
@@ -347,7 +350,8 @@ fn tools(raw: &RawValue) -> Result<(), GatewayError> {
         let at = |field: &str| format!("tools[{i}].{field}");
         let kind = tool.kind.ok_or_else(|| missing(at("type")))?;
         expect(|| at("type"), kind, &STRING)?;
-        if kind.get() != "\"function\"" {
+        let kind: Cow<str> = serde_json::from_str(kind.get()).unwrap_or_default();
+        if kind != "function" {
             continue;
         }
         let function = tool.function.ok_or_else(|| missing(at("function")))?;
@@ -432,6 +436,17 @@ fn bad_element(path: &str, raw: &RawValue, want: &Want, e: &serde_json::Error) -
         }
     }
     invalid_type(path.into(), format!("Invalid '{path}': {e}."))
+}
+
+/// A client's value quoted in an error: at most 64 bytes of it (a refusal must
+/// not send a megabyte back, nor put it in the call log).
+fn echo(raw: &RawValue) -> &str {
+    let text = raw.get().trim();
+    let mut end = text.len().min(64);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn invalid_type(param: String, message: String) -> GatewayError {
@@ -655,6 +670,15 @@ mod tests {
             ),
             err("dimensions", "invalid_type")
         );
+    }
+
+    #[test]
+    fn escaped_strings_are_read_as_what_they_say() {
+        let escaped = r#"{"model":"m","messages":[{"role":"us\u0065r","content":"a"}],
+            "tools":[{"type":"func\u0074ion","function":{"name":1}}]}"#;
+        let parsed = JsonBody::parse(escaped.as_bytes()).unwrap();
+        let e = check(Endpoint::ChatCompletions, &parsed).unwrap_err();
+        assert_eq!(e.param(), Some("tools[0].function.name"), "{e}");
     }
 
     #[test]

@@ -198,7 +198,8 @@ pub async fn exchange(
     let Some(header) = up.resp_header().cloned() else {
         return Err(broke("no response header"));
     };
-    if let (Some(proxy), 407) = (&channel.proxy, header.status.as_u16()) {
+    // Only in absolute form: through a tunnel, a 407 is the upstream's own.
+    if let (Some(proxy), false, 407) = (&channel.proxy, upstream.tls, header.status.as_u16()) {
         // The forward proxy's refusal, not the upstream's answer: the channel's
         // failure (its proxy credentials are wrong), never relayed as the answer.
         return Err(AttemptError::Failed(

@@ -308,12 +308,13 @@ impl Body {
                 None => std::future::pending().await,
             }
         };
+        // The stop first: a stream whose upstream always has bytes ready is cut too.
         let read = tokio::select! {
             biased;
-            r = next => r,
             () = stopped => {
                 return Err(Broke::by_weir("weir stopped: the stream was cut at the end of the grace period"))
             }
+            r = next => r,
         };
         let first = match read {
             Ok(Ok(Some(chunk))) => chunk,

@@ -533,7 +533,7 @@ impl Runtime {
 pub const REDACTED: &str = "[redacted]";
 
 /// A channel's forward proxy (P2), parsed from `http://[user:pass@]host[:port]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ForwardProxy {
     pub host: String,
     pub port: u16,
@@ -541,6 +541,13 @@ pub struct ForwardProxy {
     pub authorization: Option<String>,
     /// The URL with its password hidden, for logs and errors.
     pub shown: String,
+}
+
+/// Never the credentials: a channel printed for debugging shows the proxy hidden.
+impl std::fmt::Debug for ForwardProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
 }
 
 impl ForwardProxy {
@@ -560,6 +567,8 @@ impl ForwardProxy {
             None => (None, rest),
         };
         let (host, port) = match hostport.rsplit_once(':') {
+            // `[::1]` alone: the colons are the address's, not a port's.
+            Some(_) if hostport.starts_with('[') && hostport.ends_with(']') => (hostport, 80),
             Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
                 let port = p
                     .parse::<u16>()
@@ -574,10 +583,18 @@ impl ForwardProxy {
         if host.is_empty() {
             return Err("the proxy URL names no host".into());
         }
+        // user and password are percent-encoded in a URL (`p%40ss` for `p@ss`).
         let authorization = creds.map(|c| {
+            let (user, password) = c.split_once(':').unwrap_or((c, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let pair = format!("{}:{}", decode(user), decode(password));
             format!(
                 "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(c)
+                base64::engine::general_purpose::STANDARD.encode(pair)
             )
         });
         Ok(ForwardProxy {
@@ -609,7 +626,10 @@ mod tests {
     fn forward_proxies_parse_with_credentials_hidden() {
         let p = ForwardProxy::parse("http://u:pa%3Ass@proxy.corp:3128/").unwrap();
         assert_eq!((p.host.as_str(), p.port), ("proxy.corp", 3128));
-        assert_eq!(p.authorization.as_deref(), Some("Basic dTpwYSUzQXNz"));
+        // `u:pa:ss` once decoded.
+        assert_eq!(p.authorization.as_deref(), Some("Basic dTpwYTpzcw=="));
+        assert!(!format!("{p:?}").contains("pa"), "{p:?}");
+        assert_eq!(ForwardProxy::parse("http://[::1]").unwrap().port, 80);
         assert_eq!(p.shown, "http://u:***@proxy.corp:3128/");
         let p = ForwardProxy::parse("http://[::1]:8080").unwrap();
         assert_eq!(
