@@ -208,8 +208,11 @@ pub fn jwt(data: &[u8]) {
     let _ = verifier.verify(token);
 }
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the replay test and the fuzz crate.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("sse_tap", sse_tap),
     ("translators", translators),
     ("request_body", request_body),
