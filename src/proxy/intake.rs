@@ -18,8 +18,15 @@ use weir_filters::route::{classify, Endpoint};
 use weir_filters::GatewayError;
 
 pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> Result<(), Failure> {
-    let snap = state.snapshot();
-    ctx.snapshot = Some(snap.clone());
+    // Loaded when the request was read (one load per request), or here.
+    let snap = match &ctx.snapshot {
+        Some(snap) => snap.clone(),
+        None => {
+            let snap = state.snapshot();
+            ctx.snapshot = Some(snap.clone());
+            snap
+        }
+    };
     let head = session.req_header();
     let path = head.uri.path().to_string();
     let query = head.uri.query().map(str::to_string);

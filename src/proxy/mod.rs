@@ -89,9 +89,11 @@ impl HttpServerApp for Weir {
                 return None;
             }
         }
+        // The request's config snapshot from here to its end (intake takes it over).
+        let snap = self.state.snapshot();
         // HTTP/1 only: HTTP/2 frames its bodies itself, and h2 bounds its headers.
         if let Some(h1) = session.as_http1() {
-            let max_header = self.state.snapshot().server().max_header.0 as usize;
+            let max_header = snap.server().max_header.0 as usize;
             let raw = h1.get_headers_raw_bytes();
             if let Err(bad) =
                 weir_filters::framing::check(&raw, &h1.req_header().headers, max_header)
@@ -104,13 +106,14 @@ impl HttpServerApp for Weir {
             session.set_keepalive(None);
         }
         let path = session.req_header().uri.path();
-        if path.starts_with("/manager") && self.state.snapshot().server().public_manager {
+        if path.starts_with("/manager") && snap.server().public_manager {
             return self.manager_page(session).await;
         }
         if path.starts_with("/bot/") {
             return self.bot_event(session).await;
         }
         let mut ctx = Ctx::new();
+        ctx.snapshot = Some(snap);
         self.state.metrics.in_flight.inc();
         let failed = serve(&self.state, &mut session, &mut ctx).await;
         logging::record(&self.state, &ctx, failed.as_deref());
