@@ -266,8 +266,12 @@ impl Body {
         ctx: &mut Ctx,
         plan: &RelayPlan<'_>,
     ) -> Result<(), Failure> {
+        // One wait for the stop for the whole stream: it registers once, not on
+        // every read.
+        let stopped = stopped(self.stop.take());
+        tokio::pin!(stopped);
         let broken = loop {
-            let (chunk, ended, broken) = match self.read(plan).await {
+            let (chunk, ended, broken) = match self.read(plan, stopped.as_mut()).await {
                 Ok(Some(read)) => read,
                 Ok(None) => break None,
                 Err(e) => break Some(e),
@@ -294,20 +298,13 @@ impl Body {
     async fn read(
         &mut self,
         plan: &RelayPlan<'_>,
+        stopped: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> Result<Option<(Bytes, bool, Option<Broke>)>, Broke> {
         let up = match &mut self.source {
             Source::Mock(chunks) => return Ok(chunks.next().map(|c| (c, false, None))),
             Source::Upstream { up, .. } => up,
         };
         let next = tokio::time::timeout_at(plan.deadline.into(), up.read_body_bytes());
-        let stopped = async {
-            match self.stop.as_mut() {
-                Some(stop) => {
-                    let _ = stop.wait_for(|s| *s).await;
-                }
-                None => std::future::pending().await,
-            }
-        };
         // The stop first: a stream whose upstream always has bytes ready is cut too.
         let read = tokio::select! {
             biased;
@@ -433,6 +430,16 @@ impl Body {
         };
         tail.extend_from_slice(&e.to_sse_event());
         tail
+    }
+}
+
+/// Resolves when a graceful stop cuts open streams; never without a receiver.
+async fn stopped(stop: Option<tokio::sync::watch::Receiver<bool>>) {
+    match stop {
+        Some(mut stop) => {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
