@@ -20,6 +20,7 @@ pub struct Metrics {
     pub failovers: IntCounterVec,
     pub upstream_attempts: IntCounterVec,
     pub stream_errors: IntCounterVec,
+    pub masked: IntCounterVec,
     pub channel_up: IntGaugeVec,
     pub channel_state: IntGaugeVec,
     pub key_up: IntGaugeVec,
@@ -156,6 +157,12 @@ const STREAM_ERRORS: Def = Def {
     labels: &["gateway", "channel"],
 };
 
+const MASKED: Def = Def {
+    name: "weir_masked_total",
+    help: "Findings data masking replaced in requests, by detector (never the values).",
+    labels: &["gateway", "detector"],
+};
+
 const CHANNEL_UP: Def = Def {
     name: "weir_channel_up",
     help: "1 when a channel accepts requests (healthy or probing), 0 when suspended.",
@@ -263,6 +270,7 @@ impl Metrics {
             failovers: r.counter(&FAILOVERS)?,
             upstream_attempts: r.counter(&UPSTREAM_ATTEMPTS)?,
             stream_errors: r.counter(&STREAM_ERRORS)?,
+            masked: r.counter(&MASKED)?,
             channel_up: r.gauge(&CHANNEL_UP)?,
             channel_state: r.gauge(&CHANNEL_STATE)?,
             key_up: r.gauge(&KEY_UP)?,

@@ -233,7 +233,10 @@ fn pingora_server(cfg: &ServerConfig) -> Server {
     };
     let conf = ServerConf {
         threads,
-        grace_period_seconds: Some(cfg.grace_period.0.as_secs()),
+        // Whole seconds here, rounded up: weir cuts and exits by the exact period
+        // itself, and Pingora must not drop the streams before that (`1.5s` was
+        // cut to 1 s).
+        grace_period_seconds: Some(cfg.grace_period.0.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(5),
         ca_file: cfg.ca_file.clone(),
         ..ServerConf::default()

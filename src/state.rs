@@ -62,6 +62,10 @@ fn warn_restart_only(old: &ServerConfig, new: &ServerConfig) {
         ("server.grace_period", old.grace_period != new.grace_period),
         ("server.log_format", old.log_format != new.log_format),
         ("server.ca_file", old.ca_file != new.ca_file),
+        // The files themselves are watched and reread; which files, and whether
+        // there is TLS at all, is fixed when the listeners start.
+        ("server.tls", old.tls != new.tls),
+        ("server.h2c", old.h2c != new.h2c),
     ];
     for (field, _) in changed.iter().filter(|(_, c)| *c) {
         tracing::warn!(field, "changed in the file; takes effect on restart");

@@ -237,3 +237,44 @@ async fn admin_key_guesses_are_slowed_per_address() {
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "2");
 }
+
+/// Behind an ingress (`server.trusted_proxies`), the admin lockout counts the
+/// address it forwarded, so one bad script there does not lock out every operator;
+/// and a burst of parallel guesses gets exactly the free tries, not one more per
+/// worker thread.
+#[tokio::test]
+async fn admin_lockout_counts_forwarded_clients_and_parallel_bursts() {
+    let cfg = Config::new()
+        .openai("up", &Upstream::start("up").await, "")
+        .build();
+    let weir = Weir::start_with_server(&cfg, "  trusted_proxies: ['127.0.0.0/8']").await;
+    let client = reqwest::Client::new();
+    let ask = |behind: &'static str, key: String| {
+        client
+            .get(weir.admin_url("/admin/keys"))
+            .bearer_auth(key)
+            .header("x-forwarded-for", behind)
+            .send()
+    };
+    let burst = (0..20).map(|i| ask("203.0.113.7", format!("guess-{i}")));
+    let statuses: Vec<u16> = futures_util::future::join_all(burst)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 401).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 429).count(),
+        15,
+        "{statuses:?}"
+    );
+    // The ingress itself and another client behind it are not slowed.
+    let r = ask("203.0.113.8", ADMIN_KEY.to_string()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = ask("203.0.113.7", ADMIN_KEY.to_string()).await.unwrap();
+    assert_eq!(r.status(), 429);
+}

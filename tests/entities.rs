@@ -391,3 +391,55 @@ async fn text_only_models_refuse_images_and_models_carry_a_provider() {
     assert_eq!(status, 400, "{v}");
     assert!(message(&v).contains("provider"), "{v}");
 }
+
+/// A proxy URL with a password is a secret like a provider key: stored through
+/// the admin API, it is sealed at rest, never shown, and still works after a
+/// restart (tinyproxy demands the credentials).
+#[tokio::test]
+async fn a_stored_channels_proxy_password_is_sealed() {
+    const PASSWORD: &str = "proxy-pass-0xC0FFEE";
+    let proxy = ForwardProxyServer::start(Some(("weir", PASSWORD))).await;
+    let (a, b) = (
+        Upstream::start("file").await,
+        Upstream::start("behind").await,
+    );
+    let mut weir = Weir::start(&config(&a, true)).await;
+    let via = format!("http://weir:{PASSWORD}@127.0.0.1:{}", proxy.port);
+    let new = json!({"name": "proxied", "type": "openai", "base_url": b.url(),
+                     "models": ["p"], "retries": 0, "proxy": via});
+    let (status, v) = weir.admin("POST", "/admin/channels", Some(new)).await;
+    assert_eq!(status, 201, "{v}");
+    assert!(!v.to_string().contains(PASSWORD), "{v}");
+    assert_eq!(chat_status(&weir, "/v1/chat/completions", "p").await, 200);
+    assert!(
+        b.seen()[0].headers.contains_key("via"),
+        "not through the proxy"
+    );
+    let listed = weir.admin_get("/admin/channels").await.to_string();
+    assert!(!listed.contains(PASSWORD), "{listed}");
+    assert!(listed.contains("weir:***@"), "{listed}");
+    let db = std::fs::read(weir.db_path()).unwrap();
+    let wal = std::fs::read(weir.db_path().with_extension("db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(
+            !bytes
+                .windows(PASSWORD.len())
+                .any(|w| w == PASSWORD.as_bytes()),
+            "the proxy password is stored in clear"
+        );
+    }
+    weir.restart().await;
+    assert_eq!(chat_status(&weir, "/v1/chat/completions", "p").await, 200);
+    assert_eq!(b.calls(), 2);
+    // A patch that leaves the proxy alone keeps it.
+    let (status, v) = weir
+        .admin(
+            "PATCH",
+            "/admin/channels/proxied",
+            Some(json!({"weight": 3})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(chat_status(&weir, "/v1/chat/completions", "p").await, 200);
+    assert_eq!(b.calls(), 3);
+}

@@ -677,3 +677,122 @@ async fn a_stream_open_at_the_end_of_the_grace_period_is_cut_and_its_usage_writt
     );
     assert!(row["completion_tokens"].as_i64().unwrap_or(0) > 0, "{row}");
 }
+
+/// An OpenAI-style upstream that streams content deltas as fast as the socket
+/// takes them, never ending: what fills a client's buffers when it stops reading.
+async fn endless_stream_upstream() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = s.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let text = "many words ".repeat(1500);
+                let event = format!(
+                    "data: {}\n\n",
+                    json!({"id": "c1", "object": "chat.completion.chunk", "model": "m",
+                           "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
+                );
+                let frame = format!("{:x}\r\n{event}\r\n", event.len());
+                while s.write_all(frame.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    url
+}
+
+/// A client that stops reading blocks weir's write to it: the stop still cuts
+/// that stream at the end of the grace period, and its row is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_stopped_reading_is_cut_at_the_stop_and_written() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = endless_stream_upstream().await;
+    let cfg = Config::new()
+        .channel_at("endless", "openai", &up, "models: [m], retries: 0")
+        .build();
+    let mut weir = Weir::start_with_server(&cfg, "  grace_period: 2s").await;
+    let body = chat("m", true).to_string();
+    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", weir.port))
+        .await
+        .unwrap();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(req.as_bytes()).await.unwrap();
+    let mut head = [0u8; 512];
+    let n = client.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    // From here the client reads nothing; weir's writes fill the buffers and wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    // Multi-threaded: the upstream's task goes on while this one waits.
+    let status = tokio::task::block_in_place(|| weir.stop_gracefully());
+    assert!(status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(client);
+    weir.restart().await;
+    let v = weir.admin_get("/admin/logs").await;
+    let rows = v["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{v}\n{}", weir.log());
+    assert!(
+        rows[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not reading"),
+        "{}",
+        rows[0]
+    );
+}
+
+/// A request still waiting for its upstream's first byte when the grace period
+/// ends is answered 503 `shutting_down` (so the client can retry elsewhere) and
+/// gets its row, instead of being dropped unanswered and unlogged.
+#[tokio::test]
+async fn a_request_waiting_for_its_first_byte_at_the_stop_gets_503_and_a_row() {
+    let up = Upstream::start("thinking").await;
+    up.script(&[Reply::Delay(Duration::from_secs(20))]);
+    let cfg = Config::new().openai("thinking", &up, "").build();
+    let mut weir = Weir::start_with_server(&cfg, "  grace_period: 2s").await;
+    let pid = weir.pid();
+    let url = weir.url("/v1/chat/completions");
+    let ask =
+        tokio::spawn(async move { post(&reqwest::Client::new(), &url, &chat("m", false)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let started = std::time::Instant::now();
+    let (status, body) = ask.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(error_code(&body), "shutting_down", "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(weir.stop_gracefully().success());
+    weir.restart().await;
+    let v = weir.admin_get("/admin/logs").await;
+    let rows = v["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{v}");
+    assert_eq!(rows[0]["status"], 503, "{}", rows[0]);
+    assert!(
+        rows[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("grace period"),
+        "{}",
+        rows[0]
+    );
+}

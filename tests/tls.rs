@@ -381,3 +381,45 @@ async fn proxy_credentials_are_sent_and_a_refusal_is_named() {
     assert!(!config.to_string().contains("s3cret"), "{config}");
     assert_eq!((up.calls(), secure.calls()), (1, 1));
 }
+
+/// `server.max_header` holds for HTTP/2 as well: a header list over it is
+/// answered 431 by the h2 layer, one under it served.
+#[tokio::test]
+async fn max_header_applies_to_http2_too() {
+    let up = Upstream::start("h2-limits").await;
+    let cfg = Config::new().openai("h2-limits", &up, "");
+    let weir = Weir::start_with_server(&cfg.build(), "  h2c: true\n  max_header: 8KiB").await;
+    let url = weir.url("/v1/chat/completions");
+    let body = chat_json(false);
+    let status = |padding: usize| {
+        let header = format!("x-padding: {}", "a".repeat(padding));
+        let (url, body) = (url.clone(), body.clone());
+        async move {
+            let out = run(
+                "curl",
+                &[
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    "--http2-prior-knowledge",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-H",
+                    "content-type: application/json",
+                    "-H",
+                    &header,
+                    "-d",
+                    &body,
+                    &url,
+                ],
+            )
+            .await;
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    assert_eq!(status(2_000).await, "200");
+    assert_eq!(status(12_000).await, "431");
+    assert_eq!(up.calls(), 1);
+}

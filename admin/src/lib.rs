@@ -24,6 +24,13 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// The base URL clients call (for the manager's "how to call" page): the proxy
     /// listener's address, with the host the browser used when it listens on all.
     fn base_url(&self, host: Option<&str>) -> String;
+    /// The client's address: `peer`, or what a trusted proxy in front of it
+    /// forwarded (`server.trusted_proxies`).
+    fn client_ip(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        headers: &http::HeaderMap,
+    ) -> Option<std::net::IpAddr>;
     /// Runs a command the caller is permitted.
     async fn execute(&self, caller: api::Caller, cmd: api::Command)
         -> Result<Answer, GatewayError>;
@@ -260,10 +267,13 @@ impl<B: AdminBackend> AdminApp<B> {
             Err(e) => return error_response(&e).into(),
         };
         let query = session.req_header().uri.query().unwrap_or("").to_string();
-        let client = session
+        // Behind an ingress, the address it forwarded (per `server.trusted_proxies`):
+        // else one bad script there would lock every operator out.
+        let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let client = self.backend.client_ip(peer, &session.req_header().headers);
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {
@@ -299,25 +309,30 @@ impl<B: AdminBackend> AdminApp<B> {
         auth: Option<&str>,
         client: Option<std::net::IpAddr>,
     ) -> Reply {
-        let lockout = &self.manager.lockout;
-        let now = std::time::Instant::now();
-        // A locked-out address is not even told whether its key is right.
-        if let Some(wait) = lockout.wait(client, now) {
-            let retry_after_secs = wait.as_secs_f64().ceil() as u64;
-            return error_response(&GatewayError::TooManyAuthFailures { retry_after_secs }).into();
-        }
         let Some(token) = bearer(auth) else {
             return error_response(&GatewayError::AdminUnauthorized(
                 "missing `Authorization: Bearer <key>`".into(),
             ))
             .into();
         };
-        let Some(caller) = self.backend.authenticate(token) else {
-            lockout.failed(client, now);
-            return error_response(&GatewayError::AdminUnauthorized("invalid admin key".into()))
-                .into();
+        let now = std::time::Instant::now();
+        // A locked-out address is not even told whether its key is right.
+        let caller = match self
+            .manager
+            .lockout
+            .attempt(client, now, || self.backend.authenticate(token).ok_or(()))
+        {
+            Ok(Ok(caller)) => caller,
+            Ok(Err(())) => {
+                return error_response(&GatewayError::AdminUnauthorized("invalid admin key".into()))
+                    .into()
+            }
+            Err(wait) => {
+                let retry_after_secs = wait.as_secs_f64().ceil() as u64;
+                return error_response(&GatewayError::TooManyAuthFailures { retry_after_secs })
+                    .into();
+            }
         };
-        lockout.succeeded(client);
         let result = async {
             let cmd = api::route(method, path, query, body)?;
             api::permitted(caller, &cmd)?;

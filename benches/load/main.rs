@@ -16,6 +16,10 @@ struct Opts {
     streams: usize,
     soak: u64,
     out: Option<PathBuf>,
+    /// `--half-soak SECS`: only the long soak at half saturation, with `--append
+    /// FILE` to add its section to a results file.
+    half_soak: Option<u64>,
+    append: Option<PathBuf>,
     bin_dir: PathBuf,
 }
 
@@ -42,6 +46,8 @@ fn opts() -> Opts {
             .and_then(|v| v.parse().ok())
             .unwrap_or(if quick { 20 } else { 300 }),
         out: arg("--out").map(PathBuf::from),
+        half_soak: arg("--half-soak").and_then(|v| v.parse().ok()),
+        append: arg("--append").map(PathBuf::from),
         bin_dir: std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -339,6 +345,20 @@ fn main() {
     let (config, key) = setup("weir");
     let (weir, weir_port) = spawn_weir(&weir_bin, &config, &dir, "weir");
     let weir_pid = weir.0.id();
+    if let Some(secs) = o.half_soak {
+        drop(weir);
+        let text = half_soak(&dir, &weir_bin, &setup_on, secs);
+        println!("{text}");
+        if let Some(out) = &o.append {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(out)
+                .unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+            let _ = writeln!(f, "\n{text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     if std::env::args().any(|a| a == "--scale-out-only") {
         println!("{}", scale_out_cells(&o, &dir, &setup_on, weir_port, &key));
         drop(weir);
@@ -706,5 +726,125 @@ fn machine() -> String {
         "Machine: {cores} cores, {cpu}, Linux {}, {}. The upstream, the bare proxy, weir and wrk share these cores: only ratios taken in one run mean anything.",
         kernel.trim(),
         mem.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+    )
+}
+
+/// The long soak (issue 14): JSON and streams together at half of what weir
+/// serves saturated, through a weir whose call log is pruned after 5 minutes (so
+/// the store reaches its steady size); RSS, open file descriptors and the database
+/// size sampled every minute. Flat lines are the result wanted.
+fn half_soak(
+    dir: &Path,
+    weir_bin: &Path,
+    setup_on: &dyn Fn(&str, &str) -> (PathBuf, String),
+    secs: u64,
+) -> String {
+    let (config, key) = setup_on("weir-soak", "logs: {keep: 5m, keep_failed_bodies: 5m}\n");
+    let (weir, port) = spawn_weir(weir_bin, &config, dir, "weir-soak");
+    let pid = weir.0.id();
+    let json = lua(dir, "soak-json", Some(&key), false);
+    let stream = lua(dir, "soak-stream", Some(&key), true);
+    wrk(port, &json, 16, 2);
+    let full_json = wrk(port, &json, 16, 10).rps;
+    let full_stream = wrk(port, &stream, 16, 10).rps;
+    // A quarter of each saturated rate, together about half of what weir serves.
+    // wrk paces with a whole-millisecond delay per connection: 10 ms plus the
+    // request's own time, so the connection count sets the rate.
+    const PACE_MS: f64 = 10.0;
+    let pace = |name: &str, stream: bool, rate: f64| -> (PathBuf, u32) {
+        let path = lua(dir, name, Some(&key), stream);
+        let mut script = std::fs::read_to_string(&path).unwrap_or_default();
+        script.push_str(&format!("function delay() return {PACE_MS} end\n"));
+        std::fs::write(&path, script).unwrap_or_else(|e| panic!("{e}"));
+        let latency_ms = if stream { 1.0 } else { 0.3 };
+        let conns = (rate * (PACE_MS + latency_ms) / 1000.0).round().max(1.0) as u32;
+        (path, conns)
+    };
+    let (json_paced, json_conns) = pace("soak-json-paced", false, full_json / 4.0);
+    let (stream_paced, stream_conns) = pace("soak-stream-paced", true, full_stream / 4.0);
+    let drive = |lua: &Path, conns: u32| {
+        Command::new("wrk")
+            .args([
+                "-t",
+                "1",
+                "-c",
+                &conns.to_string(),
+                "-d",
+                &format!("{secs}s"),
+                "-s",
+            ])
+            .arg(lua)
+            .arg(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("wrk: {e}"))
+    };
+    let db = dir.join("db-weir-soak");
+    let sample = |at: u64| -> String {
+        let (cpu, rss) = proc_stats(pid);
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let db_bytes: u64 = std::fs::read_dir(&db)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        format!(
+            "| {} | {:.1} | {fds} | {:.0} | {cpu:.0} |",
+            at / 60,
+            rss as f64 / 1024.0,
+            db_bytes as f64 / 1048576.0
+        )
+    };
+    let mut rows = vec![sample(0)];
+    let start = Instant::now();
+    let json_run = drive(&json_paced, json_conns);
+    let stream_run = drive(&stream_paced, stream_conns);
+    let step = 60.min(secs.max(1));
+    let mut next = step;
+    while next <= secs {
+        let wait = Duration::from_secs(next).saturating_sub(start.elapsed());
+        std::thread::sleep(wait);
+        rows.push(sample(next));
+        next += step;
+    }
+    let summary = |child: Child, what: &str| -> String {
+        let out = child
+            .wait_with_output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&out);
+        let find = |part: &str| {
+            text.lines()
+                .find(|l| l.contains(part))
+                .map(|l| l.trim().to_string())
+                .unwrap_or_default()
+        };
+        let bad = [find("Non-2xx"), find("Socket errors")]
+            .into_iter()
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        format!(
+            "{what}: {} ({}){}",
+            find("Requests/sec:"),
+            find("requests in"),
+            if bad.is_empty() {
+                String::new()
+            } else {
+                format!(", {bad}")
+            }
+        )
+    };
+    let json_text = summary(json_run, "JSON");
+    let stream_text = summary(stream_run, "streams");
+    format!(
+        "## Soak at half saturation ({date})\n\n`benches/load/run.sh --half-soak {secs}`: {secs} s of JSON and streams together through one weir (database keys, usage into SQLite with `logs.keep: 5m`, so rows are pruned as they age). Saturated at 16 connections it served {full_json:.0} JSON or {full_stream:.0} stream requests/s; the soak paces each at a quarter of that ({json_conns} and {stream_conns} connections, each waiting {PACE_MS} ms between requests). {json_text}; {stream_text}.\n\n{}\n\n| minute | RSS MiB | open fds | database MiB | CPU s |\n|---|---|---|---|---|\n{}\n",
+        machine(),
+        rows.join("\n"),
+        date = date(),
     )
 }

@@ -55,6 +55,10 @@ pub enum GatewayError {
     },
     #[error("upstream timed out for model `{model}`: {detail}")]
     UpstreamTimeout { model: String, detail: String },
+    /// A graceful stop's grace period ended before the upstream answered: retry
+    /// (another instance, or this one once restarted).
+    #[error("weir is stopping: {0}")]
+    ShuttingDown(String),
     /// Docking (A6): the upstream could not be reached or said nothing usable.
     #[error("{0}")]
     DockingFailed(String),
@@ -128,7 +132,7 @@ impl GatewayError {
             UpstreamRateLimited { .. } => 429,
             Internal(_) => 500,
             UpstreamFailed { .. } | DockingFailed(_) => 502,
-            NoChannelAvailable { .. } => 503,
+            NoChannelAvailable { .. } | ShuttingDown(_) => 503,
             UpstreamTimeout { .. } => 504,
         }
     }
@@ -162,7 +166,7 @@ impl GatewayError {
             | UpstreamFailed { .. }
             | UpstreamTimeout { .. }
             | DockingFailed(_) => "upstream_error",
-            Internal(_) => "server_error",
+            Internal(_) | ShuttingDown(_) => "server_error",
         }
     }
 
@@ -199,6 +203,7 @@ impl GatewayError {
             DefinedInFile(_) => "defined_in_file",
             ModelNotMultimodal(_) => "model_not_multimodal",
             Internal(_) => "internal_error",
+            ShuttingDown(_) => "shutting_down",
         }
     }
 

@@ -44,6 +44,7 @@ pub mod json_scan;
 pub mod key_mail;
 pub mod limits;
 pub mod lockout;
+pub mod masking;
 pub mod mock;
 pub mod one_api;
 pub mod people;

@@ -55,6 +55,40 @@ impl Lockout {
         }
     }
 
+    /// One try from `ip`: `Err(wait)` while the address must still wait, else
+    /// `check`'s result, which counts as a failure when it is `Err` and clears the
+    /// address when `Ok`. The wait, the check and the count happen under one lock,
+    /// so a burst of parallel guesses gets no more tries than a sequence would
+    /// (`check` is a hash and a lookup; it must not block).
+    pub fn attempt<T, E>(
+        &self,
+        ip: Option<IpAddr>,
+        now: Instant,
+        check: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Result<T, E>, Duration> {
+        let (Some(ip), Ok(mut entries)) = (ip.map(subject), self.entries.lock()) else {
+            return Ok(check());
+        };
+        let waiting = entries
+            .get(&ip)
+            .and_then(|e| e.until)
+            .and_then(|until| until.checked_duration_since(now))
+            .filter(|d| !d.is_zero());
+        if let Some(wait) = waiting {
+            return Err(wait);
+        }
+        let result = check();
+        match result {
+            Ok(_) => {
+                entries.remove(&ip);
+            }
+            Err(_) => {
+                self.count_failure(&mut entries, ip, now);
+            }
+        }
+        Ok(result)
+    }
+
     /// How long `ip` must still wait before its next try; `None`: it may try now.
     pub fn wait(&self, ip: Option<IpAddr>, now: Instant) -> Option<Duration> {
         let entries = self.entries.lock().ok()?;
@@ -62,11 +96,13 @@ impl Lockout {
         until.checked_duration_since(now).filter(|d| !d.is_zero())
     }
 
-    /// Counts a failed try; returns the wait it brings, if any.
-    pub fn failed(&self, ip: Option<IpAddr>, now: Instant) -> Option<Duration> {
-        let ip = subject(ip?);
+    fn count_failure(
+        &self,
+        entries: &mut HashMap<IpAddr, Entry>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Option<Duration> {
         let p = self.policy;
-        let mut entries = self.entries.lock().ok()?;
         if entries.len() >= p.capacity && !entries.contains_key(&ip) {
             entries.retain(|_, e| now.saturating_duration_since(e.last) < p.forget);
             if entries.len() >= p.capacity {
@@ -100,13 +136,6 @@ impl Lockout {
         e.until = Some(now + wait);
         Some(wait)
     }
-
-    /// A successful sign-in clears the address.
-    pub fn succeeded(&self, ip: Option<IpAddr>) {
-        if let (Some(ip), Ok(mut entries)) = (ip, self.entries.lock()) {
-            entries.remove(&subject(ip));
-        }
-    }
 }
 
 /// What an address counts as: IPv4 as itself (also when mapped into IPv6), IPv6
@@ -129,30 +158,68 @@ mod tests {
         Some(s.parse().unwrap())
     }
 
+    /// A wrong guess: the wait it brings, if any (`Err` while still locked).
+    fn fail(l: &Lockout, ip: Option<IpAddr>, now: Instant) -> Option<Duration> {
+        l.attempt(ip, now, || Err::<(), ()>(())).ok()?;
+        l.wait(ip, now)
+    }
+
     #[test]
     fn waits_start_after_the_free_failures_and_double() {
         let l = Lockout::default();
         let t = Instant::now();
         let a = ip("10.0.0.1");
         for _ in 0..4 {
-            assert_eq!(l.failed(a, t), None);
+            assert_eq!(fail(&l, a, t), None);
             assert_eq!(l.wait(a, t), None);
         }
-        assert_eq!(l.failed(a, t), Some(Duration::from_secs(1)));
+        assert_eq!(fail(&l, a, t), Some(Duration::from_secs(1)));
         assert_eq!(l.wait(a, t), Some(Duration::from_secs(1)));
         assert_eq!(l.wait(a, t + Duration::from_secs(1)), None);
-        let t2 = t + Duration::from_secs(2);
-        assert_eq!(l.failed(a, t2), Some(Duration::from_secs(2)));
-        assert_eq!(l.failed(a, t2), Some(Duration::from_secs(4)));
+        // Each wrong guess once the wait is over doubles it, up to the cap.
+        let mut now = t + Duration::from_secs(1);
+        let mut expect = 2;
         for _ in 0..20 {
-            l.failed(a, t2);
+            assert_eq!(fail(&l, a, now), Some(Duration::from_secs(expect.min(300))));
+            now += Duration::from_secs(expect.min(300));
+            expect *= 2;
         }
-        assert_eq!(l.wait(a, t2), Some(Duration::from_secs(300)));
+        // A guess while waiting is refused without running the check, and does not
+        // lengthen the wait.
+        let locked = now - Duration::from_secs(100);
+        assert_eq!(
+            l.attempt(a, locked, || -> Result<(), ()> { unreachable!() }),
+            Err(Duration::from_secs(100))
+        );
         // Another address is not touched; a success clears this one.
-        assert_eq!(l.wait(ip("10.0.0.2"), t2), None);
-        l.succeeded(a);
-        assert_eq!(l.wait(a, t2), None);
-        assert_eq!(l.failed(a, t2), None);
+        assert_eq!(l.wait(ip("10.0.0.2"), locked), None);
+        assert_eq!(l.attempt(a, now, || Ok::<_, ()>(7)), Ok(Ok(7)));
+        assert_eq!(l.wait(a, now), None);
+        assert_eq!(fail(&l, a, now), None);
+    }
+
+    #[test]
+    fn a_parallel_burst_gets_no_extra_guesses() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let l = Lockout::default();
+        let t = Instant::now();
+        let checked = AtomicUsize::new(0);
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    start.wait();
+                    for _ in 0..4 {
+                        let _ = l.attempt(ip("10.0.0.9"), t, || {
+                            checked.fetch_add(1, Ordering::SeqCst);
+                            std::thread::yield_now();
+                            Err::<(), ()>(())
+                        });
+                    }
+                });
+            }
+        });
+        assert_eq!(checked.load(Ordering::SeqCst), 5);
     }
 
     #[test]
@@ -161,9 +228,9 @@ mod tests {
         let t = Instant::now();
         let a = ip("10.0.0.1");
         for _ in 0..4 {
-            l.failed(a, t);
+            fail(&l, a, t);
         }
-        assert_eq!(l.failed(a, t + Duration::from_secs(901)), None);
+        assert_eq!(fail(&l, a, t + Duration::from_secs(901)), None);
     }
 
     #[test]
@@ -171,12 +238,12 @@ mod tests {
         let l = Lockout::default();
         let t = Instant::now();
         for i in 0..5 {
-            l.failed(ip(&format!("2001:db8::{i}")), t);
+            fail(&l, ip(&format!("2001:db8::{i}")), t);
         }
         assert!(l.wait(ip("2001:db8::ffff"), t).is_some());
         assert!(l.wait(ip("2001:db8:0:1::1"), t).is_none());
         for _ in 0..5 {
-            l.failed(ip("::ffff:10.1.1.1"), t);
+            fail(&l, ip("::ffff:10.1.1.1"), t);
         }
         assert!(l.wait(ip("10.1.1.1"), t).is_some());
     }
@@ -189,7 +256,8 @@ mod tests {
         });
         let t = Instant::now();
         for i in 0..1_000u32 {
-            l.failed(
+            fail(
+                &l,
                 Some(IpAddr::V4(i.into())),
                 t + Duration::from_millis(i.into()),
             );

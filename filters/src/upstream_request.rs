@@ -171,20 +171,25 @@ pub fn connect_request(target: &str, authorization: Option<&str>) -> Result<Vec<
 /// complete; then the head's length when it is 2xx (the tunnel is open and what
 /// follows is the upstream's), else why not (its status line).
 pub fn connect_reply(buf: &[u8]) -> Result<Option<usize>, String> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        if buf.len() > MAX_CONNECT_REPLY {
-            return Err("the proxy's answer to CONNECT has no end".into());
-        }
-        return Ok(None);
+    // httparse also ends lines at a bare LF, as RFC 9112 §2.2 lets a recipient do:
+    // some proxies answer CONNECT that way.
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let mut reply = httparse::Response::new(&mut fields);
+    let status_line = || {
+        let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+        String::from_utf8_lossy(line).trim().to_string()
     };
-    let line = buf[..end].split(|&b| b == b'\r').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next().unwrap_or("");
-    let status = parts.next().and_then(|s| s.parse::<u16>().ok());
-    match status {
-        Some(200..=299) if version.starts_with("HTTP/1.") => Ok(Some(end + 4)),
-        _ => Err(format!("the proxy refused the tunnel: {}", line.trim())),
+    match reply.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => match reply.code {
+            Some(200..=299) => Ok(Some(len)),
+            _ => Err(format!("the proxy refused the tunnel: {}", status_line())),
+        },
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_CONNECT_REPLY => Ok(None),
+        Ok(httparse::Status::Partial) => Err("the proxy's answer to CONNECT has no end".into()),
+        Err(e) => Err(format!(
+            "the proxy's answer to CONNECT is not HTTP ({e}): {}",
+            status_line()
+        )),
     }
 }
 
@@ -215,6 +220,10 @@ mod tests {
         );
         assert!(connect_reply(&vec![b'a'; MAX_CONNECT_REPLY + 1]).is_err());
         assert!(connect_reply(b"SSH-2.0\r\n\r\n").is_err());
+        // Bare LF line ends, as some proxies send.
+        let lf = b"HTTP/1.1 200 OK\nProxy-agent: x\n\nTLS";
+        assert_eq!(connect_reply(lf), Ok(Some(lf.len() - 3)));
+        assert_eq!(connect_reply(b"HTTP/1.1 200 OK\n"), Ok(None));
     }
 
     fn head<'a>(path: &'a str, headers: &'a [(&'static str, String)]) -> RequestHead<'a> {

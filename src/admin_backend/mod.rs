@@ -12,7 +12,7 @@ use crate::store::entities::Change;
 use crate::store::{calllog, ops, queries};
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use weir_admin::api::{Caller, ChannelTest, Command, Discover};
 use weir_admin::{is_bootstrap_key, AdminBackend, Answer};
@@ -101,6 +101,11 @@ impl AdminBackend for Admin {
 
     fn base_url(&self, host: Option<&str>) -> String {
         base_url_of(self.proxy_addr, host)
+    }
+
+    fn client_ip(&self, peer: Option<IpAddr>, headers: &http::HeaderMap) -> Option<IpAddr> {
+        let trusted = &self.state.snapshot().trusted_proxies;
+        weir_filters::client_addr::client_ip(peer, headers, trusted)
     }
 
     async fn execute(&self, caller: Caller, cmd: Command) -> Reply {

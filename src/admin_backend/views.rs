@@ -96,6 +96,8 @@ fn channel(state: &AppState, c: &config::Channel) -> Value {
         "groups": c.groups,
         "models": c.exposed,
         "api_version": c.api_version,
+        // Its password hidden (`ForwardProxy::shown`).
+        "proxy": c.proxy.as_ref().map(|p| p.shown.as_str()),
         "health": state.health.report(&HealthId::channel(&c.name)),
         "probe": state.probes.get(&c.name),
         "keys": keys,

@@ -3,15 +3,17 @@
 
 use super::request::Request;
 use bytes::Bytes;
+use std::sync::Arc;
 use weir_filters::config::Gateway;
+use weir_filters::masking::Table;
 use weir_filters::request_body::{JsonBody, RequestFacts};
 use weir_filters::GatewayError;
 
 /// The upstream body for one upstream model name: the client's bytes untouched when
 /// nothing changes, otherwise the rewritten body, made once per distinct model.
 ///
-/// Order of rewrites: the key field out (G2), the prompt template (G6), usage asked
-/// for (P9), then per upstream model: the model name (P6), `param_map`, then
+/// Order of rewrites: the key field out (G2), the prompt template (G6), data
+/// masking, usage asked for (P9), then per upstream model: the model name (P6), `param_map`, then
 /// `param_fixed` (G7), so a gateway can still map or pin the model a channel chose.
 pub struct Bodies<'a> {
     /// The client's bytes.
@@ -24,6 +26,8 @@ pub struct Bodies<'a> {
     gateway: &'a Gateway,
     /// Weir asked for stream usage the client did not: the relay removes it.
     pub strip_usage: bool,
+    /// What `masking` replaced, when it replaced anything.
+    pub masked: Option<Arc<Table>>,
 }
 
 impl<'a> Bodies<'a> {
@@ -39,6 +43,15 @@ impl<'a> Bodies<'a> {
         let gateway = req.gateway;
         if let Some(template) = &gateway.prompt_template {
             rewritten |= parsed.apply_template(template)?;
+        }
+        // After the template (its own text is masked too), before any channel.
+        let mut masked = None;
+        if let Some(masker) = &gateway.masking {
+            let table = masker.mask_body(&mut parsed, req.endpoint)?;
+            if !table.is_empty() {
+                rewritten = true;
+                masked = Some(Arc::new(table));
+            }
         }
         rewritten |= !gateway.param_map.is_empty() || !gateway.param_fixed.is_empty();
         // P9: a stream always asks for usage (only OpenAI chunk streams carry it);
@@ -57,6 +70,7 @@ impl<'a> Bodies<'a> {
             made: Vec::new(),
             gateway,
             strip_usage,
+            masked,
         })
     }
 

@@ -46,7 +46,32 @@ pub async fn proxy(
         return cached::serve(session, ctx, &hit).await;
     }
     let mut bodies = Bodies::prepare(raw, parsed, &facts, req, req.body_key.is_some())?;
+    if let Some(table) = &bodies.masked {
+        note_masked(state, ctx, req, table, &bodies);
+    }
     dispatch::run(state, session, ctx, req, &routes, &mut bodies).await
+}
+
+/// Counts what masking found, and keeps only the masked body for the call log:
+/// the values never leave the request.
+fn note_masked(
+    state: &AppState,
+    ctx: &mut Ctx,
+    req: &Request<'_>,
+    table: &std::sync::Arc<weir_filters::masking::Table>,
+    bodies: &Bodies<'_>,
+) {
+    for (detector, n) in &table.counts {
+        state
+            .metrics
+            .masked
+            .with_label_values(&[req.gateway.name.as_str(), detector.as_str()])
+            .inc_by(*n);
+    }
+    ctx.route.masked = Some(table.clone());
+    if ctx.route.body.is_some() {
+        ctx.route.body = Some(bodies.parsed.to_bytes());
+    }
 }
 
 /// An image or audio part to a model registered as text-only is refused (K3): the

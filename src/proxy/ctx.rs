@@ -39,6 +39,9 @@ pub struct Route {
     pub body: Option<bytes::Bytes>,
     /// The client's address, through `server.trusted_proxies` (call log, `ip:`).
     pub client_ip: Option<std::net::IpAddr>,
+    /// What `masking` replaced in the request (counts for the log, and the
+    /// originals for `restore`).
+    pub masked: Option<Arc<weir_filters::masking::Table>>,
 }
 
 /// Who called, once admitted, and what the request counted against the limits.
@@ -103,6 +106,7 @@ impl Ctx {
                 stream: false,
                 body: None,
                 client_ip: None,
+                masked: None,
             },
             who: Who::default(),
             tries: Tries {

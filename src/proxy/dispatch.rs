@@ -7,7 +7,7 @@ use super::bodies::Bodies;
 use super::ctx::Ctx;
 use super::exchange::{discard, exchange, Outbound};
 use super::failure::Failure;
-use super::relay::{relay, RelayPlan};
+use super::relay::{relay, stopped, RelayPlan};
 use super::request::Request;
 use crate::state::AppState;
 use pingora_core::protocols::http::ServerSession as Session;
@@ -42,6 +42,10 @@ pub async fn run(
         .timeout
         .unwrap_or(snap.server().request_timeout.0);
     let deadline = ctx.started + allowed;
+    // One wait for the graceful stop's cut for the whole request, the attempts and
+    // the relayed answer alike: it registers once.
+    let stop = stopped(state);
+    tokio::pin!(stop);
     while let Some(attempt) = plan.next_attempt() {
         // A wait that would end past the deadline is not worth starting.
         if Instant::now() + attempt.delay >= deadline {
@@ -82,7 +86,18 @@ pub async fn run(
         ));
         // The request's deadline cuts the attempt short: nothing is learned about a
         // channel that was not given its own timeouts (its trial goes back).
-        let Ok(sent) = tokio::time::timeout_at(deadline.into(), sent).await else {
+        let waited = tokio::select! {
+            biased;
+            r = tokio::time::timeout_at(deadline.into(), sent) => Some(r),
+            () = stop.as_mut() => None,
+        };
+        let Some(waited) = waited else {
+            // Cut by the stop while waiting for the answer: the client is told, the
+            // row written; the channel did nothing wrong.
+            count_outcome(state, channel, Some("stopped"));
+            return Err(cut_at_stop(ctx, &plan, channel));
+        };
+        let Ok(sent) = waited else {
             count_outcome(state, channel, Some("deadline"));
             drop(attempt);
             let cut = Some(channel.name.as_str());
@@ -97,7 +112,7 @@ pub async fn run(
                     let own = started + channel.total_timeout;
                     let mut how = relay_plan(req, bodies, channel, &rules, own.min(deadline));
                     how.channel_deadline = own <= deadline;
-                    return relay(state, session, ctx, answer, how).await;
+                    return relay(state, session, ctx, answer, how, stop.as_mut()).await;
                 }
                 if let Some(code) = Box::pin(discard(state, answer)).await {
                     plan.note_code(code);
@@ -118,6 +133,21 @@ pub async fn run(
     // The log gets upstream error codes and key hints; the client does not.
     ctx.reply.error = Some(log);
     Err(e.into())
+}
+
+/// The grace period of a graceful stop ended while `channel` was still to answer.
+fn cut_at_stop(ctx: &mut Ctx, plan: &Plan<'_>, channel: &Channel) -> Failure {
+    let tried = match plan.tried(None) {
+        Some(t) => format!("{t}; {}: cut at the stop", channel.name),
+        None => format!("{}: cut at the stop", channel.name),
+    };
+    let detail = format!(
+        "the grace period ended before channel `{}` answered; retry the request",
+        channel.name
+    );
+    ctx.reply.error = Some(format!("{detail} ({tried})"));
+    ctx.tries.tried = Some(tried);
+    GatewayError::ShuttingDown(detail).into()
 }
 
 /// The request's deadline passed before any answer: 504, with what was tried.
@@ -191,6 +221,10 @@ fn relay_plan<'a>(
         translate: adapters::translates(channel.kind).then_some(channel.kind),
         cache: req.snap.cache.as_ref(),
         model: bodies.client_model(),
+        restore: bodies
+            .masked
+            .as_ref()
+            .filter(|_| req.gateway.masking.as_ref().is_some_and(|m| m.restore)),
     }
 }
 

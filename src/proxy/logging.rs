@@ -79,6 +79,7 @@ fn account(state: &AppState, ctx: &Ctx, gateway: &str, status: u16, elapsed: Dur
         cache: cache_state(ctx),
         tried: ctx.tries.tried.clone(),
         client_ip: ctx.route.client_ip.map(|ip| ip.to_string()),
+        masked: ctx.route.masked.as_ref().map(|t| t.summary()),
         bodies: failed.then(|| failed_bodies(snap, ctx, gateway)),
     });
 }

@@ -36,6 +36,7 @@ use async_trait::async_trait;
 use ctx::Ctx;
 use failure::Failure;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType};
@@ -59,6 +60,13 @@ pub struct Weir {
 impl HttpServerApp for Weir {
     fn server_options(&self) -> Option<&pingora_core::apps::HttpServerOptions> {
         Some(&self.options)
+    }
+
+    /// `server.max_header` for HTTP/2 too (as a decoded header list: h2 answers a
+    /// larger one 431), read when a connection starts.
+    fn h2_options(&self) -> Option<H2Options> {
+        let max = self.state.snapshot().server().max_header.0;
+        Some(h2_options(max))
     }
 
     async fn process_new_http(
@@ -200,4 +208,12 @@ async fn serve(state: &AppState, session: &mut ServerSession, ctx: &mut Ctx) -> 
         tracing::error!("request failed: {e}, {} {}", req.method, req.uri.path());
     }
     Some(e)
+}
+
+/// Pingora's bounded HTTP/2 defaults (concurrent streams), with `max_header` as
+/// the decoded header-list limit.
+pub fn h2_options(max_header: u64) -> H2Options {
+    let mut options = pingora_core::protocols::http::v2::server::default_h2_options();
+    options.max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX));
+    options
 }

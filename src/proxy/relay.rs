@@ -12,10 +12,14 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use pingora_core::protocols::http::ServerSession as Session;
 use pingora_http::ResponseHeader;
-use std::time::Instant;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use weir_filters::adapters::{self, StreamTranslator};
 use weir_filters::config::{CachePolicy, ChannelType};
 use weir_filters::health::{HealthId, HealthPolicy};
+use weir_filters::masking::{JsonRestorer, SseRestorer, Table};
 use weir_filters::request_body::{prompt_text, JsonBody};
 use weir_filters::response_body::{json_usage, SseTap};
 use weir_filters::usage::{estimate_with_overflow, Usage};
@@ -55,6 +59,30 @@ pub struct RelayPlan<'a> {
     pub model: &'a str,
     /// The cache's policy, for storing this answer (when `ctx.reply.cache_fill` says where).
     pub cache: Option<&'a CachePolicy>,
+    /// Data masking's placeholders, to put the originals back (`masking.restore`).
+    pub restore: Option<&'a Arc<Table>>,
+}
+
+/// Puts masked originals back into a 2xx answer on its way out.
+enum Restorer {
+    Json(JsonRestorer),
+    Sse(SseRestorer),
+}
+
+impl Restorer {
+    fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
+        match self {
+            Restorer::Json(r) => r.feed(chunk),
+            Restorer::Sse(r) => r.feed(chunk),
+        }
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        match self {
+            Restorer::Json(r) => r.finish(),
+            Restorer::Sse(r) => r.finish(),
+        }
+    }
 }
 
 fn downstream_header(
@@ -101,11 +129,9 @@ struct Body {
     /// log; `None` once it is too large (audio and files just pass).
     kept: Option<Vec<u8>>,
     translator: Option<Box<dyn StreamTranslator>>,
+    restorer: Option<Restorer>,
     /// The copy for the cache, `None` when the answer is not to be stored.
     capture: Option<Vec<u8>>,
-    /// Turns true when a graceful stop's grace period ends with this stream still
-    /// open: it is cut as a broken stream, so its usage is written.
-    stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Sends the answer to the client. From here on nothing is retried.
@@ -115,11 +141,9 @@ pub async fn relay(
     ctx: &mut Ctx,
     answer: Answer,
     plan: RelayPlan<'_>,
+    stop: Pin<&mut impl Future<Output = ()>>,
 ) -> Result<(), Failure> {
     let (mut header, mut body) = open(answer, &plan).map_err(Failure::Abort)?;
-    if matches!(body.source, Source::Upstream { .. }) {
-        body.stop = Some(state.stopping.subscribe());
-    }
     ctx.reply.status = body.status;
     if let Some(r) = ctx.who.rate {
         crate::proxy::respond::rate_headers(&mut header, &r).map_err(Failure::Abort)?;
@@ -146,7 +170,7 @@ pub async fn relay(
         shutdown(body.source).await;
         return Err(Failure::Abort(e));
     }
-    let pumped = body.pump(state, session, ctx, &plan).await;
+    let pumped = body.pump(state, session, ctx, &plan, stop).await;
     let Body {
         source,
         status,
@@ -225,19 +249,21 @@ fn open(answer: Answer, plan: &RelayPlan<'_>) -> pingora_error::Result<(Response
                 .unwrap_or("");
             let is_sse = ct.starts_with("text/event-stream");
             let is_json = ct.starts_with("application/json");
-            // A JSON answer passes unchanged: its length still holds.
+            // A JSON answer passes unchanged: its length still holds (unless
+            // originals are put back into it).
             let len = header
                 .headers
                 .get("content-length")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|_| !is_sse);
+                .filter(|_| !is_sse && (plan.restore.is_none() || status >= 300));
             let h = downstream_header(status, Some(&header), "", len)?;
             (h, Source::Upstream { up, peer }, is_sse, is_json)
         }
         Answer::Mock(m) | Answer::Translated { answer: m, .. } => {
             let is_sse = m.content_type == "text/event-stream";
-            let len = (!is_sse).then(|| m.chunks.iter().map(|c| c.len()).sum());
+            let restored = plan.restore.is_some() && m.status < 300;
+            let len = (!is_sse && !restored).then(|| m.chunks.iter().map(|c| c.len()).sum());
             let h = downstream_header(m.status, None, m.content_type, len)?;
             (h, Source::Mock(m.chunks.into_iter()), is_sse, !is_sse)
         }
@@ -251,8 +277,11 @@ fn open(answer: Answer, plan: &RelayPlan<'_>) -> pingora_error::Result<(Response
         translator: plan
             .translate
             .and_then(|kind| adapters::stream_translator(kind, plan.model, true)),
+        restorer: plan.restore.filter(|_| status < 300).map(|t| match is_sse {
+            true => Restorer::Sse(SseRestorer::new(t.clone())),
+            false => Restorer::Json(JsonRestorer::new(t.clone())),
+        }),
         capture: None,
-        stop: None,
     };
     Ok((header, body))
 }
@@ -265,11 +294,10 @@ impl Body {
         session: &mut Session,
         ctx: &mut Ctx,
         plan: &RelayPlan<'_>,
+        // Resolves when a graceful stop's grace period ends with this answer still
+        // open: it is cut as a broken stream, so its usage is written.
+        mut stopped: Pin<&mut impl Future<Output = ()>>,
     ) -> Result<(), Failure> {
-        // One wait for the stop for the whole stream: it registers once, not on
-        // every read.
-        let stopped = stopped(self.stop.take());
-        tokio::pin!(stopped);
         let broken = loop {
             let (chunk, ended, broken) = match self.read(plan, stopped.as_mut()).await {
                 Ok(Some(read)) => read,
@@ -282,7 +310,19 @@ impl Body {
                 if ctx.reply.first_byte.is_none() {
                     ctx.reply.first_byte = Some(ctx.started.elapsed());
                 }
-                write(session, ctx, out, false).await?;
+                // A client that stops reading blocks the write: the stop cuts it
+                // there too, or the stream would outlive the grace period unwritten.
+                let cut = tokio::select! {
+                    biased;
+                    r = write(session, ctx, out, false) => {
+                        r?;
+                        false
+                    }
+                    () = stopped.as_mut() => true,
+                };
+                if cut {
+                    return Err(cut_while_writing(state, ctx, plan));
+                }
             }
             if ended || broken.is_some() {
                 break broken;
@@ -298,7 +338,7 @@ impl Body {
     async fn read(
         &mut self,
         plan: &RelayPlan<'_>,
-        stopped: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+        stopped: Pin<&mut impl Future<Output = ()>>,
     ) -> Result<Option<(Bytes, bool, Option<Broke>)>, Broke> {
         let up = match &mut self.source {
             Source::Mock(chunks) => return Ok(chunks.next().map(|c| (c, false, None))),
@@ -350,11 +390,16 @@ impl Body {
     /// What the client gets of a chunk: translated and tapped when it is SSE, kept
     /// for its usage when it is JSON.
     fn pass(&mut self, chunk: Bytes) -> Bytes {
+        let chunk = match self.translator.as_mut().filter(|_| self.is_sse) {
+            Some(t) => Bytes::from(t.feed(&chunk)),
+            None => chunk,
+        };
+        let chunk = match self.restorer.as_mut() {
+            Some(r) => Bytes::from(r.feed(&chunk)),
+            None => chunk,
+        };
         if self.is_sse {
-            return match self.translator.as_mut() {
-                Some(t) => self.tap.feed(Bytes::from(t.feed(&chunk))),
-                None => self.tap.feed(chunk),
-            };
+            return self.tap.feed(chunk);
         }
         if let Some(kept) = &mut self.kept {
             if kept.len() + chunk.len() <= MAX_JSON_KEPT {
@@ -378,10 +423,31 @@ impl Body {
         if self.is_sse {
             let tail = self.sse_tail(state, ctx, plan, broken);
             keep(&mut self.capture, &tail, plan);
-            return write(session, ctx, Bytes::from(tail), true).await;
+            let last = write(session, ctx, Bytes::from(tail), true);
+            if !*state.stopping.borrow() {
+                return last.await;
+            }
+            // Cut at the stop: a client that does not take the last event must not
+            // hold the stream (and its row) past the grace period.
+            return match tokio::time::timeout(Duration::from_millis(500), last).await {
+                Ok(r) => r,
+                Err(_) => {
+                    ctx.reply.client_gone = true;
+                    Err(Failure::Abort(pingora_error::Error::explain(
+                        pingora_error::ErrorType::WriteError,
+                        "the client did not take the stream's last event at the stop",
+                    )))
+                }
+            };
         }
         let Some(broke) = broken else {
-            return write(session, ctx, Bytes::new(), true).await;
+            let rest = self
+                .restorer
+                .as_mut()
+                .map(Restorer::finish)
+                .unwrap_or_default();
+            keep(&mut self.capture, &rest, plan);
+            return write(session, ctx, Bytes::from(rest), true).await;
         };
         // A JSON answer cut short: its length can no longer be kept; close.
         let why = broke.count(state, ctx, plan);
@@ -402,8 +468,16 @@ impl Body {
         broken: Option<Broke>,
     ) -> Vec<u8> {
         let mut tail = Vec::new();
+        let mut last = Vec::new();
         if let (Some(t), None) = (self.translator.as_mut(), &broken) {
-            tail.extend_from_slice(&self.tap.feed(Bytes::from(t.finish())));
+            last = t.finish();
+        }
+        if let Some(r) = self.restorer.as_mut() {
+            last = r.feed(&last);
+            last.extend(r.finish());
+        }
+        if !last.is_empty() {
+            tail.extend_from_slice(&self.tap.feed(Bytes::from(last)));
         }
         tail.extend_from_slice(&self.tap.finish());
         let tap = &self.tap;
@@ -433,13 +507,30 @@ impl Body {
     }
 }
 
-/// Resolves when a graceful stop cuts open streams; never without a receiver.
-async fn stopped(stop: Option<tokio::sync::watch::Receiver<bool>>) {
-    match stop {
-        Some(mut stop) => {
-            let _ = stop.wait_for(|s| *s).await;
-        }
-        None => std::future::pending().await,
+/// The stop came while the client was not taking what was written: nothing more
+/// is sent (it would block too), the stream counts as cut, and its usage is
+/// written like any broken stream's.
+fn cut_while_writing(state: &AppState, ctx: &mut Ctx, plan: &RelayPlan<'_>) -> Failure {
+    let why = Broke::by_weir(
+        "weir stopped: the stream was cut at the end of the grace period, its client not reading",
+    )
+    .count(state, ctx, plan);
+    ctx.reply.error = Some(format!("stream broken: {why}"));
+    ctx.reply.client_gone = true;
+    Failure::Abort(pingora_error::Error::explain(
+        pingora_error::ErrorType::WriteError,
+        "cut at the graceful stop while writing",
+    ))
+}
+
+/// Resolves when a graceful stop cuts what is still open (`AppState::stopping`).
+/// Subscribes when first polled; made once per request and pinned, it registers
+/// its waiter once, not on every read.
+pub(super) async fn stopped(state: &AppState) {
+    let mut stop = state.stopping.subscribe();
+    if stop.wait_for(|s| *s).await.is_err() {
+        // The sender lives as long as the state: never, but never resolve then.
+        std::future::pending::<()>().await;
     }
 }
 

@@ -18,8 +18,8 @@ pub const ROWS_PER_INSERT: usize = 32;
 
 const COLUMNS: &str = "ts, key_id, identity, gateway, model, channel, prompt_tokens, \
     completion_tokens, cost, estimated, status, latency_ms, stream, upstream_model, \
-    upstream, error_code, error, ttft_ms, cache, tried, client_ip";
-const PER_ROW: usize = 21;
+    upstream, error_code, error, ttft_ms, cache, tried, client_ip, masked";
+const PER_ROW: usize = 22;
 
 fn insert_sql(rows: usize) -> String {
     let row = format!("({})", vec!["?"; PER_ROW].join(","));
@@ -59,6 +59,7 @@ fn push_values(values: &mut Vec<SqlValue>, ev: &UsageEvent) {
         SqlValue::from(ev.cache),
         SqlValue::from(&ev.tried),
         SqlValue::from(&ev.client_ip),
+        SqlValue::from(&ev.masked),
     ]);
 }
 
@@ -175,7 +176,7 @@ fn filters(q: &LogQuery, dialect: Dialect) -> (String, Vec<SqlValue>) {
 
 const SELECT: &str = "SELECT id, ts, key_id, identity, gateway, model, upstream_model, channel, \
     upstream, status, error_code, error, prompt_tokens, completion_tokens, cost, estimated, \
-    latency_ms, ttft_ms, stream, cache, tried, client_ip FROM usage";
+    latency_ms, ttft_ms, stream, cache, tried, client_ip, masked FROM usage";
 
 /// One row as the API shows it.
 fn row_json(r: &Row) -> DbResult<Value> {
@@ -204,6 +205,7 @@ fn row_json(r: &Row) -> DbResult<Value> {
         "cache": r.get::<String>(19)?,
         "tried": r.get::<Option<String>>(20)?,
         "client_ip": r.get::<Option<String>>(21)?,
+        "masked": r.get::<Option<String>>(22)?,
     }))
 }
 
@@ -278,6 +280,7 @@ pub const EXPORT_FIELDS: &[&str] = &[
     "cache",
     "tried",
     "client_ip",
+    "masked",
 ];
 
 /// Rows an export reads per page.

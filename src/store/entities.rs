@@ -80,7 +80,7 @@ pub fn load(db: &mut dyn Sql, sealer: Option<&Sealer>) -> OpResult<Stored> {
     for (name, config, keys) in rows {
         let mut c: ChannelConfig = serde_json::from_str(&config)
             .map_err(|e| GatewayError::Internal(format!("stored channel `{name}`: {e}")))?;
-        c.keys = open_keys(&name, keys.as_deref(), sealer)?;
+        open_secrets(&mut c, keys.as_deref(), sealer)?;
         stored.channels.push(c);
     }
     let rows = db.rows(
@@ -122,13 +122,54 @@ fn load_webhooks(db: &mut dyn Sql, sealer: Option<&Sealer>) -> OpResult<Vec<Webh
     Ok(out)
 }
 
-fn open_keys(name: &str, sealed: Option<&[u8]>, sealer: Option<&Sealer>) -> OpResult<Vec<String>> {
+/// What a channel's sealed column holds: its provider keys (as first stored), or
+/// the keys and a proxy URL that carries a password.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum Secrets {
+    Keys(Vec<String>),
+    With {
+        keys: Vec<String>,
+        #[serde(default)]
+        proxy: Option<String>,
+    },
+}
+
+/// `http://user:pass@host`: the part before the host carries credentials.
+fn has_credentials(proxy: &str) -> bool {
+    let rest = proxy.trim().strip_prefix("http://").unwrap_or(proxy);
+    rest.split(['/', '?', '#'])
+        .next()
+        .unwrap_or("")
+        .contains('@')
+}
+
+/// Opens a stored channel's sealed column into it: its keys, and its proxy when
+/// the proxy was sealed.
+fn open_secrets(
+    c: &mut ChannelConfig,
+    sealed: Option<&[u8]>,
+    sealer: Option<&Sealer>,
+) -> OpResult<()> {
+    match open_keys(&c.name, sealed, sealer)? {
+        Secrets::Keys(keys) => c.keys = keys,
+        Secrets::With { keys, proxy } => {
+            c.keys = keys;
+            if proxy.is_some() {
+                c.proxy = proxy;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_keys(name: &str, sealed: Option<&[u8]>, sealer: Option<&Sealer>) -> OpResult<Secrets> {
     let Some(sealed) = sealed else {
-        return Ok(Vec::new());
+        return Ok(Secrets::Keys(Vec::new()));
     };
     let sealer = sealer.ok_or_else(|| {
         GatewayError::Internal(format!(
-            "stored channel `{name}` has keys, and storage.secret_key is not set"
+            "stored channel `{name}` has sealed keys or proxy credentials, and storage.secret_key is not set"
         ))
     })?;
     let plain = sealer
@@ -301,23 +342,39 @@ pub(super) fn write_channel(
     sealer: Option<&Sealer>,
     now: i64,
 ) -> OpResult<()> {
-    let keys = if c.keys.is_empty() {
+    // A proxy URL with a password is a secret too: sealed beside the keys.
+    let secret_proxy = c.proxy.clone().filter(|p| has_credentials(p));
+    let keys = if c.keys.is_empty() && secret_proxy.is_none() {
         None
     } else {
         let sealer = sealer.ok_or_else(|| {
-            GatewayError::BadRequest(
-                "channel.keys: storing provider keys needs storage.secret_key (set it from the \
-                 environment, e.g. `secret_key: ${WEIR_SECRET_KEY}`)"
-                    .into(),
-            )
+            let what = if c.keys.is_empty() {
+                "channel.proxy: storing a proxy password"
+            } else {
+                "channel.keys: storing provider keys"
+            };
+            GatewayError::BadRequest(format!(
+                "{what} needs storage.secret_key (set it from the environment, e.g. \
+                 `secret_key: ${{WEIR_SECRET_KEY}}`)"
+            ))
         })?;
+        let secrets = match &secret_proxy {
+            None => Secrets::Keys(c.keys.clone()),
+            Some(proxy) => Secrets::With {
+                keys: c.keys.clone(),
+                proxy: Some(proxy.clone()),
+            },
+        };
         let plain =
-            serde_json::to_vec(&c.keys).map_err(|e| GatewayError::Internal(e.to_string()))?;
+            serde_json::to_vec(&secrets).map_err(|e| GatewayError::Internal(e.to_string()))?;
         Some(sealer.seal(&plain).map_err(GatewayError::Internal)?)
     };
-    // The entry without its keys: they live only in the sealed column.
+    // The entry without its secrets: they live only in the sealed column.
     let mut bare = c.clone();
     bare.keys.clear();
+    if secret_proxy.is_some() {
+        bare.proxy = None;
+    }
     let config = serde_json::to_string(&bare).map_err(|e| GatewayError::Internal(e.to_string()))?;
     tx.execute(
         "INSERT INTO channels (name, config, keys, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)

@@ -68,6 +68,8 @@ pub struct UsageEvent {
     pub bodies: Option<Box<FailedBodies>>,
     /// The client's address (through `server.trusted_proxies`).
     pub client_ip: Option<String>,
+    /// What data masking replaced, `email:2,phone:1` (never the values).
+    pub masked: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -512,7 +514,11 @@ impl Store {
     /// Writes everything queued and stops the thread (graceful stop).
     pub fn shutdown(&self) {
         let _ = self.tx.send(Cmd::Shutdown);
-        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        // The lock is held through the join: a second caller (the idle exit and
+        // the end of `run_forever` can both get here) waits for the last rows to
+        // be written instead of returning, and exiting, while they are.
+        let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = thread.take() {
             let _ = t.join();
         }
     }

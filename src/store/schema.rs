@@ -203,6 +203,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE usage ADD COLUMN client_ip TEXT;
     "#,
+    // 10: what data masking replaced (counts per detector, never the values).
+    r#"
+    ALTER TABLE usage ADD COLUMN masked TEXT;
+    "#,
 ];
 
 /// The same steps as `MIGRATIONS`, for PostgreSQL. A step that only undid a
@@ -367,6 +371,10 @@ const PG_MIGRATIONS: &[&str] = &[
     // 9
     r#"
     ALTER TABLE usage ADD COLUMN client_ip TEXT;
+    "#,
+    // 10
+    r#"
+    ALTER TABLE usage ADD COLUMN masked TEXT;
     "#,
 ];
 

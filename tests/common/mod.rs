@@ -35,6 +35,9 @@ pub enum Reply {
     /// A sloppy inference server: answers normally, but a chat body whose
     /// `messages` is not a list of `{role, content}` objects crashes it (500).
     Picky,
+    /// Answers with the last message's text (OpenAI chat), streamed three
+    /// characters a chunk: what a model quoting its prompt does.
+    Echo,
 }
 
 /// One request as the upstream saw it.
@@ -254,7 +257,8 @@ async fn handle(
         | Reply::Cut { .. }
         | Reply::Delay(_)
         | Reply::BadKey
-        | Reply::Picky => match provider {
+        | Reply::Picky
+        | Reply::Echo => match provider {
             Provider::Anthropic => anthropic_answer(&st, &parsed, body.len(), &reply),
             Provider::Gemini { stream } => gemini_answer(&st, body.len(), stream, &reply),
             Provider::OpenAi => answer(&st, &parsed, body.len(), &reply, uri.path()),
@@ -465,7 +469,12 @@ fn answer(
         st.prompt_sent.fetch_add(prompt, Ordering::SeqCst);
         return axum::Json(json!({"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}], "usage": {"prompt_tokens": prompt, "total_tokens": prompt}})).into_response();
     }
-    let words = ["Hello", " from", " upstream", &format!(" {}", st.name)].map(|s| s.to_string());
+    let words: Vec<String> = match reply {
+        Reply::Echo => echo_pieces(req),
+        _ => ["Hello", " from", " upstream", &format!(" {}", st.name)]
+            .map(|s| s.to_string())
+            .to_vec(),
+    };
     if path.ends_with("/responses") && req["stream"].as_bool().unwrap_or(false) {
         // The Responses API streams typed events and ends with `response.completed`.
         let mut events: Vec<String> = words
@@ -521,6 +530,17 @@ fn answer(
         events.truncate(after);
     }
     sse_response(events, cut, *st.chunk_delay.lock().unwrap())
+}
+
+/// The last message's text in pieces of three characters.
+fn echo_pieces(req: &Value) -> Vec<String> {
+    let text = req["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("");
+    let chars: Vec<char> = text.chars().collect();
+    chars.chunks(3).map(|c| c.iter().collect()).collect()
 }
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";

@@ -302,33 +302,34 @@ impl<B: AdminBackend> Manager<B> {
             return self.login_page(req, lang, Some(msg), 403);
         }
         let now = std::time::Instant::now();
-        if let Some(wait) = self.lockout.wait(req.client, now) {
-            let msg = i18n::t(
-                lang,
-                "Too many failed sign-ins from your address; wait a moment and try again.",
-            );
-            let secs = wait.as_secs_f64().ceil() as u64;
-            return self
-                .login_page(req, lang, Some(msg), 429)
-                .header("retry-after", &secs.max(1).to_string());
-        }
         let key = get("key");
         let hash = weir_filters::auth::hash_key(&key);
-        let caller = (!key.is_empty())
-            .then(|| self.backend.session_caller(&hash))
-            .flatten();
-        let refused = match caller {
-            None => Some("This key is unknown, disabled or expired."),
-            Some(Caller::Admin { key_id: None }) if req.public => Some(
-                "Only user keys can sign in here; the admin key signs in on the admin listener.",
-            ),
-            Some(_) => None,
-        };
-        if let Some(msg) = refused {
-            self.lockout.failed(req.client, now);
-            return self.login_page(req, lang, Some(i18n::t(lang, msg)), 401);
+        let checked = self.lockout.attempt(req.client, now, || {
+            let caller = (!key.is_empty())
+                .then(|| self.backend.session_caller(&hash))
+                .flatten();
+            match caller {
+                None => Err("This key is unknown, disabled or expired."),
+                Some(Caller::Admin { key_id: None }) if req.public => Err(
+                    "Only user keys can sign in here; the admin key signs in on the admin listener.",
+                ),
+                Some(c) => Ok(c),
+            }
+        });
+        match checked {
+            Ok(Ok(_)) => {}
+            Ok(Err(msg)) => return self.login_page(req, lang, Some(i18n::t(lang, msg)), 401),
+            Err(wait) => {
+                let msg = i18n::t(
+                    lang,
+                    "Too many failed sign-ins from your address; wait a moment and try again.",
+                );
+                let secs = wait.as_secs_f64().ceil() as u64;
+                return self
+                    .login_page(req, lang, Some(msg), 429)
+                    .header("retry-after", &secs.max(1).to_string());
+            }
         }
-        self.lockout.succeeded(req.client);
         let id = self.sessions.create(hash);
         Out::redirect("/manager/")
             .cookie(session::set_cookie(SESSION_COOKIE, &id, None, req.tls))

@@ -496,6 +496,17 @@ fn gateway(
             .chain(&deny)
             .any(|r| matches!(r, AccessRule::Secret(_)));
     check_rewrites(at, g, problems);
+    let masking = g.masking.as_ref().and_then(|m| {
+        let custom: Vec<(String, String)> = m
+            .custom
+            .iter()
+            .map(|c| (c.name.clone(), c.pattern.clone()))
+            .collect();
+        crate::masking::Masker::new(&m.detectors, &custom, m.restore)
+            .map(std::sync::Arc::new)
+            .map_err(|e| problems.push(format!("{at}.masking.{e}")))
+            .ok()
+    });
     if let Some(t) = g.timeout {
         check_duration(&format!("{at}.timeout"), t, DAY, problems);
     }
@@ -523,8 +534,16 @@ fn gateway(
         prompt_template: g.prompt_template.clone(),
         param_map: g.param_map.clone(),
         param_fixed: g.param_fixed.clone(),
-        rewrite_digest: serde_json::json!([g.prompt_template, g.param_map, g.param_fixed])
-            .to_string(),
+        masking,
+        // Masking too: an answer cached with placeholders in it is not one with
+        // the originals restored.
+        rewrite_digest: serde_json::json!([
+            g.prompt_template,
+            g.param_map,
+            g.param_fixed,
+            g.masking
+        ])
+        .to_string(),
         source: Source::File,
     }
 }

@@ -229,6 +229,8 @@ pub struct Gateway {
     pub prompt_template: Option<String>,
     pub param_map: indexmap::IndexMap<String, (serde_json::Value, serde_json::Value)>,
     pub param_fixed: indexmap::IndexMap<String, serde_json::Value>,
+    /// `masking`, compiled.
+    pub masking: Option<std::sync::Arc<crate::masking::Masker>>,
     /// The rewrite rules above in one string (part of cache keys).
     pub rewrite_digest: String,
     pub source: Source,

@@ -658,6 +658,31 @@ pub struct GatewayConfig {
     /// `"key": value`: the body's value at `key` is set to `value`.
     #[serde(default)]
     pub param_fixed: indexmap::IndexMap<String, serde_json::Value>,
+    /// Data masking: findings replaced by placeholders before the request leaves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masking: Option<MaskingConfig>,
+}
+
+/// `gateways[].masking`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingConfig {
+    /// `email`, `phone`, `cn_id`, `bank_card`, `ipv4`, `secret`, or `all`.
+    #[serde(default)]
+    pub detectors: Vec<String>,
+    /// The operator's own patterns, each with a name its placeholder is made of.
+    #[serde(default)]
+    pub custom: Vec<CustomDetector>,
+    /// Put the originals back in the answer (streams included).
+    #[serde(default)]
+    pub restore: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomDetector {
+    pub name: String,
+    pub pattern: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -773,6 +798,7 @@ fn default_gateways() -> Vec<GatewayConfig> {
         prompt_template: None,
         param_map: indexmap::IndexMap::new(),
         param_fixed: indexmap::IndexMap::new(),
+        masking: None,
     }]
 }
 
