@@ -105,7 +105,15 @@ impl dyn Sql + '_ {
 
     /// Starts a transaction, rolled back unless committed.
     pub fn begin(&mut self) -> DbResult<Tx<'_>> {
-        self.execute("BEGIN", &[])?;
+        // SQLite: the write lock up front, so `busy_timeout` covers the wait. A
+        // deferred transaction that read first and then writes fails at once with
+        // "database is locked" when another process (`weir keys` beside a running
+        // gateway) wrote in between; its busy handler is never asked.
+        let begin = match self.dialect() {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        };
+        self.execute(begin, &[])?;
         Ok(Tx {
             db: self,
             open: true,
