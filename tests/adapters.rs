@@ -19,18 +19,6 @@ fn channel_of(kind: &str, up: &Upstream) -> Config {
     )
 }
 
-fn text_of_stream(body: &str) -> String {
-    sse_data(body)
-        .iter()
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect()
-}
-
 fn finish_of_stream(body: &str) -> Option<String> {
     sse_data(body)
         .iter()

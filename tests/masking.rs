@@ -43,15 +43,7 @@ fn answer_text(body: &str, stream: bool) -> String {
             .unwrap()
             .to_string();
     }
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect()
+    text_of_stream(body)
 }
 
 #[tokio::test]

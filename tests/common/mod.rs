@@ -883,6 +883,19 @@ pub async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, St
 }
 
 /// The `data:` payloads of an SSE body.
+/// The content of an OpenAI chunk stream's first choice, joined.
+pub fn text_of_stream(body: &str) -> String {
+    sse_data(body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 pub fn sse_data(body: &str) -> Vec<String> {
     body.split("\n\n")
         .filter_map(|ev| {
