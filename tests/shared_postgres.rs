@@ -120,7 +120,9 @@ async fn an_admin_write_on_one_instance_is_in_force_on_all_within_a_second() {
             .iter()
             .filter_map(|r| r["channel"].as_str())
             .collect();
-        if channels.contains(&"other") && channels.iter().filter(|c| **c == "up").count() >= 4 {
+        // Three answers through `up` are certain (C, B, then A with the fresh key);
+        // a fourth only when A still took the old key once before the reset reached it.
+        if channels.contains(&"other") && channels.iter().filter(|c| **c == "up").count() >= 3 {
             break;
         }
         assert!(Instant::now() < deadline, "{v}");

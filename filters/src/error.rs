@@ -95,6 +95,12 @@ pub enum GatewayError {
     /// An entity of the YAML file: read-only through the API.
     #[error("`{0}` is defined in the config file; change it there (the API changes only what it created)")]
     DefinedInFile(String),
+    /// Content safety refused the request (a deny rule or the moderation endpoint).
+    #[error("{0}")]
+    ContentFiltered(String),
+    /// The moderation endpoint could not judge and `on_error` is `closed`.
+    #[error("{0}")]
+    ModerationUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -124,7 +130,7 @@ impl GatewayError {
             GatewayInactive(_) | GatewayExpired(_) | Forbidden { .. } => 403,
             RouteNotFound { .. } | ModelNotFound(_) | NotFound(_) => 404,
             Conflict(_) | DefinedInFile(_) => 409,
-            ModelNotMultimodal(_) => 400,
+            ModelNotMultimodal(_) | ContentFiltered(_) => 400,
             RateLimited { .. } | QuotaExceeded { .. } | BudgetExceeded { .. } => 429,
             TooManyAuthFailures { .. } => 429,
             MethodNotAllowed { .. } => 405,
@@ -132,7 +138,7 @@ impl GatewayError {
             UpstreamRateLimited { .. } => 429,
             Internal(_) => 500,
             UpstreamFailed { .. } | DockingFailed(_) => 502,
-            NoChannelAvailable { .. } | ShuttingDown(_) => 503,
+            NoChannelAvailable { .. } | ShuttingDown(_) | ModerationUnavailable(_) => 503,
             UpstreamTimeout { .. } => 504,
         }
     }
@@ -153,6 +159,7 @@ impl GatewayError {
             | NotFound(_)
             | Conflict(_)
             | DefinedInFile(_)
+            | ContentFiltered(_)
             | ModelNotMultimodal(_) => "invalid_request_error",
             AdminUnauthorized(_) | InvalidKey(_) => "authentication_error",
             GatewayInactive(_) | GatewayExpired(_) | Forbidden { .. } => "permission_error",
@@ -166,7 +173,7 @@ impl GatewayError {
             | UpstreamFailed { .. }
             | UpstreamTimeout { .. }
             | DockingFailed(_) => "upstream_error",
-            Internal(_) | ShuttingDown(_) => "server_error",
+            Internal(_) | ShuttingDown(_) | ModerationUnavailable(_) => "server_error",
         }
     }
 
@@ -204,6 +211,8 @@ impl GatewayError {
             ModelNotMultimodal(_) => "model_not_multimodal",
             Internal(_) => "internal_error",
             ShuttingDown(_) => "shutting_down",
+            ContentFiltered(_) => "content_filter",
+            ModerationUnavailable(_) => "moderation_unavailable",
         }
     }
 

@@ -160,7 +160,8 @@ mod tests {
 
     /// A wrong guess: the wait it brings, if any (`Err` while still locked).
     fn fail(l: &Lockout, ip: Option<IpAddr>, now: Instant) -> Option<Duration> {
-        l.attempt(ip, now, || Err::<(), ()>(())).ok()?;
+        // Still locked: the guess is not even checked, so it brings no new wait.
+        let _refused: Result<(), ()> = l.attempt(ip, now, || Err(())).ok()?;
         l.wait(ip, now)
     }
 

@@ -52,7 +52,7 @@ pub(super) fn runtime(file: FileConfig, stored: Stored) -> Result<Runtime, Confi
         );
     let mut gateways: Vec<Gateway> = labelled
         .map(|(at, g, source)| {
-            let mut gw = gateway(&at, g, &served, &mut seen, &mut problems);
+            let mut gw = gateway(&at, g, &served, &index.channels, &mut seen, &mut problems);
             gw.source = source;
             gw
         })
@@ -460,6 +460,7 @@ fn gateway(
     at: &str,
     g: &GatewayConfig,
     served: &Served,
+    channels: &[Channel],
     taken: &mut Taken,
     problems: &mut Vec<String>,
 ) -> Gateway {
@@ -507,6 +508,12 @@ fn gateway(
             .map_err(|e| problems.push(format!("{at}.masking.{e}")))
             .ok()
     });
+    let safety = g.safety.as_ref().and_then(|c| {
+        safety(c, channels)
+            .map(std::sync::Arc::new)
+            .map_err(|e| problems.push(format!("{at}.safety.{e}")))
+            .ok()
+    });
     if let Some(t) = g.timeout {
         check_duration(&format!("{at}.timeout"), t, DAY, problems);
     }
@@ -535,17 +542,62 @@ fn gateway(
         param_map: g.param_map.clone(),
         param_fixed: g.param_fixed.clone(),
         masking,
+        safety,
         // Masking too: an answer cached with placeholders in it is not one with
-        // the originals restored.
+        // the originals restored. Safety: an answer cached under other rules
+        // may break the new ones.
         rewrite_digest: serde_json::json!([
             g.prompt_template,
             g.param_map,
             g.param_fixed,
-            g.masking
+            g.masking,
+            g.safety
         ])
         .to_string(),
         source: Source::File,
     }
+}
+
+/// `safety`, compiled; its moderation channel found among the snapshot's.
+fn safety(c: &SafetyConfig, channels: &[Channel]) -> Result<crate::safety::Safety, String> {
+    let moderation = match &c.moderation {
+        None => None,
+        Some(m) => {
+            let Some(i) = channels.iter().position(|ch| ch.name == m.channel) else {
+                return Err(format!(
+                    "moderation.channel: no channel is named `{}`",
+                    m.channel
+                ));
+            };
+            if channels[i].kind != ChannelType::Openai {
+                return Err(format!(
+                    "moderation.channel: `{}` is a `{}` channel; moderation speaks OpenAI's \
+                     /v1/moderations, so it needs an `openai` one",
+                    m.channel,
+                    channels[i].kind.as_str()
+                ));
+            }
+            if m.timeout.0.is_zero() || m.timeout.0 > Duration::from_secs(60) {
+                return Err("moderation.timeout: must be between 1ms and 60s".into());
+            }
+            Some(crate::safety::Moderation {
+                channel: m.channel.clone(),
+                channel_index: i,
+                model: m.model.clone(),
+                timeout: m.timeout.0,
+                on_error: m.on_error,
+                categories: m.categories.clone(),
+            })
+        }
+    };
+    crate::safety::Safety::new(crate::safety::Spec {
+        deny: &c.deny,
+        patterns: &c.patterns,
+        window: c.window,
+        requests: c.requests,
+        answers: c.answers,
+        moderation,
+    })
 }
 
 /// The gateway's path prefix, without a trailing `/`.

@@ -231,6 +231,8 @@ pub struct Gateway {
     pub param_fixed: indexmap::IndexMap<String, serde_json::Value>,
     /// `masking`, compiled.
     pub masking: Option<std::sync::Arc<crate::masking::Masker>>,
+    /// `safety`, compiled.
+    pub safety: Option<std::sync::Arc<crate::safety::Safety>>,
     /// The rewrite rules above in one string (part of cache keys).
     pub rewrite_digest: String,
     pub source: Source,

@@ -661,6 +661,54 @@ pub struct GatewayConfig {
     /// Data masking: findings replaced by placeholders before the request leaves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masking: Option<MaskingConfig>,
+    /// Content safety: deny rules and moderation on requests and answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety: Option<SafetyConfig>,
+}
+
+/// `gateways[].safety`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyConfig {
+    /// Keywords (ASCII case ignored) that refuse a request or stop an answer.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Regular expressions doing the same.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// Check what clients send.
+    #[serde(default = "yes")]
+    pub requests: bool,
+    /// Check what models answer (chat and completions, streams included).
+    #[serde(default = "yes")]
+    pub answers: bool,
+    /// Bytes of a streamed text already passed that a check looks back over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<ModerationConfig>,
+}
+
+/// `gateways[].safety.moderation`: an endpoint in OpenAI's moderation shape.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModerationConfig {
+    /// An `openai` channel: its base URL, keys and proxy are used.
+    pub channel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default = "default_moderation_timeout")]
+    pub timeout: Dur,
+    /// `closed` (refuse when the endpoint cannot judge) or `open`.
+    #[serde(default)]
+    pub on_error: crate::safety::OnError,
+    /// Only these categories refuse; empty: the endpoint's `flagged`.
+    #[serde(default)]
+    pub categories: Vec<String>,
+}
+
+fn default_moderation_timeout() -> Dur {
+    Dur::secs(3)
 }
 
 /// `gateways[].masking`.
@@ -799,6 +847,7 @@ fn default_gateways() -> Vec<GatewayConfig> {
         param_map: indexmap::IndexMap::new(),
         param_fixed: indexmap::IndexMap::new(),
         masking: None,
+        safety: None,
     }]
 }
 

@@ -4,8 +4,8 @@
 
 use super::{Table, MAX_PLACEHOLDER};
 use crate::adapters::sse::{Event, Splitter};
+use crate::chunk_text::{emit, Held};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 fn placeholder_byte(b: u8) -> bool {
@@ -105,25 +105,13 @@ fn json_escaped(original: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(inner.as_bytes());
 }
 
-/// Which text of a chunk: a choice's content or reasoning, or one tool call's
-/// arguments.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-enum Field {
-    Content,
-    Reasoning,
-    Arguments(u64),
-}
-
 /// An OpenAI chunk stream, restored event by event: the texts of each choice
 /// are restored with what was held from the previous chunk, and a placeholder
 /// split across chunks comes out whole in the later one.
 pub struct SseRestorer {
     table: Arc<Table>,
     splitter: Splitter,
-    held: BTreeMap<(u64, Field), String>,
-    /// The last chunk's `id`, `created` and `model`, for a chunk of what is
-    /// still held when the stream ends without a `finish_reason`.
-    last: Option<Value>,
+    held: Held,
 }
 
 impl SseRestorer {
@@ -131,8 +119,7 @@ impl SseRestorer {
         SseRestorer {
             table,
             splitter: Splitter::default(),
-            held: BTreeMap::new(),
-            last: None,
+            held: Held::default(),
         }
     }
 
@@ -146,7 +133,7 @@ impl SseRestorer {
 
     /// The stream ended: anything held goes out, then an event cut short.
     pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = self.flush();
+        let mut out = self.held.flush();
         if let Some(ev) = self.splitter.rest() {
             self.event(ev, &mut out);
         }
@@ -155,7 +142,7 @@ impl SseRestorer {
 
     fn event(&mut self, ev: Event, out: &mut Vec<u8>) {
         if ev.data.trim() == "[DONE]" {
-            out.extend_from_slice(&self.flush());
+            out.extend_from_slice(&self.held.flush());
             emit(out, ev.name.as_deref(), &ev.data);
             return;
         }
@@ -163,140 +150,20 @@ impl SseRestorer {
             emit(out, ev.name.as_deref(), &ev.data);
             return;
         };
-        let changed = self.restore_chunk(&mut v);
-        if v.get("choices").is_some() {
-            self.last = Some(v.clone());
-        }
-        if changed {
-            emit(out, ev.name.as_deref(), &v.to_string());
-        } else {
-            emit(out, ev.name.as_deref(), &ev.data);
-        }
-    }
-
-    fn restore_chunk(&mut self, v: &mut Value) -> bool {
-        let mut changed = false;
-        for choice in v
-            .get_mut("choices")
-            .and_then(Value::as_array_mut)
-            .into_iter()
-            .flatten()
-        {
-            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let finished = choice.get("finish_reason").is_some_and(|f| !f.is_null());
-            let Some(delta) = choice.get_mut("delta") else {
-                continue;
-            };
-            changed |=
-                self.restore_field(delta.get_mut("content"), (index, Field::Content), finished);
-            changed |= self.restore_field(
-                delta.get_mut("reasoning_content"),
-                (index, Field::Reasoning),
-                finished,
-            );
-            for call in delta
-                .get_mut("tool_calls")
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-            {
-                let at = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let args = call.pointer_mut("/function/arguments");
-                changed |= self.restore_field(args, (index, Field::Arguments(at)), finished);
+        let table = &self.table;
+        let changed = self.held.pass(&mut v, |_, whole, finished| {
+            let (mut done, rest) = restore_text(&whole, table);
+            if !finished {
+                return (done, rest);
             }
-            if finished {
-                // Whatever is still held for this choice goes out with its end.
-                let rest: Vec<(u64, Field)> = self
-                    .held
-                    .range((index, Field::Content)..=(index, Field::Arguments(u64::MAX)))
-                    .map(|(k, _)| *k)
-                    .collect();
-                for key in rest {
-                    let text = self.held.remove(&key).unwrap_or_default();
-                    let name = match key.1 {
-                        Field::Content => "content",
-                        Field::Reasoning => "reasoning_content",
-                        // Arguments end with their JSON's `}`: nothing is held.
-                        Field::Arguments(_) => continue,
-                    };
-                    if let (Some(d), false) = (delta.as_object_mut(), text.is_empty()) {
-                        d.insert(name.into(), Value::String(text));
-                        changed = true;
-                    }
-                }
-            }
-        }
-        changed
-    }
-
-    fn restore_field(
-        &mut self,
-        text: Option<&mut Value>,
-        key: (u64, Field),
-        finished: bool,
-    ) -> bool {
-        let Some(Value::String(s)) = text else {
-            return false;
-        };
-        let held = self.held.remove(&key).unwrap_or_default();
-        let whole = held + s.as_str();
-        let (mut done, rest) = restore_text(&whole, &self.table);
-        if finished {
             done.push_str(&rest);
-        } else if !rest.is_empty() {
-            self.held.insert(key, rest);
+            (done, String::new())
+        });
+        match changed {
+            true => emit(out, ev.name.as_deref(), &v.to_string()),
+            false => emit(out, ev.name.as_deref(), &ev.data),
         }
-        let changed = done != *s;
-        *s = done;
-        changed
     }
-
-    /// A chunk carrying every held text, when some is held.
-    fn flush(&mut self) -> Vec<u8> {
-        if self.held.is_empty() {
-            return Vec::new();
-        }
-        let mut deltas: BTreeMap<u64, Value> = BTreeMap::new();
-        for ((index, field), text) in std::mem::take(&mut self.held) {
-            let delta = deltas.entry(index).or_insert_with(|| serde_json::json!({}));
-            match field {
-                Field::Content => delta["content"] = Value::String(text),
-                Field::Reasoning => delta["reasoning_content"] = Value::String(text),
-                Field::Arguments(at) => {
-                    delta["tool_calls"] =
-                        serde_json::json!([{"index": at, "function": {"arguments": text}}]);
-                }
-            }
-        }
-        let mut chunk = self
-            .last
-            .clone()
-            .unwrap_or_else(|| serde_json::json!({"object": "chat.completion.chunk"}));
-        if let Some(o) = chunk.as_object_mut() {
-            o.remove("usage");
-        }
-        chunk["choices"] = deltas
-            .into_iter()
-            .map(|(index, delta)| serde_json::json!({"index": index, "delta": delta, "finish_reason": null}))
-            .collect();
-        let mut out = Vec::new();
-        emit(&mut out, None, &chunk.to_string());
-        out
-    }
-}
-
-fn emit(out: &mut Vec<u8>, name: Option<&str>, data: &str) {
-    if let Some(name) = name {
-        out.extend_from_slice(b"event: ");
-        out.extend_from_slice(name.as_bytes());
-        out.push(b'\n');
-    }
-    for line in data.split('\n') {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
-    }
-    out.push(b'\n');
 }
 
 #[cfg(test)]
