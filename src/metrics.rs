@@ -21,6 +21,7 @@ pub struct Metrics {
     pub upstream_attempts: IntCounterVec,
     pub stream_errors: IntCounterVec,
     pub masked: IntCounterVec,
+    pub safety: IntCounterVec,
     pub channel_up: IntGaugeVec,
     pub channel_state: IntGaugeVec,
     pub key_up: IntGaugeVec,
@@ -163,6 +164,12 @@ const MASKED: Def = Def {
     labels: &["gateway", "detector"],
 };
 
+const SAFETY: Def = Def {
+    name: "weir_safety_total",
+    help: "Content safety: requests refused (stage request) and answers stopped (stage answer) by rule (deny[i], patterns[i], moderation); moderation endpoint failures (stage moderation, rule unavailable_open or unavailable_closed).",
+    labels: &["gateway", "stage", "rule"],
+};
+
 const CHANNEL_UP: Def = Def {
     name: "weir_channel_up",
     help: "1 when a channel accepts requests (healthy or probing), 0 when suspended.",
@@ -271,6 +278,7 @@ impl Metrics {
             upstream_attempts: r.counter(&UPSTREAM_ATTEMPTS)?,
             stream_errors: r.counter(&STREAM_ERRORS)?,
             masked: r.counter(&MASKED)?,
+            safety: r.counter(&SAFETY)?,
             channel_up: r.gauge(&CHANNEL_UP)?,
             channel_state: r.gauge(&CHANNEL_STATE)?,
             key_up: r.gauge(&KEY_UP)?,

@@ -144,16 +144,8 @@ async fn a_bad_masking_config_names_its_field() {
         .gateway("name: default, path: /v1, masking: {detectors: [emial]}")
         .build();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("weir.yaml");
-    std::fs::write(&path, render_config(dir.path(), &cfg, "")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let out =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let (ok, out) = weir_check(dir.path(), &cfg, "");
+    assert!(!ok);
     assert!(
         out.contains("gateways[0].masking.detectors[0]: unknown detector `emial`"),
         "{out}"

@@ -252,22 +252,8 @@ async fn a_certificate_that_does_not_load_stops_the_start_with_its_field() {
     std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
     std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
     let cfg = Config::new().channel_at("mock", "mock", "http://127.0.0.1:9", "models: [m]");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["check", "-c"])
-        .arg({
-            let path = dir.path().join("weir.yaml");
-            std::fs::write(
-                &path,
-                render_config(dir.path(), &cfg.build(), &tls_extra(dir.path(), "")),
-            )
-            .unwrap();
-            path
-        })
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = weir_check(dir.path(), &cfg.build(), &tls_extra(dir.path(), ""));
+    assert!(!ok, "{text}");
     assert!(text.contains("server.tls"), "{text}");
 }
 

@@ -94,7 +94,11 @@ impl Held {
             put(choice, field, text);
         }
         let mut out = Vec::new();
-        emit(&mut out, None, &self.chunk(choices.into_values().collect()).to_string());
+        emit(
+            &mut out,
+            None,
+            &self.chunk(choices.into_values().collect()).to_string(),
+        );
         out
     }
 
@@ -247,7 +251,10 @@ mod tests {
         let mut t = json!({"choices": [{"index": 0, "delta": {"tool_calls": [
             {"index": 2, "function": {"arguments": "{\"a\":1}"}}]}}]});
         held.pass(&mut t, hold_two);
-        assert_eq!(t["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"], "{\"a\":");
+        assert_eq!(
+            t["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":"
+        );
         let flushed = String::from_utf8(held.flush()).unwrap();
         assert!(flushed.contains(r#""text":"cd""#), "{flushed}");
         assert!(flushed.contains(r#""arguments":"1}""#), "{flushed}");

@@ -42,6 +42,9 @@ pub async fn proxy(
     ctx.route.requested_model = Some(facts.model.clone());
     let routes = route(ctx, req, &facts.model)?;
     check_media(state, req, &facts.model, &ctx.route.model_label, &parsed)?;
+    // Before the cache: an answer kept for a request is no reason to serve one
+    // the rules now refuse.
+    super::safety::check_request(state, ctx, req, &parsed).await?;
     if let Some(hit) = cached::lookup(state, ctx, req, &routes, &facts.model, &parsed).await {
         return cached::serve(session, ctx, &hit).await;
     }

@@ -225,6 +225,11 @@ fn relay_plan<'a>(
             .masked
             .as_ref()
             .filter(|_| req.gateway.masking.as_ref().is_some_and(|m| m.restore)),
+        guard: req
+            .gateway
+            .safety
+            .as_ref()
+            .filter(|s| s.answers && req.endpoint.streams_chunks()),
     }
 }
 

@@ -24,10 +24,12 @@ mod forward_proxy;
 mod intake;
 mod logging;
 mod models;
+mod passes;
 pub mod probe;
 mod relay;
 mod request;
 mod respond;
+mod safety;
 mod self_service;
 
 use crate::admin_backend::Admin;

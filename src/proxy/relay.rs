@@ -6,6 +6,7 @@
 use super::ctx::Ctx;
 use super::exchange::Answer;
 use super::failure::Failure;
+use super::passes::Passes;
 use crate::cache::{CacheKey, CachedAnswer};
 use crate::state::AppState;
 use bytes::{Bytes, BytesMut};
@@ -19,9 +20,10 @@ use std::time::{Duration, Instant};
 use weir_filters::adapters::{self, StreamTranslator};
 use weir_filters::config::{CachePolicy, ChannelType};
 use weir_filters::health::{HealthId, HealthPolicy};
-use weir_filters::masking::{JsonRestorer, SseRestorer, Table};
+use weir_filters::masking::Table;
 use weir_filters::request_body::{prompt_text, JsonBody};
 use weir_filters::response_body::{json_usage, SseTap};
+use weir_filters::safety::Safety;
 use weir_filters::usage::{estimate_with_overflow, Usage};
 use weir_filters::GatewayError;
 
@@ -61,27 +63,14 @@ pub struct RelayPlan<'a> {
     pub cache: Option<&'a CachePolicy>,
     /// Data masking's placeholders, to put the originals back (`masking.restore`).
     pub restore: Option<&'a Arc<Table>>,
+    /// Content safety's rules for the answer (`safety.answers`, chat and completions).
+    pub guard: Option<&'a Arc<Safety>>,
 }
 
-/// Puts masked originals back into a 2xx answer on its way out.
-enum Restorer {
-    Json(JsonRestorer),
-    Sse(SseRestorer),
-}
-
-impl Restorer {
-    fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
-        match self {
-            Restorer::Json(r) => r.feed(chunk),
-            Restorer::Sse(r) => r.feed(chunk),
-        }
-    }
-
-    fn finish(&mut self) -> Vec<u8> {
-        match self {
-            Restorer::Json(r) => r.finish(),
-            Restorer::Sse(r) => r.finish(),
-        }
+impl RelayPlan<'_> {
+    /// Whether a 2xx answer may come out other than it came in (its length with it).
+    fn changes_answer(&self) -> bool {
+        self.restore.is_some() || self.guard.is_some()
     }
 }
 
@@ -129,7 +118,8 @@ struct Body {
     /// log; `None` once it is too large (audio and files just pass).
     kept: Option<Vec<u8>>,
     translator: Option<Box<dyn StreamTranslator>>,
-    restorer: Option<Restorer>,
+    /// Masked originals put back, content safety's check.
+    passes: Passes,
     /// The copy for the cache, `None` when the answer is not to be stored.
     capture: Option<Vec<u8>>,
 }
@@ -180,16 +170,21 @@ pub async fn relay(
         capture,
         ..
     } = body;
+    let filtered = body.passes.stopped().map(|f| f.rule.clone());
+    if let Some(rule) = &filtered {
+        note_filtered(state, ctx, &plan, rule);
+    }
     match &pumped {
         // Boxed: its future would otherwise be reserved in every relay for the
         // whole stream.
-        // A stream cut short (by its channel or by weir) is not drained for reuse.
-        Ok(()) if !ctx.reply.broken => Box::pin(finish(state, source)).await,
+        // A stream cut short (by its channel or by weir, content safety included)
+        // is not drained for reuse.
+        Ok(()) if !ctx.reply.broken && filtered.is_none() => Box::pin(finish(state, source)).await,
         _ => shutdown(source).await,
     }
-    // Only an answer that ended cleanly is cached.
+    // Only an answer that ended cleanly is cached (not one content safety stopped).
     if let (Ok(()), Some(fill), Some(body)) = (&pumped, fill, capture) {
-        if !ctx.reply.broken && (!is_sse || tap.completed()) {
+        if !ctx.reply.broken && filtered.is_none() && (!is_sse || tap.completed()) {
             let answer = CachedAnswer {
                 content_type,
                 body: Bytes::from(body),
@@ -207,6 +202,15 @@ pub async fn relay(
         note_upstream_error(ctx, status, kept);
     }
     pumped
+}
+
+/// Content safety stopped the answer: the call log and the metric say which rule.
+fn note_filtered(state: &AppState, ctx: &mut Ctx, plan: &RelayPlan<'_>, rule: &str) {
+    super::safety::count(state, plan.gateway, "answer", rule);
+    ctx.reply.error_code = Some("content_filter".into());
+    ctx.reply.error = Some(format!(
+        "answer stopped by content safety: it matches safety.{rule}"
+    ));
 }
 
 /// Keeps a cleanly ended answer in the response cache.
@@ -256,14 +260,14 @@ fn open(answer: Answer, plan: &RelayPlan<'_>) -> pingora_error::Result<(Response
                 .get("content-length")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|_| !is_sse && (plan.restore.is_none() || status >= 300));
+                .filter(|_| !is_sse && (!plan.changes_answer() || status >= 300));
             let h = downstream_header(status, Some(&header), "", len)?;
             (h, Source::Upstream { up, peer }, is_sse, is_json)
         }
         Answer::Mock(m) | Answer::Translated { answer: m, .. } => {
             let is_sse = m.content_type == "text/event-stream";
-            let restored = plan.restore.is_some() && m.status < 300;
-            let len = (!is_sse && !restored).then(|| m.chunks.iter().map(|c| c.len()).sum());
+            let changed = plan.changes_answer() && m.status < 300;
+            let len = (!is_sse && !changed).then(|| m.chunks.iter().map(|c| c.len()).sum());
             let h = downstream_header(m.status, None, m.content_type, len)?;
             (h, Source::Mock(m.chunks.into_iter()), is_sse, !is_sse)
         }
@@ -277,10 +281,10 @@ fn open(answer: Answer, plan: &RelayPlan<'_>) -> pingora_error::Result<(Response
         translator: plan
             .translate
             .and_then(|kind| adapters::stream_translator(kind, plan.model, true)),
-        restorer: plan.restore.filter(|_| status < 300).map(|t| match is_sse {
-            true => Restorer::Sse(SseRestorer::new(t.clone())),
-            false => Restorer::Json(JsonRestorer::new(t.clone())),
-        }),
+        passes: match status < 300 {
+            true => Passes::new(is_sse, plan.restore, plan.guard),
+            false => Passes::default(),
+        },
         capture: None,
     };
     Ok((header, body))
@@ -324,7 +328,8 @@ impl Body {
                     return Err(cut_while_writing(state, ctx, plan));
                 }
             }
-            if ended || broken.is_some() {
+            // Content safety stopped the answer: its end is already written.
+            if ended || broken.is_some() || self.passes.stopped().is_some() {
                 break broken;
             }
         };
@@ -394,21 +399,23 @@ impl Body {
             Some(t) => Bytes::from(t.feed(&chunk)),
             None => chunk,
         };
-        let chunk = match self.restorer.as_mut() {
-            Some(r) => Bytes::from(r.feed(&chunk)),
-            None => chunk,
-        };
+        let chunk = self.passes.feed(chunk);
         if self.is_sse {
             return self.tap.feed(chunk);
         }
+        self.keep_json(&chunk);
+        chunk
+    }
+
+    /// A JSON answer is kept as the client gets it, to read its usage.
+    fn keep_json(&mut self, chunk: &[u8]) {
         if let Some(kept) = &mut self.kept {
             if kept.len() + chunk.len() <= MAX_JSON_KEPT {
-                kept.extend_from_slice(&chunk);
+                kept.extend_from_slice(chunk);
             } else {
                 self.kept = None;
             }
         }
-        chunk
     }
 
     /// The body is over, one way or another: end it as its kind must end.
@@ -441,11 +448,8 @@ impl Body {
             };
         }
         let Some(broke) = broken else {
-            let rest = self
-                .restorer
-                .as_mut()
-                .map(Restorer::finish)
-                .unwrap_or_default();
+            let rest = self.passes.finish();
+            self.keep_json(&rest);
             keep(&mut self.capture, &rest, plan);
             return write(session, ctx, Bytes::from(rest), true).await;
         };
@@ -469,13 +473,12 @@ impl Body {
     ) -> Vec<u8> {
         let mut tail = Vec::new();
         let mut last = Vec::new();
-        if let (Some(t), None) = (self.translator.as_mut(), &broken) {
+        let filtered = self.passes.stopped().is_some();
+        if let (Some(t), None, false) = (self.translator.as_mut(), &broken, filtered) {
             last = t.finish();
         }
-        if let Some(r) = self.restorer.as_mut() {
-            last = r.feed(&last);
-            last.extend(r.finish());
-        }
+        last = self.passes.feed(Bytes::from(last)).to_vec();
+        last.extend(self.passes.finish());
         if !last.is_empty() {
             tail.extend_from_slice(&self.tap.feed(Bytes::from(last)));
         }

@@ -465,6 +465,16 @@ fn answer(
 ) -> Response {
     let model = req["model"].as_str().unwrap_or("?").to_string();
     let (prompt, completion) = usage_for(body_len);
+    if path.ends_with("/moderations") {
+        // OpenAI's moderation shape: text with "FLAG ME" in it is violent.
+        let flagged = req["input"].to_string().contains("FLAG ME");
+        let score = if flagged { 0.98 } else { 0.01 };
+        return axum::Json(json!({"id": "modr-1", "model": model, "results": [{
+            "flagged": flagged,
+            "categories": {"violence": flagged, "hate": false},
+            "category_scores": {"violence": score, "hate": 0.0}}]}))
+        .into_response();
+    }
     if path.ends_with("/embeddings") {
         st.prompt_sent.fetch_add(prompt, Ordering::SeqCst);
         return axum::Json(json!({"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}], "usage": {"prompt_tokens": prompt, "total_tokens": prompt}})).into_response();
@@ -894,6 +904,21 @@ pub fn text_of_stream(body: &str) -> String {
                 .map(str::to_string)
         })
         .collect()
+}
+
+/// `weir check` on a test config rendered into `dir` (with `server_extra` in its
+/// `server:` section): whether it passed, and all it printed.
+pub fn weir_check(dir: &std::path::Path, cfg: &str, server_extra: &str) -> (bool, String) {
+    let path = dir.join("weir.yaml");
+    std::fs::write(&path, render_config(dir, cfg, server_extra)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
 }
 
 pub fn sse_data(body: &str) -> Vec<String> {

@@ -120,7 +120,12 @@ impl SseGuard {
     }
 
     fn note_choices(&mut self, v: &Value) {
-        for choice in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+        for choice in v
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
             self.completions |= choice.get("text").is_some();
             match choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
@@ -362,7 +367,10 @@ mod tests {
             assert!(stopped.is_some(), "case {case}: {parts:?}");
             assert_eq!(reasons, ["content_filter"], "case {case}");
             let lower = read.to_lowercase();
-            assert!(!lower.contains("forb") && !read.contains("禁止"), "case {case}: {read:?}");
+            assert!(
+                !lower.contains("forb") && !read.contains("禁止"),
+                "case {case}: {read:?}"
+            );
             assert!(String::from_utf8_lossy(&out).ends_with("data: [DONE]\n\n"));
         }
     }
@@ -389,7 +397,11 @@ mod tests {
             let parts = pieces("how to build a bomb at home", &mut rng);
             let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
             let (out, stopped) = run(&s, &refs, &mut rng);
-            assert_eq!(stopped.map(|f| f.rule), Some("patterns[0]".into()), "case {case}");
+            assert_eq!(
+                stopped.map(|f| f.rule),
+                Some("patterns[0]".into()),
+                "case {case}"
+            );
             let (read, _) = read(&out);
             assert!(!read.contains("bomb"), "case {case}: {read:?}");
         }

@@ -90,7 +90,9 @@ impl Safety {
     pub fn new(spec: Spec<'_>) -> Result<Safety, String> {
         for (i, k) in spec.deny.iter().enumerate() {
             if k.trim().is_empty() {
-                return Err(format!("deny[{i}]: an empty keyword would refuse everything"));
+                return Err(format!(
+                    "deny[{i}]: an empty keyword would refuse everything"
+                ));
             }
         }
         let mut patterns = Vec::new();
@@ -107,7 +109,9 @@ impl Safety {
             patterns.push(regex);
         }
         if spec.deny.is_empty() && patterns.is_empty() && spec.moderation.is_none() {
-            return Err("deny: no rule given; list keywords, patterns or a moderation endpoint".into());
+            return Err(
+                "deny: no rule given; list keywords, patterns or a moderation endpoint".into(),
+            );
         }
         if !spec.requests && !spec.answers {
             return Err("requests: checks neither requests nor answers".into());
@@ -182,7 +186,9 @@ impl Safety {
     /// back until the next text says whether they do).
     fn keyword_start(&self, text: &str) -> usize {
         let b = text.as_bytes();
-        let from = b.len().saturating_sub(self.longest_keyword.saturating_sub(1));
+        let from = b
+            .len()
+            .saturating_sub(self.longest_keyword.saturating_sub(1));
         (from..b.len())
             .find(|&i| {
                 text.is_char_boundary(i) && self.prefixes.contains(&b[i..].to_ascii_lowercase())

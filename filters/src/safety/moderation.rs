@@ -63,7 +63,9 @@ pub fn read_verdict(status: u16, body: &[u8], categories: &[String]) -> Result<V
             .pointer("/error/message")
             .and_then(Value::as_str)
             .unwrap_or("no reason given");
-        return Err(format!("the moderation endpoint answered HTTP {status}: {why}"));
+        return Err(format!(
+            "the moderation endpoint answered HTTP {status}: {why}"
+        ));
     }
     let results = v
         .get("results")
@@ -101,8 +103,10 @@ mod tests {
     use super::*;
 
     fn answer(flagged: bool, cats: &[(&str, bool)]) -> Vec<u8> {
-        let categories: serde_json::Map<String, Value> =
-            cats.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let categories: serde_json::Map<String, Value> = cats
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
         json!({"id": "modr-1", "model": "omni-moderation-latest",
             "results": [{"flagged": flagged, "categories": categories}]})
         .to_string()
@@ -112,8 +116,14 @@ mod tests {
     #[test]
     fn a_flagged_answer_names_its_categories() {
         let a = answer(true, &[("violence", true), ("hate", false)]);
-        assert_eq!(read_verdict(200, &a, &[]), Ok(Verdict::Flagged(vec!["violence".into()])));
-        assert_eq!(read_verdict(200, &answer(false, &[("hate", false)]), &[]), Ok(Verdict::Pass));
+        assert_eq!(
+            read_verdict(200, &a, &[]),
+            Ok(Verdict::Flagged(vec!["violence".into()]))
+        );
+        assert_eq!(
+            read_verdict(200, &answer(false, &[("hate", false)]), &[]),
+            Ok(Verdict::Pass)
+        );
     }
 
     #[test]
@@ -130,9 +140,15 @@ mod tests {
     #[test]
     fn what_is_not_a_verdict_says_why() {
         let e = br#"{"error":{"message":"Incorrect API key"}}"#;
-        assert!(read_verdict(401, e, &[]).unwrap_err().contains("HTTP 401: Incorrect API key"));
-        assert!(read_verdict(200, b"<html>", &[]).unwrap_err().contains("not JSON"));
-        assert!(read_verdict(200, b"{}", &[]).unwrap_err().contains("no `results`"));
+        assert!(read_verdict(401, e, &[])
+            .unwrap_err()
+            .contains("HTTP 401: Incorrect API key"));
+        assert!(read_verdict(200, b"<html>", &[])
+            .unwrap_err()
+            .contains("not JSON"));
+        assert!(read_verdict(200, b"{}", &[])
+            .unwrap_err()
+            .contains("no `results`"));
     }
 
     #[test]

@@ -1,0 +1,92 @@
+//! What weir changes in a 2xx answer on its way out, in order: data masking's
+//! originals put back, then content safety's check, so the check reads what the
+//! client will read. Each stage takes bytes and gives bytes; what a stage still
+//! holds at the end goes through the stages after it.
+
+use bytes::Bytes;
+use std::sync::Arc;
+use weir_filters::masking::{JsonRestorer, SseRestorer, Table};
+use weir_filters::safety::{Finding, JsonGuard, Safety, SseGuard};
+
+enum Pass {
+    RestoreJson(JsonRestorer),
+    RestoreSse(SseRestorer),
+    GuardJson(JsonGuard),
+    GuardSse(SseGuard),
+}
+
+impl Pass {
+    fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
+        match self {
+            Pass::RestoreJson(p) => p.feed(chunk),
+            Pass::RestoreSse(p) => p.feed(chunk),
+            Pass::GuardJson(p) => p.feed(chunk),
+            Pass::GuardSse(p) => p.feed(chunk),
+        }
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        match self {
+            Pass::RestoreJson(p) => p.finish(),
+            Pass::RestoreSse(p) => p.finish(),
+            Pass::GuardJson(p) => p.finish(),
+            Pass::GuardSse(p) => p.finish(),
+        }
+    }
+
+    fn stopped(&self) -> Option<&Finding> {
+        match self {
+            Pass::GuardJson(p) => p.stopped(),
+            Pass::GuardSse(p) => p.stopped(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Passes(Vec<Pass>);
+
+impl Passes {
+    pub fn new(sse: bool, restore: Option<&Arc<Table>>, guard: Option<&Arc<Safety>>) -> Passes {
+        let mut passes = Vec::new();
+        if let Some(t) = restore {
+            passes.push(match sse {
+                true => Pass::RestoreSse(SseRestorer::new(t.clone())),
+                false => Pass::RestoreJson(JsonRestorer::new(t.clone())),
+            });
+        }
+        if let Some(s) = guard {
+            passes.push(match sse {
+                true => Pass::GuardSse(SseGuard::new(s.clone())),
+                false => Pass::GuardJson(JsonGuard::new(s.clone())),
+            });
+        }
+        Passes(passes)
+    }
+
+    pub fn feed(&mut self, chunk: Bytes) -> Bytes {
+        if self.0.is_empty() {
+            return chunk;
+        }
+        let mut buf = chunk.to_vec();
+        for p in &mut self.0 {
+            buf = p.feed(&buf);
+        }
+        Bytes::from(buf)
+    }
+
+    /// The answer ended: what each stage holds, through the stages after it.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in &mut self.0 {
+            out = p.feed(&out);
+            out.extend(p.finish());
+        }
+        out
+    }
+
+    /// The rule the answer broke, once content safety stopped it.
+    pub fn stopped(&self) -> Option<&Finding> {
+        self.0.iter().find_map(Pass::stopped)
+    }
+}
