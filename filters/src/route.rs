@@ -11,11 +11,20 @@ pub enum Endpoint {
     ListModels,
     /// `GET /models/{id}`: answered by the gateway.
     GetModel,
+    /// Anthropic's Messages API (`POST /messages`), served by any channel.
+    Messages,
+    /// `POST /messages/count_tokens`.
+    CountTokens,
     /// Any other `POST` under the gateway: routed by the body's `model`, passed through.
     Other,
 }
 
 impl Endpoint {
+    /// Whether the client speaks Anthropic's Messages API (and reads its errors).
+    pub fn speaks_anthropic(self) -> bool {
+        matches!(self, Endpoint::Messages | Endpoint::CountTokens)
+    }
+
     /// Whether a streamed answer is SSE in OpenAI's chunk format.
     pub fn streams_chunks(self) -> bool {
         matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
@@ -28,6 +37,8 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::ListModels => "list_models",
             Endpoint::GetModel => "get_model",
+            Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "count_tokens",
             Endpoint::Other => "other",
         }
     }
@@ -55,6 +66,8 @@ pub fn classify(method: &str, rest: &str, full_path: &str) -> Result<Endpoint, G
         "/chat/completions" => post_only(Endpoint::ChatCompletions),
         "/completions" => post_only(Endpoint::Completions),
         "/embeddings" => post_only(Endpoint::Embeddings),
+        "/messages" => post_only(Endpoint::Messages),
+        "/messages/count_tokens" => post_only(Endpoint::CountTokens),
         "/models" => match method {
             "GET" => Ok(Endpoint::ListModels),
             _ => Err(wrong_method()),

@@ -194,7 +194,9 @@ pub fn check(endpoint: Endpoint, body: &JsonBody) -> Result<(), GatewayError> {
             fields(body, EMBEDDING_FIELDS)?;
             tokens_or_texts("input", required(body, "input")?)
         }
+        // A Messages body is checked as it becomes a chat one (`adapters::messages_in`).
         Endpoint::ListModels | Endpoint::GetModel | Endpoint::Other => Ok(()),
+        Endpoint::Messages | Endpoint::CountTokens => Ok(()),
     }
 }
 

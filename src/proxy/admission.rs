@@ -24,6 +24,12 @@ pub fn key_from_request(
     match &auth.position {
         KeyPosition::Header(name) => headers
             .get(name.as_str())
+            // Anthropic's clients send their key as `x-api-key`.
+            .or_else(|| {
+                (name == "authorization")
+                    .then(|| headers.get("x-api-key"))
+                    .flatten()
+            })
             .and_then(|v| v.to_str().ok())
             .map(|v| strip_bearer(v).to_string()),
         KeyPosition::Arg(name) => query.and_then(|q| weir_filters::auth::query_param(q, name)),

@@ -40,12 +40,21 @@ pub async fn proxy(
     }
     ctx.route.stream = facts.stream;
     ctx.route.requested_model = Some(facts.model.clone());
-    let routes = route(ctx, req, &facts.model)?;
+    let mut routes = route(ctx, req, &facts.model)?;
     check_media(state, req, &facts.model, &ctx.route.model_label, &parsed)?;
     // Before the cache: an answer kept for a request is no reason to serve one
     // the rules now refuse.
     super::safety::check_request(state, ctx, req, &parsed).await?;
-    if let Some(hit) = cached::lookup(state, ctx, req, &routes, &facts.model, &parsed).await {
+    if let Some(a) = &req.anthropic {
+        if a.count_only {
+            routes.retain(|r| dispatch::native(req, &req.snap.channels[r.channel]).is_some());
+            if routes.is_empty() {
+                return count_tokens(session, ctx, &parsed).await;
+            }
+        }
+    // The cache keeps chat answers; a Messages client reads another shape.
+    } else if let Some(hit) = cached::lookup(state, ctx, req, &routes, &facts.model, &parsed).await
+    {
         return cached::serve(session, ctx, &hit).await;
     }
     let mut bodies = Bodies::prepare(raw, parsed, &facts, req, req.body_key.is_some())?;
@@ -53,6 +62,27 @@ pub async fn proxy(
         note_masked(state, ctx, req, table, &bodies);
     }
     dispatch::run(state, session, ctx, req, &routes, &mut bodies).await
+}
+
+/// `count_tokens` where no Anthropic channel can count natively: our tokenizer's
+/// count of the prompt, as Anthropic answers it. Nothing is billed.
+async fn count_tokens(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    body: &JsonBody,
+) -> Result<(), Failure> {
+    let (text, messages) = request_body::prompt_text(body);
+    let count = move || weir_filters::usage::estimate(&text, messages, "").prompt_tokens;
+    let n = tokio::task::spawn_blocking(count)
+        .await
+        .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let answer = serde_json::json!({ "input_tokens": n })
+        .to_string()
+        .into_bytes();
+    let extra = [("x-weir-estimated", "true".to_string())];
+    super::respond::json(session, ctx, 200, answer, &extra)
+        .await
+        .map_err(Failure::Abort)
 }
 
 /// Counts what masking found, and keeps only the masked body for the call log:

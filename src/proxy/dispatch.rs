@@ -8,15 +8,17 @@ use super::ctx::Ctx;
 use super::exchange::{discard, exchange, Outbound};
 use super::failure::Failure;
 use super::relay::{relay, stopped, RelayPlan};
+use super::request::AnthropicIn;
 use super::request::Request;
 use crate::state::AppState;
 use pingora_core::protocols::http::ServerSession as Session;
 use rand::SeedableRng;
 use std::time::{Duration, Instant};
 use weir_filters::adapters;
-use weir_filters::config::{Channel, Route};
+use weir_filters::config::{Channel, ChannelType, Route};
 use weir_filters::failover::{Attempt, BackoffPolicy, Plan, Rules};
 use weir_filters::health::HealthPolicy;
+use weir_filters::route::Endpoint;
 use weir_filters::GatewayError;
 
 pub async fn run(
@@ -64,10 +66,21 @@ pub async fn run(
             return Err(client_left());
         }
         let channel = attempt.channel;
-        let (body, upstream_model) = bodies.for_model(attempt.upstream_model)?;
+        let native = native(req, channel);
+        let (body, upstream_model) = match native {
+            Some(a) => (
+                native_body(&a.raw, attempt.upstream_model)?,
+                attempt.upstream_model.to_string(),
+            ),
+            None => bodies.for_model(attempt.upstream_model)?,
+        };
+        let (endpoint, rest) = match native {
+            Some(a) => (Endpoint::Messages, a.rest.as_str()),
+            None => (req.endpoint, req.rest.as_str()),
+        };
         let out = Outbound {
-            endpoint: req.endpoint,
-            rest: &req.rest,
+            endpoint,
+            rest,
             body,
             accept: accept.as_deref(),
             upstream_model: &upstream_model,
@@ -111,6 +124,9 @@ pub async fn run(
                     note_answered(ctx, &plan, channel, &upstream_model, &answer, bodies);
                     let own = started + channel.total_timeout;
                     let mut how = relay_plan(req, bodies, channel, &rules, own.min(deadline));
+                    if native.is_some() {
+                        how.native();
+                    }
                     how.channel_deadline = own <= deadline;
                     return relay(state, session, ctx, answer, how, stop.as_mut()).await;
                 }
@@ -230,7 +246,28 @@ fn relay_plan<'a>(
             .safety
             .as_ref()
             .filter(|s| s.answers && req.endpoint.streams_chunks()),
+        to_anthropic: req.anthropic.as_ref().map(|_| bodies.client_model()),
+        native_usage: false,
     }
+}
+
+/// A Messages client's request goes to an Anthropic channel as the client sent
+/// it, unless the gateway must change the body or read the answer (templates,
+/// parameter rules, masking, answer checks): then as its chat translation.
+pub(super) fn native<'r>(req: &'r Request<'_>, channel: &Channel) -> Option<&'r AnthropicIn> {
+    let g = req.gateway;
+    let reads_answers = g.safety.as_ref().is_some_and(|s| s.answers);
+    let plain = !g.rewrites() && g.masking.is_none() && !reads_answers;
+    req.anthropic
+        .as_ref()
+        .filter(|_| plain && channel.kind == ChannelType::Anthropic)
+}
+
+/// The client's Messages body, naming the channel's model.
+fn native_body(raw: &bytes::Bytes, model: &str) -> Result<bytes::Bytes, GatewayError> {
+    let mut body = weir_filters::request_body::JsonBody::parse(raw)?;
+    body.set("model", &model)?;
+    Ok(body.to_bytes())
 }
 
 /// Counts the attempt in the request's story and in the retry and failover metrics.

@@ -212,7 +212,8 @@ pub async fn exchange(
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    if adapters::translates(channel.kind) && !sse {
+    // A Messages client's native call reads Anthropic's answer as it is.
+    if adapters::translates(channel.kind) && !sse && !out.endpoint.speaks_anthropic() {
         let deadline = Instant::now() + channel.total_timeout;
         let read = read_translated(
             state,

@@ -63,17 +63,41 @@ pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> R
         _ => {
             let raw = read_body(session, snap.server().max_body.0).await?;
             ctx.route.body = Some(raw.clone());
-            let req = Request {
+            let mut req = Request {
                 snap: &snap,
                 gateway,
                 endpoint,
                 rest: forwarded_rest(rest, query.as_deref(), gateway),
                 body_key,
                 client_ip,
+                anthropic: None,
+            };
+            let raw = match endpoint.speaks_anthropic() {
+                true => as_chat(&mut req, raw)?,
+                false => raw,
             };
             call::proxy(state, session, ctx, &req, raw).await
         }
     }
+}
+
+/// A Messages request goes on as its chat translation (every channel, limit and
+/// rule applies to it); the client's own body is kept for Anthropic channels.
+fn as_chat(req: &mut Request<'_>, raw: Bytes) -> Result<Bytes, GatewayError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&raw).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+    let count_only = req.endpoint == Endpoint::CountTokens;
+    let chat = weir_filters::adapters::messages_in::to_chat(&v, count_only)?;
+    // Its path and query (`?beta=true`) are the Messages API's: a native call
+    // keeps them, a chat one asks for chat.
+    let rest = std::mem::replace(&mut req.rest, "/chat/completions".into());
+    req.anthropic = Some(super::request::AnthropicIn {
+        raw,
+        count_only,
+        rest,
+    });
+    req.endpoint = Endpoint::ChatCompletions;
+    Ok(Bytes::from(chat.to_string()))
 }
 
 /// A gateway switched off or past its expiry refuses every request.

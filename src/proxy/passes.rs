@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use std::sync::Arc;
+use weir_filters::adapters::messages_in;
 use weir_filters::masking::{JsonRestorer, SseRestorer, Table};
 use weir_filters::safety::{Finding, JsonGuard, Safety, SseGuard};
 
@@ -88,5 +89,54 @@ impl Passes {
     /// The rule the answer broke, once content safety stopped it.
     pub fn stopped(&self) -> Option<&Finding> {
         self.0.iter().find_map(Pass::stopped)
+    }
+}
+
+/// A Messages client's answer made from a chat one, after every other stage:
+/// chunks become Messages events as they pass; a JSON answer (or error) is held
+/// whole and made into Anthropic's shape at its end.
+pub enum ToAnthropic {
+    Events(messages_in::EventsFromChunks),
+    Json {
+        status: u16,
+        model: String,
+        body: Vec<u8>,
+    },
+}
+
+impl ToAnthropic {
+    pub fn new(status: u16, sse: bool, model: &str) -> ToAnthropic {
+        match sse && status < 300 {
+            true => ToAnthropic::Events(messages_in::EventsFromChunks::new(model)),
+            false => ToAnthropic::Json {
+                status,
+                model: model.to_string(),
+                body: Vec::new(),
+            },
+        }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
+        match self {
+            ToAnthropic::Events(t) => t.feed(chunk),
+            ToAnthropic::Json { body, .. } => {
+                body.extend_from_slice(chunk);
+                Vec::new()
+            }
+        }
+    }
+
+    pub fn finish(&mut self) -> Vec<u8> {
+        match self {
+            ToAnthropic::Events(t) => t.finish(),
+            ToAnthropic::Json {
+                status,
+                model,
+                body,
+            } => match *status < 300 {
+                true => messages_in::answer_from_chat(body, model),
+                false => messages_in::error_from_openai(*status, body),
+            },
+        }
     }
 }

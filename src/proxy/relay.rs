@@ -6,7 +6,7 @@
 use super::ctx::Ctx;
 use super::exchange::Answer;
 use super::failure::Failure;
-use super::passes::Passes;
+use super::passes::{Passes, ToAnthropic};
 use crate::cache::{CacheKey, CachedAnswer};
 use crate::state::AppState;
 use bytes::{Bytes, BytesMut};
@@ -65,12 +65,31 @@ pub struct RelayPlan<'a> {
     pub restore: Option<&'a Arc<Table>>,
     /// Content safety's rules for the answer (`safety.answers`, chat and completions).
     pub guard: Option<&'a Arc<Safety>>,
+    /// The client speaks Messages and this answer is a chat one: it is made into
+    /// Anthropic's shape, for the model the client named.
+    pub to_anthropic: Option<&'a str>,
+    /// An Anthropic channel's own answer to a Messages client: it passes as it
+    /// is, its usage read through the Anthropic translator.
+    pub native_usage: bool,
 }
 
 impl RelayPlan<'_> {
-    /// Whether a 2xx answer may come out other than it came in (its length with it).
-    fn changes_answer(&self) -> bool {
-        self.restore.is_some() || self.guard.is_some()
+    /// For an Anthropic channel's own answer to a Messages client: it passes as
+    /// it came, and ends however Anthropic ends it.
+    pub fn native(&mut self) {
+        self.translate = None;
+        self.to_anthropic = None;
+        self.restore = None;
+        self.guard = None;
+        self.strip_usage = false;
+        self.expect_done = false;
+        self.native_usage = true;
+    }
+
+    /// Whether an answer with this status comes out as long as it came in.
+    fn keeps_length(&self, status: u16) -> bool {
+        self.to_anthropic.is_none()
+            && (status >= 300 || (self.restore.is_none() && self.guard.is_none()))
     }
 }
 
@@ -120,6 +139,10 @@ struct Body {
     translator: Option<Box<dyn StreamTranslator>>,
     /// Masked originals put back, content safety's check.
     passes: Passes,
+    /// Last of all: the chat answer made into a Messages one.
+    to_anthropic: Option<ToAnthropic>,
+    /// A native Anthropic stream read as OpenAI chunks, for its usage only.
+    shadow: Option<(Box<dyn StreamTranslator>, SseTap)>,
     /// The copy for the cache, `None` when the answer is not to be stored.
     capture: Option<Vec<u8>>,
 }
@@ -168,6 +191,7 @@ pub async fn relay(
         tap,
         kept,
         capture,
+        shadow,
         ..
     } = body;
     let filtered = body.passes.stopped().map(|f| f.rule.clone());
@@ -196,7 +220,12 @@ pub async fn relay(
     // Bill what was answered, also when the client left or the answer broke midway:
     // the upstream spent those tokens either way.
     if status < 300 {
-        let kept = kept.unwrap_or_default();
+        let mut kept = kept.unwrap_or_default();
+        // A native Anthropic answer is counted as its OpenAI translation.
+        let tap = shadow.map_or(tap, |(_, t)| t);
+        if plan.native_usage && !is_sse {
+            kept = adapters::translate_json(ChannelType::Anthropic, 200, &kept, plan.model);
+        }
         ctx.reply.usage = Some(usage_of(is_sse, tap, &kept, plan.request).await);
     } else if status >= 400 {
         note_upstream_error(ctx, status, kept);
@@ -260,14 +289,14 @@ fn open(answer: Answer, plan: &RelayPlan<'_>) -> pingora_error::Result<(Response
                 .get("content-length")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|_| !is_sse && (!plan.changes_answer() || status >= 300));
+                .filter(|_| !is_sse && plan.keeps_length(status));
             let h = downstream_header(status, Some(&header), "", len)?;
             (h, Source::Upstream { up, peer }, is_sse, is_json)
         }
         Answer::Mock(m) | Answer::Translated { answer: m, .. } => {
             let is_sse = m.content_type == "text/event-stream";
-            let changed = plan.changes_answer() && m.status < 300;
-            let len = (!is_sse && !changed).then(|| m.chunks.iter().map(|c| c.len()).sum());
+            let keeps = !is_sse && plan.keeps_length(m.status);
+            let len = keeps.then(|| m.chunks.iter().map(|c| c.len()).sum());
             let h = downstream_header(m.status, None, m.content_type, len)?;
             (h, Source::Mock(m.chunks.into_iter()), is_sse, !is_sse)
         }
@@ -285,6 +314,13 @@ fn open(answer: Answer, plan: &RelayPlan<'_>) -> pingora_error::Result<(Response
             true => Passes::new(is_sse, plan.restore, plan.guard),
             false => Passes::default(),
         },
+        to_anthropic: plan
+            .to_anthropic
+            .map(|model| ToAnthropic::new(status, is_sse, model)),
+        shadow: (plan.native_usage && is_sse && status < 300)
+            .then(|| adapters::stream_translator(ChannelType::Anthropic, plan.model, true))
+            .flatten()
+            .map(|t| (t, SseTap::new(false))),
         capture: None,
     };
     Ok((header, body))
@@ -395,16 +431,40 @@ impl Body {
     /// What the client gets of a chunk: translated and tapped when it is SSE, kept
     /// for its usage when it is JSON.
     fn pass(&mut self, chunk: Bytes) -> Bytes {
+        if let Some((t, tap)) = &mut self.shadow {
+            tap.feed(Bytes::from(t.feed(&chunk)));
+        }
         let chunk = match self.translator.as_mut().filter(|_| self.is_sse) {
             Some(t) => Bytes::from(t.feed(&chunk)),
             None => chunk,
         };
         let chunk = self.passes.feed(chunk);
         if self.is_sse {
-            return self.tap.feed(chunk);
+            let out = self.tap.feed(chunk);
+            return self.anthropic(out);
         }
         self.keep_json(&chunk);
-        chunk
+        self.anthropic(chunk)
+    }
+
+    /// The chat answer as a Messages client reads it, when it speaks Messages.
+    fn anthropic(&mut self, chunk: Bytes) -> Bytes {
+        match &mut self.to_anthropic {
+            Some(t) => Bytes::from(t.feed(&chunk)),
+            None => chunk,
+        }
+    }
+
+    /// The last bytes, and what turning them into Messages still owes.
+    fn anthropic_end(&mut self, last: Vec<u8>) -> Vec<u8> {
+        match &mut self.to_anthropic {
+            Some(t) => {
+                let mut out = t.feed(&last);
+                out.extend(t.finish());
+                out
+            }
+            None => last,
+        }
     }
 
     /// A JSON answer is kept as the client gets it, to read its usage.
@@ -450,6 +510,7 @@ impl Body {
         let Some(broke) = broken else {
             let rest = self.passes.finish();
             self.keep_json(&rest);
+            let rest = self.anthropic_end(rest);
             keep(&mut self.capture, &rest, plan);
             return write(session, ctx, Bytes::from(rest), true).await;
         };
@@ -486,7 +547,7 @@ impl Body {
         let tap = &self.tap;
         let complete = !plan.expect_done || tap.completed() || tap.saw_error || self.status >= 300;
         if broken.is_none() && complete {
-            return tail;
+            return self.anthropic_end(tail);
         }
         let why = match broken {
             Some(broke) => broke.count(state, ctx, plan),
@@ -506,7 +567,7 @@ impl Body {
             ),
         };
         tail.extend_from_slice(&e.to_sse_event());
-        tail
+        self.anthropic_end(tail)
     }
 }
 

@@ -16,4 +16,16 @@ pub struct Request<'a> {
     /// The body field that carries the key, for `body:` gateways.
     pub body_key: Option<&'a str>,
     pub client_ip: Option<IpAddr>,
+    /// The client speaks Anthropic's Messages API: its own body (the request
+    /// itself goes on as its chat translation).
+    pub anthropic: Option<AnthropicIn>,
+}
+
+/// A Messages client's request as it sent it.
+pub struct AnthropicIn {
+    pub raw: bytes::Bytes,
+    /// `count_tokens`: counted, not answered.
+    pub count_only: bool,
+    /// Its path after the gateway, with the query.
+    pub rest: String,
 }

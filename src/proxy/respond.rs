@@ -57,7 +57,12 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &GatewayError) -> Re
     if e.status() == 401 {
         extra.push(("www-authenticate", "Bearer".to_string()));
     }
-    let body = e.to_json();
+    // A Messages client reads Anthropic's error shape.
+    let anthropic = ctx.route.endpoint.is_some_and(|e| e.speaks_anthropic());
+    let body = match anthropic {
+        true => weir_filters::adapters::messages_in::error_json(e.status(), &e.to_string()),
+        false => e.to_json(),
+    };
     ctx.reply.error_body = Some(body.clone());
     json(session, ctx, e.status(), body, &extra).await
 }

@@ -229,6 +229,10 @@ async fn handle(
         Reply::Picky => Reply::Ok,
         other => other,
     };
+    if uri.path().ends_with("/v1/messages/count_tokens") {
+        // Anthropic's token count: only the prompt, nothing answered.
+        return axum::Json(json!({"input_tokens": usage_for(body.len()).0})).into_response();
+    }
     let provider = Provider::of(uri.path());
     if let Reply::BadKey = reply {
         return match provider {
@@ -919,6 +923,33 @@ pub fn weir_check(dir: &std::path::Path, cfg: &str, server_extra: &str) -> (bool
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
+}
+
+/// Runs a Python script with the official SDKs (`target/pysdk`, installed by
+/// `.ci/services`) off the test's thread, so the mocks keep answering; its
+/// stdout parsed as JSON.
+pub async fn python_sdk(script: &str, args: Vec<String>) -> Value {
+    let sdk = concat!(env!("CARGO_MANIFEST_DIR"), "/target/pysdk");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(script);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("/usr/bin/python3")
+            .arg(script)
+            .args(args)
+            .env("PYTHONPATH", sdk)
+            .output()
+            .expect("python3")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the SDK script failed (run .ci/services for the SDKs): {stderr}"
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 pub fn sse_data(body: &str) -> Vec<String> {

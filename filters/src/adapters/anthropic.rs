@@ -29,10 +29,22 @@ pub struct Anthropic;
 
 impl Provider for Anthropic {
     fn supports(&self, endpoint: Endpoint) -> bool {
-        endpoint == Endpoint::ChatCompletions
+        matches!(
+            endpoint,
+            Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::CountTokens
+        )
     }
 
     fn prepare(&self, channel: &Channel, req: Incoming) -> Result<Outgoing, GatewayError> {
+        // A Messages client's own body, natively: only the model name was set.
+        if req.endpoint.speaks_anthropic() {
+            let path = format!("{}/v1{}", base_path(channel), req.rest);
+            return Ok(Outgoing {
+                path,
+                headers: headers(req.key),
+                body: req.body,
+            });
+        }
         let max_tokens = channel.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
         let out = to_messages_request(
             &chat_body("anthropic", &req)?,

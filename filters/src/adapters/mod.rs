@@ -26,6 +26,7 @@ pub(crate) mod answer;
 pub mod anthropic;
 pub mod azure;
 pub mod gemini;
+pub mod messages_in;
 pub mod openai;
 pub(crate) mod request;
 pub mod sse;
