@@ -53,6 +53,15 @@ struct StreamChunk {
     usage: Option<WireUsage>,
     #[serde(default)]
     error: Option<serde::de::IgnoredAny>,
+    /// The Responses API's `response.completed` carries the whole response.
+    #[serde(default)]
+    response: Option<ResponseObject>,
+}
+
+#[derive(Deserialize)]
+struct ResponseObject {
+    #[serde(default)]
+    usage: Option<WireUsage>,
 }
 
 #[derive(Deserialize)]
@@ -237,7 +246,7 @@ impl SseTap {
                 self.saw_finish = true;
             }
         }
-        let Some(usage) = chunk.usage else {
+        let Some(usage) = chunk.usage.or(chunk.response.and_then(|r| r.usage)) else {
             return EventAction::Keep;
         };
         self.usage = Some(usage.into());
@@ -421,6 +430,25 @@ mod tests {
             DONE.to_string(),
         ]
         .concat()
+    }
+
+    #[test]
+    fn responses_usage_is_read_from_its_events_and_its_json() {
+        let mut tap = SseTap::new(false);
+        let created =
+            r#"{"type":"response.created","response":{"id":"r","usage":null,"error":null}}"#;
+        let done = r#"{"type":"response.completed","response":{"id":"r","usage":{"input_tokens":11,"input_tokens_details":{"cached_tokens":0},"output_tokens":5,"total_tokens":16}}}"#;
+        let sse = format!("event: response.created\ndata: {created}\n\nevent: response.completed\ndata: {done}\n\n");
+        tap.feed(Bytes::from(sse));
+        let u = tap.usage.unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (11, 5, 16)
+        );
+        assert!(!tap.saw_error);
+        let body = br#"{"id":"r","object":"response","usage":{"input_tokens":7,"output_tokens":2,"total_tokens":9}}"#;
+        let u = json_usage(body).0.unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (7, 2));
     }
 
     #[test]

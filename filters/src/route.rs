@@ -15,6 +15,8 @@ pub enum Endpoint {
     Messages,
     /// `POST /messages/count_tokens`.
     CountTokens,
+    /// OpenAI's Responses API (`POST /responses`), served by any channel.
+    Responses,
     /// Any other `POST` under the gateway: routed by the body's `model`, passed through.
     Other,
 }
@@ -39,6 +41,7 @@ impl Endpoint {
             Endpoint::GetModel => "get_model",
             Endpoint::Messages => "messages",
             Endpoint::CountTokens => "count_tokens",
+            Endpoint::Responses => "responses",
             Endpoint::Other => "other",
         }
     }
@@ -68,6 +71,7 @@ pub fn classify(method: &str, rest: &str, full_path: &str) -> Result<Endpoint, G
         "/embeddings" => post_only(Endpoint::Embeddings),
         "/messages" => post_only(Endpoint::Messages),
         "/messages/count_tokens" => post_only(Endpoint::CountTokens),
+        "/responses" => post_only(Endpoint::Responses),
         "/models" => match method {
             "GET" => Ok(Endpoint::ListModels),
             _ => Err(wrong_method()),
@@ -163,7 +167,10 @@ mod tests {
                 "{bad}"
             );
         }
-        assert_eq!(classify("POST", "/responses", "").unwrap(), Endpoint::Other);
+        assert_eq!(
+            classify("POST", "/responses", "").unwrap(),
+            Endpoint::Responses
+        );
         assert_eq!(
             classify("POST", "/audio/speech", "").unwrap(),
             Endpoint::Other

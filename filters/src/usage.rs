@@ -18,9 +18,11 @@ pub struct Usage {
 /// The `usage` object of an OpenAI answer. Embeddings report no completion tokens.
 #[derive(Debug, Deserialize)]
 pub struct WireUsage {
-    #[serde(default)]
+    /// `input_tokens` in the Responses API.
+    #[serde(default, alias = "input_tokens")]
     pub prompt_tokens: Option<u64>,
-    #[serde(default)]
+    /// `output_tokens` in the Responses API.
+    #[serde(default, alias = "output_tokens")]
     pub completion_tokens: Option<u64>,
     #[serde(default)]
     pub total_tokens: Option<u64>,

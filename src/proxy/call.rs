@@ -41,11 +41,18 @@ pub async fn proxy(
     ctx.route.stream = facts.stream;
     ctx.route.requested_model = Some(facts.model.clone());
     let mut routes = route(ctx, req, &facts.model)?;
+    if let Some(e) = req.inbound.as_ref().and_then(|i| i.untranslatable.as_ref()) {
+        // Only a channel that takes the request as it is can serve it.
+        routes.retain(|r| dispatch::native(req, &req.snap.channels[r.channel]).is_some());
+        if routes.is_empty() {
+            return Err(e.clone().into());
+        }
+    }
     check_media(state, req, &facts.model, &ctx.route.model_label, &parsed)?;
     // Before the cache: an answer kept for a request is no reason to serve one
     // the rules now refuse.
     super::safety::check_request(state, ctx, req, &parsed).await?;
-    if let Some(a) = &req.anthropic {
+    if let Some(a) = &req.inbound {
         if a.count_only {
             routes.retain(|r| dispatch::native(req, &req.snap.channels[r.channel]).is_some());
             if routes.is_empty() {

@@ -8,17 +8,16 @@ use super::ctx::Ctx;
 use super::exchange::{discard, exchange, Outbound};
 use super::failure::Failure;
 use super::relay::{relay, stopped, RelayPlan};
-use super::request::AnthropicIn;
+use super::request::Inbound;
 use super::request::Request;
 use crate::state::AppState;
 use pingora_core::protocols::http::ServerSession as Session;
 use rand::SeedableRng;
 use std::time::{Duration, Instant};
 use weir_filters::adapters;
-use weir_filters::config::{Channel, ChannelType, Route};
+use weir_filters::config::{Channel, Route};
 use weir_filters::failover::{Attempt, BackoffPolicy, Plan, Rules};
 use weir_filters::health::HealthPolicy;
-use weir_filters::route::Endpoint;
 use weir_filters::GatewayError;
 
 pub async fn run(
@@ -75,7 +74,7 @@ pub async fn run(
             None => bodies.for_model(attempt.upstream_model)?,
         };
         let (endpoint, rest) = match native {
-            Some(a) => (Endpoint::Messages, a.rest.as_str()),
+            Some(a) => (a.dialect.endpoint(), a.rest.as_str()),
             None => (req.endpoint, req.rest.as_str()),
         };
         let out = Outbound {
@@ -124,8 +123,8 @@ pub async fn run(
                     note_answered(ctx, &plan, channel, &upstream_model, &answer, bodies);
                     let own = started + channel.total_timeout;
                     let mut how = relay_plan(req, bodies, channel, &rules, own.min(deadline));
-                    if native.is_some() {
-                        how.native();
+                    if let Some(a) = native {
+                        how.native(a.dialect);
                     }
                     how.channel_deadline = own <= deadline;
                     return relay(state, session, ctx, answer, how, stop.as_mut()).await;
@@ -246,24 +245,28 @@ fn relay_plan<'a>(
             .safety
             .as_ref()
             .filter(|s| s.answers && req.endpoint.streams_chunks()),
-        to_anthropic: req.anthropic.as_ref().map(|_| bodies.client_model()),
+        to_client: req
+            .inbound
+            .as_ref()
+            .map(|i| (i.dialect, bodies.client_model())),
         native_usage: false,
     }
 }
 
-/// A Messages client's request goes to an Anthropic channel as the client sent
-/// it, unless the gateway must change the body or read the answer (templates,
-/// parameter rules, masking, answer checks): then as its chat translation.
-pub(super) fn native<'r>(req: &'r Request<'_>, channel: &Channel) -> Option<&'r AnthropicIn> {
+/// A Messages or Responses request goes to a channel that speaks its API
+/// (Anthropic, OpenAI) as the client sent it, unless the gateway must change the
+/// body or read the answer (templates, parameter rules, masking, answer checks):
+/// then as its chat translation.
+pub(super) fn native<'r>(req: &'r Request<'_>, channel: &Channel) -> Option<&'r Inbound> {
     let g = req.gateway;
     let reads_answers = g.safety.as_ref().is_some_and(|s| s.answers);
     let plain = !g.rewrites() && g.masking.is_none() && !reads_answers;
-    req.anthropic
+    req.inbound
         .as_ref()
-        .filter(|_| plain && channel.kind == ChannelType::Anthropic)
+        .filter(|i| plain && channel.kind == i.dialect.native_kind())
 }
 
-/// The client's Messages body, naming the channel's model.
+/// The client's own body, naming the channel's model.
 fn native_body(raw: &bytes::Bytes, model: &str) -> Result<bytes::Bytes, GatewayError> {
     let mut body = weir_filters::request_body::JsonBody::parse(raw)?;
     body.set("model", &model)?;

@@ -213,7 +213,7 @@ pub async fn exchange(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
     // A Messages client's native call reads Anthropic's answer as it is.
-    if adapters::translates(channel.kind) && !sse && !out.endpoint.speaks_anthropic() {
+    if adapters::translates(channel.kind) && !sse && out.endpoint != Endpoint::Messages {
         let deadline = Instant::now() + channel.total_timeout;
         let read = read_translated(
             state,

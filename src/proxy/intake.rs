@@ -5,7 +5,7 @@
 use super::admission::{admit_caller, key_from_request};
 use super::ctx::Ctx;
 use super::failure::Failure;
-use super::request::Request;
+use super::request::{Dialect, Inbound, Request};
 use super::{call, models};
 use crate::state::AppState;
 use bytes::{Bytes, BytesMut};
@@ -70,31 +70,45 @@ pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> R
                 rest: forwarded_rest(rest, query.as_deref(), gateway),
                 body_key,
                 client_ip,
-                anthropic: None,
+                inbound: None,
             };
-            let raw = match endpoint.speaks_anthropic() {
-                true => as_chat(&mut req, raw)?,
-                false => raw,
+            let raw = match dialect(endpoint) {
+                Some(d) => as_chat(&mut req, d, raw)?,
+                None => raw,
             };
             call::proxy(state, session, ctx, &req, raw).await
         }
     }
 }
 
-/// A Messages request goes on as its chat translation (every channel, limit and
-/// rule applies to it); the client's own body is kept for Anthropic channels.
-fn as_chat(req: &mut Request<'_>, raw: Bytes) -> Result<Bytes, GatewayError> {
+fn dialect(endpoint: Endpoint) -> Option<Dialect> {
+    match endpoint {
+        Endpoint::Messages | Endpoint::CountTokens => Some(Dialect::Messages),
+        Endpoint::Responses => Some(Dialect::Responses),
+        _ => None,
+    }
+}
+
+/// A Messages or Responses request goes on as its chat translation (every
+/// channel, limit and rule applies to it); the client's own body is kept for the
+/// channels that take it natively.
+fn as_chat(req: &mut Request<'_>, dialect: Dialect, raw: Bytes) -> Result<Bytes, GatewayError> {
     let v: serde_json::Value =
         serde_json::from_slice(&raw).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
     let count_only = req.endpoint == Endpoint::CountTokens;
-    let chat = weir_filters::adapters::messages_in::to_chat(&v, count_only)?;
-    // Its path and query (`?beta=true`) are the Messages API's: a native call
-    // keeps them, a chat one asks for chat.
+    let (chat, untranslatable) = match dialect {
+        Dialect::Messages => weir_filters::adapters::messages_in::to_chat(&v, count_only)?,
+        Dialect::Responses => weir_filters::adapters::responses_in::to_chat(&v)?,
+    };
+    // Its path and query (`?beta=true`) are its API's: a native call keeps them,
+    // a chat one asks for chat.
     let rest = std::mem::replace(&mut req.rest, "/chat/completions".into());
-    req.anthropic = Some(super::request::AnthropicIn {
+    req.inbound = Some(Inbound {
+        dialect,
         raw,
         count_only,
         rest,
+        untranslatable,
     });
     req.endpoint = Endpoint::ChatCompletions;
     Ok(Bytes::from(chat.to_string()))

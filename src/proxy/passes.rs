@@ -3,9 +3,10 @@
 //! client will read. Each stage takes bytes and gives bytes; what a stage still
 //! holds at the end goes through the stages after it.
 
+use super::request::Dialect;
 use bytes::Bytes;
 use std::sync::Arc;
-use weir_filters::adapters::messages_in;
+use weir_filters::adapters::{messages_in, responses_in};
 use weir_filters::masking::{JsonRestorer, SseRestorer, Table};
 use weir_filters::safety::{Finding, JsonGuard, Safety, SseGuard};
 
@@ -92,23 +93,31 @@ impl Passes {
     }
 }
 
-/// A Messages client's answer made from a chat one, after every other stage:
-/// chunks become Messages events as they pass; a JSON answer (or error) is held
-/// whole and made into Anthropic's shape at its end.
-pub enum ToAnthropic {
-    Events(messages_in::EventsFromChunks),
+/// A Messages or Responses client's answer made from a chat one, after every
+/// other stage: chunks become its API's events as they pass; a JSON answer (or
+/// error) is held whole and made into its shape at its end.
+pub enum ToClient {
+    Messages(messages_in::EventsFromChunks),
+    Responses(responses_in::EventsFromChunks),
     Json {
+        dialect: Dialect,
         status: u16,
         model: String,
         body: Vec<u8>,
     },
 }
 
-impl ToAnthropic {
-    pub fn new(status: u16, sse: bool, model: &str) -> ToAnthropic {
-        match sse && status < 300 {
-            true => ToAnthropic::Events(messages_in::EventsFromChunks::new(model)),
-            false => ToAnthropic::Json {
+impl ToClient {
+    pub fn new(dialect: Dialect, status: u16, sse: bool, model: &str) -> ToClient {
+        match (dialect, sse && status < 300) {
+            (Dialect::Messages, true) => {
+                ToClient::Messages(messages_in::EventsFromChunks::new(model))
+            }
+            (Dialect::Responses, true) => {
+                ToClient::Responses(responses_in::EventsFromChunks::new(model))
+            }
+            (_, false) => ToClient::Json {
+                dialect,
                 status,
                 model: model.to_string(),
                 body: Vec::new(),
@@ -118,8 +127,9 @@ impl ToAnthropic {
 
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
         match self {
-            ToAnthropic::Events(t) => t.feed(chunk),
-            ToAnthropic::Json { body, .. } => {
+            ToClient::Messages(t) => t.feed(chunk),
+            ToClient::Responses(t) => t.feed(chunk),
+            ToClient::Json { body, .. } => {
                 body.extend_from_slice(chunk);
                 Vec::new()
             }
@@ -128,14 +138,19 @@ impl ToAnthropic {
 
     pub fn finish(&mut self) -> Vec<u8> {
         match self {
-            ToAnthropic::Events(t) => t.finish(),
-            ToAnthropic::Json {
+            ToClient::Messages(t) => t.finish(),
+            ToClient::Responses(t) => t.finish(),
+            ToClient::Json {
+                dialect,
                 status,
                 model,
                 body,
-            } => match *status < 300 {
-                true => messages_in::answer_from_chat(body, model),
-                false => messages_in::error_from_openai(*status, body),
+            } => match (*dialect, *status < 300) {
+                (Dialect::Messages, true) => messages_in::answer_from_chat(body, model),
+                (Dialect::Messages, false) => messages_in::error_from_openai(*status, body),
+                (Dialect::Responses, true) => responses_in::answer_from_chat(body, model),
+                // Responses errors are OpenAI's already.
+                (Dialect::Responses, false) => std::mem::take(body),
             },
         }
     }

@@ -6,7 +6,8 @@
 use super::ctx::Ctx;
 use super::exchange::Answer;
 use super::failure::Failure;
-use super::passes::{Passes, ToAnthropic};
+use super::passes::{Passes, ToClient};
+use super::request::Dialect;
 use crate::cache::{CacheKey, CachedAnswer};
 use crate::state::AppState;
 use bytes::{Bytes, BytesMut};
@@ -65,30 +66,32 @@ pub struct RelayPlan<'a> {
     pub restore: Option<&'a Arc<Table>>,
     /// Content safety's rules for the answer (`safety.answers`, chat and completions).
     pub guard: Option<&'a Arc<Safety>>,
-    /// The client speaks Messages and this answer is a chat one: it is made into
-    /// Anthropic's shape, for the model the client named.
-    pub to_anthropic: Option<&'a str>,
+    /// The client speaks Messages or Responses and this answer is a chat one:
+    /// it is made into the client's API, for the model the client named.
+    pub to_client: Option<(Dialect, &'a str)>,
     /// An Anthropic channel's own answer to a Messages client: it passes as it
     /// is, its usage read through the Anthropic translator.
     pub native_usage: bool,
 }
 
 impl RelayPlan<'_> {
-    /// For an Anthropic channel's own answer to a Messages client: it passes as
-    /// it came, and ends however Anthropic ends it.
-    pub fn native(&mut self) {
+    /// For a channel's own answer in the client's API (Anthropic's to a
+    /// Messages client, OpenAI's to a Responses one): it passes as it came, and
+    /// ends however that API ends it.
+    pub fn native(&mut self, dialect: Dialect) {
         self.translate = None;
-        self.to_anthropic = None;
+        self.to_client = None;
         self.restore = None;
         self.guard = None;
         self.strip_usage = false;
         self.expect_done = false;
-        self.native_usage = true;
+        // The tap reads the Responses API's usage itself.
+        self.native_usage = dialect == Dialect::Messages;
     }
 
     /// Whether an answer with this status comes out as long as it came in.
     fn keeps_length(&self, status: u16) -> bool {
-        self.to_anthropic.is_none()
+        self.to_client.is_none()
             && (status >= 300 || (self.restore.is_none() && self.guard.is_none()))
     }
 }
@@ -139,8 +142,8 @@ struct Body {
     translator: Option<Box<dyn StreamTranslator>>,
     /// Masked originals put back, content safety's check.
     passes: Passes,
-    /// Last of all: the chat answer made into a Messages one.
-    to_anthropic: Option<ToAnthropic>,
+    /// Last of all: the chat answer made into the client's API.
+    to_client: Option<ToClient>,
     /// A native Anthropic stream read as OpenAI chunks, for its usage only.
     shadow: Option<(Box<dyn StreamTranslator>, SseTap)>,
     /// The copy for the cache, `None` when the answer is not to be stored.
@@ -314,9 +317,9 @@ fn open(answer: Answer, plan: &RelayPlan<'_>) -> pingora_error::Result<(Response
             true => Passes::new(is_sse, plan.restore, plan.guard),
             false => Passes::default(),
         },
-        to_anthropic: plan
-            .to_anthropic
-            .map(|model| ToAnthropic::new(status, is_sse, model)),
+        to_client: plan
+            .to_client
+            .map(|(dialect, model)| ToClient::new(dialect, status, is_sse, model)),
         shadow: (plan.native_usage && is_sse && status < 300)
             .then(|| adapters::stream_translator(ChannelType::Anthropic, plan.model, true))
             .flatten()
@@ -441,23 +444,23 @@ impl Body {
         let chunk = self.passes.feed(chunk);
         if self.is_sse {
             let out = self.tap.feed(chunk);
-            return self.anthropic(out);
+            return self.in_client_api(out);
         }
         self.keep_json(&chunk);
-        self.anthropic(chunk)
+        self.in_client_api(chunk)
     }
 
-    /// The chat answer as a Messages client reads it, when it speaks Messages.
-    fn anthropic(&mut self, chunk: Bytes) -> Bytes {
-        match &mut self.to_anthropic {
+    /// The chat answer as the client reads it, when it speaks another API.
+    fn in_client_api(&mut self, chunk: Bytes) -> Bytes {
+        match &mut self.to_client {
             Some(t) => Bytes::from(t.feed(&chunk)),
             None => chunk,
         }
     }
 
-    /// The last bytes, and what turning them into Messages still owes.
-    fn anthropic_end(&mut self, last: Vec<u8>) -> Vec<u8> {
-        match &mut self.to_anthropic {
+    /// The last bytes, and what turning them into the client's API still owes.
+    fn end_in_client_api(&mut self, last: Vec<u8>) -> Vec<u8> {
+        match &mut self.to_client {
             Some(t) => {
                 let mut out = t.feed(&last);
                 out.extend(t.finish());
@@ -510,7 +513,7 @@ impl Body {
         let Some(broke) = broken else {
             let rest = self.passes.finish();
             self.keep_json(&rest);
-            let rest = self.anthropic_end(rest);
+            let rest = self.end_in_client_api(rest);
             keep(&mut self.capture, &rest, plan);
             return write(session, ctx, Bytes::from(rest), true).await;
         };
@@ -547,7 +550,7 @@ impl Body {
         let tap = &self.tap;
         let complete = !plan.expect_done || tap.completed() || tap.saw_error || self.status >= 300;
         if broken.is_none() && complete {
-            return self.anthropic_end(tail);
+            return self.end_in_client_api(tail);
         }
         let why = match broken {
             Some(broke) => broke.count(state, ctx, plan),
@@ -567,7 +570,7 @@ impl Body {
             ),
         };
         tail.extend_from_slice(&e.to_sse_event());
-        self.anthropic_end(tail)
+        self.end_in_client_api(tail)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use weir_filters::config::{Gateway, Runtime};
+use weir_filters::config::{ChannelType, Gateway, Runtime};
 use weir_filters::route::Endpoint;
 
 /// A request whose gateway and endpoint are known.
@@ -16,16 +16,47 @@ pub struct Request<'a> {
     /// The body field that carries the key, for `body:` gateways.
     pub body_key: Option<&'a str>,
     pub client_ip: Option<IpAddr>,
-    /// The client speaks Anthropic's Messages API: its own body (the request
-    /// itself goes on as its chat translation).
-    pub anthropic: Option<AnthropicIn>,
+    /// The client speaks another API than chat completions (Messages,
+    /// Responses): its own request (the request itself goes on as chat).
+    pub inbound: Option<Inbound>,
 }
 
-/// A Messages client's request as it sent it.
-pub struct AnthropicIn {
+/// The API a client speaks when it is not OpenAI's chat completions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Anthropic's Messages API.
+    Messages,
+    /// OpenAI's Responses API.
+    Responses,
+}
+
+impl Dialect {
+    /// The channels that take such a request as it is.
+    pub fn native_kind(self) -> ChannelType {
+        match self {
+            Dialect::Messages => ChannelType::Anthropic,
+            Dialect::Responses => ChannelType::Openai,
+        }
+    }
+
+    /// The endpoint a native call asks for.
+    pub fn endpoint(self) -> Endpoint {
+        match self {
+            Dialect::Messages => Endpoint::Messages,
+            Dialect::Responses => Endpoint::Responses,
+        }
+    }
+}
+
+/// A request in another API, as the client sent it.
+pub struct Inbound {
+    pub dialect: Dialect,
     pub raw: bytes::Bytes,
     /// `count_tokens`: counted, not answered.
     pub count_only: bool,
     /// Its path after the gateway, with the query.
     pub rest: String,
+    /// What its chat translation could not carry: the request is refused
+    /// unless a channel takes it natively.
+    pub untranslatable: Option<weir_filters::GatewayError>,
 }

@@ -412,6 +412,56 @@ fn anthropic_answer(
     sse_response(events, cut, *st.chunk_delay.lock().unwrap())
 }
 
+/// OpenAI's Responses API: a `response` object, or its typed events ending
+/// with `response.completed`.
+fn responses_answer(
+    st: &Arc<UpstreamState>,
+    model: &str,
+    words: &[String],
+    (prompt, completion): (u64, u64),
+    req: &Value,
+) -> Response {
+    st.prompt_sent.fetch_add(prompt, Ordering::SeqCst);
+    st.completion_sent.fetch_add(completion, Ordering::SeqCst);
+    let text = words.concat();
+    let message = json!({"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}]});
+    let usage = json!({"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion});
+    let done = json!({"id": "resp_1", "object": "response", "created_at": 1, "status": "completed", "model": model,
+        "output": [message], "usage": usage, "parallel_tool_calls": true, "tool_choice": "auto", "tools": []});
+    if !req["stream"].as_bool().unwrap_or(false) {
+        return axum::Json(done).into_response();
+    }
+    let mut started = done.clone();
+    started["status"] = json!("in_progress");
+    started["output"] = json!([]);
+    started["usage"] = Value::Null;
+    let mut events = vec![
+        json!({"type": "response.created", "response": started}),
+        json!({"type": "response.output_item.added", "output_index": 0,
+            "item": {"id": "msg_1", "type": "message", "status": "in_progress", "role": "assistant", "content": []}}),
+        json!({"type": "response.content_part.added", "item_id": "msg_1", "output_index": 0, "content_index": 0,
+            "part": {"type": "output_text", "text": "", "annotations": []}}),
+    ];
+    for w in words {
+        events.push(json!({"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": w}));
+    }
+    events.push(json!({"type": "response.output_text.done", "item_id": "msg_1", "output_index": 0, "content_index": 0, "text": text}));
+    events.push(json!({"type": "response.content_part.done", "item_id": "msg_1", "output_index": 0, "content_index": 0,
+        "part": {"type": "output_text", "text": text, "annotations": []}}));
+    events.push(json!({"type": "response.output_item.done", "output_index": 0, "item": message}));
+    events.push(json!({"type": "response.completed", "response": done}));
+    let events: Vec<String> = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            e["sequence_number"] = json!(i);
+            format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap())
+        })
+        .collect();
+    sse_response(events, None, *st.chunk_delay.lock().unwrap())
+}
+
 /// Gemini `generateContent` / `streamGenerateContent?alt=sse` answers.
 fn gemini_answer(
     st: &Arc<UpstreamState>,
@@ -489,27 +539,8 @@ fn answer(
             .map(|s| s.to_string())
             .to_vec(),
     };
-    if path.ends_with("/responses") && req["stream"].as_bool().unwrap_or(false) {
-        // The Responses API streams typed events and ends with `response.completed`.
-        let mut events: Vec<String> = words
-            .iter()
-            .map(|w| {
-                format!(
-                    "event: response.output_text.delta\ndata: {}\n\n",
-                    json!({"type": "response.output_text.delta", "delta": w})
-                )
-            })
-            .collect();
-        events.push(format!("event: response.completed\ndata: {}\n\n", json!({"type": "response.completed", "response": {"usage": {"input_tokens": prompt, "output_tokens": completion}}})));
-        let stream = futures_util::stream::iter(
-            events
-                .into_iter()
-                .map(|e| Ok::<Bytes, std::io::Error>(Bytes::from(e))),
-        );
-        let mut r = Response::new(Body::from_stream(stream));
-        r.headers_mut()
-            .insert("content-type", "text/event-stream".parse().unwrap());
-        return r;
+    if path.ends_with("/responses") {
+        return responses_answer(st, &model, &words, (prompt, completion), req);
     }
     let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
     if !req["stream"].as_bool().unwrap_or(false) {

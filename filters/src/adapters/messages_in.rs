@@ -64,9 +64,14 @@ fn text_of(v: Option<&Value>) -> String {
     }
 }
 
-/// A Messages request as an OpenAI chat request. `count_only`: a
-/// `count_tokens` body, which has no `max_tokens`.
-pub fn to_chat(req: &Value, count_only: bool) -> Result<Value, GatewayError> {
+/// A Messages request as an OpenAI chat request, as far as it goes: the chat
+/// body (always, for the checks that read its text) and the first thing it
+/// could not translate, which refuses the request unless an Anthropic channel
+/// takes it natively. `count_only`: a `count_tokens` body (no `max_tokens`).
+pub fn to_chat(
+    req: &Value,
+    count_only: bool,
+) -> Result<(Value, Option<GatewayError>), GatewayError> {
     let model = req
         .get("model")
         .and_then(Value::as_str)
@@ -80,8 +85,9 @@ pub fn to_chat(req: &Value, count_only: bool) -> Result<Value, GatewayError> {
     if !system.is_empty() {
         messages.push(json!({"role": "system", "content": system}));
     }
+    let mut untranslatable = None;
     for (i, m) in list.iter().enumerate() {
-        turn(i, m, &mut messages)?;
+        turn(i, m, &mut messages, &mut untranslatable)?;
     }
     let mut out = Map::new();
     out.insert("model".into(), json!(model));
@@ -114,13 +120,20 @@ pub fn to_chat(req: &Value, count_only: bool) -> Result<Value, GatewayError> {
         // The answer's `message_delta` carries the usage: always asked for.
         out.insert("stream_options".into(), json!({"include_usage": true}));
     }
-    tools(req, &mut out)?;
-    Ok(Value::Object(out))
+    if let Err(e) = tools(req, &mut out) {
+        untranslatable.get_or_insert(e);
+    }
+    Ok((Value::Object(out), untranslatable))
 }
 
 /// One Messages turn as chat messages: tool results first (each its own `tool`
 /// message, answering the assistant's calls just before), then the rest.
-fn turn(i: usize, m: &Value, out: &mut Vec<Value>) -> Result<(), GatewayError> {
+fn turn(
+    i: usize,
+    m: &Value,
+    out: &mut Vec<Value>,
+    untranslatable: &mut Option<GatewayError>,
+) -> Result<(), GatewayError> {
     let at = format!("messages[{i}]");
     let role = m.get("role").and_then(Value::as_str).unwrap_or("");
     if role != "user" && role != "assistant" {
@@ -161,10 +174,10 @@ fn turn(i: usize, m: &Value, out: &mut Vec<Value>) -> Result<(), GatewayError> {
             // Thinking is the model's own; another provider cannot take it back.
             Some("thinking") | Some("redacted_thinking") => {}
             other => {
-                return Err(bad(
+                untranslatable.get_or_insert(bad(
                     &format!("{at}.content[{j}].type"),
                     format!("content blocks of type `{}` are served only by Anthropic channels", other.unwrap_or("?")),
-                ))
+                ));
             }
         }
     }
@@ -547,7 +560,8 @@ mod tests {
                     {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAA"}}]}
             ]
         });
-        let chat = to_chat(&req, false).unwrap();
+        let (chat, untranslatable) = to_chat(&req, false).unwrap();
+        assert!(untranslatable.is_none());
         assert_eq!(chat["model"], "claude-x");
         assert_eq!(chat["max_tokens"], 100);
         assert_eq!(chat["stop"], json!(["END"]));
@@ -582,13 +596,17 @@ mod tests {
         assert!(to_chat(&json!({"model": "m", "messages": []}), true).is_ok());
         let e = to_chat(&json!({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}), false).unwrap_err();
         assert_eq!(e.param(), Some("messages[0].role"));
-        let e = to_chat(
-            &json!({"model": "m", "max_tokens": 5, "messages": [],
+        let (chat, e) = to_chat(
+            &json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
             "tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
             false,
         )
-        .unwrap_err();
-        assert!(e.to_string().contains("only by Anthropic channels"), "{e}");
+        .unwrap();
+        assert!(e
+            .unwrap()
+            .to_string()
+            .contains("only by Anthropic channels"));
+        assert_eq!(chat["messages"][0]["content"], "hi", "the text still comes");
     }
 
     #[test]

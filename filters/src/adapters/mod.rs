@@ -29,6 +29,7 @@ pub mod gemini;
 pub mod messages_in;
 pub mod openai;
 pub(crate) mod request;
+pub mod responses_in;
 pub mod sse;
 pub mod stream;
 
