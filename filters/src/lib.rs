@@ -47,6 +47,7 @@ pub mod limits;
 pub mod lockout;
 pub mod masking;
 pub mod mock;
+pub mod multipart;
 pub mod one_api;
 pub mod people;
 pub mod request_body;

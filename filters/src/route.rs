@@ -17,6 +17,9 @@ pub enum Endpoint {
     CountTokens,
     /// OpenAI's Responses API (`POST /responses`), served by any channel.
     Responses,
+    /// `GET`/`DELETE` of anything else (files, batches): to the gateway's
+    /// `passthrough` channel, verbatim.
+    Forward,
     /// Any other `POST` under the gateway: routed by the body's `model`, passed through.
     Other,
 }
@@ -42,6 +45,7 @@ impl Endpoint {
             Endpoint::Messages => "messages",
             Endpoint::CountTokens => "count_tokens",
             Endpoint::Responses => "responses",
+            Endpoint::Forward => "forward",
             Endpoint::Other => "other",
         }
     }
@@ -84,6 +88,7 @@ pub fn classify(method: &str, rest: &str, full_path: &str) -> Result<Endpoint, G
         // Other paths go upstream verbatim: nothing that could climb out of `/v1`.
         r if !is_plain_path(r) => Err(not_found()),
         _ if method == "POST" => Ok(Endpoint::Other),
+        _ if method == "GET" || method == "DELETE" => Ok(Endpoint::Forward),
         _ => Err(not_found()),
     }
 }
@@ -148,8 +153,21 @@ mod tests {
                 .status(),
             405
         );
+        // What names no model goes to the gateway's passthrough channel.
         assert_eq!(
-            classify("GET", "/files", "/v1/files").unwrap_err().status(),
+            classify("GET", "/files", "/v1/files").unwrap(),
+            Endpoint::Forward
+        );
+        assert_eq!(
+            classify("DELETE", "/files/f-1", "/v1/files/f-1").unwrap(),
+            Endpoint::Forward
+        );
+        assert_eq!(
+            classify("PUT", "/files", "/v1/files").unwrap_err().status(),
+            404
+        );
+        assert_eq!(
+            classify("GET", "/../x", "/v1/../x").unwrap_err().status(),
             404
         );
         assert_eq!(classify("POST", "", "/v1").unwrap_err().status(), 404);

@@ -197,6 +197,7 @@ pub fn check(endpoint: Endpoint, body: &JsonBody) -> Result<(), GatewayError> {
         // A Messages body is checked as it becomes a chat one (`adapters::messages_in`).
         Endpoint::ListModels | Endpoint::GetModel | Endpoint::Other => Ok(()),
         Endpoint::Messages | Endpoint::CountTokens | Endpoint::Responses => Ok(()),
+        Endpoint::Forward => Ok(()),
     }
 }
 

@@ -108,6 +108,74 @@ pub fn encode_get(head: &RequestHead<'_>, out: &mut Vec<u8>) -> Result<(), WireE
     Ok(())
 }
 
+/// How a passed-through request's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (`GET`, a `DELETE` without one).
+    None,
+    /// The client's declared length (after any change weir made to it).
+    Length(u64),
+    /// The client gave no length (HTTP/2, chunked): sent chunked.
+    Chunked,
+}
+
+/// The head of a request passed on verbatim (`GET`/`DELETE`, uploads): the
+/// client's method, path and content type; the provider's key and headers.
+pub fn encode_forward(
+    method: &str,
+    head: &RequestHead<'_>,
+    content_type: Option<&str>,
+    framing: Framing,
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    if !valid_target(head.path) || !matches!(method, "GET" | "DELETE" | "POST") {
+        return Err(WireError::Path);
+    }
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    field(out, "Host", head.authority)?;
+    if let Some(ct) = content_type {
+        field(out, "Content-Type", ct)?;
+    }
+    field(out, "Accept", head.accept.unwrap_or("*/*"))?;
+    out.extend_from_slice(b"Accept-Encoding: identity\r\nUser-Agent: ");
+    out.extend_from_slice(USER_AGENT.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    match framing {
+        Framing::None => {}
+        Framing::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+    }
+    provider_fields(out, head.headers)?;
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// One chunk of a chunked body (an empty `data` ends it).
+pub fn chunk(data: &[u8], out: &mut Vec<u8>) {
+    let mut hex = [0u8; 16];
+    let mut n = data.len();
+    let mut i = hex.len();
+    loop {
+        i -= 1;
+        hex[i] = b"0123456789abcdef"[n % 16];
+        n /= 16;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&hex[i..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The provider's own headers; the framing and the fixed fields are weir's, and a
 /// second one would conflict.
 fn provider_fields(out: &mut Vec<u8>, headers: &[(&'static str, String)]) -> Result<(), WireError> {
@@ -201,6 +269,38 @@ fn is_token(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forwarded_head_keeps_method_and_content_type_and_frames_the_body() {
+        let head = RequestHead {
+            authority: "api.example.com",
+            path: "/v1/files/file-1",
+            accept: None,
+            headers: &[("authorization", "Bearer k".to_string())],
+        };
+        let mut out = Vec::new();
+        encode_forward("DELETE", &head, None, Framing::None, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("DELETE /v1/files/file-1 HTTP/1.1\r\nHost: api.example.com\r\n"));
+        assert!(!text.contains("Content-Length") && text.ends_with("Bearer k\r\n\r\n"));
+        let mut out = Vec::new();
+        let ct = Some("multipart/form-data; boundary=x");
+        encode_forward("POST", &head, ct, Framing::Chunked, &mut out).unwrap();
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("Transfer-Encoding: chunked\r\n"));
+        let mut out = Vec::new();
+        assert_eq!(
+            encode_forward("POST", &head, Some("a\r\nb"), Framing::None, &mut out),
+            Err(WireError::Value("Content-Type"))
+        );
+        let mut c = Vec::new();
+        chunk(&[7u8; 300], &mut c);
+        assert!(c.starts_with(b"12c\r\n") && c.ends_with(b"\r\n"));
+        c.clear();
+        chunk(b"", &mut c);
+        assert_eq!(c, b"0\r\n\r\n");
+    }
 
     #[test]
     fn a_tunnel_is_asked_for_and_its_answer_read() {

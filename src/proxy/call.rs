@@ -138,7 +138,11 @@ fn check_media(
 
 /// The routes that may serve this model for this caller, and the configured model
 /// name it routed to (the metric label).
-fn route(ctx: &mut Ctx, req: &Request<'_>, model: &str) -> Result<Vec<Route>, GatewayError> {
+pub(super) fn route(
+    ctx: &mut Ctx,
+    req: &Request<'_>,
+    model: &str,
+) -> Result<Vec<Route>, GatewayError> {
     let snap = req.snap;
     let caller = ctx.who.caller.as_ref();
     let group = caller.map_or("default", |c| c.group.as_str());

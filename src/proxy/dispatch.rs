@@ -199,14 +199,14 @@ fn out_of_time(
 
 /// A Send rng: the attempt loop awaits. It only spreads load over weighted
 /// channels, so a small fast one, seeded from the thread rng (no syscall), is enough.
-fn small_rng() -> Result<rand::rngs::SmallRng, GatewayError> {
+pub(super) fn small_rng() -> Result<rand::rngs::SmallRng, GatewayError> {
     rand::rngs::SmallRng::from_rng(rand::thread_rng())
         .map_err(|e| GatewayError::Internal(e.to_string()))
 }
 
 /// The failover rules for this request: health and backoff from the server, the
 /// attempt cap from the gateway.
-fn rules(req: &Request<'_>) -> Rules {
+pub(super) fn rules(req: &Request<'_>) -> Rules {
     let server = req.snap.server();
     Rules {
         health: HealthPolicy::from(&req.snap.server().health),

@@ -304,6 +304,54 @@ pub async fn call(
     Ok((status, body))
 }
 
+/// Where a verbatim request (`proxy::forward`) goes: the channel's peer, and the
+/// request target and headers as they go on the wire (through its proxy too).
+pub async fn forward_target(
+    state: &AppState,
+    channel: &Channel,
+    out: &adapters::Outgoing,
+    dns_ttl: Duration,
+) -> Result<(Box<HttpPeer>, String, Vec<(&'static str, String)>), AttemptError> {
+    let Some(upstream) = &channel.upstream else {
+        return Err(broke("the mock channel has no upstream"));
+    };
+    let peer = peer(state, channel, upstream, dns_ttl).await?;
+    let (path, headers) = target(channel, upstream, &out.path, &out.headers);
+    Ok((peer, path.into_owned(), headers.into_owned()))
+}
+
+/// A new connection to the peer: a streamed body cannot be sent again on a
+/// fresh one if a pooled connection turns out closed.
+pub async fn connect(state: &AppState, peer: &HttpPeer) -> Result<Stream, AttemptError> {
+    Box::pin(state.connector.new_stream(peer))
+        .await
+        .map_err(|e| classify_error(&e))
+}
+
+/// The answer's head on a connection the request was written to.
+pub async fn read_head(
+    stream: Stream,
+    peer: &HttpPeer,
+    channel: &Channel,
+) -> Result<Answer, AttemptError> {
+    let mut up = Box::new(Upstream::new_with_options(stream, peer));
+    up.read_timeout = Some(channel.first_byte_timeout);
+    for _ in 0..=MAX_INFORMATIONAL {
+        up.read_response().await.map_err(|e| classify_error(&e))?;
+        let Some(header) = up.resp_header().cloned() else {
+            return Err(broke("no response header"));
+        };
+        if !header.status.is_informational() {
+            return Ok(Answer::Upstream {
+                up,
+                peer: Box::new(peer.clone()),
+                header: Box::new(header),
+            });
+        }
+    }
+    Err(broke("the upstream sent only informational responses"))
+}
+
 /// `mock`: answered here, the same way a server would.
 fn mock_answer(channel: &Channel, out: &Outbound<'_>) -> Result<Answer, AttemptError> {
     let body = JsonBody::parse(&out.body).map_err(|e| broke(e.to_string()))?;

@@ -6,7 +6,7 @@ use super::admission::{admit_caller, key_from_request};
 use super::ctx::Ctx;
 use super::failure::Failure;
 use super::request::{Dialect, Inbound, Request};
-use super::{call, models};
+use super::{call, forward, models};
 use crate::state::AppState;
 use bytes::{Bytes, BytesMut};
 use pingora_core::protocols::http::ServerSession as Session;
@@ -60,9 +60,33 @@ pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> R
             let id = rest.trim_end_matches('/').trim_start_matches("/models/");
             models::get(session, ctx, &snap, gateway, id).await
         }
+        Endpoint::Forward | Endpoint::Other if body_key.is_some() && !is_json(session) => {
+            Err(GatewayError::InvalidKey(
+                "this gateway takes its key from a JSON body's field; this request has none"
+                    .into(),
+            )
+            .into())
+        }
+        Endpoint::Forward => {
+            let req = request(&snap, gateway, endpoint, rest, query.as_deref(), client_ip);
+            forward::passthrough_request(state, session, ctx, &req, None).await
+        }
+        Endpoint::Other if !is_json(session) => {
+            let req = request(&snap, gateway, endpoint, rest, query.as_deref(), client_ip);
+            let ct = content_type(session).unwrap_or_default();
+            match weir_filters::multipart::boundary(&ct) {
+                Some(_) => forward::upload(state, session, ctx, &req, &ct).await,
+                // Another body (a file's bytes): verbatim, to the passthrough channel.
+                None => forward::passthrough_request(state, session, ctx, &req, None).await,
+            }
+        }
         _ => {
             let raw = read_body(session, snap.server().max_body.0).await?;
             ctx.route.body = Some(raw.clone());
+            if endpoint == Endpoint::Other && gateway.passthrough.is_some() && names_no_model(&raw) {
+                let req = request(&snap, gateway, endpoint, rest, query.as_deref(), client_ip);
+                return forward::passthrough_request(state, session, ctx, &req, Some(raw)).await;
+            }
             let mut req = Request {
                 snap: &snap,
                 gateway,
@@ -79,6 +103,49 @@ pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> R
             call::proxy(state, session, ctx, &req, raw).await
         }
     }
+}
+
+/// A request for what names no body's model (passthrough, uploads).
+fn request<'a>(
+    snap: &'a std::sync::Arc<weir_filters::config::Runtime>,
+    gateway: &'a Gateway,
+    endpoint: Endpoint,
+    rest: &str,
+    query: Option<&str>,
+    client_ip: Option<IpAddr>,
+) -> Request<'a> {
+    Request {
+        snap,
+        gateway,
+        endpoint,
+        rest: forwarded_rest(rest, query, gateway),
+        body_key: None,
+        client_ip,
+        inbound: None,
+    }
+}
+
+fn content_type(session: &Session) -> Option<String> {
+    session
+        .req_header()
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// JSON, or no content type at all (curl's `-d` sends a form type; OpenAI
+/// clients always say JSON).
+fn is_json(session: &Session) -> bool {
+    content_type(session).is_none_or(|ct| {
+        let ct = ct.to_ascii_lowercase();
+        ct.starts_with("application/json") || ct.starts_with("application/x-www-form-urlencoded")
+    })
+}
+
+/// A JSON body without a `model` (a batch, a file's metadata).
+fn names_no_model(raw: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(raw).is_ok_and(|v| v.get("model").is_none())
 }
 
 fn dialect(endpoint: Endpoint) -> Option<Dialect> {

@@ -20,6 +20,7 @@ mod exchange;
 mod failure;
 mod feishu;
 pub mod feishu_api;
+mod forward;
 mod forward_proxy;
 mod intake;
 mod logging;

@@ -50,6 +50,9 @@ pub struct Seen {
     pub authorization: Option<String>,
     pub content_length: usize,
     pub body: Value,
+    pub method: String,
+    /// The body's bytes as they arrived.
+    pub raw: Vec<u8>,
 }
 
 pub struct UpstreamState {
@@ -191,6 +194,7 @@ fn error_body(status: u16) -> Value {
 
 async fn handle(
     State(st): State<Arc<UpstreamState>>,
+    method: axum::http::Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -210,7 +214,12 @@ async fn handle(
             .map(str::to_string),
         content_length: body.len(),
         body: parsed.clone(),
+        method: method.to_string(),
+        raw: body.to_vec(),
     });
+    if let Some(r) = files_answer(method.as_str(), uri.path(), &headers, &body) {
+        return r;
+    }
     let reply = st
         .script
         .lock()
@@ -268,6 +277,43 @@ async fn handle(
             Provider::OpenAi => answer(&st, &parsed, body.len(), &reply, uri.path()),
         },
     }
+}
+
+/// OpenAI's files, batches and audio endpoints, as far as the tests need them.
+fn files_answer(method: &str, path: &str, headers: &HeaderMap, body: &[u8]) -> Option<Response> {
+    let multipart = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("multipart/form-data"));
+    let v = match (method, path) {
+        ("POST", "/v1/audio/transcriptions") if multipart => json!({
+            "text": format!("heard {} bytes", body.len()),
+            "usage": {"type": "tokens", "input_tokens": 14, "output_tokens": 3, "total_tokens": 17}}),
+        ("POST", "/v1/files") if multipart => {
+            json!({"id": "file-up1", "object": "file", "bytes": body.len(), "filename": "in.jsonl", "purpose": "batch", "created_at": 1})
+        }
+        ("POST", "/v1/batches") => {
+            json!({"id": "batch_1", "object": "batch", "status": "validating"})
+        }
+        ("GET", "/v1/files") => {
+            json!({"object": "list", "data": [{"id": "file-up1", "object": "file"}]})
+        }
+        ("GET", p) if p.starts_with("/v1/files/") && p.ends_with("/content") => {
+            return Some(
+                (
+                    [("content-type", "application/octet-stream")],
+                    vec![b'x'; 300_000],
+                )
+                    .into_response(),
+            )
+        }
+        ("GET", p) if p.starts_with("/v1/files/") => json!({"id": &p[10..], "object": "file"}),
+        ("DELETE", p) if p.starts_with("/v1/files/") => {
+            json!({"id": &p[10..], "object": "file", "deleted": true})
+        }
+        _ => return None,
+    };
+    Some(axum::Json(v).into_response())
 }
 
 /// What `Reply::Picky` survives: messages as a list of role/content objects.

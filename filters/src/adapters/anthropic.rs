@@ -71,7 +71,7 @@ impl Provider for Anthropic {
     }
 }
 
-fn headers(key: Option<&str>) -> Vec<(&'static str, String)> {
+pub(crate) fn headers(key: Option<&str>) -> Vec<(&'static str, String)> {
     let mut headers = vec![("anthropic-version", VERSION.to_string())];
     if let Some(k) = key {
         headers.push(("x-api-key", k.to_string()));

@@ -278,6 +278,29 @@ pub fn openai_error(message: &str, kind: &str, code: &str) -> Vec<u8> {
 }
 
 /// The path before `/v1` on the channel's host (none for `mock`).
+/// A request passed verbatim (files, batches, uploads): the path on the
+/// channel's host and its key, as its provider takes them. Only OpenAI's and
+/// Anthropic's APIs have such endpoints in the same place.
+pub fn forward_request(
+    channel: &Channel,
+    rest: &str,
+    key: Option<&str>,
+) -> Result<Outgoing, GatewayError> {
+    let path = format!("{}/v1{rest}", base_path(channel));
+    let headers = match channel.kind {
+        ChannelType::Openai => openai::bearer(key),
+        ChannelType::Anthropic => anthropic::headers(key),
+        other => {
+            return Err(GatewayError::BadRequest(format!(
+                "channel `{}` is a `{}` channel; only `openai` and `anthropic` ones take requests verbatim",
+                channel.name,
+                other.as_str()
+            )))
+        }
+    };
+    Ok(Outgoing::get(path, headers))
+}
+
 pub(crate) fn base_path(channel: &Channel) -> &str {
     channel
         .upstream

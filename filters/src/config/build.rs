@@ -514,6 +514,11 @@ fn gateway(
             .map_err(|e| problems.push(format!("{at}.safety.{e}")))
             .ok()
     });
+    let passthrough = g.passthrough.as_ref().and_then(|name| {
+        passthrough(name, channels)
+            .map_err(|e| problems.push(format!("{at}.passthrough: {e}")))
+            .ok()
+    });
     if let Some(t) = g.timeout {
         check_duration(&format!("{at}.timeout"), t, DAY, problems);
     }
@@ -543,6 +548,7 @@ fn gateway(
         param_fixed: g.param_fixed.clone(),
         masking,
         safety,
+        passthrough,
         // Masking too: an answer cached with placeholders in it is not one with
         // the originals restored. Safety: an answer cached under other rules
         // may break the new ones.
@@ -555,6 +561,21 @@ fn gateway(
         ])
         .to_string(),
         source: Source::File,
+    }
+}
+
+/// `passthrough`: a channel whose API has files and batches (OpenAI's, Anthropic's).
+fn passthrough(name: &str, channels: &[Channel]) -> Result<(String, usize), String> {
+    let i = channels
+        .iter()
+        .position(|c| c.name == name)
+        .ok_or_else(|| format!("no channel is named `{name}`"))?;
+    match channels[i].kind {
+        ChannelType::Openai | ChannelType::Anthropic => Ok((name.to_string(), i)),
+        other => Err(format!(
+            "`{name}` is a `{}` channel; requests pass verbatim only to `openai` and `anthropic` ones",
+            other.as_str()
+        )),
     }
 }
 

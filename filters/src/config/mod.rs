@@ -233,6 +233,8 @@ pub struct Gateway {
     pub masking: Option<std::sync::Arc<crate::masking::Masker>>,
     /// `safety`, compiled.
     pub safety: Option<std::sync::Arc<crate::safety::Safety>>,
+    /// `passthrough`: the channel's name and its place in the snapshot's list.
+    pub passthrough: Option<(String, usize)>,
     /// The rewrite rules above in one string (part of cache keys).
     pub rewrite_digest: String,
     pub source: Source,

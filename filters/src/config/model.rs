@@ -231,6 +231,9 @@ pub struct ServerConfig {
     /// Bootstrap admin credential; empty or absent disables `/admin/*`.
     pub admin_key: Option<String>,
     pub max_body: Size,
+    /// Largest body passed on as it streams (uploads, `passthrough`); the part
+    /// read to find an upload's `model` is held within `max_body`.
+    pub max_upload: Size,
     /// Largest request head (request line and headers); larger gets 431.
     pub max_header: Size,
     /// Worker threads of the proxy service; 0 means one per CPU.
@@ -282,6 +285,7 @@ impl Default for ServerConfig {
             admin_listen: "127.0.0.1:8081".into(),
             admin_key: None,
             max_body: Size(32 * 1024 * 1024),
+            max_upload: Size(1024 * 1024 * 1024),
             max_header: Size(64 * 1024),
             threads: 0,
             grace_period: Dur::secs(10),
@@ -664,6 +668,10 @@ pub struct GatewayConfig {
     /// Content safety: deny rules and moderation on requests and answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safety: Option<SafetyConfig>,
+    /// The channel that serves what names no model: `GET`/`DELETE` (files,
+    /// batches), and uploads and `POST`s without a `model` field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passthrough: Option<String>,
 }
 
 /// `gateways[].safety`.
@@ -848,6 +856,7 @@ fn default_gateways() -> Vec<GatewayConfig> {
         param_fixed: indexmap::IndexMap::new(),
         masking: None,
         safety: None,
+        passthrough: None,
     }]
 }
 
