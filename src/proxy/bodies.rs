@@ -30,6 +30,23 @@ pub struct Bodies<'a> {
     pub masked: Option<Arc<Table>>,
 }
 
+/// The gateway's deep thinking and web search, for a request that says nothing
+/// of either: true when the body changed.
+fn switches(gateway: &Gateway, body: &mut JsonBody) -> Result<bool, GatewayError> {
+    let mut changed = false;
+    if let Some(effort) = gateway.thinking {
+        if body.get("reasoning_effort").is_none() {
+            body.set("reasoning_effort", &effort.as_str())?;
+            changed = true;
+        }
+    }
+    if gateway.web_search && body.get("web_search_options").is_none() {
+        body.set("web_search_options", &serde_json::json!({}))?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
 impl<'a> Bodies<'a> {
     /// Applies the rewrites that do not depend on the channel. `rewritten`: the
     /// body already differs from the client's bytes (a key field was taken out).
@@ -52,6 +69,9 @@ impl<'a> Bodies<'a> {
                 rewritten = true;
                 masked = Some(Arc::new(table));
             }
+        }
+        if req.endpoint == weir_filters::route::Endpoint::ChatCompletions {
+            rewritten |= switches(gateway, &mut parsed)?;
         }
         rewritten |= !gateway.param_map.is_empty() || !gateway.param_fixed.is_empty();
         // P9: a stream always asks for usage (only OpenAI chunk streams carry it);

@@ -273,7 +273,7 @@ async fn handle(
         | Reply::Picky
         | Reply::Echo => match provider {
             Provider::Anthropic => anthropic_answer(&st, &parsed, body.len(), &reply),
-            Provider::Gemini { stream } => gemini_answer(&st, body.len(), stream, &reply),
+            Provider::Gemini { stream } => gemini_answer(&st, &parsed, body.len(), stream, &reply),
             Provider::OpenAi => answer(&st, &parsed, body.len(), &reply, uri.path()),
         },
     }
@@ -413,35 +413,67 @@ fn anthropic_answer(
     let (prompt, completion) = usage_for(body_len);
     let words = ["Hello", " from", " upstream", &format!(" {}", st.name)].map(|s| s.to_string());
     let model = req["model"].as_str().unwrap_or("?").to_string();
+    // Thinking shows as a thinking block; search as a citation on the text.
+    let thinks = req["thinking"]["type"] == "enabled";
+    let searches = req["tools"].as_array().is_some_and(|t| {
+        t.iter().any(|t| {
+            t["type"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("web_search"))
+        })
+    });
+    let citation = json!({"type": "web_search_result_location", "url": SOURCE_URL, "title": "Source", "cited_text": "Hello", "encrypted_index": "x"});
     if !req["stream"].as_bool().unwrap_or(false) {
         st.prompt_sent.fetch_add(prompt, Ordering::SeqCst);
         st.completion_sent.fetch_add(completion, Ordering::SeqCst);
+        let mut text = json!({"type": "text", "text": words.concat()});
+        if searches {
+            text["citations"] = json!([citation]);
+        }
+        let mut content = vec![text];
+        if thinks {
+            content.insert(
+                0,
+                json!({"type": "thinking", "thinking": THOUGHT, "signature": "sig"}),
+            );
+        }
         return axum::Json(json!({
             "id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": words.concat()}],
+            "content": content,
             "stop_reason": "end_turn", "stop_sequence": null,
             "usage": {"input_tokens": prompt, "output_tokens": completion},
         }))
         .into_response();
     }
     let ev = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
-    let mut events = vec![
-        ev(
-            "message_start",
-            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": model, "stop_reason": null, "usage": {"input_tokens": prompt, "output_tokens": 1}}}),
-        ),
-        ev(
-            "content_block_start",
-            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ),
-        ev("ping", json!({"type": "ping"})),
-    ];
+    let mut events = vec![ev(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": model, "stop_reason": null, "usage": {"input_tokens": prompt, "output_tokens": 1}}}),
+    )];
+    let text_at = u64::from(thinks);
+    if thinks {
+        events.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}})));
+        events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": THOUGHT}})));
+        events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "sig"}})));
+        events.push(ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+    }
+    events.push(ev(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": text_at, "content_block": {"type": "text", "text": ""}}),
+    ));
+    events.push(ev("ping", json!({"type": "ping"})));
+    if searches {
+        events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": text_at, "delta": {"type": "citations_delta", "citation": citation}})));
+    }
     for w in &words {
-        events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}})));
+        events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": text_at, "delta": {"type": "text_delta", "text": w}})));
     }
     events.push(ev(
         "content_block_stop",
-        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_stop", "index": text_at}),
     ));
     events.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": completion}})));
     events.push(ev("message_stop", json!({"type": "message_stop"})));
@@ -511,28 +543,58 @@ fn responses_answer(
 /// Gemini `generateContent` / `streamGenerateContent?alt=sse` answers.
 fn gemini_answer(
     st: &Arc<UpstreamState>,
+    req: &Value,
     body_len: usize,
     stream: bool,
     reply: &Reply,
 ) -> Response {
     let (prompt, completion) = usage_for(body_len);
     let words = ["Hello", " from", " upstream", &format!(" {}", st.name)].map(|s| s.to_string());
-    let usage = json!({"promptTokenCount": prompt, "candidatesTokenCount": completion, "totalTokenCount": prompt + completion});
+    // Thinking shows as a thought part and its tokens; search as grounding.
+    let thinks =
+        req.pointer("/generationConfig/thinkingConfig/includeThoughts") == Some(&json!(true));
+    let searches = req["tools"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|t| t.get("googleSearch").is_some()));
+    let thoughts = if thinks { THOUGHT_TOKENS } else { 0 };
+    let mut usage = json!({"promptTokenCount": prompt, "candidatesTokenCount": completion, "totalTokenCount": prompt + completion + thoughts});
+    if thinks {
+        usage["thoughtsTokenCount"] = json!(thoughts);
+    }
+    let grounding = json!({"groundingChunks": [{"web": {"uri": SOURCE_URL, "title": "Source"}}],
+        "groundingSupports": [{"segment": {"startIndex": 0, "endIndex": 5}, "groundingChunkIndices": [0]}]});
+    let thought = json!({"text": THOUGHT, "thought": true});
     if !stream {
         st.prompt_sent.fetch_add(prompt, Ordering::SeqCst);
-        st.completion_sent.fetch_add(completion, Ordering::SeqCst);
+        st.completion_sent
+            .fetch_add(completion + thoughts, Ordering::SeqCst);
+        let mut parts = vec![json!({"text": words.concat()})];
+        if thinks {
+            parts.insert(0, thought);
+        }
+        let mut cand = json!({"content": {"parts": parts, "role": "model"}, "finishReason": "STOP", "index": 0});
+        if searches {
+            cand["groundingMetadata"] = grounding;
+        }
         return axum::Json(json!({
-            "candidates": [{"content": {"parts": [{"text": words.concat()}], "role": "model"}, "finishReason": "STOP", "index": 0}],
+            "candidates": [cand],
             "usageMetadata": usage, "modelVersion": "gemini-2.5-flash", "responseId": "resp-1",
         }))
         .into_response();
     }
     let mut events: Vec<String> = Vec::new();
+    if thinks {
+        let v = json!({"candidates": [{"content": {"parts": [thought], "role": "model"}, "index": 0}], "responseId": "resp-1"});
+        events.push(format!("data: {v}\r\n\r\n"));
+    }
     for (i, w) in words.iter().enumerate() {
         let last = i + 1 == words.len();
         let mut cand = json!({"content": {"parts": [{"text": w}], "role": "model"}, "index": 0});
         if last {
             cand["finishReason"] = json!("STOP");
+            if searches {
+                cand["groundingMetadata"] = grounding.clone();
+            }
         }
         let partial = json!({"promptTokenCount": prompt, "candidatesTokenCount": i as u64 + 1});
         let v = json!({"candidates": [cand], "usageMetadata": if last { usage.clone() } else { partial }, "responseId": "resp-1"});
@@ -546,10 +608,17 @@ fn gemini_answer(
         events.truncate(after);
     } else {
         st.prompt_sent.fetch_add(prompt, Ordering::SeqCst);
-        st.completion_sent.fetch_add(completion, Ordering::SeqCst);
+        st.completion_sent
+            .fetch_add(completion + thoughts, Ordering::SeqCst);
     }
     sse_response(events, cut, *st.chunk_delay.lock().unwrap())
 }
+
+/// What the mocks think when asked to, and the tokens Gemini says it took.
+pub const THOUGHT: &str = "Let me think.";
+pub const THOUGHT_TOKENS: u64 = 7;
+/// The source the mocks cite when asked to search.
+pub const SOURCE_URL: &str = "https://weir.example/source";
 
 /// The deterministic usage of an answer: prompt from the body size, four words out.
 fn usage_for(body_len: usize) -> (u64, u64) {

@@ -15,6 +15,12 @@ pub(crate) struct Completion<'a> {
     pub finish: &'a str,
     /// Prompt and completion tokens.
     pub usage: (u64, u64),
+    /// What the model thought, as `reasoning_content`.
+    pub reasoning: String,
+    /// Search sources, as `url_citation` annotations.
+    pub annotations: Vec<Value>,
+    /// Of the completion tokens, those spent thinking (when the provider says).
+    pub reasoning_tokens: u64,
 }
 
 impl Completion<'_> {
@@ -30,13 +36,23 @@ impl Completion<'_> {
         if !self.calls.is_empty() {
             message["tool_calls"] = Value::Array(self.calls);
         }
+        if !self.reasoning.is_empty() {
+            message["reasoning_content"] = json!(self.reasoning);
+        }
+        if !self.annotations.is_empty() {
+            message["annotations"] = Value::Array(self.annotations);
+        }
+        let mut usage = usage_json(self.usage.0, self.usage.1);
+        if self.reasoning_tokens > 0 {
+            usage["completion_tokens_details"] = json!({"reasoning_tokens": self.reasoning_tokens});
+        }
         let out = json!({
             "id": self.id,
             "object": "chat.completion",
             "created": unix_now(),
             "model": self.model,
             "choices": [{"index": 0, "message": message, "finish_reason": self.finish}],
-            "usage": usage_json(self.usage.0, self.usage.1),
+            "usage": usage,
         });
         serde_json::to_vec(&out).unwrap_or_default()
     }
@@ -105,6 +121,9 @@ mod tests {
                 calls,
                 finish: "stop",
                 usage: (2, 3),
+                reasoning: String::new(),
+                annotations: Vec::new(),
+                reasoning_tokens: 0,
             };
             serde_json::from_slice::<Value>(&out.into_json()).unwrap()
         };

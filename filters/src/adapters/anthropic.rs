@@ -15,7 +15,9 @@ use super::request::{
     turns, turns_json, Dialect, ToolChoice,
 };
 use super::stream::{ChunkStream, Chunks, EventMapper};
-use super::{base_path, chat_body, items, says_400, Incoming, Outgoing, Provider, Translation};
+use super::{
+    base_path, chat_body, features, items, says_400, Incoming, Outgoing, Provider, Translation,
+};
 use crate::config::{Channel, Upstream};
 use crate::route::Endpoint;
 use crate::GatewayError;
@@ -161,6 +163,7 @@ pub fn to_messages_request(
     if let Some(choice) = tool_choice(req) {
         out.insert("tool_choice".into(), tool_choice_json(choice));
     }
+    features::anthropic(req, &mut out)?;
     Ok(Value::Object(out))
 }
 
@@ -209,13 +212,37 @@ fn output_tokens(usage: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-/// The text and the OpenAI tool calls of a message's content blocks.
-fn content_of(msg: &Value) -> (String, Vec<Value>) {
-    let mut text = String::new();
-    let mut calls = Vec::new();
+/// What a message's content blocks say, in OpenAI's terms.
+#[derive(Default)]
+struct Said {
+    text: String,
+    calls: Vec<Value>,
+    reasoning: String,
+    annotations: Vec<Value>,
+}
+
+/// A text block's web search citations, over its span of the answer's text.
+fn citations(block: &Value, start: usize, end: usize) -> impl Iterator<Item = Value> + '_ {
+    items(block, "/citations")
+        .filter(|c| c.get("url").is_some())
+        .map(move |c| features::url_citation(&c["url"], &c["title"], start as u64, end as u64))
+}
+
+/// The text, tool calls, thinking and citations of a message's content blocks.
+fn content_of(msg: &Value) -> Said {
+    let mut said = Said::default();
+    let (text, calls) = (&mut said.text, &mut said.calls);
     for block in items(msg, "/content") {
         match block.get("type").and_then(|t| t.as_str()) {
-            Some("text") => text.push_str(block.get("text").and_then(|t| t.as_str()).unwrap_or("")),
+            Some("text") => {
+                let start = text.chars().count();
+                text.push_str(block.get("text").and_then(|t| t.as_str()).unwrap_or(""));
+                let end = text.chars().count();
+                said.annotations.extend(citations(block, start, end));
+            }
+            Some("thinking") => said
+                .reasoning
+                .push_str(block.get("thinking").and_then(|t| t.as_str()).unwrap_or("")),
             Some("tool_use") => calls.push(json!({
                 "id": block.get("id"),
                 "type": "function",
@@ -224,14 +251,14 @@ fn content_of(msg: &Value) -> (String, Vec<Value>) {
             _ => {}
         }
     }
-    (text, calls)
+    said
 }
 
 pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
     let Ok(msg) = serde_json::from_slice::<Value>(body) else {
         return not_json();
     };
-    let (text, calls) = content_of(&msg);
+    let said = content_of(&msg);
     let usage = msg.get("usage").unwrap_or(&Value::Null);
     Completion {
         id: msg
@@ -239,10 +266,14 @@ pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
             .cloned()
             .unwrap_or_else(|| json!("chatcmpl-anthropic")),
         model,
-        text,
-        calls,
+        text: said.text,
+        calls: said.calls,
         finish: finish_reason(msg.get("stop_reason").and_then(|s| s.as_str())),
         usage: (prompt_tokens(usage), output_tokens(usage)),
+        reasoning: said.reasoning,
+        annotations: said.annotations,
+        // Anthropic counts thinking in its output tokens without a split.
+        reasoning_tokens: 0,
     }
     .into_json()
 }
@@ -335,6 +366,17 @@ impl Events {
             Some("text_delta") => {
                 let text = delta.get("text").cloned().unwrap_or(json!(""));
                 out.delta(json!({"content": text}));
+            }
+            Some("thinking_delta") => {
+                let thought = delta.get("thinking").cloned().unwrap_or(json!(""));
+                out.delta(json!({"reasoning_content": thought}));
+            }
+            Some("citations_delta") => {
+                let c = delta.get("citation").unwrap_or(&Value::Null);
+                if c.get("url").is_some() {
+                    let a = features::url_citation(&c["url"], &c["title"], 0, 0);
+                    out.delta(json!({"annotations": [a]}));
+                }
             }
             Some("input_json_delta") => {
                 let partial = delta

@@ -24,6 +24,21 @@ impl Provider for Azure {
 
     /// The deployment is the upstream model name.
     fn prepare(&self, channel: &Channel, req: Incoming) -> Result<Outgoing, GatewayError> {
+        // A byte search first: the body is otherwise passed without parsing.
+        let may_search = memchr::memmem::find(&req.body, b"\"web_search_options\"").is_some();
+        if req.endpoint == Endpoint::ChatCompletions && may_search {
+            let body = super::request::parse_json(&req.body)?;
+            if super::features::search(&body).is_some() {
+                return Err(GatewayError::InvalidParam {
+                    param: "web_search_options".into(),
+                    code: "unsupported_parameter",
+                    message: format!(
+                        "web search is not available through the Azure channel `{}`; route the model to an OpenAI, Anthropic or Gemini channel",
+                        channel.name
+                    ),
+                });
+            }
+        }
         let op = match req.endpoint {
             Endpoint::ChatCompletions => "chat/completions",
             Endpoint::Completions => "completions",

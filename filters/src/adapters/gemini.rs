@@ -15,7 +15,9 @@ use super::request::{
     turns, turns_json, Dialect, ToolChoice,
 };
 use super::stream::{ChunkStream, Chunks, EventMapper};
-use super::{base_path, chat_body, items, says_400, Incoming, Outgoing, Provider, Translation};
+use super::{
+    base_path, chat_body, features, items, says_400, Incoming, Outgoing, Provider, Translation,
+};
 use crate::config::{Channel, Upstream};
 use crate::route::Endpoint;
 use crate::GatewayError;
@@ -158,13 +160,18 @@ pub fn to_generate_request(req: &Value) -> Result<Value, GatewayError> {
     if !parts.system.is_empty() {
         out.insert("systemInstruction".into(), json!({"parts": parts.system}));
     }
-    let gen = generation_config(req);
+    let mut gen = generation_config(req);
+    let decls: Vec<Value> = functions(req).map(function_declaration).collect();
+    let mut tools = Vec::new();
+    if !decls.is_empty() {
+        tools.push(json!({"functionDeclarations": decls}));
+    }
+    features::gemini(req, &mut gen, &mut tools)?;
     if !gen.is_empty() {
         out.insert("generationConfig".into(), Value::Object(gen));
     }
-    let decls: Vec<Value> = functions(req).map(function_declaration).collect();
-    if !decls.is_empty() {
-        out.insert("tools".into(), json!([{"functionDeclarations": decls}]));
+    if !tools.is_empty() {
+        out.insert("tools".into(), Value::Array(tools));
     }
     if let Some(cfg) = tool_choice(req).map(calling_config) {
         out.insert("toolConfig".into(), json!({"functionCallingConfig": cfg}));
@@ -260,12 +267,14 @@ fn signature_of(id: &str) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
-/// Text and tool calls of the first candidate.
-fn parts_of(v: &Value, call_base: usize) -> (String, Vec<Value>) {
+/// Text, thoughts and tool calls of the first candidate.
+fn parts_of(v: &Value, call_base: usize) -> (String, Vec<Value>, String) {
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut thought = String::new();
     for p in items(v, "/candidates/0/content/parts") {
         if p.get("thought").and_then(|t| t.as_bool()) == Some(true) {
+            thought.push_str(p.get("text").and_then(|t| t.as_str()).unwrap_or(""));
             continue;
         }
         if let Some(t) = p.get("text").and_then(|t| t.as_str()) {
@@ -282,7 +291,7 @@ fn parts_of(v: &Value, call_base: usize) -> (String, Vec<Value>) {
             }));
         }
     }
-    (text, calls)
+    (text, calls, thought)
 }
 
 fn finish_reason_of(v: &Value) -> Option<&str> {
@@ -298,7 +307,7 @@ pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return not_json();
     };
-    let (text, mut calls) = parts_of(&v, 0);
+    let (text, mut calls, reasoning) = parts_of(&v, 0);
     for c in &mut calls {
         if let Some(o) = c.as_object_mut() {
             o.remove("index");
@@ -323,6 +332,12 @@ pub fn translate_answer(body: &[u8], model: &str) -> Vec<u8> {
         calls,
         finish,
         usage: usage(v.get("usageMetadata").unwrap_or(&Value::Null)),
+        reasoning,
+        annotations: features::grounding(&v),
+        reasoning_tokens: v
+            .pointer("/usageMetadata/thoughtsTokenCount")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
     }
     .into_json()
 }
@@ -376,10 +391,17 @@ impl EventMapper for Events {
         if let Some(meta) = v.get("usageMetadata") {
             (out.prompt, out.completion) = usage(meta);
         }
-        let (text, calls) = parts_of(v, self.calls);
+        let (text, calls, thought) = parts_of(v, self.calls);
         let mut delta = Map::new();
+        if !thought.is_empty() {
+            delta.insert("reasoning_content".into(), json!(thought));
+        }
         if !text.is_empty() {
             delta.insert("content".into(), json!(text));
+        }
+        let sources = features::grounding(v);
+        if !sources.is_empty() {
+            delta.insert("annotations".into(), Value::Array(sources));
         }
         if !calls.is_empty() {
             self.calls += calls.len();

@@ -25,6 +25,7 @@
 pub(crate) mod answer;
 pub mod anthropic;
 pub mod azure;
+pub mod features;
 pub mod gemini;
 pub mod messages_in;
 pub mod openai;

@@ -549,6 +549,8 @@ fn gateway(
         masking,
         safety,
         passthrough,
+        thinking: g.thinking,
+        web_search: g.web_search,
         // Masking too: an answer cached with placeholders in it is not one with
         // the originals restored. Safety: an answer cached under other rules
         // may break the new ones.
@@ -557,7 +559,9 @@ fn gateway(
             g.param_map,
             g.param_fixed,
             g.masking,
-            g.safety
+            g.safety,
+            g.thinking,
+            g.web_search
         ])
         .to_string(),
         source: Source::File,

@@ -235,6 +235,10 @@ pub struct Gateway {
     pub safety: Option<std::sync::Arc<crate::safety::Safety>>,
     /// `passthrough`: the channel's name and its place in the snapshot's list.
     pub passthrough: Option<(String, usize)>,
+    /// `thinking`: the effort for requests that name none.
+    pub thinking: Option<crate::adapters::features::Effort>,
+    /// `web_search`: search for requests that do not ask.
+    pub web_search: bool,
     /// The rewrite rules above in one string (part of cache keys).
     pub rewrite_digest: String,
     pub source: Source,

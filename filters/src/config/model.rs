@@ -672,6 +672,13 @@ pub struct GatewayConfig {
     /// batches), and uploads and `POST`s without a `model` field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passthrough: Option<String>,
+    /// Deep thinking for requests that do not say (`reasoning_effort`): `none`,
+    /// `minimal`, `low`, `medium` or `high`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<crate::adapters::features::Effort>,
+    /// Web search for requests that do not ask (`web_search_options`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub web_search: bool,
 }
 
 /// `gateways[].safety`.
@@ -857,6 +864,8 @@ fn default_gateways() -> Vec<GatewayConfig> {
         masking: None,
         safety: None,
         passthrough: None,
+        thinking: None,
+        web_search: false,
     }]
 }
 
