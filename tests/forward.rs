@@ -18,6 +18,8 @@ fn config(up: &Upstream) -> String {
         )
         .gateway("name: default, path: /v1, auth: {method: database}, passthrough: oa")
         .gateway("name: plain, path: /plain/v1")
+        .gateway("name: bodykey, path: /bk/v1, passthrough: oa, auth: {method: regex, key_from: 'body:user_id', regex: '^u-[0-9]+$'}")
+        .gateway("name: masked, path: /m/v1, passthrough: oa, masking: {detectors: [email]}")
         .build()
 }
 
@@ -135,6 +137,38 @@ async fn uploads_stream_by_their_model_and_files_pass_through() {
         v["error"]["message"].as_str().unwrap().contains("model"),
         "without passthrough it is a request without its model: {v}"
     );
+    // A gateway whose key travels in a JSON body admits no GET, nor a model-less
+    // POST through its passthrough without its key; one that masks passes no
+    // body it cannot read.
+    let calls = up.calls();
+    let r = client.get(weir.url("/bk/v1/files")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .post(weir.url("/bk/v1/batches"))
+        .json(&json!({"input_file_id": "f"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .post(weir.url("/m/v1/files"))
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--{boundary}--\r\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("masks or checks"),
+        "{v}"
+    );
+    let r = client.get(weir.url("/m/v1/files")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a GET carries nothing to mask");
+    assert_eq!(up.calls(), calls + 1);
     // The transcription is billed as the upstream counted it.
     assert!(weir.stop_gracefully().success());
     weir.restart().await;

@@ -19,6 +19,7 @@ fn config(oa: &Upstream, an: &Upstream, ge: &Upstream) -> String {
         .gateway("name: default, path: /v1, auth: {method: database}")
         // Masking changes the body: an Anthropic channel gets the translation.
         .gateway("name: masked, path: /masked/v1, auth: {method: database}, masking: {detectors: [email]}")
+        .gateway("name: bodykey, path: /bk/v1, auth: {method: regex, key_from: 'body:user_id', regex: '^u-[0-9]+$'}")
         .build()
 }
 
@@ -157,6 +158,32 @@ async fn a_gateway_that_rewrites_bodies_sends_anthropic_channels_the_translation
         sent.contains("[EMAIL_1]") && !sent.contains("li.si@example.com"),
         "{sent}"
     );
+    // Natively, the client's beta header goes along; a key in the body is
+    // admitted and taken out of what the channel gets.
+    let body = json!({"model": "claude", "max_tokens": 50, "user_id": "u-7",
+        "messages": [{"role": "user", "content": "hi"}]});
+    let r = client
+        .post(weir.url("/bk/v1/messages"))
+        .header("anthropic-beta", "files-api-2025-04-14")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let last = an.seen().last().unwrap().clone();
+    assert_eq!(
+        last.headers.get("anthropic-beta").map(String::as_str),
+        Some("files-api-2025-04-14")
+    );
+    assert!(last.body.get("user_id").is_none(), "{:?}", last.body);
+    let wrong = json!({"model": "claude", "max_tokens": 5, "user_id": "x", "messages": []});
+    let r = client
+        .post(weir.url("/bk/v1/messages"))
+        .json(&wrong)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     // A bad body is refused in Anthropic's shape, naming the field.
     let r = client
         .post(weir.url("/v1/messages"))

@@ -36,7 +36,8 @@ impl Held {
     /// Runs `f(key, held + new, finished)` on every text of the chunk `v` and puts
     /// what it lets out in the chunk's place; `f` must let everything out when the
     /// choice is finished. A finishing choice also lets out what it holds for
-    /// fields this chunk does not carry. True when the chunk changed.
+    /// fields this chunk does not carry, through `f` as finished too (a check may
+    /// still refuse it). True when the chunk changed.
     pub fn pass(&mut self, v: &mut Value, mut f: impl FnMut(Key, String, bool) -> Split) -> bool {
         let mut changed = false;
         for choice in v
@@ -57,7 +58,7 @@ impl Held {
                 *text = out;
             }
             if finished {
-                changed |= self.release_choice(index, choice);
+                changed |= self.release_choice(index, choice, &mut f);
             }
         }
         if v.get("choices").is_some() {
@@ -81,17 +82,19 @@ impl Held {
         self.texts.clear();
     }
 
-    /// An SSE event with every held text, when some is held.
-    pub fn flush(&mut self) -> Vec<u8> {
+    /// An SSE event with every held text, through `f` as finished, when some
+    /// is held.
+    pub fn flush(&mut self, mut f: impl FnMut(Key, String, bool) -> Split) -> Vec<u8> {
         if self.texts.is_empty() {
             return Vec::new();
         }
         let mut choices: BTreeMap<u64, Value> = BTreeMap::new();
-        for ((index, field), text) in std::mem::take(&mut self.texts) {
+        for (key, text) in std::mem::take(&mut self.texts) {
+            let (text, _) = f(key, text, true);
             let choice = choices
-                .entry(index)
-                .or_insert_with(|| json!({"index": index, "finish_reason": null}));
-            put(choice, field, text);
+                .entry(key.0)
+                .or_insert_with(|| json!({"index": key.0, "finish_reason": null}));
+            put(choice, key.1, text);
         }
         let mut out = Vec::new();
         emit(
@@ -113,7 +116,12 @@ impl Held {
     }
 
     /// Puts what `index` still holds into its finishing `choice`.
-    fn release_choice(&mut self, index: u64, choice: &mut Value) -> bool {
+    fn release_choice(
+        &mut self,
+        index: u64,
+        choice: &mut Value,
+        f: &mut impl FnMut(Key, String, bool) -> Split,
+    ) -> bool {
         let keys: Vec<Key> = self
             .texts
             .range((index, Field::Content)..=(index, Field::Arguments(u64::MAX)))
@@ -122,6 +130,7 @@ impl Held {
         let mut changed = false;
         for key in keys {
             let text = self.texts.remove(&key).unwrap_or_default();
+            let (text, _) = f(key, text, true);
             if !text.is_empty() {
                 put(choice, key.1, text);
                 changed = true;
@@ -160,31 +169,56 @@ fn texts_of(choice: &mut Value) -> Vec<(Field, &mut String)> {
     out
 }
 
-/// Adds `text` to `field` of a choice (after what it already says there).
+/// Adds `text` to `field` of a choice (after what it already says there). A
+/// choice or delta that is not an object (an upstream's mistake) is left alone.
 fn put(choice: &mut Value, field: Field, text: String) {
-    let append = |slot: &mut Value| match slot {
-        Value::String(s) => s.push_str(&text),
-        other => *other = Value::String(text.clone()),
+    let Some(choice) = choice.as_object_mut() else {
+        return;
     };
-    match field {
-        Field::Text => append(&mut choice["text"]),
-        Field::Content => append(&mut choice["delta"]["content"]),
-        Field::Reasoning => append(&mut choice["delta"]["reasoning_content"]),
-        Field::Arguments(at) => {
-            let calls = &mut choice["delta"]["tool_calls"];
-            if !calls.is_array() {
-                *calls = json!([]);
-            }
-            if let Some(list) = calls.as_array_mut() {
-                match list
-                    .iter_mut()
-                    .find(|c| c.get("index").and_then(Value::as_u64) == Some(at))
-                {
-                    Some(call) => append(&mut call["function"]["arguments"]),
-                    None => list.push(json!({"index": at, "function": {"arguments": text}})),
-                }
+    let slot = match field {
+        Field::Text => choice.entry("text").or_insert(Value::Null),
+        _ => {
+            let delta = choice.entry("delta").or_insert_with(|| json!({}));
+            let Some(delta) = delta.as_object_mut() else {
+                return;
+            };
+            match field {
+                Field::Content => delta.entry("content").or_insert(Value::Null),
+                Field::Reasoning => delta.entry("reasoning_content").or_insert(Value::Null),
+                _ => return put_arguments(delta, field, text),
             }
         }
+    };
+    append(slot, text);
+}
+
+fn append(slot: &mut Value, text: String) {
+    match slot {
+        Value::String(s) => s.push_str(&text),
+        other => *other = Value::String(text),
+    }
+}
+
+fn put_arguments(delta: &mut serde_json::Map<String, Value>, field: Field, text: String) {
+    let Field::Arguments(at) = field else {
+        return;
+    };
+    let calls = delta.entry("tool_calls").or_insert_with(|| json!([]));
+    let Some(list) = calls.as_array_mut() else {
+        return;
+    };
+    let call = list
+        .iter_mut()
+        .find(|c| c.get("index").and_then(Value::as_u64) == Some(at))
+        .and_then(|c| c.as_object_mut());
+    match call {
+        Some(call) => {
+            let function = call.entry("function").or_insert_with(|| json!({}));
+            if let Some(function) = function.as_object_mut() {
+                append(function.entry("arguments").or_insert(Value::Null), text);
+            }
+        }
+        None => list.push(json!({"index": at, "function": {"arguments": text}})),
     }
 }
 
@@ -255,7 +289,7 @@ mod tests {
             t["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"],
             "{\"a\":"
         );
-        let flushed = String::from_utf8(held.flush()).unwrap();
+        let flushed = String::from_utf8(held.flush(hold_two)).unwrap();
         assert!(flushed.contains(r#""text":"cd""#), "{flushed}");
         assert!(flushed.contains(r#""arguments":"1}""#), "{flushed}");
         assert!(held.is_empty());
@@ -267,7 +301,7 @@ mod tests {
         let mut a = json!({"id": "x", "model": "m", "usage": {"total_tokens": 3},
             "choices": [{"index": 0, "delta": {"content": "abc"}}]});
         held.pass(&mut a, hold_two);
-        let flushed = String::from_utf8(held.flush()).unwrap();
+        let flushed = String::from_utf8(held.flush(hold_two)).unwrap();
         let data = flushed.strip_prefix("data: ").unwrap().trim();
         let v: Value = serde_json::from_str(data).unwrap();
         assert_eq!(v["id"], "x");

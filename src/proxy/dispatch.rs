@@ -38,6 +38,16 @@ pub async fn run(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let dns_ttl = snap.server().dns_ttl.0;
+    // A native Messages call carries the client's Anthropic headers (betas).
+    let client_headers = match &req.inbound {
+        Some(i) if i.dialect == super::request::Dialect::Messages => {
+            let headers = session.req_header().headers.iter();
+            adapters::anthropic::client_headers(
+                headers.filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))),
+            )
+        }
+        _ => Vec::new(),
+    };
     let allowed = req
         .gateway
         .timeout
@@ -78,6 +88,10 @@ pub async fn run(
             None => (req.endpoint, req.rest.as_str()),
         };
         let out = Outbound {
+            client_headers: match native {
+                Some(_) => &client_headers,
+                None => &[],
+            },
             endpoint,
             rest,
             body,

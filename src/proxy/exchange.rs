@@ -131,6 +131,8 @@ pub struct Outbound<'a> {
     pub upstream_model: &'a str,
     /// The model name the client asked for (translated answers carry it).
     pub client_model: &'a str,
+    /// The client's own protocol headers, for a native call (`anthropic-beta`).
+    pub client_headers: &'a [(&'static str, String)],
 }
 
 fn classify_error(e: &pingora_error::Error) -> AttemptError {
@@ -179,6 +181,10 @@ pub async fn exchange(
         key,
     )
     .map_err(AttemptError::Refused)?;
+    let mut call = call;
+    if !out.client_headers.is_empty() {
+        call.headers = adapters::anthropic::with_client_headers(call.headers, out.client_headers);
+    }
     let peer = peer(state, channel, upstream, dns_ttl).await?;
     let (path, headers) = target(channel, upstream, &call.path, &call.headers);
     let head = RequestHead {

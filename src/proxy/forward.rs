@@ -45,6 +45,8 @@ pub async fn upload(
     let boundary = multipart::boundary(content_type)
         .ok_or_else(|| GatewayError::BadRequest("a multipart body needs its `boundary`".into()))?
         .to_string();
+    unreadable_body_allowed(req)?;
+    super::intake::answer_continue(session).await?;
     let max = req.snap.server().max_body.0;
     let mut prefix = Vec::new();
     let mut ended = false;
@@ -111,7 +113,13 @@ pub async fn passthrough_request(
     read: Option<Bytes>,
 ) -> Result<(), Failure> {
     let declared = declared_length(session);
-    let has_body = read.is_some() || declared.is_some_and(|n| n > 0) || chunked(session);
+    // A GET or DELETE without a length has no body (HTTP/2 ones included).
+    let post = session.req_header().method == http::Method::POST;
+    let has_body = read.is_some() || declared.is_some_and(|n| n > 0) || (post && chunked(session));
+    if has_body && read.is_none() {
+        unreadable_body_allowed(req)?;
+        super::intake::answer_continue(session).await?;
+    }
     let body = Body {
         prefix: read.clone().unwrap_or_default(),
         rest_follows: read.is_none() && has_body,
@@ -121,6 +129,21 @@ pub async fn passthrough_request(
         },
     };
     passthrough(state, session, ctx, req, body).await
+}
+
+/// A body weir does not read (a file, an upload) cannot be masked or checked:
+/// a gateway that masks or checks requests does not pass one on.
+fn unreadable_body_allowed(req: &Request<'_>) -> Result<(), GatewayError> {
+    let g = req.gateway;
+    let checks = g.safety.as_ref().is_some_and(|s| s.requests);
+    if g.masking.is_none() && !checks {
+        return Ok(());
+    }
+    Err(GatewayError::BadRequest(format!(
+        "gateway `{}` masks or checks what clients send, and this body (an upload or a file) \
+         cannot be read for it; send it through a gateway without `masking` or `safety`",
+        g.name
+    )))
 }
 
 async fn passthrough(
@@ -271,15 +294,20 @@ async fn send(
     body: Body,
 ) -> Result<Answer, SendError> {
     let up = SendError::Upstream;
-    let out = weir_filters::adapters::forward_request(channel, &req.rest, key)
+    let mut out = weir_filters::adapters::forward_request(channel, &req.rest, key)
         .map_err(|e| SendError::Client(e.into()))?;
     let head = session.req_header();
+    if channel.kind == weir_filters::config::ChannelType::Anthropic {
+        // Anthropic's files and batches are betas, named by the client's header.
+        let named = head
+            .headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)));
+        let client = weir_filters::adapters::anthropic::client_headers(named);
+        out.headers = weir_filters::adapters::anthropic::with_client_headers(out.headers, &client);
+    }
     let method = head.method.as_str().to_string();
-    let content_type = head
-        .headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let content_type = super::intake::content_type(session);
     let accept = head
         .headers
         .get("accept")

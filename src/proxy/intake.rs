@@ -60,7 +60,8 @@ pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> R
             let id = rest.trim_end_matches('/').trim_start_matches("/models/");
             models::get(session, ctx, &snap, gateway, id).await
         }
-        Endpoint::Forward | Endpoint::Other if body_key.is_some() && !is_json(session) => {
+        // Admitted only once a JSON body is read: a request without one cannot be.
+        Endpoint::Forward | Endpoint::Other if body_key.is_some() && !has_json_body(session, endpoint) => {
             Err(GatewayError::InvalidKey(
                 "this gateway takes its key from a JSON body's field; this request has none"
                     .into(),
@@ -83,7 +84,8 @@ pub async fn handle(state: &AppState, session: &mut Session, ctx: &mut Ctx) -> R
         _ => {
             let raw = read_body(session, snap.server().max_body.0).await?;
             ctx.route.body = Some(raw.clone());
-            if endpoint == Endpoint::Other && gateway.passthrough.is_some() && names_no_model(&raw) {
+            let passes = endpoint == Endpoint::Other && body_key.is_none();
+            if passes && gateway.passthrough.is_some() && names_no_model(&raw) {
                 let req = request(&snap, gateway, endpoint, rest, query.as_deref(), client_ip);
                 return forward::passthrough_request(state, session, ctx, &req, Some(raw)).await;
             }
@@ -125,13 +127,18 @@ fn request<'a>(
     }
 }
 
-fn content_type(session: &Session) -> Option<String> {
+pub(super) fn content_type(session: &Session) -> Option<String> {
     session
         .req_header()
         .headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
+}
+
+/// A body that can carry a key field: a JSON `POST`.
+fn has_json_body(session: &Session, endpoint: Endpoint) -> bool {
+    endpoint != Endpoint::Forward && is_json(session)
 }
 
 /// JSON, or no content type at all (curl's `-d` sends a form type; OpenAI
@@ -160,10 +167,19 @@ fn dialect(endpoint: Endpoint) -> Option<Dialect> {
 /// channel, limit and rule applies to it); the client's own body is kept for the
 /// channels that take it natively.
 fn as_chat(req: &mut Request<'_>, dialect: Dialect, raw: Bytes) -> Result<Bytes, GatewayError> {
-    let v: serde_json::Value =
+    let mut v: serde_json::Value =
         serde_json::from_slice(&raw).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+    // A key in the body (`body:FIELD`) moves to the chat body, where admission
+    // takes it out; the body kept for native calls goes on without it.
+    let key = req
+        .body_key
+        .and_then(|field| Some((field, v.as_object_mut()?.remove(field)?)));
+    let raw = match &key {
+        Some(_) => Bytes::from(v.to_string()),
+        None => raw,
+    };
     let count_only = req.endpoint == Endpoint::CountTokens;
-    let (chat, untranslatable) = match dialect {
+    let (mut chat, untranslatable) = match dialect {
         Dialect::Messages => weir_filters::adapters::messages_in::to_chat(&v, count_only)?,
         Dialect::Responses => weir_filters::adapters::responses_in::to_chat(&v)?,
     };
@@ -178,6 +194,9 @@ fn as_chat(req: &mut Request<'_>, dialect: Dialect, raw: Bytes) -> Result<Bytes,
         untranslatable,
     });
     req.endpoint = Endpoint::ChatCompletions;
+    if let (Some((field, key)), Some(o)) = (key, chat.as_object_mut()) {
+        o.insert(field.to_string(), key);
+    }
     Ok(Bytes::from(chat.to_string()))
 }
 
@@ -226,6 +245,24 @@ fn forwarded_rest(rest: &str, query: Option<&str>, gateway: &Gateway) -> String 
     }
 }
 
+/// We read bodies ourselves, so we answer `Expect: 100-continue` ourselves too
+/// (curl sends it for bodies over 1 MiB and would otherwise wait a second).
+pub(super) async fn answer_continue(session: &mut Session) -> Result<(), Failure> {
+    let expects_continue = session.req_header().version == http::Version::HTTP_11
+        && session
+            .req_header()
+            .headers
+            .get("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session
+            .write_continue_response()
+            .await
+            .map_err(Failure::Abort)?;
+    }
+    Ok(())
+}
+
 /// Reads the whole body, refusing more than `max` bytes (413) before reading it
 /// when `Content-Length` already says so.
 async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, Failure> {
@@ -243,19 +280,7 @@ async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, Failure> {
     if declared.is_some_and(|n| n > max) {
         return Err(too_large(session));
     }
-    // We read the body ourselves, so we answer `Expect: 100-continue` ourselves too
-    // (curl sends it for bodies over 1 MiB and would otherwise wait a second).
-    let expects_continue = session.req_header().version == http::Version::HTTP_11
-        && session
-            .req_header()
-            .headers
-            .get("expect")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
-        if let Err(e) = session.write_continue_response().await {
-            return Err(Failure::Abort(e));
-        }
-    }
+    answer_continue(session).await?;
     // Trust a declared length only so far: the buffer grows as bytes really arrive.
     let mut buf =
         BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(max).min(1024 * 1024) as usize);

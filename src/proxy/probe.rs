@@ -85,6 +85,7 @@ async fn test_one(state: &AppState, rt: &Runtime, index: usize, model: &str) -> 
         accept: None,
         upstream_model: &upstream_model,
         client_model: model,
+        client_headers: &[],
     };
     let started = Instant::now();
     let key = channel.keys.first().map(String::as_str);

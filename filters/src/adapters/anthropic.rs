@@ -73,6 +73,32 @@ impl Provider for Anthropic {
     }
 }
 
+/// The client's own `anthropic-version` and `anthropic-beta`, for calls that
+/// pass its request natively (its beta fields need their header).
+pub fn client_headers<'h>(
+    headers: impl Iterator<Item = (&'h str, &'h str)>,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        for known in ["anthropic-version", "anthropic-beta"] {
+            if name.eq_ignore_ascii_case(known) {
+                out.push((known, value.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// `headers` with the client's own in place of weir's of the same name.
+pub fn with_client_headers(
+    mut headers: Vec<(&'static str, String)>,
+    client: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    headers.retain(|(n, _)| !client.iter().any(|(c, _)| c == n));
+    headers.extend(client.iter().cloned());
+    headers
+}
+
 pub(crate) fn headers(key: Option<&str>) -> Vec<(&'static str, String)> {
     let mut headers = vec![("anthropic-version", VERSION.to_string())];
     if let Some(k) = key {

@@ -88,7 +88,18 @@ fn searches(options: &Value) -> u32 {
 
 /// Thinking and search on an Anthropic Messages request.
 pub fn anthropic(req: &Value, out: &mut Map<String, Value>) -> Result<(), GatewayError> {
-    if let Some(budget) = effort(req)?.and_then(Effort::budget) {
+    // Anthropic wants a tool-calling turn's thinking block (with its signature)
+    // back in the conversation; a chat history cannot carry it, so a
+    // conversation already calling tools goes on without thinking.
+    let calls_tools = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .is_some_and(|ms| {
+            ms.iter()
+                .any(|m| m.get("tool_calls").is_some_and(|c| !c.is_null()))
+        });
+    let effort = effort(req)?.filter(|_| !calls_tools);
+    if let Some(budget) = effort.and_then(Effort::budget) {
         out.insert(
             "thinking".into(),
             json!({"type": "enabled", "budget_tokens": budget}),
@@ -107,10 +118,10 @@ pub fn anthropic(req: &Value, out: &mut Map<String, Value>) -> Result<(), Gatewa
     }
     if let Some(options) = search(req) {
         let mut tool = json!({"type": "web_search_20250305", "name": "web_search", "max_uses": searches(options)});
-        if let Some(loc) = options.pointer("/user_location/approximate") {
+        if let Some(Value::Object(loc)) = options.pointer("/user_location/approximate") {
             let mut l = loc.clone();
-            l["type"] = json!("approximate");
-            tool["user_location"] = l;
+            l.insert("type".into(), json!("approximate"));
+            tool["user_location"] = Value::Object(l);
         }
         match out.get_mut("tools").and_then(Value::as_array_mut) {
             Some(tools) => tools.push(tool),
@@ -218,6 +229,17 @@ mod tests {
         assert!(none.get("thinking").is_none());
         let e = anthropic(&json!({"reasoning_effort": "max"}), &mut Map::new()).unwrap_err();
         assert_eq!(e.param(), Some("reasoning_effort"));
+        // A location that is not an object is left out, not a panic.
+        let odd = json!({"web_search_options": {"user_location": {"approximate": "Berlin"}}});
+        let mut out = Map::new();
+        anthropic(&odd, &mut out).unwrap();
+        assert!(out["tools"][0].get("user_location").is_none());
+        // A conversation already calling tools goes on without thinking.
+        let tools = json!({"reasoning_effort": "high", "messages": [
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "t"}]}]});
+        let mut out = Map::new();
+        anthropic(&tools, &mut out).unwrap();
+        assert!(out.get("thinking").is_none());
     }
 
     #[test]

@@ -533,11 +533,7 @@ impl EventsFromChunks {
 }
 
 fn emit(out: &mut Vec<u8>, name: &str, data: &Value) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(data.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
+    crate::chunk_text::emit(out, Some(name), &data.to_string());
 }
 
 #[cfg(test)]

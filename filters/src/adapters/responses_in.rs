@@ -44,7 +44,11 @@ pub fn to_chat(req: &Value) -> Result<(Value, Option<GatewayError>), GatewayErro
         Some(Value::String(s)) => messages.push(json!({"role": "user", "content": s})),
         Some(Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
-                if let Err(e) = input_item(i, item, &mut messages) {
+                let mut skipped = None;
+                if let Err(e) = input_item(i, item, &mut messages, &mut skipped) {
+                    note(e);
+                }
+                if let Some(e) = skipped {
                     note(e);
                 }
             }
@@ -111,8 +115,13 @@ pub fn to_chat(req: &Value) -> Result<(Value, Option<GatewayError>), GatewayErro
 }
 
 /// The text of an input message's content: a string or `input_text` parts, as
-/// chat content (images as `image_url` parts).
-fn content(c: Option<&Value>, at: &str) -> Result<Value, GatewayError> {
+/// chat content (images as `image_url` parts). A part chat cannot carry is
+/// left out and noted in `skipped`; the rest (its text for the checks) stays.
+fn content(
+    c: Option<&Value>,
+    at: &str,
+    skipped: &mut Option<GatewayError>,
+) -> Result<Value, GatewayError> {
     let parts = match c {
         Some(Value::String(s)) => return Ok(json!(s)),
         Some(Value::Array(p)) => p,
@@ -131,24 +140,29 @@ fn content(c: Option<&Value>, at: &str) -> Result<Value, GatewayError> {
             Some("input_image") => match p.get("image_url").and_then(Value::as_str) {
                 Some(url) => out.push(json!({"type": "image_url", "image_url": {"url": url}})),
                 None => {
-                    return Err(only_openai(
+                    skipped.get_or_insert(only_openai(
                         &format!("{at}.content[{j}]"),
                         "an image by `file_id`",
-                    ))
+                    ));
                 }
             },
             other => {
-                return Err(only_openai(
+                skipped.get_or_insert(only_openai(
                     &format!("{at}.content[{j}].type"),
                     &format!("a `{}` part", other.unwrap_or("?")),
-                ))
+                ));
             }
         }
     }
     Ok(Value::Array(out))
 }
 
-fn input_item(i: usize, item: &Value, out: &mut Vec<Value>) -> Result<(), GatewayError> {
+fn input_item(
+    i: usize,
+    item: &Value,
+    out: &mut Vec<Value>,
+    skipped: &mut Option<GatewayError>,
+) -> Result<(), GatewayError> {
     let at = format!("input[{i}]");
     let kind = item
         .get("type")
@@ -161,7 +175,7 @@ fn input_item(i: usize, item: &Value, out: &mut Vec<Value>) -> Result<(), Gatewa
                 Some("developer") => "system",
                 _ => return Err(bad(&format!("{at}.role"), "must be user, assistant, system or developer".into())),
             };
-            let mut c = content(item.get("content"), &at)?;
+            let mut c = content(item.get("content"), &at, skipped)?;
             if role != "user" {
                 // Chat takes text only from these roles.
                 if let Value::Array(parts) = &c {
@@ -439,7 +453,7 @@ impl EventsFromChunks {
         let kind = v["type"].as_str().unwrap_or("").to_string();
         v["sequence_number"] = json!(self.seq);
         self.seq += 1;
-        out.extend_from_slice(format!("event: {kind}\ndata: {v}\n\n").as_bytes());
+        crate::chunk_text::emit(out, Some(&kind), &v.to_string());
     }
 
     fn event(&mut self, ev: Event, out: &mut Vec<u8>) {
@@ -683,6 +697,15 @@ mod tests {
         assert_eq!(e.param(), Some("previous_response_id"));
         assert!(e.to_string().contains("only by OpenAI channels"), "{e}");
         assert!(to_chat(&json!({"model": "m"})).is_err());
+    }
+
+    #[test]
+    fn a_part_chat_cannot_carry_leaves_the_rest_of_its_message() {
+        let req = json!({"model": "m", "input": [{"role": "user", "content": [
+            {"type": "input_text", "text": "read this"}, {"type": "input_file", "file_id": "f"}]}]});
+        let (chat, e) = to_chat(&req).unwrap();
+        assert_eq!(chat["messages"][0]["content"][0]["text"], "read this");
+        assert_eq!(e.unwrap().param(), Some("input[0].content[1].type"));
     }
 
     #[test]

@@ -105,6 +105,17 @@ fn json_escaped(original: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(inner.as_bytes());
 }
 
+/// One text restored: what goes out, and (unless its choice finished) the
+/// unfinished placeholder held for the next piece.
+fn restore_piece(table: &Table, whole: String, finished: bool) -> (String, String) {
+    let (mut done, rest) = restore_text(&whole, table);
+    if !finished {
+        return (done, rest);
+    }
+    done.push_str(&rest);
+    (done, String::new())
+}
+
 /// An OpenAI chunk stream, restored event by event: the texts of each choice
 /// are restored with what was held from the previous chunk, and a placeholder
 /// split across chunks comes out whole in the later one.
@@ -133,7 +144,10 @@ impl SseRestorer {
 
     /// The stream ended: anything held goes out, then an event cut short.
     pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = self.held.flush();
+        let table = &self.table;
+        let mut out = self
+            .held
+            .flush(|_, whole, _| restore_piece(table, whole, true));
         if let Some(ev) = self.splitter.rest() {
             self.event(ev, &mut out);
         }
@@ -142,7 +156,11 @@ impl SseRestorer {
 
     fn event(&mut self, ev: Event, out: &mut Vec<u8>) {
         if ev.data.trim() == "[DONE]" {
-            out.extend_from_slice(&self.held.flush());
+            let table = &self.table;
+            let flushed = self
+                .held
+                .flush(|_, whole, _| restore_piece(table, whole, true));
+            out.extend_from_slice(&flushed);
             emit(out, ev.name.as_deref(), &ev.data);
             return;
         }
@@ -152,12 +170,7 @@ impl SseRestorer {
         };
         let table = &self.table;
         let changed = self.held.pass(&mut v, |_, whole, finished| {
-            let (mut done, rest) = restore_text(&whole, table);
-            if !finished {
-                return (done, rest);
-            }
-            done.push_str(&rest);
-            (done, String::new())
+            restore_piece(table, whole, finished)
         });
         match changed {
             true => emit(out, ev.name.as_deref(), &v.to_string()),

@@ -71,48 +71,60 @@ impl SseGuard {
         out
     }
 
-    /// The stream ended: what is held goes out (it broke no rule), then an
+    /// The stream ended: what is held goes out once checked as final, then an
     /// event cut short.
     pub fn finish(&mut self) -> Vec<u8> {
         if self.stopped.is_some() {
             return Vec::new();
         }
-        let mut out = self.held.flush();
+        let mut out = self.flush();
         if let Some(ev) = self.splitter.rest() {
             self.event(ev, &mut out);
         }
         out
     }
 
+    /// What is held, checked as final: a pending match there is one now.
+    fn flush(&mut self) -> Vec<u8> {
+        let (safety, seen, stopped) = (&self.safety, &mut self.seen, &mut self.stopped);
+        let out = self
+            .held
+            .flush(|key, whole, _| checked(safety, seen, stopped, key, whole, true));
+        match self.stopped.is_some() {
+            true => {
+                let mut out = Vec::new();
+                self.stop(&[], &mut out);
+                out
+            }
+            false => out,
+        }
+    }
+
     fn event(&mut self, ev: Event, out: &mut Vec<u8>) {
         if ev.data.trim() == "[DONE]" {
-            out.extend_from_slice(&self.held.flush());
-            emit(out, ev.name.as_deref(), &ev.data);
+            let flushed = self.flush();
+            out.extend_from_slice(&flushed);
+            if self.stopped.is_none() {
+                emit(out, ev.name.as_deref(), &ev.data);
+            }
             return;
         }
         let Ok(mut v) = serde_json::from_str::<Value>(&ev.data) else {
             emit(out, ev.name.as_deref(), &ev.data);
             return;
         };
-        self.note_choices(&v);
         let (safety, seen, stopped) = (&self.safety, &mut self.seen, &mut self.stopped);
         let changed = self.held.pass(&mut v, |key, whole, finished| {
-            let before = seen.remove(&key).unwrap_or_default();
-            match check(safety, &before, whole, finished) {
-                Ok((out, keep)) => {
-                    seen.insert(key, tail(before + out.as_str(), safety.window));
-                    (out, keep)
-                }
-                Err(finding) => {
-                    stopped.get_or_insert(finding);
-                    (String::new(), String::new())
-                }
-            }
+            checked(safety, seen, stopped, key, whole, finished)
         });
         if self.stopped.is_some() {
-            self.stop(out);
+            // The chunk that broke the rule never goes out; its choices end too.
+            let here: Vec<u64> = indexes(&v).collect();
+            self.completions |= is_completions(&v);
+            self.stop(&here, out);
             return;
         }
+        self.note_choices(&v);
         match changed {
             true => emit(out, ev.name.as_deref(), &v.to_string()),
             false => emit(out, ev.name.as_deref(), &ev.data),
@@ -120,6 +132,7 @@ impl SseGuard {
     }
 
     fn note_choices(&mut self, v: &Value) {
+        self.completions |= is_completions(v);
         for choice in v
             .get("choices")
             .and_then(Value::as_array)
@@ -127,7 +140,6 @@ impl SseGuard {
             .flatten()
         {
             let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
-            self.completions |= choice.get("text").is_some();
             match choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
                 true => self.open.remove(&index),
                 false => self.open.insert(index),
@@ -135,11 +147,16 @@ impl SseGuard {
         }
     }
 
-    /// Ends the stream here: the chunk that broke the rule never goes out.
-    fn stop(&mut self, out: &mut Vec<u8>) {
+    /// Ends the stream here: every open choice (and those of the chunk that
+    /// broke the rule) finishes with `content_filter`, then `[DONE]`.
+    fn stop(&mut self, here: &[u64], out: &mut Vec<u8>) {
         self.held.clear();
-        let choices = self
-            .open
+        let mut ended = std::mem::take(&mut self.open);
+        ended.extend(here);
+        if ended.is_empty() {
+            ended.insert(0);
+        }
+        let choices = ended
             .iter()
             .map(|&index| match self.completions {
                 true => json!({"index": index, "text": "", "finish_reason": "content_filter"}),
@@ -148,6 +165,46 @@ impl SseGuard {
             .collect();
         emit(out, None, &self.held.chunk(choices).to_string());
         emit(out, None, "[DONE]");
+    }
+}
+
+fn indexes(v: &Value) -> impl Iterator<Item = u64> + '_ {
+    v.get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0))
+}
+
+fn is_completions(v: &Value) -> bool {
+    v.get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| c.get("text").is_some()))
+}
+
+/// One text checked after what already went out of it; the rule broken is kept
+/// in `stopped` (and nothing goes out).
+fn checked(
+    safety: &Safety,
+    seen: &mut BTreeMap<Key, String>,
+    stopped: &mut Option<Finding>,
+    key: Key,
+    whole: String,
+    finished: bool,
+) -> (String, String) {
+    if stopped.is_some() {
+        return (String::new(), String::new());
+    }
+    let before = seen.remove(&key).unwrap_or_default();
+    match check(safety, &before, whole, finished) {
+        Ok((out, keep)) => {
+            seen.insert(key, tail(before + out.as_str(), safety.window));
+            (out, keep)
+        }
+        Err(finding) => {
+            *stopped = Some(finding);
+            (String::new(), String::new())
+        }
     }
 }
 
@@ -170,7 +227,9 @@ fn check(
                 _ => Ok((whole, String::new())),
             }
         }
-        Some(Hit::Pending { from }) => from.saturating_sub(before.len()),
+        Some(Hit::Pending { from }) => from
+            .saturating_sub(before.len())
+            .min(whole.len() - safety.keyword_start(&scan).min(whole.len())),
         None if finished => whole.len(),
         None => whole.len() - safety.keyword_start(&scan).min(whole.len()),
     };
@@ -271,6 +330,9 @@ fn choice_text(choice: &Value) -> String {
 
 /// A choice with its text taken out, finished by the filter.
 fn filtered(choice: &mut Value) {
+    if !choice.is_object() {
+        return;
+    }
     if choice.get("text").is_some() {
         choice["text"] = json!("");
     }
@@ -405,6 +467,45 @@ mod tests {
             let (read, _) = read(&out);
             assert!(!read.contains("bomb"), "case {case}: {read:?}");
         }
+    }
+
+    #[test]
+    fn a_pattern_pending_at_the_very_end_is_settled_by_the_finish() {
+        let s = Arc::new(safety(&[], &[r"(?i)\bbomb\b"]));
+        let mut rng = SmallRng::seed_from_u64(5);
+        for case in 0..300 {
+            let parts = pieces("how to build a bomb", &mut rng);
+            let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+            let (out, stopped) = run(&s, &refs, &mut rng);
+            assert!(stopped.is_some(), "case {case}: {parts:?}");
+            let (text, reasons) = read(&out);
+            assert!(!text.contains("bomb"), "case {case}: {text:?}");
+            assert_eq!(reasons, ["content_filter"], "case {case}");
+        }
+    }
+
+    #[test]
+    fn a_finishing_chunk_that_breaks_a_rule_still_ends_with_the_filter() {
+        let s = Arc::new(safety(&["forbidden"], &[]));
+        let mut g = SseGuard::new(s);
+        let last = json!({"choices": [{"index": 0, "delta": {"content": "so forbidden"}, "finish_reason": "stop"}]});
+        let mut out = g.feed(chunk(0, "fine ").as_bytes());
+        out.extend(g.feed(format!("data: {last}\n\n").as_bytes()));
+        out.extend(g.finish());
+        let (text, reasons) = read(&out);
+        assert_eq!(text, "fine ");
+        assert_eq!(reasons, ["content_filter"]);
+    }
+
+    #[test]
+    fn a_pending_pattern_does_not_let_out_a_keyword_s_start() {
+        let s = Arc::new(safety(&["my secret plan"], &[r"\bsecret\b"]));
+        let mut g = SseGuard::new(s);
+        let mut out = g.feed(chunk(0, "so my secret").as_bytes());
+        out.extend(g.feed(chunk(0, " plan").as_bytes()));
+        let (text, reasons) = read(&out);
+        assert_eq!(text, "so ");
+        assert_eq!(reasons, ["content_filter"]);
     }
 
     #[test]
