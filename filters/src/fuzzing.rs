@@ -212,6 +212,131 @@ pub fn jwt(data: &[u8]) {
 pub type Target = fn(&[u8]);
 
 /// Every target by name, for the replay test and the fuzz crate.
+/// Messages and Responses clients' requests and the answers made for them: any
+/// JSON request translates or is refused (never a panic), and a chat answer or
+/// chunk stream, in any split, becomes JSON or SSE events whose data is JSON.
+pub fn inbound(data: &[u8]) {
+    let (at, rest) = pieces(data);
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(rest) {
+        for count in [false, true] {
+            if let Ok((chat, _)) = adapters::messages_in::to_chat(&v, count) {
+                assert!(
+                    chat["messages"].is_array(),
+                    "a chat request without messages"
+                );
+            }
+        }
+        if let Ok((chat, _)) = adapters::responses_in::to_chat(&v) {
+            assert!(
+                chat["messages"].is_array(),
+                "a chat request without messages"
+            );
+        }
+    }
+    for answer in [
+        adapters::messages_in::answer_from_chat(rest, "m"),
+        adapters::responses_in::answer_from_chat(rest, "m"),
+        adapters::messages_in::error_from_openai(429, rest),
+    ] {
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&answer).is_ok(),
+            "not JSON"
+        );
+    }
+    let mut messages = adapters::messages_in::EventsFromChunks::new("m");
+    let mut responses = adapters::responses_in::EventsFromChunks::new("m");
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for piece in split(rest, &at) {
+        a.extend(messages.feed(piece));
+        b.extend(responses.feed(piece));
+    }
+    a.extend(messages.finish());
+    b.extend(responses.finish());
+    check_named_sse(&a);
+    check_named_sse(&b);
+}
+
+fn check_named_sse(out: &[u8]) {
+    let text = std::str::from_utf8(out).expect("SSE is UTF-8");
+    for event in text.split("\n\n").filter(|e| !e.trim().is_empty()) {
+        let data = event
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap_or_else(|| panic!("an event without data: {event:?}"));
+        assert!(
+            serde_json::from_str::<serde_json::Value>(data).is_ok(),
+            "not JSON: {data:?}"
+        );
+    }
+}
+
+/// What changes an answer as it passes (masked values put back, content
+/// safety's guard): in any split, the same bytes as whole, and events whose
+/// data is JSON or `[DONE]`.
+pub fn answer_passes(data: &[u8]) {
+    use std::sync::Arc;
+    let (at, rest) = pieces(data);
+    let mut table = crate::masking::Table::default();
+    let masker = crate::masking::Masker::new(&["email".into()], &[], true).expect("a masker");
+    let _ = masker.mask("mail a@b.example or c@d.example", &mut table);
+    let table = Arc::new(table);
+    let deny = ["forbidden".to_string(), "禁止".to_string()];
+    let patterns = [r"\bbomb\b".to_string()];
+    let safety = Arc::new(
+        crate::safety::Safety::new(crate::safety::Spec {
+            deny: &deny,
+            patterns: &patterns,
+            window: Some(64),
+            requests: true,
+            answers: true,
+            moderation: None,
+        })
+        .expect("rules"),
+    );
+    type Run = Box<dyn Fn(&[&[u8]]) -> Vec<u8>>;
+    let runs: [Run; 2] = [
+        Box::new(move |pieces| {
+            let mut r = crate::masking::SseRestorer::new(table.clone());
+            let mut out: Vec<u8> = pieces.iter().flat_map(|p| r.feed(p)).collect();
+            out.extend(r.finish());
+            out
+        }),
+        Box::new(move |pieces| {
+            let mut g = crate::safety::SseGuard::new(safety.clone());
+            let mut out: Vec<u8> = pieces.iter().flat_map(|p| g.feed(p)).collect();
+            out.extend(g.finish());
+            out
+        }),
+    ];
+    for run in &runs {
+        let whole = run(&[rest]);
+        let parts = split(rest, &at);
+        assert_eq!(run(&parts), whole, "the split changed what the client gets");
+    }
+}
+
+/// An upload's `model` field, looked for in any prefix of any body: found only
+/// where it is, and once found in a prefix, found the same in the whole.
+pub fn multipart(data: &[u8]) {
+    let Some((&b, body)) = data.split_first() else {
+        return;
+    };
+    let boundary = ["b", "XyZ", "----WebKitFormBoundary7MA4YWxkTrZu0gW"][b as usize % 3];
+    let whole = crate::multipart::find_field(body, boundary, "model", true);
+    if let crate::multipart::Scan::Found { value, at } = &whole {
+        let bytes = body.get(at.clone()).expect("the value is inside the body");
+        assert_eq!(String::from_utf8_lossy(bytes).trim(), value);
+        let swapped = crate::multipart::replace(body, at.clone(), "m2");
+        assert_eq!(swapped.len(), body.len() - bytes.len() + 2);
+    }
+    let cut = (b as usize * 7) % (body.len() + 1);
+    if let found @ crate::multipart::Scan::Found { .. } =
+        crate::multipart::find_field(&body[..cut], boundary, "model", false)
+    {
+        assert_eq!(found, whole, "a prefix found another field than the whole");
+    }
+}
+
 pub const TARGETS: &[(&str, Target)] = &[
     ("sse_tap", sse_tap),
     ("translators", translators),
@@ -219,4 +344,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_loader", config_loader),
     ("key_extraction", key_extraction),
     ("jwt", jwt),
+    ("inbound", inbound),
+    ("answer_passes", answer_passes),
+    ("multipart", multipart),
 ];

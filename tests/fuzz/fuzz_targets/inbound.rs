@@ -1,0 +1,3 @@
+#![no_main]
+// The body is weir_filters::fuzzing::inbound, which CI also replays over the corpus.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| weir_filters::fuzzing::inbound(data));
