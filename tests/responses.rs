@@ -67,6 +67,8 @@ async fn the_openai_sdk_s_responses_are_served_by_every_kind_of_channel() {
     // Translated: Anthropic got Messages requests made from chat.
     assert!(an.seen().iter().all(|s| s.path == "/v1/messages"));
     assert_eq!(an.seen()[0].body["system"], "Be brief.");
+    // Thinking, asked as `reasoning.effort`, comes back as a reasoning item.
+    assert_eq!(out["reasoning"], json!([[THOUGHT], [THOUGHT]]), "{out}");
     // What chat cannot carry goes only to a channel that takes it natively.
     assert_eq!(
         out["untranslatable"],

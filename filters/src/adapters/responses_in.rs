@@ -90,6 +90,9 @@ pub fn to_chat(req: &Value) -> Result<(Value, Option<GatewayError>), GatewayErro
         out.insert("stream".into(), json!(true));
         out.insert("stream_options".into(), json!({"include_usage": true}));
     }
+    if let Some(e) = req.pointer("/reasoning/effort").filter(|e| e.is_string()) {
+        out.insert("reasoning_effort".into(), e.clone());
+    }
     if let Some(f) = req.pointer("/text/format") {
         match f.get("type").and_then(Value::as_str) {
             Some("json_schema") => {
@@ -384,6 +387,11 @@ pub fn answer_from_chat(body: &[u8], model: &str) -> Vec<u8> {
 
 /// An output item being streamed.
 enum Item {
+    /// The model's thinking, as a reasoning item's summary text.
+    Reasoning {
+        id: String,
+        text: String,
+    },
     Text {
         id: String,
         text: String,
@@ -502,6 +510,13 @@ impl EventsFromChunks {
         };
         let delta = choice.get("delta").unwrap_or(&Value::Null);
         if let Some(t) = delta
+            .get("reasoning_content")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            self.reasoning(t, out);
+        }
+        if let Some(t) = delta
             .get("content")
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
@@ -523,6 +538,35 @@ impl EventsFromChunks {
 
     fn output_index(&self) -> usize {
         self.done_items.len()
+    }
+
+    fn reasoning(&mut self, t: &str, out: &mut Vec<u8>) {
+        if !matches!(self.open, Some(Item::Reasoning { .. })) {
+            self.close_item(out);
+            let id = format!("rs_{}_{}", self.id, self.output_index());
+            let at = self.output_index();
+            self.emit(
+                out,
+                json!({"type": "response.output_item.added", "output_index": at,
+                "item": {"id": id, "type": "reasoning", "summary": []}}),
+            );
+            self.emit(out, json!({"type": "response.reasoning_summary_part.added", "item_id": id,
+                "output_index": at, "summary_index": 0, "part": {"type": "summary_text", "text": ""}}));
+            self.open = Some(Item::Reasoning {
+                id,
+                text: String::new(),
+            });
+        }
+        let at = self.output_index();
+        if let Some(Item::Reasoning { id, text }) = &mut self.open {
+            text.push_str(t);
+            let id = id.clone();
+            self.emit(
+                out,
+                json!({"type": "response.reasoning_summary_text.delta", "item_id": id,
+                "output_index": at, "summary_index": 0, "delta": t}),
+            );
+        }
     }
 
     fn text(&mut self, t: &str, out: &mut Vec<u8>) {
@@ -594,6 +638,20 @@ impl EventsFromChunks {
         let at = self.output_index();
         let item = match self.open.take() {
             None => return,
+            Some(Item::Reasoning { id, text }) => {
+                self.emit(
+                    out,
+                    json!({"type": "response.reasoning_summary_text.done", "item_id": id,
+                    "output_index": at, "summary_index": 0, "text": text}),
+                );
+                let part = json!({"type": "summary_text", "text": text});
+                self.emit(
+                    out,
+                    json!({"type": "response.reasoning_summary_part.done", "item_id": id,
+                    "output_index": at, "summary_index": 0, "part": part}),
+                );
+                json!({"id": id, "type": "reasoning", "summary": [part]})
+            }
             Some(Item::Text { id, text }) => {
                 self.emit(
                     out,
@@ -721,6 +779,41 @@ mod tests {
         assert_eq!(v["output"][1]["call_id"], "c1");
         assert_eq!(v["usage"]["input_tokens"], 10);
         assert_eq!(v["usage"]["total_tokens"], 13);
+    }
+
+    #[test]
+    fn thinking_streams_as_a_reasoning_item_before_the_message() {
+        let sse = [
+            json!({"id": "chatcmpl-2", "choices": [{"index": 0, "delta": {"reasoning_content": "Hmm"}}]}),
+            json!({"id": "chatcmpl-2", "choices": [{"index": 0, "delta": {"reasoning_content": " ok"}}]}),
+            json!({"id": "chatcmpl-2", "choices": [{"index": 0, "delta": {"content": "Yes"}, "finish_reason": "stop"}]}),
+        ]
+        .iter()
+        .map(|c| format!("data: {c}\n\n"))
+        .collect::<String>()
+            + "data: [DONE]\n\n";
+        let mut t = EventsFromChunks::new("m");
+        let mut out = t.feed(sse.as_bytes());
+        out.extend(t.finish());
+        let events: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .split("\n\n")
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            &types[2..6],
+            [
+                "response.output_item.added",
+                "response.reasoning_summary_part.added",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.delta"
+            ]
+        );
+        let done = &events.last().unwrap()["response"];
+        assert_eq!(done["output"][0]["summary"][0]["text"], "Hmm ok");
+        assert_eq!(done["output"][1]["content"][0]["text"], "Yes");
     }
 
     #[test]
