@@ -281,6 +281,14 @@ fn usage_json(usage: Option<&Value>) -> Value {
     json!({"input_tokens": n("prompt_tokens"), "output_tokens": n("completion_tokens")})
 }
 
+/// A Messages id (`msg_…`) for a chat completion's.
+fn message_id(chat_id: Option<&str>) -> String {
+    format!(
+        "msg_{}",
+        chat_id.unwrap_or("weir").trim_start_matches("chatcmpl-")
+    )
+}
+
 /// A chat completion as a Messages answer, for the model the client named.
 pub fn answer_from_chat(body: &[u8], model: &str) -> Vec<u8> {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
@@ -318,7 +326,7 @@ pub fn answer_from_chat(body: &[u8], model: &str) -> Vec<u8> {
             "input": serde_json::from_str::<Value>(args).unwrap_or(json!({}))}),
         );
     }
-    let id = v.get("id").and_then(Value::as_str).unwrap_or("msg_weir");
+    let id = message_id(v.get("id").and_then(Value::as_str));
     json!({
         "id": id, "type": "message", "role": "assistant", "model": model, "content": content,
         "stop_reason": stop_reason(choice.get("finish_reason").and_then(Value::as_str)),
@@ -469,7 +477,7 @@ impl EventsFromChunks {
             return;
         }
         self.started = true;
-        let id = v.get("id").and_then(Value::as_str).unwrap_or("msg_weir");
+        let id = message_id(v.get("id").and_then(Value::as_str));
         emit(
             out,
             "message_start",
