@@ -197,3 +197,43 @@ async fn a_gateway_that_rewrites_bodies_sends_anthropic_channels_the_translation
     assert_eq!(v["type"], "error", "{v}");
     assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
 }
+
+#[tokio::test]
+async fn messages_answers_are_cached_as_the_client_reads_them() {
+    let oa = Upstream::start("oa").await;
+    let cfg = Config::new()
+        .channel_at("oa", "openai", &oa.url(), "models: [gpt]")
+        .gateway("name: default, path: /v1")
+        .section("cache: {models: '*'}")
+        .build();
+    let weir = Weir::start(&cfg).await;
+    let client = reqwest::Client::new();
+    let ask =
+        json!({"model": "gpt", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]});
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let r = client
+            .post(weir.url("/v1/messages"))
+            .json(&ask)
+            .send()
+            .await
+            .unwrap();
+        let cache = r
+            .headers()
+            .get("x-weir-cache")
+            .map(|v| v.to_str().unwrap().to_string());
+        answers.push((cache, r.json::<Value>().await.unwrap()));
+    }
+    assert_eq!(answers[0].0.as_deref(), Some("miss"));
+    assert_eq!(answers[1].0.as_deref(), Some("hit"));
+    assert_eq!(answers[1].1["type"], "message", "{:?}", answers[1]);
+    assert_eq!(answers[0].1, answers[1].1);
+    assert_eq!(oa.calls(), 1);
+    // The same question as a chat request is another entry, in chat's shape.
+    let chat =
+        json!({"model": "gpt", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, body) = post(&client, &weir.url("/v1/chat/completions"), &chat).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("chat.completion"), "{body}");
+    assert_eq!(oa.calls(), 2);
+}

@@ -42,10 +42,20 @@ pub async fn lookup(
             (channel.name.as_str(), r.upstream_model.as_str())
         })
         .collect();
+    // A Messages or Responses client's answer is kept as it reads it, under its
+    // own request (which says more than its chat translation).
+    let own;
+    let (endpoint, body) = match &req.inbound {
+        Some(i) => {
+            own = JsonBody::parse(&i.raw).ok()?;
+            (i.dialect.endpoint().as_str(), &own)
+        }
+        None => (req.endpoint.as_str(), body),
+    };
     let cx = KeyContext {
         gateway: &req.gateway.name,
         rewrites: &req.gateway.rewrite_digest,
-        endpoint: req.endpoint.as_str(),
+        endpoint,
         query: req.rest.split_once('?').map(|(_, q)| q).unwrap_or(""),
         model,
         routes: &route_names,

@@ -52,14 +52,12 @@ pub async fn proxy(
     // Before the cache: an answer kept for a request is no reason to serve one
     // the rules now refuse.
     super::safety::check_request(state, ctx, req, &parsed).await?;
-    if let Some(a) = &req.inbound {
-        if a.count_only {
-            routes.retain(|r| dispatch::native(req, &req.snap.channels[r.channel]).is_some());
-            if routes.is_empty() {
-                return count_tokens(session, ctx, &parsed).await;
-            }
+    let count_only = req.inbound.as_ref().is_some_and(|a| a.count_only);
+    if count_only {
+        routes.retain(|r| dispatch::native(req, &req.snap.channels[r.channel]).is_some());
+        if routes.is_empty() {
+            return count_tokens(session, ctx, &parsed).await;
         }
-    // The cache keeps chat answers; a Messages client reads another shape.
     } else if let Some(hit) = cached::lookup(state, ctx, req, &routes, &facts.model, &parsed).await
     {
         return cached::serve(session, ctx, &hit).await;
