@@ -72,16 +72,6 @@ impl Held {
         self.texts.is_empty()
     }
 
-    /// The last chunk's head, once a chunk with choices passed.
-    pub fn last_head(&self) -> Option<&Value> {
-        self.last.as_ref()
-    }
-
-    /// Forgets what is held (the stream was stopped).
-    pub fn clear(&mut self) {
-        self.texts.clear();
-    }
-
     /// An SSE event with every held text, through `f` as finished, when some
     /// is held.
     pub fn flush(&mut self, mut f: impl FnMut(Key, String, bool) -> Split) -> Vec<u8> {

@@ -91,6 +91,14 @@ impl Passes {
     pub fn stopped(&self) -> Option<&Finding> {
         self.0.iter().find_map(Pass::stopped)
     }
+
+    /// What a stopped stream's upstream sent that the client never got.
+    pub fn withheld(&self) -> Option<&str> {
+        self.0.iter().find_map(|p| match p {
+            Pass::GuardSse(g) => g.stopped().map(|_| g.withheld()),
+            _ => None,
+        })
+    }
 }
 
 /// A Messages or Responses client's answer made from a chat one, after every

@@ -198,6 +198,7 @@ pub async fn relay(
         ..
     } = body;
     let filtered = body.passes.stopped().map(|f| f.rule.clone());
+    let withheld = body.passes.withheld().unwrap_or("").to_string();
     if let Some(rule) = &filtered {
         note_filtered(state, ctx, &plan, rule);
     }
@@ -229,7 +230,8 @@ pub async fn relay(
         if plan.native_usage && !is_sse {
             kept = adapters::translate_json(ChannelType::Anthropic, 200, &kept, plan.model);
         }
-        ctx.reply.usage = Some(usage_of(is_sse, tap, &kept, plan.request).await);
+        let usage = usage_of(is_sse, tap, &kept, plan.request, withheld).await;
+        ctx.reply.usage = Some(usage);
     } else if status >= 400 {
         note_upstream_error(ctx, status, kept);
     }
@@ -696,12 +698,22 @@ fn keep(capture: &mut Option<Vec<u8>>, bytes: &[u8], plan: &RelayPlan<'_>) {
 }
 
 /// The upstream's usage, or a tokenizer estimate counted off the async workers.
-async fn usage_of(is_sse: bool, tap: SseTap, kept: &[u8], request: &JsonBody) -> Usage {
+/// `withheld`: text a stopped stream's upstream sent that the client never got
+/// (the upstream generated it all the same).
+async fn usage_of(
+    is_sse: bool,
+    tap: SseTap,
+    kept: &[u8],
+    request: &JsonBody,
+    withheld: String,
+) -> Usage {
     let (text, overflow) = if is_sse {
         if let Some(u) = tap.usage {
             return u;
         }
-        tap.completion_text()
+        let (mut text, overflow) = tap.completion_text();
+        text.push_str(&withheld);
+        (text, overflow)
     } else {
         match json_usage(kept) {
             (Some(u), _) => return u,

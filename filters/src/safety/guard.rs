@@ -8,7 +8,7 @@
 
 use super::{Finding, Hit, Safety};
 use crate::adapters::sse::{Event, Splitter};
-use crate::chunk_text::{emit, Held, Key};
+use crate::chunk_text::{emit, Held, Key, Split};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -33,13 +33,11 @@ pub struct SseGuard {
     safety: Arc<Safety>,
     splitter: Splitter,
     held: Held,
-    /// Per text, what already went out of it, up to `window` bytes.
-    seen: BTreeMap<Key, String>,
+    watch: Watch,
     /// Choices seen and not finished: each gets the `content_filter` finish.
     open: BTreeSet<u64>,
     /// A completions stream (`text`, no `delta`).
     completions: bool,
-    stopped: Option<Finding>,
 }
 
 impl SseGuard {
@@ -48,22 +46,26 @@ impl SseGuard {
             safety,
             splitter: Splitter::default(),
             held: Held::default(),
-            seen: BTreeMap::new(),
+            watch: Watch::default(),
             open: BTreeSet::new(),
             completions: false,
-            stopped: None,
         }
     }
 
     /// The rule the answer broke, once it broke one: nothing more goes out.
     pub fn stopped(&self) -> Option<&Finding> {
-        self.stopped.as_ref()
+        self.watch.stopped.as_ref()
+    }
+
+    /// The text the upstream sent that the client never got, once stopped.
+    pub fn withheld(&self) -> &str {
+        &self.watch.withheld
     }
 
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(chunk.len() + 64);
         for ev in self.splitter.push(chunk) {
-            if self.stopped.is_some() {
+            if self.watch.stopped.is_some() {
                 break;
             }
             self.event(ev, &mut out);
@@ -74,7 +76,7 @@ impl SseGuard {
     /// The stream ended: what is held goes out once checked as final, then an
     /// event cut short.
     pub fn finish(&mut self) -> Vec<u8> {
-        if self.stopped.is_some() {
+        if self.watch.stopped.is_some() {
             return Vec::new();
         }
         let mut out = self.flush();
@@ -86,11 +88,11 @@ impl SseGuard {
 
     /// What is held, checked as final: a pending match there is one now.
     fn flush(&mut self) -> Vec<u8> {
-        let (safety, seen, stopped) = (&self.safety, &mut self.seen, &mut self.stopped);
+        let (safety, watch) = (&self.safety, &mut self.watch);
         let out = self
             .held
-            .flush(|key, whole, _| checked(safety, seen, stopped, key, whole, true));
-        match self.stopped.is_some() {
+            .flush(|key, whole, _| watch.checked(safety, key, whole, true));
+        match self.watch.stopped.is_some() {
             true => {
                 let mut out = Vec::new();
                 self.stop(&[], &mut out);
@@ -104,7 +106,7 @@ impl SseGuard {
         if ev.data.trim() == "[DONE]" {
             let flushed = self.flush();
             out.extend_from_slice(&flushed);
-            if self.stopped.is_none() {
+            if self.watch.stopped.is_none() {
                 emit(out, ev.name.as_deref(), &ev.data);
             }
             return;
@@ -113,11 +115,11 @@ impl SseGuard {
             emit(out, ev.name.as_deref(), &ev.data);
             return;
         };
-        let (safety, seen, stopped) = (&self.safety, &mut self.seen, &mut self.stopped);
+        let (safety, watch) = (&self.safety, &mut self.watch);
         let changed = self.held.pass(&mut v, |key, whole, finished| {
-            checked(safety, seen, stopped, key, whole, finished)
+            watch.checked(safety, key, whole, finished)
         });
-        if self.stopped.is_some() {
+        if self.watch.stopped.is_some() {
             // The chunk that broke the rule never goes out; its choices end too.
             let here: Vec<u64> = indexes(&v).collect();
             self.completions |= is_completions(&v);
@@ -150,7 +152,11 @@ impl SseGuard {
     /// Ends the stream here: every open choice (and those of the chunk that
     /// broke the rule) finishes with `content_filter`, then `[DONE]`.
     fn stop(&mut self, here: &[u64], out: &mut Vec<u8>) {
-        self.held.clear();
+        let (safety, watch) = (&self.safety, &mut self.watch);
+        // What is still held never goes out: counted as withheld.
+        let _ = self
+            .held
+            .flush(|key, whole, f| watch.checked(safety, key, whole, f));
         let mut ended = std::mem::take(&mut self.open);
         ended.extend(here);
         if ended.is_empty() {
@@ -182,28 +188,37 @@ fn is_completions(v: &Value) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.get("text").is_some()))
 }
 
-/// One text checked after what already went out of it; the rule broken is kept
-/// in `stopped` (and nothing goes out).
-fn checked(
-    safety: &Safety,
-    seen: &mut BTreeMap<Key, String>,
-    stopped: &mut Option<Finding>,
-    key: Key,
-    whole: String,
-    finished: bool,
-) -> (String, String) {
-    if stopped.is_some() {
-        return (String::new(), String::new());
-    }
-    let before = seen.remove(&key).unwrap_or_default();
-    match check(safety, &before, whole, finished) {
-        Ok((out, keep)) => {
-            seen.insert(key, tail(before + out.as_str(), safety.window));
-            (out, keep)
+/// What a stream check keeps between pieces.
+#[derive(Default)]
+struct Watch {
+    /// Per text, what already went out of it, up to `window` bytes.
+    seen: BTreeMap<Key, String>,
+    stopped: Option<Finding>,
+    /// What the upstream sent that never went out (held or refused), for the
+    /// estimate of a stopped stream's usage.
+    withheld: String,
+}
+
+impl Watch {
+    /// One text checked after what already went out of it; the rule broken is
+    /// kept (and nothing goes out).
+    fn checked(&mut self, safety: &Safety, key: Key, whole: String, finished: bool) -> Split {
+        if self.stopped.is_some() {
+            self.withheld.push_str(&whole);
+            return (String::new(), String::new());
         }
-        Err(finding) => {
-            *stopped = Some(finding);
-            (String::new(), String::new())
+        let before = self.seen.remove(&key).unwrap_or_default();
+        match check(safety, &before, &whole, finished) {
+            Ok((out, keep)) => {
+                self.seen
+                    .insert(key, tail(before + out.as_str(), safety.window));
+                (out, keep)
+            }
+            Err(finding) => {
+                self.stopped = Some(finding);
+                self.withheld.push_str(&whole);
+                (String::new(), String::new())
+            }
         }
     }
 }
@@ -214,7 +229,7 @@ fn checked(
 fn check(
     safety: &Safety,
     before: &str,
-    whole: String,
+    whole: &str,
     finished: bool,
 ) -> Result<(String, String), Finding> {
     let scan = format!("{before}{whole}");
@@ -224,7 +239,7 @@ fn check(
         Some(Hit::Pending { from }) if scan.len() - from > safety.window => {
             return match safety.scan(&scan, true) {
                 Some(Hit::Found(f)) => Err(f),
-                _ => Ok((whole, String::new())),
+                _ => Ok((whole.to_string(), String::new())),
             }
         }
         Some(Hit::Pending { from }) => from
@@ -233,9 +248,7 @@ fn check(
         None if finished => whole.len(),
         None => whole.len() - safety.keyword_start(&scan).min(whole.len()),
     };
-    let mut out = whole;
-    let keep = out.split_off(cut);
-    Ok((out, keep))
+    Ok((whole[..cut].to_string(), whole[cut..].to_string()))
 }
 
 /// A JSON answer, held whole and checked when it ends. A choice that breaks a
@@ -519,6 +532,8 @@ mod tests {
         assert_eq!(text, "fine ok ");
         assert_eq!(reasons, ["content_filter", "content_filter"]);
         assert_eq!(g.stopped().unwrap().rule, "deny[0]");
+        // What the upstream sent and the client never got counts for the usage.
+        assert!(g.withheld().contains("so bad"), "{:?}", g.withheld());
     }
 
     #[test]
