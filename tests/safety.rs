@@ -298,3 +298,43 @@ async fn a_bad_safety_config_names_its_field() {
     let out = check("name: default, path: /v1, safety: {deny: [x], on_error: open}");
     assert!(out.contains("on_error"), "{out}");
 }
+
+#[tokio::test]
+async fn moderation_can_judge_json_answers_too() {
+    let up = Upstream::start("echo").await;
+    up.always(Reply::Echo);
+    let moder = Upstream::start("moder").await;
+    let cfg = Config::new()
+        .openai("echo", &up, "")
+        .channel_at("moder", "openai", &moder.url(), "models: [omni-moderation-latest]")
+        .gateway("name: default, path: /v1, masking: {detectors: [email]}, safety: {requests: false, moderation: {channel: moder, answers: true}}")
+        .build();
+    let weir = Weir::start(&cfg).await;
+    let client = reqwest::Client::new();
+    let url = weir.url("/v1/chat/completions");
+    let (status, body) = post(&client, &url, &ask("FLAG ME, says x@y.example", false)).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "content_filter", "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+    assert!(v["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    // Requests are not judged here; the answer went masked to the moderator.
+    let seen = moder.seen();
+    assert_eq!(seen.len(), 1);
+    let input = seen[0].body["input"].as_str().unwrap();
+    assert!(
+        input.contains("[EMAIL_1]") && !input.contains("x@y.example"),
+        "{input}"
+    );
+    let (_, body) = post(&client, &url, &ask("all fine", false)).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "all fine");
+    let m = weir
+        .wait_metric(
+            "weir_safety_total",
+            &[("stage", "answer"), ("rule", "moderation")],
+            1.0,
+        )
+        .await;
+    assert!(m.contains("weir_safety_total"));
+}

@@ -263,8 +263,21 @@ fn relay_plan<'a>(
             .inbound
             .as_ref()
             .map(|i| (i.dialect, bodies.client_model())),
+        moderate: answer_moderation(req),
         native_usage: false,
     }
+}
+
+/// The moderation endpoint for JSON answers, when the gateway asks for it.
+fn answer_moderation<'a>(req: &'a Request<'_>) -> Option<super::safety::AnswerModeration<'a>> {
+    let s = req.gateway.safety.as_ref().filter(|s| s.answers)?;
+    let m = s.moderation.as_ref().filter(|m| m.answers)?;
+    Some(super::safety::AnswerModeration {
+        snap: req.snap,
+        gateway: &req.gateway.name,
+        masking: req.gateway.masking.as_deref(),
+        moderation: m,
+    })
 }
 
 /// A Messages or Responses request goes to a channel that speaks its API

@@ -270,6 +270,7 @@ async fn send_and_relay(
         restore: None,
         guard: None,
         to_client: None,
+        moderate: None,
         native_usage: false,
     };
     let stop = stopped(state);

@@ -92,6 +92,23 @@ impl Passes {
         self.0.iter().find_map(Pass::stopped)
     }
 
+    /// A JSON answer's text, held whole by the guard (for moderation).
+    pub fn held_text(&self) -> Option<String> {
+        self.0.iter().find_map(|p| match p {
+            Pass::GuardJson(g) => g.text(),
+            _ => None,
+        })
+    }
+
+    /// The guard refuses the whole answer when it ends, for `rule`.
+    pub fn refuse(&mut self, rule: &str) {
+        for p in &mut self.0 {
+            if let Pass::GuardJson(g) = p {
+                g.refuse(rule);
+            }
+        }
+    }
+
     /// What a stopped stream's upstream sent that the client never got.
     pub fn withheld(&self) -> Option<&str> {
         self.0.iter().find_map(|p| match p {

@@ -66,6 +66,8 @@ pub struct RelayPlan<'a> {
     pub restore: Option<&'a Arc<Table>>,
     /// Content safety's rules for the answer (`safety.answers`, chat and completions).
     pub guard: Option<&'a Arc<Safety>>,
+    /// A JSON answer also goes to the moderation endpoint (`moderation.answers`).
+    pub moderate: Option<super::safety::AnswerModeration<'a>>,
     /// The client speaks Messages or Responses and this answer is a chat one:
     /// it is made into the client's API, for the model the client named.
     pub to_client: Option<(Dialect, &'a str)>,
@@ -83,6 +85,7 @@ impl RelayPlan<'_> {
         self.to_client = None;
         self.restore = None;
         self.guard = None;
+        self.moderate = None;
         self.strip_usage = false;
         self.expect_done = false;
         // The tap reads the Responses API's usage itself.
@@ -513,6 +516,13 @@ impl Body {
             };
         }
         let Some(broke) = broken else {
+            if let (Some(am), true) = (&plan.moderate, self.status < 300) {
+                if let Some(text) = self.passes.held_text() {
+                    if let Some(rule) = super::safety::moderate_answer(state, am, &text).await {
+                        self.passes.refuse(rule);
+                    }
+                }
+            }
             let rest = self.passes.finish();
             self.keep_json(&rest);
             let rest = self.end_in_client_api(rest);

@@ -10,6 +10,7 @@ use crate::state::AppState;
 use bytes::Bytes;
 use rand::Rng;
 use weir_filters::adapters;
+use weir_filters::config::Runtime;
 use weir_filters::masking::Table;
 use weir_filters::request_body::{prompt_text, JsonBody};
 use weir_filters::safety::{self, Moderation, OnError, Safety, Verdict};
@@ -69,7 +70,7 @@ async fn moderate(
         }
         None => text,
     };
-    match ask(state, req, m, text).await {
+    match ask(state, req.snap, m, text).await {
         Ok(Verdict::Pass) => Ok(None),
         Ok(Verdict::Flagged(cats)) => Ok(Some(("moderation".into(), Some(cats.join(", "))))),
         Err(why) => {
@@ -96,7 +97,7 @@ async fn moderate(
 /// One moderation call within its timeout.
 async fn ask(
     state: &AppState,
-    req: &Request<'_>,
+    snap: &Runtime,
     m: &Moderation,
     text: &str,
 ) -> Result<Verdict, String> {
@@ -107,8 +108,7 @@ async fn ask(
             safety::MAX_MODERATED
         ));
     }
-    let channel = req
-        .snap
+    let channel = snap
         .channels
         .get(m.channel_index)
         .filter(|c| c.name == m.channel)
@@ -137,6 +137,41 @@ async fn ask(
         Ok(Err(e)) => Err(e.describe()),
         Ok(Ok((status, body))) => safety::read_verdict(status, &body, &m.categories),
     }
+}
+
+/// A JSON answer judged by the moderation endpoint (`moderation.answers`), as
+/// masking would send it: the rule to refuse it by, or `None` to let it out.
+pub async fn moderate_answer(
+    state: &AppState,
+    am: &AnswerModeration<'_>,
+    text: &str,
+) -> Option<&'static str> {
+    let masked = am.masking.and_then(|m| m.mask(text, &mut Table::default()));
+    let text = masked.as_deref().unwrap_or(text);
+    match ask(state, am.snap, am.moderation, text).await {
+        Ok(Verdict::Pass) => None,
+        Ok(Verdict::Flagged(_)) => Some("moderation"),
+        Err(why) => {
+            let closed = am.moderation.on_error == OnError::Closed;
+            let outcome = if closed {
+                "unavailable_closed"
+            } else {
+                "unavailable_open"
+            };
+            count(state, am.gateway, "moderation", outcome);
+            tracing::warn!(gateway = %am.gateway, error = %why, "moderation of an answer failed");
+            closed.then_some("moderation")
+        }
+    }
+}
+
+/// What judging an answer needs: the snapshot (for the moderation channel),
+/// the gateway's masking, its moderation settings.
+pub struct AnswerModeration<'a> {
+    pub snap: &'a Runtime,
+    pub gateway: &'a str,
+    pub masking: Option<&'a weir_filters::masking::Masker>,
+    pub moderation: &'a Moderation,
 }
 
 /// A refused request's body is kept for the call log as masking would have

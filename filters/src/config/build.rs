@@ -612,6 +612,7 @@ fn safety(c: &SafetyConfig, channels: &[Channel]) -> Result<crate::safety::Safet
                 timeout: m.timeout.0,
                 on_error: m.on_error,
                 categories: m.categories.clone(),
+                answers: m.answers,
             })
         }
     };

@@ -720,6 +720,9 @@ pub struct ModerationConfig {
     /// Only these categories refuse; empty: the endpoint's `flagged`.
     #[serde(default)]
     pub categories: Vec<String>,
+    /// Also judge JSON answers before they go out (streams are not).
+    #[serde(default)]
+    pub answers: bool,
 }
 
 fn default_moderation_timeout() -> Dur {

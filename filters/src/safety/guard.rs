@@ -259,6 +259,8 @@ pub struct JsonGuard {
     /// Too large to hold: passed unchecked.
     passing: bool,
     stopped: Option<Finding>,
+    /// Refused whole (the moderation endpoint flagged it), by this rule.
+    refused: Option<Finding>,
 }
 
 impl JsonGuard {
@@ -268,7 +270,25 @@ impl JsonGuard {
             body: Vec::new(),
             passing: false,
             stopped: None,
+            refused: None,
         }
+    }
+
+    /// The answer's text, once it is held whole (for a moderation endpoint).
+    pub fn text(&self) -> Option<String> {
+        if self.passing {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&self.body).ok()?;
+        let choices = v.get("choices")?.as_array()?;
+        Some(choices.iter().map(choice_text).collect())
+    }
+
+    /// Every choice ends with `content_filter` when the answer ends, for `rule`.
+    pub fn refuse(&mut self, rule: &str) {
+        self.refused = Some(Finding {
+            rule: rule.to_string(),
+        });
     }
 
     pub fn stopped(&self) -> Option<&Finding> {
@@ -299,7 +319,11 @@ impl JsonGuard {
             .into_iter()
             .flatten()
         {
-            if let Some(f) = self.safety.check(&choice_text(choice)) {
+            let broke = match &self.refused {
+                Some(f) => Some(f.clone()),
+                None => self.safety.check(&choice_text(choice)),
+            };
+            if let Some(f) = broke {
                 filtered(choice);
                 stopped.get_or_insert(f);
             }

@@ -33,6 +33,8 @@ pub struct Moderation {
     pub on_error: OnError,
     /// Only these categories refuse; empty: whatever the endpoint flags.
     pub categories: Vec<String>,
+    /// Also judge JSON answers (held whole until it says).
+    pub answers: bool,
 }
 
 /// What the endpoint said.
