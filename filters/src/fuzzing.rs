@@ -274,16 +274,18 @@ fn check_named_sse(out: &[u8]) {
 /// safety's guard): in any split, the same bytes as whole, and events whose
 /// data is JSON or `[DONE]`.
 pub fn answer_passes(data: &[u8]) {
-    use std::sync::Arc;
+    use std::sync::{Arc, OnceLock};
+    static RULES: OnceLock<(Arc<crate::masking::Table>, Arc<crate::safety::Safety>)> =
+        OnceLock::new();
     let (at, rest) = pieces(data);
-    let mut table = crate::masking::Table::default();
-    let masker = crate::masking::Masker::new(&["email".into()], &[], true).expect("a masker");
-    let _ = masker.mask("mail a@b.example or c@d.example", &mut table);
-    let table = Arc::new(table);
-    let deny = ["forbidden".to_string(), "禁止".to_string()];
-    let patterns = [r"\bbomb\b".to_string()];
-    let safety = Arc::new(
-        crate::safety::Safety::new(crate::safety::Spec {
+    // Built once: compiling the rules would otherwise be most of each run.
+    let (table, safety) = RULES.get_or_init(|| {
+        let mut table = crate::masking::Table::default();
+        let masker = crate::masking::Masker::new(&["email".into()], &[], true).expect("a masker");
+        let _ = masker.mask("mail a@b.example or c@d.example", &mut table);
+        let deny = ["forbidden".to_string(), "禁止".to_string()];
+        let patterns = [r"\bbomb\b".to_string()];
+        let safety = crate::safety::Safety::new(crate::safety::Spec {
             deny: &deny,
             patterns: &patterns,
             window: Some(64),
@@ -291,8 +293,10 @@ pub fn answer_passes(data: &[u8]) {
             answers: true,
             moderation: None,
         })
-        .expect("rules"),
-    );
+        .expect("rules");
+        (Arc::new(table), Arc::new(safety))
+    });
+    let (table, safety) = (table.clone(), safety.clone());
     type Run = Box<dyn Fn(&[&[u8]]) -> Vec<u8>>;
     let runs: [Run; 2] = [
         Box::new(move |pieces| {
