@@ -243,6 +243,7 @@ pub fn inbound(data: &[u8]) {
             "not JSON"
         );
     }
+    use adapters::sse::EventReader;
     let mut messages = adapters::messages_in::EventsFromChunks::new("m");
     let mut responses = adapters::responses_in::EventsFromChunks::new("m");
     let (mut a, mut b) = (Vec::new(), Vec::new());

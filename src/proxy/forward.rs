@@ -10,6 +10,7 @@ use super::ctx::Ctx;
 use super::dispatch::small_rng;
 use super::exchange::{self, Answer, AttemptError};
 use super::failure::Failure;
+use super::intake::declared_length;
 use super::relay::{relay, stopped, RelayPlan};
 use super::request::Request;
 use crate::state::AppState;
@@ -396,15 +397,6 @@ async fn read_chunk(session: &mut Session) -> Result<Option<Bytes>, Failure> {
         ))
         .into()
     })
-}
-
-fn declared_length(session: &Session) -> Option<u64> {
-    session
-        .req_header()
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
 }
 
 fn chunked(session: &Session) -> bool {

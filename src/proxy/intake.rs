@@ -127,6 +127,16 @@ fn request<'a>(
     }
 }
 
+/// The body's declared length (`Content-Length`), when it has one.
+pub(super) fn declared_length(session: &Session) -> Option<u64> {
+    session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub(super) fn content_type(session: &Session) -> Option<String> {
     session
         .req_header()
@@ -271,12 +281,7 @@ async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, Failure> {
         session.set_keepalive(None);
         Failure::from(GatewayError::BodyTooLarge { limit: max })
     };
-    let declared = session
-        .req_header()
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = declared_length(session);
     if declared.is_some_and(|n| n > max) {
         return Err(too_large(session));
     }

@@ -6,6 +6,7 @@
 use super::request::Dialect;
 use bytes::Bytes;
 use std::sync::Arc;
+use weir_filters::adapters::sse::EventReader;
 use weir_filters::adapters::{messages_in, responses_in};
 use weir_filters::masking::{JsonRestorer, SseRestorer, Table};
 use weir_filters::safety::{Finding, JsonGuard, Safety, SseGuard};

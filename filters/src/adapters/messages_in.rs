@@ -6,7 +6,7 @@
 //! (`message_start` … `message_stop`), an error becomes Anthropic's error shape.
 //! Anthropic channels can take the client's body as it is (see `proxy::call`).
 
-use super::sse::{Event, Splitter};
+use super::sse::{Event, EventReader, Splitter};
 use crate::GatewayError;
 use serde_json::{json, Map, Value};
 
@@ -371,28 +371,7 @@ impl EventsFromChunks {
         }
     }
 
-    pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for ev in self.splitter.push(chunk) {
-            self.event(ev, &mut out);
-        }
-        out
-    }
-
-    /// The chunks ended: a stream that finished gets its closing events (one cut
-    /// before its finish gets none, so the client sees it end short).
-    pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if let Some(ev) = self.splitter.rest() {
-            self.event(ev, &mut out);
-        }
-        if self.stop.is_some() {
-            self.close(&mut out);
-        }
-        out
-    }
-
-    fn event(&mut self, ev: Event, out: &mut Vec<u8>) {
+    fn on_event(&mut self, ev: Event, out: &mut Vec<u8>) {
         if self.done {
             return;
         }
@@ -542,6 +521,24 @@ impl EventsFromChunks {
 
 fn emit(out: &mut Vec<u8>, name: &str, data: &Value) {
     crate::chunk_text::emit(out, Some(name), &data.to_string());
+}
+
+impl EventReader for EventsFromChunks {
+    fn splitter(&mut self) -> &mut Splitter {
+        &mut self.splitter
+    }
+
+    fn event(&mut self, ev: Event, out: &mut Vec<u8>) {
+        self.on_event(ev, out);
+    }
+
+    /// The chunks ended: a stream that finished gets its closing events (one cut
+    /// before its finish gets none, so the client sees it end short).
+    fn end(&mut self, out: &mut Vec<u8>) {
+        if self.stop.is_some() {
+            self.close(out);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! completion becomes a `response` object, a chunk stream becomes the Responses
 //! events (`response.created` … `response.completed`), text and function calls.
 
-use super::sse::{Event, Splitter};
+use super::sse::{Event, EventReader, Splitter};
 use crate::GatewayError;
 use serde_json::{json, Map, Value};
 
@@ -437,26 +437,7 @@ impl EventsFromChunks {
         }
     }
 
-    pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for ev in self.splitter.push(chunk) {
-            self.event(ev, &mut out);
-        }
-        out
-    }
-
-    /// The chunks ended: a stream that finished gets `response.completed`.
-    pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if let Some(ev) = self.splitter.rest() {
-            self.event(ev, &mut out);
-        }
-        if self.finish.is_some() {
-            self.complete(&mut out);
-        }
-        out
-    }
-
+    /// Writes one event, numbered (`v` is always an object weir built).
     fn emit(&mut self, out: &mut Vec<u8>, mut v: Value) {
         let kind = v["type"].as_str().unwrap_or("").to_string();
         v["sequence_number"] = json!(self.seq);
@@ -464,7 +445,7 @@ impl EventsFromChunks {
         crate::chunk_text::emit(out, Some(&kind), &v.to_string());
     }
 
-    fn event(&mut self, ev: Event, out: &mut Vec<u8>) {
+    fn on_event(&mut self, ev: Event, out: &mut Vec<u8>) {
         if self.done {
             return;
         }
@@ -712,6 +693,23 @@ impl EventsFromChunks {
             r["incomplete_details"] = json!({"reason": reason});
         }
         self.emit(out, json!({"type": kind, "response": r}));
+    }
+}
+
+impl EventReader for EventsFromChunks {
+    fn splitter(&mut self) -> &mut Splitter {
+        &mut self.splitter
+    }
+
+    fn event(&mut self, ev: Event, out: &mut Vec<u8>) {
+        self.on_event(ev, out);
+    }
+
+    /// The chunks ended: a stream that finished gets `response.completed`.
+    fn end(&mut self, out: &mut Vec<u8>) {
+        if self.finish.is_some() {
+            self.complete(out);
+        }
     }
 }
 

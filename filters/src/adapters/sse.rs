@@ -46,6 +46,32 @@ impl Splitter {
     }
 }
 
+/// A stream read event by event: each implementor says what an event means
+/// and what the end owes; splitting and the event cut short are done here.
+pub trait EventReader {
+    fn splitter(&mut self) -> &mut Splitter;
+    fn event(&mut self, ev: Event, out: &mut Vec<u8>);
+    /// The stream ended, after any event it cut short.
+    fn end(&mut self, out: &mut Vec<u8>);
+
+    fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for ev in self.splitter().push(chunk) {
+            self.event(ev, &mut out);
+        }
+        out
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Some(ev) = self.splitter().rest() {
+            self.event(ev, &mut out);
+        }
+        self.end(&mut out);
+        out
+    }
+}
+
 fn find_blank_line(b: &[u8], from: usize) -> Option<(usize, usize)> {
     (from..b.len()).find_map(|i| {
         if b[i..].starts_with(b"\n\n") {

@@ -201,7 +201,7 @@ impl Safety {
 mod tests {
     use super::*;
 
-    pub(super) fn safety(deny: &[&str], patterns: &[&str]) -> Safety {
+    fn build(deny: &[&str], patterns: &[&str]) -> Result<Safety, String> {
         let deny: Vec<String> = deny.iter().map(|s| s.to_string()).collect();
         let patterns: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
         Safety::new(Spec {
@@ -212,7 +212,10 @@ mod tests {
             answers: true,
             moderation: None,
         })
-        .unwrap()
+    }
+
+    pub(super) fn safety(deny: &[&str], patterns: &[&str]) -> Safety {
+        build(deny, patterns).unwrap()
     }
 
     #[test]
@@ -245,19 +248,7 @@ mod tests {
 
     #[test]
     fn bad_rules_are_named() {
-        let e = |deny: &[&str], patterns: &[&str]| {
-            let deny: Vec<String> = deny.iter().map(|s| s.to_string()).collect();
-            let patterns: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
-            Safety::new(Spec {
-                deny: &deny,
-                patterns: &patterns,
-                window: None,
-                requests: true,
-                answers: true,
-                moderation: None,
-            })
-            .unwrap_err()
-        };
+        let e = |deny: &[&str], patterns: &[&str]| build(deny, patterns).unwrap_err();
         assert!(e(&[" "], &[]).starts_with("deny[0]"));
         assert!(e(&[], &["("]).starts_with("patterns[0]"));
         assert!(e(&[], &["a*"]).contains("empty string"));

@@ -61,10 +61,7 @@ pub fn read_verdict(status: u16, body: &[u8], categories: &[String]) -> Result<V
         format!("the moderation endpoint answered HTTP {status} with a body that is not JSON")
     })?;
     if status != 200 {
-        let why = v
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .unwrap_or("no reason given");
+        let (_, why) = crate::adapters::answer::error_fields(&v, "type", "", "no reason given");
         return Err(format!(
             "the moderation endpoint answered HTTP {status}: {why}"
         ));
