@@ -68,6 +68,7 @@ impl Held {
     }
 
     /// Whether anything is held.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.texts.is_empty()
     }
